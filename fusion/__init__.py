@@ -1,0 +1,1 @@
+"""Fusion heads, trainer and ensemble over stored vidfeat feature sets."""

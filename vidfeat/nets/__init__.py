@@ -1,0 +1,1 @@
+"""Segment networks and the temporal layers shared with the fusion heads."""

@@ -1,0 +1,47 @@
+"""Counting outcomes of a batch job and turning them into a summary line and an exit code.
+
+The black pattern: every long command counts done / skipped / failed, prints one line at the end
+and exits non-zero when anything failed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Report:
+    what: str = "videos"
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    notes: Counter = field(default_factory=Counter)  # e.g. {"no audio track": 3}
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (id, message)
+    started: float = field(default_factory=time.perf_counter)
+    seconds: float | None = None
+
+    def fail(self, video_id: str, message: str) -> None:
+        self.failed += 1
+        self.failures.append((video_id, message))
+
+    def note(self, what: str, n: int = 1) -> None:
+        self.notes[what] += n
+
+    def finish(self) -> Report:
+        self.seconds = time.perf_counter() - self.started
+        return self
+
+    @property
+    def elapsed(self) -> float:
+        return self.seconds if self.seconds is not None else time.perf_counter() - self.started
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def summary(self) -> str:
+        parts = [f"{self.done} done", f"{self.skipped} skipped", f"{self.failed} failed"]
+        parts += [f"{n} {what}" for what, n in sorted(self.notes.items())]
+        return f"{self.what}: " + ", ".join(parts) + f" in {self.elapsed:.1f}s"
