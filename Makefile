@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo/out
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test test-reliability demo bench lint clean
 
 install: $(STAMP)
 
@@ -14,11 +14,14 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
 	touch $(STAMP)
 
 test: install
 	$(PY) -m pytest -q
+
+test-reliability: install
+	$(PY) -m pytest -q -s -m reliability
 
 demo: install
 	bash demo/run.sh $(DEMO)

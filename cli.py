@@ -97,5 +97,954 @@ def data_probe(video_list: Path, video_root: Path | None, quiet: bool) -> None:
         sys.exit(1)
 
 
+# --------------------------------------------------------------------------- store
+
+
+@main.group()
+def store() -> None:
+    """Feature stores: what they hold, and whether every shard is sound."""
+
+
+@store.command("info")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def store_info_cmd(root: Path) -> None:
+    """Each set of the store: configuration, videos, size on disk, failures."""
+    from vidfeat.store import format_info, store_info
+
+    click.echo(format_info(store_info(root)))
+
+
+@store.command("verify")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--videos",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A video list whose ids must all be present (missing/unexpected reported).",
+)
+@click.option(
+    "--video-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of the videos of a Kinetics CSV.",
+)
+def store_verify_cmd(root: Path, videos: Path | None, video_root: Path | None) -> None:
+    """Open every shard; check shapes, dtypes and NaNs; report duplicates and partial files.
+
+    Exits non-zero on problems.
+    """
+    from vidfeat.store import format_verify, verify_store
+    from vidfeat.videolist import load_list
+
+    expect = set(load_list(videos, video_root=video_root).ids()) if videos else None
+    rep = verify_store(root, expect_ids=expect)
+    click.echo(format_verify(rep))
+    if not rep.ok:
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------- extract
+
+
+@main.group()
+def extract() -> None:
+    """Extract per-segment features of a video list into a feature store."""
+
+
+def run_options(f):
+    """The options every `vidfeat extract` command shares (resume, shards, workers)."""
+    opts = [
+        click.option(
+            "--videos",
+            "video_list",
+            required=True,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Video list (CSV with path[,label,...], Kinetics CSV, or text).",
+        ),
+        click.option(
+            "--video-root",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Folder of the videos of a Kinetics CSV.",
+        ),
+        click.option(
+            "--store",
+            "store_root",
+            required=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Feature store.",
+        ),
+        click.option("--name", help="Set name in the store (default depends on the modality)."),
+        click.option(
+            "--segments",
+            "-T",
+            default=25,
+            show_default=True,
+            help="Segments per video (the paper tests with 25).",
+        ),
+        click.option(
+            "--frames",
+            "-N",
+            default=5,
+            show_default=True,
+            help="Frames per segment (flow: pairs per segment).",
+        ),
+        click.option(
+            "--workers",
+            "-j",
+            default=1,
+            show_default=True,
+            help="Worker processes (decode + compute).",
+        ),
+        click.option("--shard", help="Take shard i of N (0-based), e.g. 3/8, for job arrays."),
+        click.option("--limit", type=int, help="Process at most this many videos."),
+        click.option("--dry-run", is_flag=True, help="Show what would be done, write nothing."),
+        click.option(
+            "--retry-failed", is_flag=True, help="Only the videos in the set's failures files."
+        ),
+        click.option(
+            "--overwrite",
+            is_flag=True,
+            help="Redo videos already in the set (the newest copy wins).",
+        ),
+        click.option("--job", help="Job name in shard file names (default: time-host-pid)."),
+        click.option(
+            "--shard-videos",
+            default=64,
+            show_default=True,
+            help="Close a shard file after this many videos.",
+        ),
+        click.option(
+            "--shard-mb", default=256.0, show_default=True, help="...or after this many megabytes."
+        ),
+        click.option(
+            "--compression",
+            type=click.Choice(["gzip", "lzf", "none"]),
+            default="gzip",
+            show_default=True,
+        ),
+        click.option("--float16", is_flag=True, help="Store float features as float16."),
+        click.option(
+            "--min-free-mb",
+            default=64.0,
+            show_default=True,
+            help="Stop cleanly when the store's disk has less free space than this.",
+        ),
+        click.option(
+            "--engine",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help="local processes, or Ray tasks (pip install 'vidfeat[ray]').",
+        ),
+        click.option("--ray-address", help="Join this Ray cluster (default: start a local one)."),
+        click.option(
+            "--ray-num-cpus", default=1.0, show_default=True, help="CPUs reserved per Ray task."
+        ),
+        click.option(
+            "--ray-num-gpus", default=0.0, show_default=True, help="GPUs reserved per Ray task."
+        ),
+        click.option(
+            "--chunk-videos", type=int, help="Videos per Ray task (default: --shard-videos)."
+        ),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _videos(kw: dict):
+    from vidfeat.videolist import load_list
+
+    videos = load_list(kw["video_list"], video_root=kw["video_root"])
+    for line, path in videos.missing:
+        click.echo(f"missing (line {line}): {path}", err=True)
+    return videos
+
+
+def _run_options(kw: dict):
+    from vidfeat.runner import RunOptions, parse_shard
+
+    return RunOptions(
+        workers=kw["workers"],
+        shard=parse_shard(kw["shard"]),
+        limit=kw["limit"],
+        dry_run=kw["dry_run"],
+        retry_failed=kw["retry_failed"],
+        overwrite=kw["overwrite"],
+        job=kw["job"],
+        shard_videos=kw["shard_videos"],
+        shard_mb=kw["shard_mb"],
+        compression=None if kw["compression"] == "none" else kw["compression"],
+        float16=kw["float16"],
+        min_free_mb=kw["min_free_mb"],
+        progress=not kw["quiet"] and sys.stderr.isatty(),
+        engine=kw["engine"],
+        ray_address=kw["ray_address"],
+        ray_num_cpus=kw["ray_num_cpus"],
+        ray_num_gpus=kw["ray_num_gpus"],
+        chunk_videos=kw["chunk_videos"],
+    )
+
+
+def _finish(rep, store_root: Path, set_name: str) -> None:
+    click.echo(rep.summary())
+    if rep.failed:
+        click.echo(
+            f"failures are listed in {Path(store_root) / set_name}/failures-*.jsonl; "
+            "fix or drop those videos, then rerun with --retry-failed",
+            err=True,
+        )
+    sys.exit(rep.exit_code)
+
+
+def _run(extractor, set_name: str, kw: dict) -> None:
+    from vidfeat.runner import run_extraction
+
+    opts = _run_options(kw)
+    rep = run_extraction(_videos(kw), extractor, kw["store_root"], set_name, opts, echo=click.echo)
+    _finish(rep, kw["store_root"], set_name)
+
+
+def flow_method_options(f):
+    """One option per algorithm parameter of every flow method (OpenCV's defaults)."""
+    from vidfeat.flow import FLOW_METHODS, method_param_fields
+
+    seen: set[str] = set()
+    for name in FLOW_METHODS.names():
+        for fld in method_param_fields(name):
+            opt = "--" + fld.name.rstrip("_").replace("_", "-")
+            if opt in seen:
+                continue
+            seen.add(opt)
+            f = click.option(
+                opt,
+                fld.name,
+                type=type(fld.default),
+                default=None,
+                help=f"[{name}] {fld.metadata.get('help', '')} (default {fld.default})",
+            )(f)
+    return f
+
+
+def _flow_params(method: str, kw: dict) -> dict:
+    """Pop every flow-algorithm option from ``kw``; the ones given must belong to ``method``."""
+    from vidfeat.flow import FLOW_METHODS, method_param_fields
+
+    mine = {fld.name for fld in method_param_fields(method)}
+    every = {fld.name for n in FLOW_METHODS.names() for fld in method_param_fields(n)}
+    given = {k: kw.pop(k) for k in list(kw) if k in every}
+    other = [k for k, v in given.items() if v is not None and k not in mine]
+    if other:
+        raise click.UsageError(
+            f"{', '.join('--' + o.rstrip('_').replace('_', '-') for o in other)} "
+            f"do not apply to --method {method}"
+        )
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def network_options(f):
+    """Options of commands that run a trained network."""
+    opts = [
+        click.option(
+            "--checkpoint",
+            type=click.Path(exists=True, path_type=Path),
+            help="A `vidfeat train` run folder (its best.pt) or a checkpoint in one.",
+        ),
+        click.option("--batch-size", default=4, show_default=True, help="Videos per forward pass."),
+        click.option(
+            "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@extract.command("flow")
+@click.option(
+    "--method",
+    type=click.Choice(["farneback", "tvl1"]),
+    required=True,
+    help="Optical flow algorithm.",
+)
+@click.option(
+    "--short-side",
+    default=256,
+    show_default=True,
+    help="Frames are resized so their short side has this many pixels.",
+)
+@click.option(
+    "--bound",
+    default=20.0,
+    show_default=True,
+    help="Flow is clipped to +-bound pixels and stored as uint8.",
+)
+@click.option("--fields-name", help="Set holding the flow fields (default <method>-fields).")
+@run_options
+@network_options
+@flow_method_options
+def extract_flow(method: str, short_side: int, bound: float, fields_name: str | None, **kw) -> None:
+    """Optical flow on the grid's frame pairs (T x N pairs, never all pairs of a video).
+
+    Without --checkpoint the fields themselves are stored as set `<method>-fields`, uint8
+    `(T, N, 2, H, W)`: the input of the flow networks, reusable without recomputing flow.
+    With --checkpoint (a `vidfeat train flow` run) the missing fields are computed first, then
+    the network's per-segment features `(T, D)` and clip scores go to set `<method>`.
+    """
+    from vidfeat.extractors import FlowFieldsExtractor
+    from vidfeat.flow import make_method
+
+    params = _flow_params(method, kw)
+    fields_set = fields_name or f"{method}-fields"
+    checkpoint, batch_size, device = kw.pop("checkpoint"), kw.pop("batch_size"), kw.pop("device")
+    if checkpoint is None:
+        extractor = FlowFieldsExtractor(
+            make_method(method, **params),
+            segments=kw["segments"],
+            frames=kw["frames"],
+            short_side=short_side,
+            bound=bound,
+        )
+        _run(extractor, kw.pop("name") or fields_set, kw)
+    from vidfeat.netextract import extract_flow_features
+
+    set_name = kw.pop("name") or method
+    rep = extract_flow_features(
+        _videos(kw),
+        kw["store_root"],
+        method=method,
+        params=params,
+        fields_set=fields_set,
+        set_name=set_name,
+        checkpoint=checkpoint,
+        segments=kw["segments"],
+        short_side=short_side,
+        bound=bound,
+        batch_size=batch_size,
+        device=device,
+        opts=_run_options(kw),
+        echo=click.echo,
+    )
+    _finish(rep, kw["store_root"], set_name)
+
+
+@extract.command("rgb")
+@run_options
+@network_options
+def extract_rgb(**kw) -> None:
+    """Per-segment RGB features `(T, D)` and clip scores of a trained StNet/TSN (set `rgb`).
+
+    The network's frames-per-segment N comes from its run; -T/--segments sets the grid
+    (the paper tests with 25).
+    """
+    from vidfeat.netextract import extract_rgb_features
+
+    if kw["checkpoint"] is None:
+        raise click.UsageError(
+            "extract rgb needs --checkpoint RUN: train one with `vidfeat train rgb`"
+        )
+    rep = extract_rgb_features(
+        _videos(kw),
+        kw["store_root"],
+        set_name=kw["name"] or "rgb",
+        checkpoint=kw["checkpoint"],
+        segments=kw["segments"],
+        batch_size=kw["batch_size"],
+        device=kw["device"],
+        opts=_run_options(kw),
+        echo=click.echo,
+    )
+    _finish(rep, kw["store_root"], kw["name"] or "rgb")
+
+
+@extract.command("audio")
+@run_options
+@network_options
+@click.option(
+    "--pca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="vggish_pca_params.pth: PCA + clip + 8-bit quantisation (AudioSet format).",
+)
+@click.option(
+    "--embedding",
+    type=click.Choice(["pre-relu", "post-relu"]),
+    default="pre-relu",
+    show_default=True,
+    help="VGGish embedding point (see README).",
+)
+@click.option(
+    "--random-init",
+    is_flag=True,
+    help="Smoke tests only: random VGGish weights (recorded in set.json).",
+)
+def extract_audio(pca, embedding, random_init, **kw) -> None:
+    """VGGish audio features on the grid: one 0.96 s log-mel example per segment (set `audio`).
+
+    --checkpoint takes VGGish weights (vggish-10086976.pth) or a `vidfeat train audio` run.
+    Videos without an audio track store zeros with has_audio=false (not a failure).
+    """
+    from vidfeat.netextract import extract_audio_features
+
+    rep = extract_audio_features(
+        _videos(kw),
+        kw["store_root"],
+        set_name=kw["name"] or "audio",
+        checkpoint=kw["checkpoint"],
+        pca=pca,
+        embedding=embedding,
+        random_init=random_init,
+        segments=kw["segments"],
+        batch_size=kw["batch_size"],
+        device=kw["device"],
+        opts=_run_options(kw),
+        echo=click.echo,
+    )
+    _finish(rep, kw["store_root"], kw["name"] or "audio")
+
+
+# --------------------------------------------------------------------------- train
+
+
+@main.group()
+def train() -> None:
+    """Train a modality network end to end on labelled videos (run folder in --out)."""
+
+
+def train_options(f):
+    opts = [
+        click.option(
+            "--videos",
+            "train_list",
+            required=True,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Training list.",
+        ),
+        click.option(
+            "--val",
+            "val_list",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Validation list (Prec@1/5 each epoch; best.pt by val Prec@1).",
+        ),
+        click.option(
+            "--out",
+            required=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Run folder.",
+        ),
+        click.option(
+            "--video-root",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Folder of the videos of a Kinetics CSV.",
+        ),
+        click.option(
+            "--segments",
+            "-T",
+            default=7,
+            show_default=True,
+            help="Segments per clip in training (the paper: 7).",
+        ),
+        click.option(
+            "--test-segments", type=int, help="Segments for validation (default: --segments)."
+        ),
+        click.option("--epochs", default=30, show_default=True),
+        click.option("--batch-size", default=8, show_default=True),
+        click.option("--lr", default=0.01, show_default=True),
+        click.option("--momentum", default=0.9, show_default=True),
+        click.option("--weight-decay", default=1e-4, show_default=True),
+        click.option(
+            "--optimizer",
+            type=click.Choice(["sgd", "adamw"]),
+            default="sgd",
+            show_default=True,
+            help="SGD with steps at 1/3, 2/3 (the paper) or AdamW.",
+        ),
+        click.option("--workers", default=2, show_default=True, help="DataLoader workers."),
+        click.option(
+            "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
+        ),
+        click.option("--no-amp", is_flag=True, help="No mixed precision on CUDA."),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt."),
+        click.option("--quiet", "-q", is_flag=True),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def segment_net_options(f):
+    opts = [
+        click.option(
+            "--arch",
+            type=click.Choice(["stnet", "tsn"]),
+            default="stnet",
+            show_default=True,
+            help="Segment network.",
+        ),
+        click.option(
+            "--backbone",
+            default="resnet50",
+            show_default=True,
+            help="timm backbone with ResNet-style stages (resnet18, resnet50, "
+            "seresnext50_32x4d, ...).",
+        ),
+        click.option(
+            "--pretrained",
+            is_flag=True,
+            help="timm pretrained weights (from the local timm/Hugging Face cache).",
+        ),
+        click.option(
+            "--backbone-weights",
+            type=click.Path(exists=True, dir_okay=False),
+            help="A local 2D state dict for the backbone.",
+        ),
+        click.option(
+            "--frames",
+            "-N",
+            default=5,
+            show_default=True,
+            help="Frames per segment (StNet super-image: 3N channels; flow: N pairs).",
+        ),
+        click.option("--size", default=224, show_default=True, help="Crop size."),
+        click.option(
+            "--net-opt",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Network option, e.g. --net-opt tmb=residual.",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _train(kw: dict, modality: str, **extra) -> None:
+    from vidfeat.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        modality=modality,
+        train=str(kw["train_list"]),
+        val=str(kw["val_list"]) if kw["val_list"] else None,
+        segments=kw["segments"],
+        test_segments=kw["test_segments"] or kw["segments"],
+        epochs=kw["epochs"],
+        batch_size=kw["batch_size"],
+        lr=kw["lr"],
+        momentum=kw["momentum"],
+        weight_decay=kw["weight_decay"],
+        optimizer=kw["optimizer"],
+        workers=kw["workers"],
+        device=kw["device"],
+        amp=not kw["no_amp"],
+        seed=kw["seed"],
+        video_root=str(kw["video_root"]) if kw["video_root"] else None,
+        **extra,
+    )
+    best = train(
+        cfg,
+        kw["out"],
+        resume=kw["resume"],
+        progress=not kw["quiet"] and sys.stderr.isatty(),
+        echo=lambda m: click.echo(m, err=True),
+    )
+    if "val_prec1" in best:
+        click.echo(
+            f"train {modality}: best epoch {best['epoch']}, val Prec@1 "
+            f"{best['val_prec1']:.4f}, Prec@5 {best['val_prec5']:.4f} -> {kw['out']}"
+        )
+    else:
+        click.echo(f"train {modality}: {best.get('epoch', 0)} epochs -> {kw['out']}")
+
+
+def _segment_extra(kw: dict) -> dict:
+    return dict(
+        arch=kw["arch"],
+        backbone=kw["backbone"],
+        pretrained=kw["pretrained"],
+        backbone_weights=kw["backbone_weights"],
+        frames=kw["frames"],
+        size=kw["size"],
+        net_options=_parse_head_options(kw["net_opt"], "--net-opt"),
+    )
+
+
+@train.command("rgb")
+@train_options
+@segment_net_options
+@click.option(
+    "--short-side",
+    default=256,
+    show_default=True,
+    help="Frames are resized to this short side before the crop.",
+)
+def train_rgb(short_side: int, **kw) -> None:
+    """StNet (or TSN) on RGB frames decoded on the fly (random offsets, crop + flip)."""
+    _train(kw, "rgb", short_side=short_side, **_segment_extra(kw))
+
+
+@train.command("flow")
+@train_options
+@segment_net_options
+@click.option("--method", type=click.Choice(["farneback", "tvl1"]), required=True)
+@click.option(
+    "--store",
+    "store_root",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Store with (or to receive) the <method>-fields set.",
+)
+@click.option("--fields-name", help="Set holding the flow fields (default <method>-fields).")
+@click.option(
+    "--fields-segments",
+    default=25,
+    show_default=True,
+    help="Grid T of newly computed fields (training samples T of them).",
+)
+@click.option(
+    "--short-side", default=256, show_default=True, help="Short side of newly computed fields."
+)
+@click.option("--bound", default=20.0, show_default=True)
+@flow_method_options
+def train_flow(method, store_root, fields_name, fields_segments, short_side, bound, **kw) -> None:
+    """A flow network on stored flow fields; fields missing from the store are computed first."""
+    from vidfeat.netextract import ensure_flow_fields, fields_extractor_for
+    from vidfeat.runner import RunOptions
+    from vidfeat.videolist import load_list
+
+    params = _flow_params(method, kw)
+    fields_set = fields_name or f"{method}-fields"
+    ex = fields_extractor_for(
+        store_root, fields_set, method, params, fields_segments, kw["frames"], short_side, bound
+    )
+    progress = not kw["quiet"] and sys.stderr.isatty()
+    for lst in (kw["train_list"], kw["val_list"]):
+        if lst is not None:
+            vl = load_list(lst, video_root=kw["video_root"])
+            ensure_flow_fields(
+                vl,
+                store_root,
+                fields_set,
+                ex,
+                RunOptions(workers=max(1, kw["workers"]), progress=progress),
+                echo=lambda m: click.echo(m, err=True),
+            )
+    _train(
+        kw,
+        "flow",
+        store=str(store_root),
+        method=method,
+        fields_set=fields_set,
+        short_side=ex.short_side,
+        **_segment_extra(kw),
+    )
+
+
+@train.command("audio")
+@train_options
+@click.option(
+    "--width",
+    default=1.0,
+    show_default=True,
+    help="VGG width multiplier (1 = VGGish; smaller for CPU budgets).",
+)
+@click.option(
+    "--vggish-weights",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Initialise from VGGish weights (vggish-10086976.pth).",
+)
+@click.option(
+    "--embedding",
+    type=click.Choice(["pre-relu", "post-relu"]),
+    default="pre-relu",
+    show_default=True,
+    help="Embedding point: pre-relu (the original VGGish) or post-relu (the PyTorch port).",
+)
+def train_audio(width: float, vggish_weights: str | None, embedding: str, **kw) -> None:
+    """TSN-style VGG audio network on the grid's log-mel examples (the paper's TSN-VGG).
+
+    Videos without an audio track are left out of training (and counted).
+    """
+    _train(
+        kw,
+        "audio",
+        arch="vggish",
+        backbone=f"vggish-x{width:g}",
+        width=width,
+        vggish_weights=vggish_weights,
+        net_options={"embedding": embedding},
+        frames=1,
+        size=96,
+        short_side=96,
+    )
+
+
+# --------------------------------------------------------------------------- fuse
+
+
+@main.group()
+def fuse() -> None:
+    """Fusion heads (TXN, iTXN, FF-LSTM, Attention Clusters) on stored features."""
+
+
+def _head_names() -> list[str]:
+    # fusion.heads.HEADS.names(), spelled out so `--help` does not import torch (a test keeps
+    # the two equal)
+    return ["attention-clusters", "fflstm", "itxn", "single", "txn"]
+
+
+def _parse_head_options(pairs: tuple[str, ...], flag: str = "--head-opt") -> dict:
+    import yaml
+
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise click.BadParameter(f"expected KEY=VALUE, got {p!r}", param_hint=flag)
+        k, v = p.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return out
+
+
+@fuse.command("train")
+@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--features",
+    required=True,
+    help="Comma-separated feature sets of the store, e.g. rgb,tvl1,farneback,audio.",
+)
+@click.option("--head", required=True, type=click.Choice(_head_names()))
+@click.option("--train", "train_list", required=True, type=click.Path(dir_okay=False))
+@click.option("--val", "val_list", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--weight-decay", default=1e-4, show_default=True)
+@click.option(
+    "--optimizer", type=click.Choice(["adamw", "adam"]), default="adamw", show_default=True
+)
+@click.option(
+    "--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True
+)
+@click.option("--dropout", type=float, help="Head dropout (head default if not given).")
+@click.option(
+    "--head-opt",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Head option, e.g. --head-opt width=256 --head-opt depth=3.",
+)
+@click.option(
+    "--early-stop",
+    default=0,
+    show_default=True,
+    help="Stop after this many epochs without a better val Prec@1 (0: never).",
+)
+@click.option("--no-augment", is_flag=True, help="No random temporal subsampling.")
+@click.option("--no-cache", is_flag=True, help="Read from HDF5 every epoch.")
+@click.option("--workers", default=0, show_default=True, help="DataLoader workers.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--video-root", type=click.Path(file_okay=False))
+@click.option("--quiet", "-q", is_flag=True)
+def fuse_train(**kw) -> None:
+    """Train a fusion head on feature sets of a store; keeps the best epoch by val Prec@1."""
+    from fusion.trainer import FuseConfig, train
+
+    head_options = _parse_head_options(kw["head_opt"])
+    if kw["dropout"] is not None:
+        head_options["dropout"] = kw["dropout"]
+    cfg = FuseConfig(
+        store=kw["store"],
+        features=[f.strip() for f in kw["features"].split(",") if f.strip()],
+        head=kw["head"],
+        train=kw["train_list"],
+        val=kw["val_list"],
+        head_options=head_options,
+        epochs=kw["epochs"],
+        batch_size=kw["batch_size"],
+        lr=kw["lr"],
+        weight_decay=kw["weight_decay"],
+        optimizer=kw["optimizer"],
+        schedule=kw["schedule"],
+        early_stop=kw["early_stop"],
+        augment=not kw["no_augment"],
+        cache=not kw["no_cache"],
+        workers=kw["workers"],
+        seed=kw["seed"],
+        device=kw["device"],
+        video_root=kw["video_root"],
+    )
+    best = train(
+        cfg,
+        kw["out"],
+        progress=not kw["quiet"] and sys.stderr.isatty(),
+        echo=lambda s: click.echo(s, err=True),
+    )
+    if "val_prec1" in best:
+        click.echo(
+            f"fuse {cfg.head} on {','.join(cfg.features)}: best epoch {best['epoch']}, "
+            f"val Prec@1 {best['val_prec1']:.4f}, Prec@5 {best['val_prec5']:.4f} "
+            f"-> {kw['out']}"
+        )
+    else:
+        click.echo(f"fuse {cfg.head}: trained {best.get('epoch', 0)} epochs -> {kw['out']}")
+
+
+@fuse.command("eval")
+@click.option("--run", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--videos", required=True, type=click.Path(dir_okay=False))
+@click.option("--name", help="Name of the RUN/eval-<name>/ folder (default: the list's name).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--video-root", type=click.Path(file_okay=False))
+def fuse_eval(run, store, videos, name, device, video_root) -> None:
+    """Prec@1, Prec@5, mean class accuracy; per-video scores, per-class CSV, confusion PNG."""
+    from fusion.trainer import evaluate
+
+    res = evaluate(run, store, videos, device=device, name=name, video_root=video_root)
+    for line in res["notes"]:
+        click.echo(line, err=True)
+    click.echo(
+        f"eval: {res['videos']} videos, Prec@1 {res['prec1']:.4f}, Prec@5 "
+        f"{res['prec5']:.4f}, mean class acc {res['mean_class_acc']:.4f} -> {res['out']}"
+    )
+
+
+@fuse.command("predict")
+@click.option("--run", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--videos", required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--video-root", type=click.Path(file_okay=False))
+def fuse_predict(run, store, videos, out, device, video_root) -> None:
+    """Per-video class scores and top-5 labels for a list (labelled or not)."""
+    from fusion.trainer import predict
+
+    n = predict(run, store, videos, out, device=device, video_root=video_root)
+    click.echo(f"predict: {n} videos -> {out}")
+
+
+# --------------------------------------------------------------------------- ensemble
+
+
+def _members(values: tuple[str, ...]) -> list[str]:
+    return [m.strip() for v in values for m in v.split(",") if m.strip()]
+
+
+@main.group(invoke_without_command=True)
+@click.option(
+    "--members",
+    multiple=True,
+    metavar="MEMBER",
+    help="Fusion run folder, set:NAME (stored clip scores) or a scores CSV; repeat "
+    "or comma-separate.",
+)
+@click.option(
+    "--store",
+    type=click.Path(exists=True, file_okay=False),
+    help="Feature store (for runs and set: members).",
+)
+@click.option(
+    "--videos",
+    type=click.Path(dir_okay=False),
+    help="Labelled held-out list the ensemble is fit and cross-fitted on.",
+)
+@click.option("--out", type=click.Path(file_okay=False), help="Ensemble folder.")
+@click.option("--folds", default=5, show_default=True, help="Stratified cross-fitting folds.")
+@click.option("--num-leaves", default=7, show_default=True)
+@click.option("--learning-rate", default=0.05, show_default=True)
+@click.option("--n-estimators", default=200, show_default=True)
+@click.option("--min-child-samples", default=5, show_default=True)
+@click.option(
+    "--early-stopping",
+    default=0,
+    show_default=True,
+    help="Rounds without improvement on an inner hold-out (0: off).",
+)
+@click.option(
+    "--intersect",
+    is_flag=True,
+    help="Drop videos some member lacks (reported) instead of refusing.",
+)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--video-root", type=click.Path(file_okay=False))
+@click.pass_context
+def ensemble(
+    ctx,
+    members,
+    store,
+    videos,
+    out,
+    folds,
+    num_leaves,
+    learning_rate,
+    n_estimators,
+    min_child_samples,
+    early_stopping,
+    intersect,
+    seed,
+    device,
+    video_root,
+) -> None:
+    """Stack member class scores with a LightGBM GBDT; K-fold cross-fitted evaluation.
+
+    Prints every member's Prec@1/Prec@5, the mean-of-probabilities baseline and the ensemble's
+    out-of-fold scores, all on the same videos; writes the models, table (Markdown + CSV),
+    out-of-fold scores and a bar chart to --out.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from fusion.ensemble import GBDTStacker, format_table, run_ensemble
+    from vidfeat.videolist import load_list
+
+    for name, val in (("--members", members), ("--videos", videos), ("--out", out)):
+        if not val:
+            raise click.UsageError(f"{name} is required")
+    est = GBDTStacker(
+        num_leaves=num_leaves,
+        learning_rate=learning_rate,
+        n_estimators=n_estimators,
+        min_child_samples=min_child_samples,
+        early_stopping=early_stopping,
+        seed=seed,
+    )
+    vl = load_list(videos, video_root=video_root, require_labels=True)
+    rows = run_ensemble(
+        _members(members),
+        store,
+        vl,
+        out,
+        est=est,
+        folds=folds,
+        intersect=intersect,
+        device=device,
+        echo=click.echo,
+    )
+    click.echo(format_table(rows))
+    click.echo(f"ensemble -> {out} (table.md, table.csv, oof_scores.csv, bars.png, model.txt)")
+
+
+@ensemble.command("predict")
+@click.option("--ensemble", "ens", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--members",
+    multiple=True,
+    help="Members in the fitted order (default: the ones it was fit on).",
+)
+@click.option("--store", type=click.Path(exists=True, file_okay=False))
+@click.option("--videos", required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--video-root", type=click.Path(file_okay=False))
+def ensemble_predict(ens, members, store, videos, out, device, video_root) -> None:
+    """Score new videos with a fitted ensemble (class scores + top-5 labels, CSV)."""
+    from fusion.ensemble import predict_ensemble
+    from vidfeat.videolist import load_list
+
+    vl = load_list(videos, video_root=video_root)
+    n = predict_ensemble(ens, store, vl, out, _members(members) or None, device)
+    click.echo(f"ensemble predict: {n} videos -> {out}")
+
+
 if __name__ == "__main__":
     main()

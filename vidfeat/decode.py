@@ -386,7 +386,8 @@ def _seek(container, stream, path, table: _FrameTable, key_rank: int):
 def read_audio(path: str | Path, rate: int = 16000) -> np.ndarray | None:
     """The first audio track as mono float32 samples at ``rate`` Hz; None if there is no track.
 
-    Resampling and mono mixdown by FFmpeg's resampler (through PyAV): no ffmpeg binary, no WAV.
+    Resampled by FFmpeg's resampler (through PyAV: no ffmpeg binary, no WAV); the mono mixdown
+    is the mean of the channels.
     Raises a DecodeError if the track exists but cannot be decoded.
     """
     return _concat(iter_audio(path, rate))
@@ -411,17 +412,24 @@ def iter_audio(path: str | Path, rate: int = 16000) -> Iterator[np.ndarray] | No
     return _audio_chunks(path, rate)
 
 
+def _mono(frame: av.AudioFrame) -> np.ndarray:
+    a = frame.to_ndarray()  # planar float: (channels, samples)
+    return (a[0] if a.shape[0] == 1 else a.mean(axis=0)).astype(np.float32, copy=False)
+
+
 def _audio_chunks(path: str | Path, rate: int) -> Iterator[np.ndarray]:
     with open_container(path) as container:
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        # Resample every channel, then average them: the mono mixdown VGGish defines (FFmpeg's
+        # own stereo->mono downmix weighs each side by 1/sqrt(2), i.e. 3 dB louder).
+        resampler = av.AudioResampler(format="fltp", rate=rate)
         try:
             for frame in container.decode(stream):
                 frame.pts = None  # let the resampler keep its own clock
                 for out in resampler.resample(frame):
-                    yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                    yield _mono(out)
             for out in resampler.resample(None):
-                yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                yield _mono(out)
         except av.error.FFmpegError as exc:
             raise CorruptVideoError(path, f"audio: {_short(exc)}") from None
 
