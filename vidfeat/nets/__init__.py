@@ -1,1 +1,18 @@
-"""Segment networks and the temporal layers shared with the fusion heads."""
+"""Segment networks (StNet, TSN on timm backbones) and the temporal layers shared with the
+fusion heads.
+
+The segment-network names are imported lazily, so ``vidfeat.nets.txb`` (used by the fusion
+heads) does not pull in timm.
+"""
+
+from __future__ import annotations
+
+_LAZY = {"SEGMENT_NETS", "SegmentNet", "create_segment_net", "conv1_inflate", "count_parameters"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from vidfeat.nets import segment
+
+        return getattr(segment, name)
+    raise AttributeError(f"module 'vidfeat.nets' has no attribute {name!r}")

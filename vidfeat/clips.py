@@ -1,0 +1,238 @@
+"""Datasets that turn videos (or stored flow fields) into network input clips on the grid.
+
+Every item is ``{"x": Tensor [T, C, S, S], "label": int, "index": int}`` or, when the video
+cannot be read, ``{"error": (class name, message), "index": int}`` — a bad video never kills a
+DataLoader worker; training counts and skips it, extraction records it as a failure.
+
+* RGB (``rgb_layout="stnet"``): T super-images of N frames, channel = 3·j + c (frame-major).
+* RGB (``rgb_layout="tsn"``): one frame per segment (N = 1: the segment's centre frame at test
+  time, a random frame of the segment in training).
+* Flow: the stored uint8 fields ``(T_s, N, 2, H, W)`` → ``[T, 2N, S, S]`` in [-1, 1], channel =
+  2·j + (x, y); training picks T of the T_s stored segments at random (in order).
+* Audio: one 96×64 log-mel example per segment → ``[T, 1, 96, 64]``.
+
+Train mode: random segment offsets, one random crop + horizontal flip for the whole clip (a flip
+negates the x component of flow). Test mode: centred segments and a centre crop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vidfeat.decode import probe, read_frames
+from vidfeat.errors import ConfigError, VidfeatError
+from vidfeat.grid import SegmentGrid
+from vidfeat.videolist import VideoList
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How clips are cut: T segments, N frames each, crop size and the resize before it."""
+
+    segments: int
+    frames: int
+    size: int  # square crop fed to the network
+    short_side: int  # frames are resized to this short side before cropping
+    train: bool
+
+    def __post_init__(self) -> None:
+        if self.size < 16:
+            raise ConfigError(f"--size must be >= 16 (got {self.size})")
+        if self.short_side < self.size:
+            raise ConfigError(
+                f"--short-side ({self.short_side}) must be >= --size ({self.size}): the crop "
+                "is taken from the resized frame"
+            )
+
+
+def _crop_box(h: int, w: int, size: int, rng: np.random.Generator | None) -> tuple[int, int]:
+    if rng is None:
+        return (h - size) // 2, (w - size) // 2
+    return int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+
+
+class _Base(Dataset):
+    def __init__(self, videos: VideoList, spec: ClipSpec, seed: int = 0) -> None:
+        self.with_meta = False  # extraction also wants the attrs stored with the features
+        self.videos = videos
+        self.records = videos.records
+        self.labels = videos.label_indices() if videos.labelled else [-1] * len(videos)
+        self.spec = spec
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rng(self, i: int) -> np.random.Generator | None:
+        return np.random.default_rng([self.seed, self.epoch, i]) if self.spec.train else None
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            x, meta = self.load(i, self._rng(i))
+        except VidfeatError as exc:
+            return {"error": (type(exc).__name__, exc.format_message()), "index": i}
+        except Exception as exc:  # noqa: BLE001 - reported per video, never fatal
+            return {"error": (type(exc).__name__, f"{self.records[i].path}: {exc}"), "index": i}
+        item = {"x": x, "label": self.labels[i], "index": i}
+        if self.with_meta:
+            item["meta"] = meta
+        return item
+
+    def load(self, i: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, dict]:
+        """The clip tensor and the attrs to store with its features."""
+        raise NotImplementedError
+
+
+class RGBClips(_Base):
+    """RGB clips decoded on the fly (see module docstring for the layouts)."""
+
+    def __init__(
+        self, videos: VideoList, spec: ClipSpec, layout: str = "stnet", seed: int = 0
+    ) -> None:
+        super().__init__(videos, spec, seed)
+        if layout not in ("stnet", "tsn"):
+            raise ConfigError(f"rgb layout must be stnet or tsn (got {layout!r})")
+        self.layout = layout
+        n = spec.frames if layout == "stnet" else 1
+        self.grid = SegmentGrid(spec.segments, n, "train" if spec.train else "test")
+
+    def load(self, i: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, dict]:
+        rec = self.records[i]
+        info = probe(rec.path)
+        g = self.grid.sample(info.num_frames, info.fps, rng)
+        frames = read_frames(rec.path, g.indices.reshape(-1), short_side=self.spec.short_side)
+        _, h, w, _ = frames.shape
+        s = self.spec.size
+        y0, x0 = _crop_box(h, w, s, rng)
+        clip = frames[:, y0 : y0 + s, x0 : x0 + s]
+        if rng is not None and rng.uniform() < 0.5:
+            clip = clip[:, :, ::-1]
+        x = (clip.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        T, n = g.indices.shape
+        # [T*n, S, S, 3] -> [T, n*3, S, S], channel 3*j + c
+        x = x.reshape(T, n, s, s, 3).transpose(0, 1, 4, 2, 3).reshape(T, n * 3, s, s)
+        return torch.from_numpy(np.ascontiguousarray(x)), _meta(rec, info, g)
+
+
+class FlowClips(_Base):
+    """Flow stacks from a store's ``<method>-fields`` set."""
+
+    def __init__(
+        self,
+        videos: VideoList,
+        spec: ClipSpec,
+        store_root: str | Path,
+        set_name: str,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(videos, spec, seed)
+        self.store_root = Path(store_root)
+        self.set_name = set_name
+        self._fs = None
+        cfg = self._set().config
+        self.bound = float(cfg["quantization"]["bound"])
+        self.stored_T, self.stored_N = int(cfg["T"]), int(cfg["N"])
+        if spec.frames > self.stored_N:
+            raise ConfigError(
+                f"--frames {spec.frames} > the {self.stored_N} flow pairs per segment stored in "
+                f"set {set_name!r}; extract flow with --frames {spec.frames} (or use fewer)"
+            )
+
+    def _set(self):
+        if self._fs is None:
+            from vidfeat.store import FeatureStore
+
+            self._fs = FeatureStore(self.store_root).open_set(self.set_name)
+        return self._fs
+
+    def load(self, i: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, dict]:
+        from vidfeat.errors import StoreError
+
+        vid = self.records[i].video_id
+        fs = self._set()
+        if vid not in fs:
+            raise StoreError(f"video {vid!r} has no flow fields in set {self.set_name!r}")
+        q, attrs = fs.get(vid)  # (Ts, Ns, 2, H, W) uint8
+        T, n, s = self.spec.segments, self.spec.frames, self.spec.size
+        Ts = q.shape[0]
+        if rng is not None and Ts >= T:
+            # random T of the stored segments, kept in temporal order (TSN-style sampling)
+            seg = np.sort(rng.choice(Ts, size=T, replace=False))
+        else:
+            seg = np.minimum(((np.arange(T) + 0.5) * Ts / T).astype(np.int64), Ts - 1)
+        q = q[seg, :n]
+        h, w = q.shape[-2:]
+        if min(h, w) < s:
+            raise ConfigError(
+                f"stored flow fields are {h}x{w}, smaller than --size {s}; extract flow with "
+                f"--short-side >= {s}"
+            )
+        y0, x0 = _crop_box(h, w, s, rng)
+        q = q[..., y0 : y0 + s, x0 : x0 + s].astype(np.float32)
+        x = (q - 127.5) / 127.5
+        if rng is not None and rng.uniform() < 0.5:
+            x = x[..., ::-1].copy()
+            x[:, :, 0] = -x[:, :, 0]  # mirrored motion: horizontal component changes sign
+        meta = {k: v for k, v in attrs.items() if k not in ("written_at", "frame_indices")}
+        for k in ("segment_start", "segment_end"):
+            if k in meta:
+                meta[k] = np.asarray(meta[k])[seg]
+        meta["frame_indices"] = np.asarray(attrs["frame_indices"])[seg, : n + 1]
+        return torch.from_numpy(np.ascontiguousarray(x.reshape(T, n * 2, s, s))), meta
+
+
+class AudioClips(_Base):
+    """One log-mel example per grid segment. Videos without audio yield zeros; training drops
+    them beforehand (see :func:`videos_with_audio`)."""
+
+    def __init__(self, videos: VideoList, spec: ClipSpec, seed: int = 0) -> None:
+        super().__init__(videos, spec, seed)
+        self.grid = SegmentGrid(spec.segments, 1, "train" if spec.train else "test")
+
+    def load(self, i: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, dict]:
+        from vidfeat.audio import grid_examples_from_file
+
+        rec = self.records[i]
+        info = probe(rec.path)
+        g = self.grid.sample(info.num_frames, info.fps, rng)
+        centres = g.centre
+        if rng is not None:  # jitter the window inside its segment
+            half = (g.end - g.start) / 2
+            centres = centres + rng.uniform(-1, 1, size=len(centres)) * half * 0.8
+        ex, has_audio, note = grid_examples_from_file(rec.path, centres)
+        meta = _meta(rec, info, g)
+        meta["has_audio"] = bool(has_audio)
+        if note:
+            meta["note"] = note
+        return torch.from_numpy(np.ascontiguousarray(ex[:, None].astype(np.float32))), meta
+
+
+def _meta(rec, info, g) -> dict:
+    from vidfeat.extractors import base_attrs
+
+    return base_attrs(rec, None, info, g)
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack the good items; keep the failed ones aside (``errors``: [(index, (cls, msg))])."""
+    good = [it for it in items if "error" not in it]
+    out: dict = {"errors": [(it["index"], it["error"]) for it in items if "error" in it]}
+    if good:
+        out["x"] = torch.stack([it["x"] for it in good])
+        out["label"] = torch.as_tensor([it["label"] for it in good])
+        out["index"] = [it["index"] for it in good]
+        if "meta" in good[0]:
+            out["meta"] = [it["meta"] for it in good]
+    return out
