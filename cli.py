@@ -189,9 +189,18 @@ def run_options(f):
         click.option(
             "--workers",
             "-j",
-            default=1,
+            type=click.IntRange(min=0),
+            help="Worker processes (decode + compute) [default: 1; a local Ray instance: "
+            "all CPUs].",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0),
+            default=600.0,
             show_default=True,
-            help="Worker processes (decode + compute).",
+            help="Seconds one video may take; past it the video fails as Timeout and the run "
+            "goes on (0 = no limit; with --workers 1 it then runs in this process). With "
+            "--checkpoint a stuck decode stops the run instead of hanging it.",
         ),
         click.option("--shard", help="Take shard i of N (0-based), e.g. 3/8, for job arrays."),
         click.option("--limit", type=int, help="Process at most this many videos."),
@@ -264,7 +273,9 @@ def _run_options(kw: dict):
     from vidfeat.runner import RunOptions, parse_shard
 
     return RunOptions(
-        workers=kw["workers"],
+        workers=1 if kw["workers"] is None else kw["workers"],
+        ray_local_cpus=kw["workers"],  # None: a local Ray instance takes the machine's CPUs
+        timeout=kw["timeout"],
         shard=parse_shard(kw["shard"]),
         limit=kw["limit"],
         dry_run=kw["dry_run"],
@@ -843,10 +854,17 @@ def _parse_head_options(pairs: tuple[str, ...], flag: str = "--head-opt") -> dic
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--video-root", type=click.Path(file_okay=False))
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from last.pt (a larger --epochs may be given).",
+)
 @click.option("--quiet", "-q", is_flag=True)
 def fuse_train(**kw) -> None:
-    """Train a fusion head on feature sets of a store; keeps the best epoch by val Prec@1."""
-    from fusion.trainer import FuseConfig, train
+    """Train a fusion head on feature sets of a store; keeps the best epoch by val Prec@1.
+
+    Under torchrun (one process per GPU, or gloo on CPU) --batch-size is the global batch."""
+    from fusion.trainer import FuseConfig, is_main_process, train
 
     head_options = _parse_head_options(kw["head_opt"])
     if kw["dropout"] is not None:
@@ -875,9 +893,12 @@ def fuse_train(**kw) -> None:
     best = train(
         cfg,
         kw["out"],
+        resume=kw["resume"],
         progress=not kw["quiet"] and sys.stderr.isatty(),
         echo=lambda s: click.echo(s, err=True),
     )
+    if not is_main_process():  # one summary per torchrun launch, from rank 0
+        return
     if "val_prec1" in best:
         click.echo(
             f"fuse {cfg.head} on {','.join(cfg.features)}: best epoch {best['epoch']}, "
@@ -1009,7 +1030,7 @@ def ensemble(
         seed=seed,
     )
     vl = load_list(videos, video_root=video_root, require_labels=True)
-    rows = run_ensemble(
+    report = run_ensemble(
         _members(members),
         store,
         vl,
@@ -1018,10 +1039,14 @@ def ensemble(
         folds=folds,
         intersect=intersect,
         device=device,
-        echo=click.echo,
     )
-    click.echo(format_table(rows))
-    click.echo(f"ensemble -> {out} (table.md, table.csv, oof_scores.csv, bars.png, model.txt)")
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    click.echo(format_table(report.rows))
+    click.echo(
+        f"ensemble -> {out} (table.md, table.csv, oof_scores.csv, bars.png, model.txt, "
+        f"{report.folds} fold models in folds/)"
+    )
 
 
 @ensemble.command("predict")
@@ -1042,8 +1067,10 @@ def ensemble_predict(ens, members, store, videos, out, device, video_root) -> No
     from vidfeat.videolist import load_list
 
     vl = load_list(videos, video_root=video_root)
-    n = predict_ensemble(ens, store, vl, out, _members(members) or None, device)
-    click.echo(f"ensemble predict: {n} videos -> {out}")
+    report = predict_ensemble(ens, store, vl, out, _members(members) or None, device)
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"ensemble predict: {report.videos} videos -> {out}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ class Report:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (id, message)
     started: float = field(default_factory=time.perf_counter)
     seconds: float | None = None
+    stopped: str | None = None  # why the run ended early (e.g. "interrupted"); None = it finished
 
     def fail(self, video_id: str, message: str) -> None:
         self.failed += 1
@@ -28,6 +29,11 @@ class Report:
 
     def note(self, what: str, n: int = 1) -> None:
         self.notes[what] += n
+
+    def stop(self, why: str) -> None:
+        """The run ended before its last video (Ctrl-C, a full disk): the summary says so and
+        the exit code is non-zero."""
+        self.stopped = why
 
     def finish(self) -> Report:
         self.seconds = time.perf_counter() - self.started
@@ -39,9 +45,10 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.stopped else 0
 
     def summary(self) -> str:
         parts = [f"{self.done} done", f"{self.skipped} skipped", f"{self.failed} failed"]
         parts += [f"{n} {what}" for what, n in sorted(self.notes.items())]
-        return f"{self.what}: " + ", ".join(parts) + f" in {self.elapsed:.1f}s"
+        line = f"{self.what}: " + ", ".join(parts) + f" in {self.elapsed:.1f}s"
+        return line + (f" (stopped: {self.stopped})" if self.stopped else "")

@@ -3,8 +3,26 @@
 Design: workers decode and compute; the parent alone writes shards. One writer per job keeps
 shard files few and large, a crashing worker can never leave a half-written shard, and the
 arrays cross the process boundary once (a pipe copy, small next to decoding + flow/network
-compute). At most ``2 × workers`` videos are in flight, so memory stays bounded however long the
-list is.
+compute).
+
+Workers are plain processes, each fed one video at a time through its own pipe (not a
+``ProcessPoolExecutor``, whose one shared queue hides which worker holds which video). So the
+parent always knows the video each worker holds, and at most ``workers`` videos are in flight:
+
+* a worker that dies (segfault, OOM kill) fails exactly the video it held, as ``WorkerCrashed``;
+  a fresh worker takes its place and the run goes on;
+* ``--timeout`` bounds each video twice: inside the worker a ``SIGALRM`` interrupts the
+  extractor at the limit (the worker survives, the video fails as ``Timeout``); a call that never
+  returns to Python (a hung C library call) ignores that, so the parent's watchdog kills the
+  worker shortly after the limit and fails that video alone.
+
+``--workers 1`` with a timeout runs one such worker process: only a separate process can bound
+a hung C call, and it also keeps a crash from taking the run down. ``--workers 1 --timeout 0``
+runs in this process (no bound, no isolation; handy under a debugger or profiler).
+
+Class index: a set created from a labelled list records its classes (sorted labels) in
+set.json, and every later list writes ``class_index`` against that stored list, so the attr
+means the same within a set; a network's set uses the network's classes.
 
 Job arrays: ``--shard i/N`` keeps the videos whose id hashes to i mod N (sha1 of the id, so the
 split does not depend on the order of the list file). Every job writes shards and a failures file
@@ -14,23 +32,38 @@ without locks; the reader deduplicates.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
+import math
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_any
+from multiprocessing.context import SpawnContext
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vidfeat.errors import ConfigError, DecodeError, VidfeatError
 from vidfeat.extractors import Extracted, Extractor, library_versions
 from vidfeat.report import Report
 from vidfeat.videolist import VideoList, VideoRecord
+
+if TYPE_CHECKING:
+    from vidfeat.store import FeatureStore
+
+DEFAULT_TIMEOUT = 600.0  # seconds per video: hours of 4K flow would need more; a hang never ends
 
 
 @dataclass
@@ -48,8 +81,10 @@ class RunOptions:
     float16: bool = False
     min_free_mb: float = 64.0  # stop cleanly before the disk is full
     progress: bool = True
+    timeout: float = DEFAULT_TIMEOUT  # per video, seconds; 0 = no limit
     engine: str = "local"  # local | ray
     ray_address: str | None = None  # join this cluster; None starts a local Ray instance
+    ray_local_cpus: int | None = None  # CPUs of a local Ray instance; None = the machine's
     ray_num_cpus: float = 1.0  # resources per Ray task
     ray_num_gpus: float = 0.0
     chunk_videos: int | None = None  # videos per Ray task (default: --shard-videos)
@@ -109,9 +144,80 @@ def storage_config(opts: RunOptions) -> dict:
     return out
 
 
+def check_options(opts: RunOptions) -> None:
+    if opts.limit is not None and opts.limit < 0:
+        raise ConfigError(f"--limit must be >= 0 (got {opts.limit})")
+    if not opts.timeout >= 0:
+        raise ConfigError(f"--timeout must be >= 0 seconds, 0 for no limit (got {opts.timeout})")
+    if opts.engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray (got {opts.engine!r})")
+
+
+# --------------------------------------------------------------------------- class index
+
+
+def set_classes(
+    store: FeatureStore, set_name: str, config: dict, videos: VideoList, stored: dict | None
+) -> list[str] | None:
+    """The class index ``class_index`` attrs follow: a network's classes (its scores are in
+    that order), else the classes the set recorded when it was created, else (new set) this
+    list's sorted labels. A label outside it is refused before any work."""
+    if "classes" in config:
+        classes: list[str] | None = list(config["classes"])
+        whose = f"the network's {len(classes)} classes"
+        fix = "extract a list labelled with the network's classes"
+    elif stored is not None and "classes" in stored:
+        classes = list(stored["classes"])
+        whose = (
+            f"the {len(classes)} classes set {set_name!r} recorded from the list that created "
+            f"it ({store.set_dir(set_name) / 'set.json'})"
+        )
+        fix = "use --name for a new set (or another --store): a set keeps one class index"
+    elif stored is not None:
+        classes = list(videos.classes) or None
+        if classes:
+            from vidfeat.store import StoreWarning
+
+            warnings.warn(
+                f"set {set_name!r} records no class list (made from an unlabelled list or by an "
+                "older vidfeat): class_index follows this list's labels and may differ from "
+                "earlier runs; extract into a new --name for a consistent class index",
+                StoreWarning,
+                stacklevel=3,
+            )
+        return classes
+    else:
+        return list(videos.classes) or None
+    unknown = sorted({r.label for r in videos.records if r.label is not None} - set(classes))
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise ConfigError(f"labels {shown}{more} of {videos.source} are not among {whose}; {fix}")
+    return classes
+
+
+def _create_set(
+    store: FeatureStore, set_name: str, config: dict, classes: list[str] | None
+) -> dict:
+    """Create the set (or join one a concurrent job just created), recording the class list."""
+    if classes is None or "classes" in config:
+        return store.ensure_set(set_name, config)
+    try:
+        return store.ensure_set(set_name, {**config, "classes": classes})
+    except ConfigError:
+        # another job created it first, maybe from a list with other labels: compare the rest
+        # (this raises if something else differs); the caller then checks labels against it
+        return store.ensure_set(set_name, config)
+
+
 # --------------------------------------------------------------------------- worker side
 
 _EXTRACTOR: Extractor | None = None
+
+
+class VideoTimeout(BaseException):
+    """Raised inside a worker by SIGALRM when a video exceeds ``--timeout``. A BaseException,
+    so an extractor's own ``except Exception`` cannot swallow it."""
 
 
 def _init_worker(extractor: Extractor) -> None:
@@ -120,11 +226,52 @@ def _init_worker(extractor: Extractor) -> None:
     extractor.setup()
 
 
-def _work(record: VideoRecord, class_index: int | None) -> tuple[str, Extracted | None, tuple]:
+@contextlib.contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """Raise :class:`VideoTimeout` in this thread after ``seconds`` (0: never). Only the main
+    thread receives signals; elsewhere this is a no-op (the parent's watchdog still applies)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise VideoTimeout
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            signal.signal(signal.SIGALRM, old)
+
+
+def timeout_failure(record: VideoRecord, timeout: float, killed: bool = False) -> tuple[str, str]:
+    how = (
+        "did not return (stuck outside Python); its worker process was killed"
+        if killed
+        else "was stopped"
+    )
+    return (
+        "Timeout",
+        f"{record.path}: extraction exceeded --timeout {timeout:g} s and {how}; a longer "
+        "video may need a larger --timeout (0 = no limit)",
+    )
+
+
+def _work(
+    record: VideoRecord, class_index: int | None, timeout: float = 0.0
+) -> tuple[str, Extracted | None, tuple]:
     """Runs in a worker: never raises for a bad video; returns the failure instead."""
     assert _EXTRACTOR is not None
     try:
-        return record.video_id, _EXTRACTOR.extract(record, class_index), ()
+        with _alarm(timeout):
+            result = _EXTRACTOR.extract(record, class_index)
+        return record.video_id, result, ()
+    except VideoTimeout:
+        return record.video_id, None, timeout_failure(record, timeout)
     except DecodeError as exc:
         return record.video_id, None, (type(exc).__name__, str(exc))
     except VidfeatError as exc:
@@ -135,6 +282,35 @@ def _work(record: VideoRecord, class_index: int | None) -> tuple[str, Extracted 
         tb = traceback.extract_tb(exc.__traceback__)[-1]
         where = f" at {Path(tb.filename).name}:{tb.lineno}" if tb else ""
         return record.video_id, None, (type(exc).__name__, f"{record.path}: {exc}{where}")
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the parent dies (kill -9 of a job), so no
+    orphan — possibly hung in a C call — outlives its run."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _worker_main(conn: Connection, extractor: Extractor, timeout: float, parent: int) -> None:
+    """A worker process: set up, say ready, then extract one video per message until told to
+    stop (None) or the parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        return
+    try:
+        try:
+            _init_worker(extractor)
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, which stops the run
+            conn.send(("setup-failed", type(exc).__name__, str(exc)))
+            return
+        conn.send(("ready",))
+        while (task := conn.recv()) is not None:
+            record, class_index = task
+            conn.send(("result", *_work(record, class_index, timeout)))
+    except (EOFError, OSError):
+        return  # the parent closed the pipe or died
 
 
 # --------------------------------------------------------------------------- parent side
@@ -162,6 +338,28 @@ def plan(videos: VideoList, fs, opts: RunOptions) -> Plan:
     return Plan(todo, skipped, len(videos.records) - len(mine), len(videos.records))
 
 
+def kept(set_dir: Path, added: list[str]) -> int:
+    """How many of the videos this run added are in completed shards: after an abnormal stop
+    the last shard may or may not have been completed, and the summary should say what a rerun
+    will find."""
+    from vidfeat.store import FeatureSet
+
+    try:
+        with FeatureSet(set_dir) as fs:
+            done = fs.completed_ids()
+    except (VidfeatError, OSError):
+        return len(added)
+    return sum(v in done for v in added)
+
+
+def _stopped(report: Report, exc: BaseException, bar, echo) -> None:
+    """An abnormal stop (Ctrl-C, disk full, ...) still prints the summary of what was done;
+    the caller re-raises."""
+    bar.close()
+    report.stop("interrupted" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__)
+    echo(report.finish().summary())
+
+
 def run_extraction(
     videos: VideoList,
     extractor: Extractor,
@@ -173,24 +371,22 @@ def run_extraction(
     """Extract every planned video of ``videos`` into set ``set_name`` of the store.
 
     Returns the Report (done / skipped / failed, notes); failures are also appended to the
-    set's ``failures-<job>.jsonl``. KeyboardInterrupt closes the current shard (its videos are
-    complete) and propagates.
+    set's ``failures-<job>.jsonl``. A run stopped by KeyboardInterrupt or an error (e.g. a full
+    disk) completes the current shard (its videos are complete), prints the summary of what it
+    did through ``echo`` and re-raises.
     """
     from vidfeat.store import FailureLog, FeatureStore, cleanup_stale_partials
 
     if opts.workers < 1:
         raise ConfigError(f"--workers must be >= 1 (got {opts.workers})")
-    if opts.limit is not None and opts.limit < 0:
-        raise ConfigError(f"--limit must be >= 0 (got {opts.limit})")
-    if opts.engine not in ("local", "ray"):
-        raise ConfigError(f"--engine must be local or ray (got {opts.engine!r})")
+    check_options(opts)
     store = FeatureStore(store_root)
     config = {**extractor.config(), **library_versions(), **storage_config(opts)}
     existing = set_name in store.sets()
     fs = store.open_set(set_name) if existing else None
-    if fs is not None:
-        # refuse to mix configurations before doing any work (names the differing keys)
-        store.ensure_set(set_name, config)
+    # refuse to mix configurations (names the differing keys) or labels before doing any work
+    stored = store.ensure_set(set_name, config) if existing else None
+    classes = set_classes(store, set_name, config, videos, stored)
     p = plan(videos, fs, opts)
     report = Report("extract")
     report.skipped = p.skipped_done
@@ -204,11 +400,13 @@ def run_extraction(
         if len(p.todo) > 20:
             echo(f"  ... and {len(p.todo) - 20} more")
         return report.finish()
-    store.ensure_set(set_name, config)
+    if stored is None:
+        stored = _create_set(store, set_name, config, classes)
+        classes = set_classes(store, set_name, config, videos, stored)
     set_dir = store.set_dir(set_name)
     cleanup_stale_partials(set_dir)
     job = opts.job or default_job_name(opts.shard)
-    class_of = {c: i for i, c in enumerate(videos.classes)}
+    class_of = {c: i for i, c in enumerate(classes or [])}
     failures = FailureLog(set_dir, job)
     from tqdm import tqdm
 
@@ -226,10 +424,14 @@ def run_extraction(
 
             # Ray tasks write their own shards; the driver only counts and shows progress
             run_ray(p.todo, extractor, Path(store_root), set_name, job, class_of, opts, report, bar)
+        except BaseException as exc:
+            _stopped(report, exc, bar, echo)
+            raise
         finally:
             bar.close()
         return report.finish()
     writer = writer_for(set_dir, job, opts)
+    added: list[str] = []
 
     def handle(vid: str, result: Extracted | None, error: tuple, record: VideoRecord) -> None:
         if result is None:
@@ -238,6 +440,7 @@ def run_extraction(
             bar.write(f"failed {vid}: {error[1]}", file=sys.stderr)
         else:
             result.attrs["written_at"] = time.time()
+            added.append(vid)  # before add: a stop inside it may still complete the shard
             writer.add(vid, result.features, result.attrs, result.extra or None)
             report.done += 1
             for note in result.notes:
@@ -246,63 +449,216 @@ def run_extraction(
 
     try:
         with writer:
-            if opts.workers == 1:
+            if opts.workers == 1 and not opts.timeout:
                 _init_worker(extractor)
                 for r in p.todo:
                     handle(*_work(r, class_of.get(r.label)), r)
-            else:
-                _run_pool(p.todo, extractor, opts.workers, class_of, handle)
+            elif p.todo:
+                pool = WorkerPool(extractor, opts.workers, opts.timeout, class_of, handle)
+                pool.run(p.todo)
+    except BaseException as exc:
+        report.done = kept(set_dir, added)
+        _stopped(report, exc, bar, echo)
+        raise
     finally:
         bar.close()
     return report.finish()
 
 
-def _run_pool(todo, extractor, workers, class_of, handle) -> None:
-    """Fan out over a process pool with a bounded number of videos in flight. A worker that
-    dies (segfault, OOM kill) fails only the videos it held; the pool is rebuilt for the rest."""
-    ctx = get_context("spawn")  # no inherited h5py/tqdm/thread state in the workers
-    queue = list(reversed(todo))
-    while queue:
-        pool = ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(extractor,)
-        )
-        running: dict[Future, VideoRecord] = {}
-        broken = False
+def _exit_cause(code: int | None) -> str:
+    if code is not None and code < 0:
         try:
-            while queue or running:
-                while queue and len(running) < 2 * workers and not broken:
-                    r = queue.pop()
-                    running[pool.submit(_work, r, class_of.get(r.label))] = r
-                if not running:
-                    break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    r = running.pop(fut)
-                    try:
-                        handle(*fut.result(), r)
-                    except BrokenProcessPool:
-                        broken = True
-                        handle(
-                            r.video_id,
-                            None,
-                            (
-                                "WorkerCrashed",
-                                f"{r.path}: the worker process died while extracting it",
-                            ),
-                            r,
-                        )
-                if broken:
-                    # the others in flight were not at fault: retry them on a fresh pool
-                    queue.extend(running.values())
-                    running.clear()
-                    break
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class _Worker:
+    """One worker process and the parent's end of its pipe; holds at most one video."""
+
+    def __init__(self, ctx: SpawnContext, extractor: Extractor, timeout: float) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_worker_main,
+            args=(child, extractor, timeout, os.getpid()),
+            name="vidfeat-worker",
+            daemon=True,  # never outlives the parent's interpreter
+        )
+        self.proc.start()
+        child.close()
+        self.ready = False
+        self.record: VideoRecord | None = None
+        self.deadline = math.inf
+
+    def give(self, record: VideoRecord, class_index: int | None, limit: float) -> bool:
+        """Send one video; False if the worker is already gone (nothing was assigned)."""
+        try:
+            self.conn.send((record, class_index))
+        except OSError:
+            return False
+        self.record = record
+        self.deadline = time.monotonic() + limit if limit > 0 else math.inf
+        return True
+
+    def receive(self) -> tuple | None:
+        """The next message, or None when the worker died (with or without a message)."""
+        try:
+            if self.conn.poll():
+                return self.conn.recv()
+        except (EOFError, OSError):
+            pass
+        return None
+
+    def stop(self, kill: bool) -> str:
+        """End the process (politely unless ``kill``); returns how it ended."""
+        if not kill and self.proc.is_alive():
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+            self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+        return _exit_cause(self.proc.exitcode)
+
+
+class WorkerPool:
+    """``workers`` processes, one video each at a time (see the module docstring).
+
+    ``handle(video_id, result | None, (error_class, message) | (), record)`` is called in the
+    parent for every video, in completion order, exactly once — also for a video whose worker
+    crashed (``WorkerCrashed``) or overran the timeout (``Timeout``).
+    """
+
+    def __init__(
+        self,
+        extractor: Extractor,
+        workers: int,
+        timeout: float,
+        class_of: dict[str, int],
+        handle: Callable[[str, Extracted | None, tuple, VideoRecord], None],
+    ) -> None:
+        self.extractor = extractor
+        self.class_of = class_of
+        self.handle = handle
+        self.size = workers
+        self.timeout = timeout
+        # the worker's own alarm gets a head start: a cooperative timeout keeps the worker
+        # (no respawn); only a call that never comes back to Python meets the watchdog
+        self.limit = timeout + max(1.0, 0.05 * timeout) if timeout > 0 else 0.0
+        # spawn: no inherited h5py/tqdm/thread state, nor the writer's lock fds
+        self.ctx: SpawnContext = get_context("spawn")
+        self.workers: list[_Worker] = []
+
+    def run(self, todo: list[VideoRecord]) -> None:
+        queue = deque(todo)
+        try:
+            self.workers = [self._spawn() for _ in range(min(self.size, len(queue)))]
+            while queue or any(w.record is not None for w in self.workers):
+                for w in self.workers:
+                    self._feed(w, queue)
+                busy = [w.deadline for w in self.workers if w.record is not None]
+                left = min(busy, default=math.inf) - time.monotonic()
+                ready = wait_any(
+                    [w.conn for w in self.workers] + [w.proc.sentinel for w in self.workers],
+                    timeout=None if left == math.inf else max(0.0, left),
+                )
+                for w in [w for w in self.workers if w.conn in ready or w.proc.sentinel in ready]:
+                    self._service(w, queue)
+                now = time.monotonic()
+                for w in [w for w in self.workers if w.record is not None and now >= w.deadline]:
+                    self._overdue(w, queue)
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            for w in self.workers:
+                w.stop(kill=True)
             raise
-        pool.shutdown(wait=True)
+        for w in self.workers:
+            w.stop(kill=False)
+
+    def _spawn(self) -> _Worker:
+        return _Worker(self.ctx, self.extractor, self.timeout)
+
+    def _feed(self, w: _Worker, queue: deque[VideoRecord]) -> None:
+        if w.ready and w.record is None and queue:
+            r = queue.popleft()
+            if not w.give(r, self.class_of.get(r.label), self.limit):
+                queue.appendleft(r)  # it died idle; its sentinel says so on the next wait
+
+    def _replace(self, w: _Worker, queue: deque[VideoRecord]) -> str:
+        """Stop ``w`` (dead or overdue) and put a fresh worker in its place if work is left."""
+        cause = w.stop(kill=True)
+        i = self.workers.index(w)
+        if queue:
+            self.workers[i] = self._spawn()
+        else:
+            del self.workers[i]
+        return cause
+
+    def _service(self, w: _Worker, queue: deque[VideoRecord]) -> None:
+        msg = w.receive()
+        if msg is None:  # the process is gone
+            record, was_ready = w.record, w.ready
+            cause = self._replace(w, queue)
+            if record is not None:
+                self.handle(
+                    record.video_id,
+                    None,
+                    (
+                        "WorkerCrashed",
+                        f"{record.path}: the worker process died while extracting it "
+                        f"({cause}: a crash in native code or the out-of-memory killer)",
+                    ),
+                    record,
+                )
+            elif not was_ready:
+                raise VidfeatError(
+                    f"a worker process died while starting ({cause}); rerun with --workers 1 "
+                    "--timeout 0 to see the error in the main process"
+                )
+            return
+        if msg[0] == "ready":
+            w.ready = True
+            self._feed(w, queue)
+        elif msg[0] == "setup-failed":
+            raise VidfeatError(
+                f"a worker process could not set up the extractor: {msg[1]}: {msg[2]}"
+            )
+        else:
+            record = w.record
+            assert record is not None
+            w.record, w.deadline = None, math.inf
+            self._feed(w, queue)  # the worker computes the next video while the parent writes
+            self.handle(msg[1], msg[2], msg[3], record)
+
+    def _overdue(self, w: _Worker, queue: deque[VideoRecord]) -> None:
+        record = w.record
+        assert record is not None
+        self._replace(w, queue)
+        self.handle(record.video_id, None, timeout_failure(record, self.timeout, True), record)
 
 
 # --------------------------------------------------------------------------- network extraction
+
+
+def _batches(loader, timeout: float, batch_size: int) -> Iterator[dict]:
+    """The loader's batches; a batch whose decoding overruns the timeout stops the run with a
+    clear error instead of hanging it (a DataLoader cannot fail one video and go on)."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if "timed out" not in str(exc):
+                raise
+            raise VidfeatError(
+                f"a batch of {batch_size} video(s) took longer than --timeout {timeout:g} s per "
+                "video to decode; completed videos are kept. Find the stuck file with `vidfeat "
+                "data probe LIST`, drop it from the list (or raise --timeout) and rerun"
+            ) from exc
+        yield batch
 
 
 def run_network_extraction(
@@ -339,16 +695,17 @@ def run_network_extraction(
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1 (got {batch_size})")
-    if opts.engine != "local":
+    if opts.engine != "local":  # vidfeat.netextract sends --engine ray to the Ray driver
         raise ConfigError(
-            "--engine ray runs flow-field extraction; network extraction (--checkpoint) runs "
-            "batched on the local device: drop --engine, or shard it with --shard i/N"
+            "run_network_extraction runs one local job; for --engine ray call the "
+            "vidfeat.netextract functions, which split the list into Ray tasks"
         )
+    check_options(opts)
     store = FeatureStore(store_root)
     config = {**config, **library_versions(), **storage_config(opts)}
     fs = store.open_set(set_name) if set_name in store.sets() else None
-    if fs is not None:
-        store.ensure_set(set_name, config)
+    stored = store.ensure_set(set_name, config) if fs is not None else None
+    classes = set_classes(store, set_name, config, videos, stored)
     p = plan(videos, fs, opts)
     report = Report("extract")
     report.skipped = p.skipped_done
@@ -358,13 +715,15 @@ def run_network_extraction(
             f"{p.outside_shard} in other shards, into {Path(store_root) / set_name}"
         )
         return report.finish()
-    store.ensure_set(set_name, config)
+    if stored is None:
+        stored = _create_set(store, set_name, config, classes)
+        classes = set_classes(store, set_name, config, videos, stored)
     set_dir = store.set_dir(set_name)
     cleanup_stale_partials(set_dir)
     job = opts.job or default_job_name(opts.shard)
     failures = FailureLog(set_dir, job)
-    todo = VideoList(videos.source, p.todo, videos.classes, videos.format)
-    class_of = {c: i for i, c in enumerate(videos.classes)}
+    todo = VideoList(videos.source, p.todo, classes or videos.classes, videos.format)
+    class_of = {c: i for i, c in enumerate(classes or [])}
     ds = dataset_factory(todo)
     ds.with_meta = True
     loader = DataLoader(
@@ -373,6 +732,9 @@ def run_network_extraction(
         num_workers=opts.workers,  # workers decode the next batches while the model computes
         collate_fn=collate,
         pin_memory=device is not None and device.type == "cuda",
+        # a batch decodes in one worker: the per-video limit times the batch (0 = no limit;
+        # without workers the decode runs here, where nothing can bound it)
+        timeout=opts.timeout * batch_size if opts.workers > 0 else 0,
     )
     device = device or torch.device("cpu")
     dtype = amp_dtype(device)
@@ -387,9 +749,11 @@ def run_network_extraction(
         file=sys.stderr,
         dynamic_ncols=True,
     )
+    writer = writer_for(set_dir, job, opts)
+    added: list[str] = []
     try:
-        with writer_for(set_dir, job, opts) as writer:
-            for batch in loader:
+        with writer:
+            for batch in _batches(loader, opts.timeout, batch_size):
                 for idx, (cls, msg) in batch["errors"]:
                     r = todo.records[idx]
                     failures.add(r.video_id, str(r.path), cls, msg)
@@ -414,7 +778,8 @@ def run_network_extraction(
                     note = attrs.get("note")  # kept in the attrs: why a track was unusable
                     if r.label is not None:
                         attrs["label"] = r.label
-                        attrs["class_index"] = class_of[r.label]
+                        if r.label in class_of:
+                            attrs["class_index"] = class_of[r.label]
                     attrs["written_at"] = time.time()
                     f = feats[b]
                     sc = scores[b].cpu().numpy() if scores is not None else None
@@ -425,11 +790,16 @@ def run_network_extraction(
                     elif postprocess is not None:
                         f = postprocess(f)
                     extra = {"scores": sc} if sc is not None else None
-                    writer.add(r.video_id, f, attrs, extra)
+                    added.append(r.video_id)  # before add: a stop inside it may still
+                    writer.add(r.video_id, f, attrs, extra)  # complete the shard
                     report.done += 1
                     if note:
                         report.note(note.split(":")[0])
                     bar.update(1)
+    except BaseException as exc:
+        report.done = kept(set_dir, added)
+        _stopped(report, exc, bar, echo)
+        raise
     finally:
         bar.close()
     return report.finish()
