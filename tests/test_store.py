@@ -319,6 +319,67 @@ def test_ensure_set_refuses_a_different_config_naming_keys(tmp_path):
     assert json.loads((store.set_dir("tvl1-fields") / "set.json").read_text()) == cfg
 
 
+@pytest.mark.parametrize("first,second", [("float16", None), (None, "float16")])
+def test_float16_and_float32_sets_never_mix_either_way(tmp_path, first, second):
+    # what runner.storage_config produces: the key only for --float16 runs
+    def cfg(storage: str | None) -> dict:
+        return {**CONFIG, **({"storage_dtype": storage} if storage else {})}
+
+    store = FeatureStore(tmp_path)
+    store.ensure_set("rgb", cfg(first))
+    with pytest.raises(ConfigError) as ei:
+        store.ensure_set("rgb", cfg(second))
+    msg = ei.value.message
+    assert 'storage_dtype="float16"' in msg and 'storage_dtype="native"' in msg, msg
+    store.ensure_set("rgb", cfg(first))  # the same storage again is fine
+    # "native" written explicitly equals the key's absence
+    store.ensure_set("other", {**CONFIG, "storage_dtype": "native"})
+    store.ensure_set("other", CONFIG)
+
+
+def test_float16_then_float32_extraction_is_refused_both_ways(tiny_synth, tmp_path):
+    from vidfeat.extractors import FlowFieldsExtractor
+    from vidfeat.flow import make_method
+    from vidfeat.runner import RunOptions, run_extraction
+    from vidfeat.videolist import load_list
+
+    videos = load_list(tiny_synth / "train.csv", video_root=tiny_synth)
+    ex = FlowFieldsExtractor(
+        make_method("farneback"), segments=2, frames=1, short_side=16, bound=20.0
+    )
+    for first in (True, False):
+        root = tmp_path / f"store-{first}"
+        opts = RunOptions(limit=1, progress=False, float16=first)
+        assert run_extraction(videos, ex, root, "f", opts, echo=lambda *_: None).done == 1
+        again = RunOptions(limit=1, progress=False, float16=not first)
+        with pytest.raises(ConfigError, match="storage_dtype"):
+            run_extraction(videos, ex, root, "f", again, echo=lambda *_: None)
+
+
+def test_config_keys_only_in_the_set_refuse_too(tmp_path):
+    store = FeatureStore(tmp_path)
+    store.ensure_set("rgb", {**CONFIG, "short_side": 128})
+    with pytest.raises(ConfigError, match="short_side=128"):
+        store.ensure_set("rgb", CONFIG)  # the run does not say: it is not the same set
+    # provenance recorded only by the set still never refuses
+    store.ensure_set("prov", {**CONFIG, "checkpoint_path": "/a/best.pt", "train_info": {"x": 1}})
+    store.ensure_set("prov", CONFIG)
+    store.ensure_set("ver", {**CONFIG, "torch_version": "2.1"})
+    with pytest.warns(StoreWarning, match="torch_version"):
+        store.ensure_set("ver", CONFIG)
+
+
+def test_classes_compared_only_when_both_sides_record_them(tmp_path):
+    store = FeatureStore(tmp_path)
+    store.ensure_set("rgb", {**CONFIG, "classes": ["a", "b"]})
+    store.ensure_set("rgb", CONFIG)  # a later run over an unlabelled list
+    store.ensure_set("rgb", {**CONFIG, "classes": ["a", "b"]})
+    with pytest.raises(ConfigError, match="classes"):
+        store.ensure_set("rgb", {**CONFIG, "classes": ["a", "c"]})
+    store.ensure_set("bare", CONFIG)
+    store.ensure_set("bare", {**CONFIG, "classes": ["a"]})
+
+
 def test_open_set_missing_lists_sets_and_bad_names(tmp_path):
     store = FeatureStore(tmp_path)
     store.ensure_set("rgb", CONFIG)

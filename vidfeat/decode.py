@@ -6,8 +6,11 @@ the header lies about frame count or rate, or the stream has B-frames or a varia
 
 ``read_frames`` then decodes only what is asked: for each wanted run of frames it seeks to the
 keyframe before the run when that skips work, else keeps decoding forward, so a few segments of a
-long video cost a few GOPs, not the whole file. Frames are resized by FFmpeg's scaler as they are
-converted (``short_side`` or ``size``), so full-size frame stacks of a 1080p video never exist.
+long video cost a few GOPs, not the whole file. Where a seek does not deliver the frames asked
+for (MPEG-TS seeks by byte position), or the packets carry no usable timestamps (a raw ``.h264``
+stream), it decodes the file sequentially from the start instead: slower, never wrong. Frames are
+resized by FFmpeg's scaler as they are converted (``short_side`` or ``size``), so full-size frame
+stacks of a 1080p video never exist.
 
 Every failure is a :class:`~vidfeat.errors.DecodeError` subclass carrying the path and a one-line
 cause; nothing here retries in a loop.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +33,7 @@ from vidfeat.errors import (
     DecodeError,
     EmptyFileError,
     MissingFileError,
+    NoFrameRateError,
     NotAFileError,
     NotAVideoError,
     NoVideoStreamError,
@@ -40,6 +44,11 @@ from vidfeat.errors import (
 # Decoding never sees more than this many frames behind a keyframe; it bounds a pathological file
 # (a header claiming hours, a stream with one keyframe) to a clear error instead of a hang.
 MAX_FRAMES = 10_000_000
+# Plausible frame rates. Below one frame a minute the rate comes from a broken header (a
+# timescale of 0 or 1 makes FFmpeg report e.g. 1/1024 fps), and the segment times built on it
+# would be nonsense; above 1000 fps it is a timestamp glitch.
+MIN_FPS = 1 / 60
+MAX_FPS = 1000.0
 
 
 @dataclass(frozen=True)
@@ -121,54 +130,95 @@ class _FrameTable:
     rank_of: dict[int, int]
 
 
-def _frame_table(
+@dataclass
+class _StreamIndex:
+    """What a demux-only pass learns: the frame count (one packet per frame) and, when the
+    packets carry usable timestamps, the frame table sparse decoding seeks by."""
+
+    count: int
+    table: _FrameTable | None
+    why_no_table: str | None = None  # e.g. "duplicate timestamps" (for error messages)
+    distinct_pts: int = 0  # distinct presentation times (== count when they are usable)
+
+
+def _stream_index(
     container: av.container.InputContainer, stream: av.VideoStream, path
-) -> _FrameTable | None:
-    """Demux (no decode) the video stream. None if the stream has no usable timestamps."""
+) -> _StreamIndex:
+    """Demux (no decode) the video stream, counting its packets and collecting timestamps.
+
+    Streams without timestamps (a raw ``.h264`` elementary stream) are still counted: their
+    demuxer's parser splits the bytes into one packet per frame."""
     pts: list[int] = []
     key_pts: list[int] = []
+    count = 0
+    stamped = True
     try:
         for packet in container.demux(stream):
             if packet.size == 0:  # the flush packet at EOF
                 continue
-            if packet.pts is None:
-                return None
-            pts.append(packet.pts)
-            if packet.is_keyframe:
-                key_pts.append(packet.pts)
-            if len(pts) > MAX_FRAMES:
+            count += 1
+            if count > MAX_FRAMES:
                 raise CorruptVideoError(path, f"more than {MAX_FRAMES} frames")
+            if packet.pts is None:
+                stamped = False
+            elif stamped:
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    key_pts.append(packet.pts)
     except av.error.FFmpegError as exc:
-        if not pts:
+        if not count:
             raise CorruptVideoError(path, _short(exc)) from None
         raise TruncatedVideoError(path, _short(exc)) from None
-    if len(set(pts)) != len(pts):
-        return None  # duplicate timestamps: ranks would be ambiguous
+    if not stamped:
+        return _StreamIndex(count, None, "no timestamps")
+    distinct = len(set(pts))
+    if distinct != len(pts):  # ranks would be ambiguous
+        return _StreamIndex(count, None, "duplicate timestamps", distinct)
     pts.sort()
     rank_of = {p: i for i, p in enumerate(pts)}
     key_ranks = sorted(rank_of[p] for p in key_pts)
-    return _FrameTable(pts=pts, key_ranks=key_ranks, rank_of=rank_of)
+    table = _FrameTable(pts=pts, key_ranks=key_ranks, rank_of=rank_of)
+    return _StreamIndex(count, table, None, distinct)
 
 
-def _check_complete(stream: av.VideoStream, table: _FrameTable, path: str | Path) -> None:
+def _check_complete(stream: av.VideoStream, count: int, path: str | Path) -> None:
     """A file holding fewer frames than its header declares was cut short: refuse it rather
     than quietly yield fewer frames (and so fewer or shifted features)."""
     declared = int(stream.frames or 0)
-    if declared and len(table.pts) < declared - 1:
-        raise TruncatedVideoError(
-            path, f"header declares {declared} frames, file holds {len(table.pts)}"
-        )
+    if declared and count < declared - 1:
+        raise TruncatedVideoError(path, f"header declares {declared} frames, file holds {count}")
 
 
 def _fps(stream: av.VideoStream, table: _FrameTable | None) -> float:
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    if rate and float(rate) > 0 and float(rate) < 1000:
-        return float(rate)
-    if table is not None and len(table.pts) > 1 and stream.time_base:
-        span = (table.pts[-1] - table.pts[0]) * stream.time_base
-        if span > 0:
+    """Frames per second from the header's rates, else from the timestamps; 0.0 if none is
+    plausible (see ``MIN_FPS``, ``MAX_FPS``)."""
+    tb = stream.time_base
+    if tb is not None and tb >= 1:
+        # whole-second timestamps: FFmpeg's stand-in for a zero or missing timescale (an MP4
+        # mdhd timescale of 0 becomes 1); rates derived from them are meaningless
+        return 0.0
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and MIN_FPS <= float(rate) < MAX_FPS:
+            return float(rate)
+    if table is not None and len(table.pts) > 1 and tb:
+        span = (table.pts[-1] - table.pts[0]) * tb
+        if span > 0 and MIN_FPS <= (len(table.pts) - 1) / span < MAX_FPS:
             return float((len(table.pts) - 1) / span)
     return 0.0
+
+
+def _rate_problem(stream: av.VideoStream) -> str:
+    """Why :func:`_fps` found nothing, for the error message."""
+    tb = stream.time_base
+    if tb is not None and tb >= 1:
+        return f"time base {tb} s: the header's timescale is 0 or missing"
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if rate:
+        return (
+            f"the header says {float(rate):.4g} fps, outside {MIN_FPS:.3g}-{MAX_FPS:g}, and the "
+            "timestamps give none either"
+        )
+    return "the header states no rate and the timestamps give none"
 
 
 def probe(path: str | Path, *, count_frames: bool = True) -> VideoInfo:
@@ -184,15 +234,21 @@ def probe(path: str | Path, *, count_frames: bool = True) -> VideoInfo:
         stream = _video_stream(container, path)
         header_frames = int(stream.frames) if stream.frames else None
         audio = container.streams.audio[0] if container.streams.audio else None
-        table = None
-        exact = False
-        if count_frames:
-            table = _frame_table(container, stream, path)
-        fps = _fps(stream, table)
+        index = _stream_index(container, stream, path) if count_frames else None
+        if index is not None and index.why_no_table == "duplicate timestamps":
+            # a container that stamps frames but gives several the same time has a broken
+            # timing table (e.g. MP4 stts deltas of 0): any rate derived from it is invented
+            raise NoFrameRateError(
+                path,
+                f"its timing table is broken: {index.count} frames share {index.distinct_pts} "
+                "presentation time(s)",
+            )
+        fps = _fps(stream, index.table if index is not None else None)
         if fps <= 0:
-            raise CorruptVideoError(path, "no usable frame rate in the header or timestamps")
-        if table is not None:
-            num_frames, exact = len(table.pts), True
+            raise NoFrameRateError(path, _rate_problem(stream))
+        exact = False
+        if index is not None:
+            num_frames, exact = index.count, True
         elif header_frames:
             num_frames = header_frames
         else:
@@ -204,8 +260,8 @@ def probe(path: str | Path, *, count_frames: bool = True) -> VideoInfo:
             num_frames = int(round(dur * fps)) if dur else 0
         if num_frames <= 0:
             raise CorruptVideoError(path, "the video stream holds no frames")
-        if table is not None:
-            _check_complete(stream, table, path)
+        if index is not None:
+            _check_complete(stream, index.count, path)
         cc = stream.codec_context
         return VideoInfo(
             path=str(path),
@@ -264,8 +320,11 @@ def read_frames(
 
     Returns uint8 ``(len(indices), H, W, 3)`` RGB, or ``(len(indices), H, W)`` with ``gray``.
     Pixels equal those of a full sequential decode (seeks land on keyframes; frames are matched
-    by timestamp). ``threads`` is FFmpeg's decoder thread count (workers keep 1).
-    ``stats``, if given, receives ``decoded`` (frames decoded) and ``seeks`` counts.
+    by timestamp). Where a seek does not deliver the frames asked for (MPEG-TS seeks by byte
+    position and can land past them) or the stream has no usable timestamps, the file is decoded
+    sequentially from the start instead. ``threads`` is FFmpeg's decoder thread count (workers
+    keep 1). ``stats``, if given, receives ``decoded`` (frames decoded), ``seeks`` and
+    ``sequential`` (1 when the sequential decode ran) counts.
     """
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     if idx.size == 0:
@@ -273,31 +332,32 @@ def read_frames(
     if idx.min() < 0:
         raise ValueError(f"frame indices must be >= 0 (got {int(idx.min())})")
     wanted = sorted(set(idx.tolist()))
+    counts = stats if stats is not None else {}
+    counts.update(decoded=0, seeks=0, sequential=0)
     with open_container(path) as container:
         stream = _video_stream(container, path)
         cc = stream.codec_context
-        if threads > 1:
-            cc.thread_type = "AUTO"
-            cc.thread_count = threads
         out_w, out_h = output_size(int(cc.width), int(cc.height), short_side=short_side, size=size)
         fmt = "gray" if gray else "rgb24"
-
-        counts = stats if stats is not None else {}
-        counts.update(decoded=0, seeks=0)
 
         def convert(frame: av.VideoFrame) -> np.ndarray:
             return frame.to_ndarray(format=fmt, width=out_w, height=out_h, interpolation="BILINEAR")
 
-        table = _frame_table(container, stream, path)
-        if table is None:
-            got = _decode_sequential(container, stream, path, wanted, convert, counts)
-        else:
-            _check_complete(stream, table, path)
-            if wanted[-1] >= len(table.pts):
-                raise CorruptVideoError(
-                    path, f"frame {wanted[-1]} asked, the file holds {len(table.pts)} frames"
-                )
-            got = _decode_sparse(container, stream, path, table, wanted, convert, counts)
+        index = _stream_index(container, stream, path)
+        _check_complete(stream, index.count, path)
+        if wanted[-1] >= index.count:
+            raise CorruptVideoError(
+                path, f"frame {wanted[-1]} asked, the file holds {index.count} frames"
+            )
+        got: dict[int, np.ndarray] = {}
+        if index.table is not None:
+            _threads(stream, threads)
+            try:
+                _decode_sparse(container, stream, path, index.table, wanted, convert, counts, got)
+            except _SeekMiss:
+                pass
+    if len(got) < len(wanted):
+        _decode_sequential(path, index, wanted, convert, counts, got, threads)
     first = got[wanted[0]]
     out = np.empty((idx.size, *first.shape), dtype=np.uint8)
     for i, j in enumerate(idx.tolist()):
@@ -305,33 +365,79 @@ def read_frames(
     return out
 
 
+def _threads(stream: av.VideoStream, threads: int) -> None:
+    if threads > 1:
+        stream.codec_context.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+
+
+Convert = Callable[[av.VideoFrame], np.ndarray]
+
+
+class _SeekMiss(Exception):
+    """A seek did not deliver the frames asked for: decode sequentially instead."""
+
+
 def _decode_sequential(
-    container, stream, path, wanted: list[int], convert, counts: dict
-) -> dict[int, np.ndarray]:
-    """Fallback for streams without timestamps: count decoded frames from the start."""
-    container.seek(0)
-    got: dict[int, np.ndarray] = {}
-    need = set(wanted)
-    last = wanted[-1]
-    try:
-        for rank, frame in enumerate(container.decode(stream)):
-            counts["decoded"] += 1
-            if rank in need:
-                got[rank] = convert(frame)
-            if rank >= last:
-                break
-    except av.error.FFmpegError as exc:
-        raise CorruptVideoError(path, _short(exc)) from None
-    if len(got) != len(need):
-        raise TruncatedVideoError(path, f"frame {max(need - set(got))} could not be decoded")
-    return got
+    path: str | Path,
+    index: _StreamIndex,
+    wanted: list[int],
+    convert: Convert,
+    counts: dict,
+    got: dict[int, np.ndarray],
+    threads: int,
+) -> None:
+    """Decode from the start of a freshly opened file (a raw stream cannot seek back), keeping
+    the wanted frames not in ``got`` yet. Frames are matched by timestamp when the stream has a
+    frame table, else counted in output (= presentation) order."""
+    counts["sequential"] = 1
+    table = index.table
+    need = set(wanted) - set(got)
+    produced = 0
+    with open_container(path) as container:
+        stream = _video_stream(container, path)
+        _threads(stream, threads)
+        try:
+            for frame in container.decode(stream):
+                counts["decoded"] += 1
+                if table is None:
+                    rank: int | None = produced
+                else:
+                    rank = table.rank_of.get(frame.pts) if frame.pts is not None else None
+                produced += 1
+                if rank in need:
+                    got[rank] = convert(frame)
+                    need.discard(rank)
+                    if not need:
+                        return
+        except av.error.FFmpegError as exc:
+            raise CorruptVideoError(path, _short(exc)) from None
+    why = (
+        f"the stream has {index.why_no_table}"
+        if index.why_no_table
+        else "undecodable data or a broken edit list"
+    )
+    raise CorruptVideoError(
+        path,
+        f"the decoder produced {produced} of the stream's {index.count} frames, frame "
+        f"{min(need)} missing: {why}",
+    )
 
 
 def _decode_sparse(
-    container, stream, path, table: _FrameTable, wanted: list[int], convert, counts: dict
-) -> dict[int, np.ndarray]:
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    path: str | Path,
+    table: _FrameTable,
+    wanted: list[int],
+    convert: Convert,
+    counts: dict,
+    got: dict[int, np.ndarray],
+) -> None:
+    """Seek to the keyframe before each run of wanted frames that is not reached by decoding
+    on. Raises :class:`_SeekMiss` when a seek does not deliver (the caller then decodes
+    sequentially, keeping what was found here)."""
     need = frozenset(wanted)
-    got: dict[int, np.ndarray] = {}
     frames = None  # the live decode generator
     pos = -1  # rank of the last frame the live generator produced
     floor = 0  # ranks below this (after a seek) may be broken leading frames: never kept
@@ -342,9 +448,8 @@ def _decode_sparse(
         key = table.key_ranks[ki] if ki >= 0 else 0
         if frames is None or key > pos + 1 or w <= pos:
             # seeking skips the frames between pos and the keyframe before w
-            frames, floor, pos = _seek(container, stream, path, table, key), key, key - 1
+            frames, floor, pos = _seek(container, stream, table, key), key, key - 1
             counts["seeks"] += 1
-        restarted = False
         try:
             while pos < w:
                 frame = next(frames)
@@ -353,33 +458,28 @@ def _decode_sparse(
                 if rank is None:
                     continue
                 if rank > w and pos < floor:
-                    # the seek landed past the keyframe asked for: decode from the start once
-                    if restarted or floor == 0:
-                        raise CorruptVideoError(path, f"cannot seek to frame {w}")
-                    frames, floor, pos, restarted = (
-                        _seek(container, stream, path, table, 0),
-                        0,
-                        -1,
-                        True,
-                    )
-                    continue
+                    raise _SeekMiss  # the seek landed past the keyframe asked for
                 pos = max(pos, rank)
                 if rank >= floor and rank in need and rank not in got:
                     got[rank] = convert(frame)
         except StopIteration:
-            raise TruncatedVideoError(path, f"frame {w} could not be decoded") from None
+            raise _SeekMiss from None
         except av.error.FFmpegError as exc:
             raise CorruptVideoError(path, _short(exc)) from None
         if w not in got:
-            raise CorruptVideoError(path, f"frame {w} was not produced by the decoder")
-    return got
+            raise _SeekMiss  # w came out before the seek's keyframe, or not at all
 
 
-def _seek(container, stream, path, table: _FrameTable, key_rank: int):
+def _seek(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    table: _FrameTable,
+    key_rank: int,
+) -> Iterator[av.VideoFrame]:
     try:
         container.seek(table.pts[key_rank], stream=stream, backward=True, any_frame=False)
-    except av.error.FFmpegError as exc:
-        raise CorruptVideoError(path, f"seek failed: {_short(exc)}") from None
+    except av.error.FFmpegError:
+        raise _SeekMiss from None
     return iter(container.decode(stream))
 
 

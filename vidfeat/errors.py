@@ -80,3 +80,15 @@ class TruncatedVideoError(DecodeError):
 
 class CorruptVideoError(DecodeError):
     cause = "corrupt data; decoding failed"
+
+
+class NoFrameRateError(CorruptVideoError):
+    """The header and the timestamps give no plausible frame rate (e.g. a zero timescale)."""
+
+    cause = "no usable frame rate in the header or timestamps"
+
+
+class TooFewFramesError(DecodeError):
+    """The video decodes but holds fewer frames than the modality needs (flow needs a pair)."""
+
+    cause = "too few frames"

@@ -7,13 +7,19 @@ exception) for a bad video; the runner records it in the failures file and goes 
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
+import importlib.util
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from vidfeat import __version__
 from vidfeat.decode import probe, read_frames
+from vidfeat.errors import TooFewFramesError
 from vidfeat.grid import SegmentGrid
 from vidfeat.videolist import VideoRecord
 
@@ -53,13 +59,55 @@ def library_versions() -> dict:
         "pyav_version": av.__version__,
         "h5py_version": h5py.__version__,
     }
-    try:  # torch is only recorded when present in the process already or importable
-        import torch
-
-        out["torch_version"] = torch.__version__
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    torch_version = _torch_version()
+    if torch_version is not None:
+        out["torch_version"] = torch_version
     return out
+
+
+def _torch_version() -> str | None:
+    """``torch.__version__`` without importing torch when it is not loaded yet: importing it
+    costs seconds per process, and flow extraction never uses it. Read from ``torch/version.py``
+    by parsing (never executing) it, so the string equals ``torch.__version__`` including its
+    local part (``+cpu``); the distribution's metadata is the fallback."""
+    mod = sys.modules.get("torch")
+    if mod is not None:
+        return str(mod.__version__)
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):  # pragma: no cover - torch is a dependency
+        spec = None
+    locations = (spec.submodule_search_locations or []) if spec is not None else []
+    for where in locations:
+        version = _assigned_string(Path(where, "version.py"), "__version__")
+        if version is not None:
+            return version
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return None
+
+
+def _assigned_string(path: Path, name: str) -> str | None:
+    """The string literal assigned to ``name`` at the top level of a Python file, if any."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
+        if (
+            any(isinstance(t, ast.Name) and t.id == name for t in targets)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            return node.value.value
+    return None
 
 
 def base_attrs(record: VideoRecord, class_index: int | None, info, grid) -> dict:
@@ -128,10 +176,18 @@ class FlowFieldsExtractor:
         from vidfeat.flow import flow_on_grid, quantize
 
         info = probe(record.path)
+        if info.num_frames < 2:
+            # the grid would pair the only frame with itself: zero flow that looks like a still
+            # scene, so refuse instead of storing it
+            raise TooFewFramesError(
+                record.path,
+                f"needs at least 2 frames for optical flow, the video holds {info.num_frames}",
+            )
         grid = self.grid.sample(info.num_frames, info.fps)
         gray = read_frames(
             record.path, grid.indices.reshape(-1), short_side=self.short_side, gray=True
         )
         gray = gray.reshape(grid.T, self.grid.span, *gray.shape[1:])
-        fields = quantize(flow_on_grid(gray, self.method), self.bound)
+        # pairs repeated by the grid of a short video are computed once
+        fields = quantize(flow_on_grid(gray, self.method, indices=grid.indices), self.bound)
         return Extracted(fields, base_attrs(record, class_index, info, grid))

@@ -70,6 +70,13 @@ SET_JSON = "set.json"
 # resume or a fusion run: library versions only warn (features may differ slightly), paths and
 # ``*_info`` records (where a checkpoint lived, the run's training config) are not compared.
 INFORMATIONAL_SUFFIXES = ("_version", "_path", "_info")
+# Identity keys with a meaning when absent: a set written before the key existed (or by a run
+# that did not set it) compares as if it had recorded this value. ``storage_dtype`` is only
+# written for --float16 runs; without it arrays are stored in the extractor's own dtype.
+IMPLICIT_DEFAULTS: dict[str, Any] = {"storage_dtype": "native"}
+# Identity keys compared only when both the set and the run record them: a set records the
+# class list of the run that created it, and a later run over a list without labels has none.
+COMPARED_WHEN_BOTH = frozenset({"classes"})
 INDEX_JSON = ".index.json"
 INDEX_FORMAT = 1
 FEATURES = "features"
@@ -311,10 +318,13 @@ class FeatureStore:
         process won the race; that process's file is then compared like any existing one), so
         concurrent jobs starting with the same config all succeed.
 
-        Keys of ``config`` whose stored value differs raise :class:`ConfigError` naming every
-        differing key with both values. Informational keys (:func:`is_informational`) never
-        refuse: a ``*_version`` difference warns, ``*_path`` and ``*_info`` are not compared.
-        Keys stored but absent from ``config`` are not compared.
+        The comparison is symmetric: a key present on only one side differs from its absence
+        (a float16 set refuses a float32 run and the other way round), and every differing key
+        raises one :class:`ConfigError` naming them with both values. Exceptions: informational
+        keys (:func:`is_informational`) never refuse (a ``*_version`` difference warns,
+        ``*_path`` and ``*_info`` are not compared); a missing key of ``IMPLICIT_DEFAULTS``
+        compares as its default (no ``storage_dtype`` means ``"native"``); keys of
+        ``COMPARED_WHEN_BOTH`` (``classes``) are compared only when both sides have them.
         Returns the stored configuration.
         """
         d = self.set_dir(name)
@@ -383,10 +393,13 @@ class FeatureStore:
         missing = "<absent>"
         diffs: list[tuple[str, Any, Any]] = []
         version_diffs: list[tuple[str, Any, Any]] = []
-        for key in sorted(asked):
+        for key in sorted(set(stored) | set(asked)):
             if is_informational(key) and not key.endswith("_version"):
                 continue
-            d = _diff(key, stored.get(key, missing), asked[key], missing)
+            if key in COMPARED_WHEN_BOTH and not (key in stored and key in asked):
+                continue
+            default = IMPLICIT_DEFAULTS.get(key, missing)
+            d = _diff(key, stored.get(key, default), asked.get(key, default), missing)
             (version_diffs if key.endswith("_version") else diffs).extend(d)
         if version_diffs:
             txt = ", ".join(
@@ -575,19 +588,30 @@ def cleanup_stale_partials(set_dir: str | Path) -> list[Path]:
 
 
 def _crash_point(name: str) -> None:
-    """Fault injection for the reliability tests: ``VIDFEAT_CRASH_AT=before-rename:3`` kills
-    the process (SIGKILL, no cleanup) the 3rd time it reaches that point. Unset: a no-op."""
+    """Fault injection for the reliability tests; unset, a no-op.
+
+    ``VIDFEAT_CRASH_AT=<point>:<n>[:<mode>]`` acts the n-th time (default 1st) the process
+    reaches ``<point>``: mode ``kill`` (default) SIGKILLs the process itself (no cleanup);
+    mode ``stop`` SIGSTOPs it, so a test can wait for the stop (``waitpid(pid, WUNTRACED)``),
+    look at the store at exactly that moment, then kill it from outside.
+    Points: ``after-open`` (a new partial shard was created, still empty), ``after-add`` (a
+    video is in the partial, before the shard may rotate), ``before-rename`` and
+    ``after-rename`` (around the rename that completes a shard).
+    """
     spec = os.environ.get("VIDFEAT_CRASH_AT")
     if not spec:
         return
-    point, _, nth = spec.partition(":")
+    point, _, rest = spec.partition(":")
     if point != name:
         return
+    nth, _, mode = rest.partition(":")
+    if mode not in ("", "kill", "stop"):
+        raise ValueError(f"VIDFEAT_CRASH_AT mode must be kill or stop (got {mode!r})")
     _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
-    if _CRASH_COUNTS[name] >= int(nth or 1):
+    if _CRASH_COUNTS[name] == int(nth or 1):
         import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGSTOP if mode == "stop" else signal.SIGKILL)
 
 
 _CRASH_COUNTS: dict[str, int] = {}
@@ -739,6 +763,7 @@ class ShardWriter:
             raise
         self._pending.append(video_id)
         self._bytes += feats.nbytes + sum(a.nbytes for a in extras.values())
+        _crash_point("after-add")
         if len(self._pending) >= self.max_videos or self._bytes >= self.max_bytes:
             self.flush()
 
@@ -902,6 +927,7 @@ class ShardWriter:
             self._file, self._partial, self._final = f, partial, self.set_dir / stem
             self._lock_fd, self._lock = fd, lock
             self._next_k = k
+            _crash_point("after-open")
             return f
         raise StoreError(f"no free shard number for job {self.job!r} in {self.set_dir}")
 
