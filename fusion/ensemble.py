@@ -9,35 +9,60 @@ Members are named on the command line as
 * a CSV file with ``video_id`` and one column per class (e.g. ``fuse eval``'s scores.csv).
 
 Scores are joined by video id; a member lacking some of the list's videos is an error that
-names the ids (never a silent intersection; ``intersect=True`` makes it explicit).
+names the ids (never a silent intersection; ``intersect=True`` makes it explicit). A fusion run
+lacks a video when the video is absent from *every* feature set the run reads: the head would
+score all-zero, fully masked input. A video absent from only some of the run's sets (or an
+audio set's ``has_audio=false`` video) is scored, as ``fuse eval`` scores it — the head masks the
+missing modality — and the run's join report ("audio missing for 3 of 96 videos") is returned as
+notes.
 
 Evaluation: the GBDT never scores a video it was fit on. On the held-out list, stratified
 K-fold cross-fitting gives an out-of-fold prediction for every video; every member and the
-mean-of-probabilities baseline are scored on the same videos. The model saved for
-``ensemble predict`` is then fit on all of them.
+mean-of-probabilities baseline are scored on the same videos. K is at most the number of videos
+of the rarest class (a note says so when it lowers ``--folds``). The per-fold models are kept in
+``ENS/folds/``; the model saved for ``ensemble predict`` (``ENS/model.txt``) is then fit on all
+of the videos.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
 
 from vidfeat.errors import ConfigError
 from vidfeat.metrics import topk_accuracy
 from vidfeat.videolist import VideoList
 
+try:
+    from sklearn.utils.validation import validate_data
+except ImportError:  # scikit-learn < 1.6 (pyproject allows >= 1.3) has the method only
+
+    def validate_data(estimator: BaseEstimator, *args: Any, **kwargs: Any) -> Any:
+        return estimator._validate_data(*args, **kwargs)
+
+
 # --------------------------------------------------------------------------- the estimator
 
 
-class GBDTStacker:
-    """A scikit-learn compatible multiclass GBDT (LightGBM) over stacked member scores.
+class GBDTStacker(ClassifierMixin, BaseEstimator):
+    """A scikit-learn multiclass classifier: a LightGBM GBDT over stacked member scores.
 
-    ``fit(X, y)`` with X ``(n, features)`` (the members' probabilities side by side) and integer
-    labels; ``predict_proba(X)`` → ``(n, n_classes)``. Parameters only stored by ``__init__``.
+    ``fit(X, y)`` with X ``(n, features)`` (the members' probabilities side by side) and labels
+    of any kind (strings, or integers such as 1..4), encoded into the sorted ``classes_``;
+    ``predict_proba(X)`` → ``(n, len(classes_))`` with columns in ``classes_`` order;
+    ``predict(X)`` → ``classes_[argmax]``; ``score`` is accuracy. ``__init__`` only stores the
+    parameters, so ``clone``, ``GridSearchCV`` and pipelines work.
     """
 
     def __init__(
@@ -59,28 +84,6 @@ class GBDTStacker:
         self.seed = seed
         self.verbose = verbose
 
-    # the sklearn contract
-    def get_params(self, deep: bool = True) -> dict:
-        return {
-            k: getattr(self, k)
-            for k in (
-                "num_leaves",
-                "learning_rate",
-                "n_estimators",
-                "min_child_samples",
-                "early_stopping",
-                "seed",
-                "verbose",
-            )
-        }
-
-    def set_params(self, **params) -> GBDTStacker:
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise ValueError(f"unknown parameter {k!r}")
-            setattr(self, k, v)
-        return self
-
     def _lgb_params(self, n_classes: int) -> dict:
         return {
             "objective": "multiclass",
@@ -95,53 +98,79 @@ class GBDTStacker:
             "verbose": 1 if self.verbose else -1,
         }
 
-    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int | None = None) -> GBDTStacker:
+    def _encode(self, y: np.ndarray, classes: ArrayLike | None) -> np.ndarray:
+        """Sets ``classes_`` and returns y as column indices into it."""
+        if classes is None:
+            enc = LabelEncoder().fit(y)
+            self.classes_ = enc.classes_
+            return enc.transform(y)
+        self.classes_ = np.asarray(classes)
+        index = {c: i for i, c in enumerate(self.classes_.tolist())}
+        unknown = sorted({str(v) for v in y.tolist() if v not in index})
+        if unknown:
+            raise ValueError(f"labels not in the given classes: {', '.join(unknown[:8])}")
+        return np.array([index[v] for v in y.tolist()], dtype=np.int64)
+
+    def fit(self, X: ArrayLike, y: ArrayLike, classes: ArrayLike | None = None) -> GBDTStacker:
+        """Fit on X ``(n, features)`` and labels y ``(n,)``.
+
+        ``classes``: every label in column order (default: the sorted labels of y). A class
+        absent from y still gets a column, so models fit on different folds line up.
+        """
         import lightgbm as lgb
 
-        X = np.asarray(X, dtype=np.float64)
-        y = np.asarray(y, dtype=np.int64)
-        self.n_classes_ = int(n_classes or (y.max() + 1))
-        self.classes_ = np.arange(self.n_classes_)
-        params = self._lgb_params(self.n_classes_)
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        codes = self._encode(y, classes)
+        if len(self.classes_) < 2:
+            raise ValueError("GBDTStacker needs at least 2 classes; y holds one class")
+        params = self._lgb_params(len(self.classes_))
         rounds = self.n_estimators
-        if self.early_stopping and len(y) >= 20:
+        if self.early_stopping and len(codes) >= 20:
             # an inner hold-out picks the number of rounds; the final fit uses all rows
             rng = np.random.default_rng(self.seed)
-            order = rng.permutation(len(y))
-            cut = max(1, len(y) // 5)
+            order = rng.permutation(len(codes))
+            cut = max(1, len(codes) // 5)
             va, tr = order[:cut], order[cut:]
             booster = lgb.train(
                 params,
-                lgb.Dataset(X[tr], y[tr]),
+                lgb.Dataset(X[tr], codes[tr]),
                 num_boost_round=self.n_estimators,
-                valid_sets=[lgb.Dataset(X[va], y[va])],
+                valid_sets=[lgb.Dataset(X[va], codes[va])],
                 callbacks=[lgb.early_stopping(self.early_stopping, verbose=self.verbose)],
             )
             rounds = max(1, booster.best_iteration or self.n_estimators)
-        self.booster_ = lgb.train(params, lgb.Dataset(X, y), num_boost_round=rounds)
+        self.booster_ = lgb.train(params, lgb.Dataset(X, codes), num_boost_round=rounds)
         self.n_rounds_ = rounds
         return self
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        if not hasattr(self, "booster_"):
-            raise ConfigError("GBDTStacker: call fit() before predict_proba()")
-        p = self.booster_.predict(np.asarray(X, dtype=np.float64))
-        return np.asarray(p).reshape(len(X), self.n_classes_)
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
+        """``(n, len(classes_))`` probabilities, columns in ``classes_`` order."""
+        check_is_fitted(self, "booster_", msg="GBDTStacker is not fitted yet: call fit(X, y) first")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        p = self.booster_.predict(X)
+        return np.asarray(p).reshape(len(X), len(self.classes_))
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.predict_proba(X).argmax(1)
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """``(n,)`` labels: ``classes_`` of the most probable column."""
+        best = self.predict_proba(X).argmax(1)  # first: an unfitted model has no classes_
+        return self.classes_[best]
 
     def save(self, path: str | Path) -> None:
+        """The LightGBM model as text; the classes are kept by the caller (ensemble.json)."""
+        check_is_fitted(self, "booster_", msg="GBDTStacker is not fitted yet: call fit(X, y) first")
         self.booster_.save_model(str(path))
 
     @classmethod
-    def load(cls, path: str | Path, n_classes: int) -> GBDTStacker:
+    def load(cls, path: str | Path, classes: Sequence) -> GBDTStacker:
+        """A fitted estimator from :meth:`save`'s file and the classes it was fit with."""
         import lightgbm as lgb
 
         est = cls()
         est.booster_ = lgb.Booster(model_file=str(path))
-        est.n_classes_ = n_classes
-        est.classes_ = np.arange(n_classes)
+        est.classes_ = np.asarray(classes)
+        est.n_features_in_ = est.booster_.num_feature()
+        est.n_rounds_ = est.booster_.current_iteration()
         return est
 
 
@@ -154,6 +183,24 @@ class Member:
     spec: str
     scores: dict[str, np.ndarray]  # video id -> (K,) probabilities
     classes: list[str]
+    notes: list[str] = field(default_factory=list)  # e.g. a run's join report
+    hint: str = ""  # why an id may lack scores, appended to the mismatch error
+
+
+def _run_member(p: Path, store: str | Path, videos: VideoList, device: str) -> Member:
+    """A fusion run's scores for the list's videos present in at least one of its sets."""
+    from fusion.trainer import load_run, run_scores
+
+    lr = load_run(p, device=device)
+    sub = VideoList(videos.source, videos.records, lr.classes, videos.format)
+    probs, ds = run_scores(lr, store, sub)
+    # a video absent from every set would be scored on zeros alone; one absent from some sets
+    # is scored with those modalities masked, as `fuse eval` does
+    seen = {v for v in videos.ids() if any(v in ds.present[m] for m in ds.features)}
+    scores = {v: s for v, s in zip(videos.ids(), probs, strict=True) if v in seen}
+    notes = [f"{p.name}: {line}" for line in ds.report.lines()]
+    hint = f"absent from all of its feature sets ({', '.join(ds.features)})"
+    return Member(p.name, str(p), scores, lr.classes, notes, hint)
 
 
 def load_member(
@@ -167,11 +214,13 @@ def load_member(
         from vidfeat.store import FeatureStore
 
         fs = FeatureStore(store).open_set(spec[4:])
+        # flow fields and raw VGGish sets record the list's classes but store no scores
         classes = fs.config.get("classes")
-        if not classes:
+        ids = fs.ids()
+        if not classes or (ids and fs.get_extra(ids[0], "scores") is None):
             raise ConfigError(
                 f"set {spec[4:]!r} stores no class scores (extract it with a "
-                "network that has a classifier)"
+                "network that has a classifier: vidfeat extract ... --checkpoint RUN)"
             )
         scores = {}
         for vid in videos.ids():
@@ -181,14 +230,9 @@ def load_member(
                     scores[vid] = np.asarray(s, dtype=np.float64)
         return Member(spec[4:], spec, scores, list(classes))
     if p.is_dir():
-        from fusion.trainer import load_run, run_scores
-
         if store is None:
             raise ConfigError(f"member {spec}: a fusion run needs --store to score the videos")
-        lr = load_run(p, device=device)
-        sub = VideoList(videos.source, videos.records, lr.classes, videos.format)
-        probs, _ = run_scores(lr, store, sub)
-        return Member(p.name, spec, dict(zip(videos.ids(), probs, strict=True)), lr.classes)
+        return _run_member(p, store, videos, device)
     if p.is_file():
         with open(p, newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -209,13 +253,14 @@ def stack(
     Missing ids are an error naming them, unless ``intersect`` (then they are dropped, and
     the caller reports how many)."""
     ids = videos.ids()
-    missing = {m.name: [v for v in ids if v not in m.scores] for m in members}
-    bad = {k: v for k, v in missing.items() if v}
+    lacking = [(m, [v for v in ids if v not in m.scores]) for m in members]
+    bad = [(m, v) for m, v in lacking if v]
     if bad and not intersect:
         lines = [
-            f"{k} lacks scores for {len(v)} of {len(ids)} videos: {', '.join(v[:8])}"
+            f"{m.name} lacks scores for {len(v)} of {len(ids)} videos: {', '.join(v[:8])}"
             + (" ..." if len(v) > 8 else "")
-            for k, v in bad.items()
+            + (f" ({m.hint})" if m.hint else "")
+            for m, v in bad
         ]
         raise ConfigError(
             "member scores do not cover the list:\n  "
@@ -232,37 +277,66 @@ def stack(
     return keep, mats
 
 
+# --------------------------------------------------------------------------- evaluation
+
+
 def _scores(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return topk_accuracy(p, y, 1), topk_accuracy(p, y, 5)
 
 
+@dataclass
+class CrossFit:
+    oof: np.ndarray  # (n, K) out-of-fold probabilities
+    fold_of: np.ndarray  # (n,) the fold whose model scored each row
+    models: list[GBDTStacker]  # model f was fit on every fold but f
+    folds: int  # used; at most the requested number (see cross_fit)
+
+
 def cross_fit(
-    mats: list[np.ndarray], y: np.ndarray, n_classes: int, est: GBDTStacker, folds: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold probabilities for every row (stratified K folds) and the fold of each row."""
+    mats: list[np.ndarray], y: np.ndarray, classes: list[str], est: GBDTStacker, folds: int
+) -> CrossFit:
+    """Out-of-fold probabilities for every row (stratified K folds, seeded by ``est.seed``).
+
+    ``y``: (n,) indices into ``classes``. Stratification needs every class present in every
+    fold, so K is lowered to the number of videos of the rarest class present."""
     from sklearn.model_selection import StratifiedKFold
 
+    if folds < 2:
+        raise ConfigError(f"--folds must be >= 2 (got {folds})")
     X = np.concatenate(mats, axis=1)
-    counts = np.bincount(y, minlength=n_classes)
-    k = int(min(folds, counts[counts > 0].min()))
+    counts = np.bincount(y, minlength=len(classes))
+    rarest = int(counts[counts > 0].min())
+    k = min(folds, rarest)
     if k < 2:
         raise ConfigError(
             "cross-fitting needs at least 2 videos of every class present "
-            f"(the rarest class has {counts[counts > 0].min()})"
+            f"(the rarest class has {rarest})"
         )
-    oof = np.zeros((len(y), n_classes))
+    labels = np.asarray(classes)[y]
+    oof = np.zeros((len(y), len(classes)))
     fold_of = np.zeros(len(y), dtype=np.int64)
-    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    models = []
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=est.seed)
     for f, (tr, te) in enumerate(skf.split(X, y)):
-        m = GBDTStacker(**est.get_params()).fit(X[tr], y[tr], n_classes)
+        m = clone(est).fit(X[tr], labels[tr], classes=classes)
         oof[te] = m.predict_proba(X[te])
         fold_of[te] = f
-    return oof, fold_of
+        models.append(m)
+    return CrossFit(oof, fold_of, models, k)
+
+
+@dataclass
+class EnsembleReport:
+    rows: list[dict]  # the table: model, kind (member/baseline/ensemble/reference), prec1, prec5
+    notes: list[str]  # what the user should know about how the numbers were made
+    videos: int
+    folds: int
+    out: Path
 
 
 def run_ensemble(
     member_specs: list[str],
-    store,
+    store: str | Path | None,
     videos: VideoList,
     out: str | Path,
     *,
@@ -270,9 +344,8 @@ def run_ensemble(
     folds: int = 5,
     intersect: bool = False,
     device: str = "auto",
-    echo=print,
-) -> list[dict]:
-    """Fit and evaluate; writes ENS/ and returns the table rows."""
+) -> EnsembleReport:
+    """Fit and evaluate; writes ENS/ (models, table, out-of-fold scores, bar chart)."""
     from vidfeat.plots import plot_bars
 
     if len(member_specs) < 1:
@@ -287,12 +360,17 @@ def run_ensemble(
     if len(set(names)) != len(names):
         raise ConfigError(f"two members share a name: {names}")
     ids, mats = stack(members, videos, classes, intersect)
+    notes = [n for m in members for n in m.notes]
     if len(ids) < len(videos):
-        echo(f"--intersect: {len(videos) - len(ids)} of {len(videos)} videos dropped")
+        notes.append(f"--intersect: {len(videos) - len(ids)} of {len(videos)} videos dropped")
     lookup = {c: i for i, c in enumerate(classes)}
     rec = videos.by_id()
     y = np.array([lookup[rec[v].label] for v in ids])
-    oof, fold_of = cross_fit(mats, y, len(classes), est, folds, est.seed)
+    cv = cross_fit(mats, y, classes, est, folds)
+    if cv.folds < folds:
+        notes.append(
+            f"--folds {folds} lowered to {cv.folds}: the rarest class has only {cv.folds} videos"
+        )
     rows = []
     for m, s in zip(members, mats, strict=True):
         p1, p5 = _scores(s, y)
@@ -301,7 +379,7 @@ def run_ensemble(
     mean = np.mean(mats, axis=0)
     p1, p5 = _scores(mean, y)
     rows.append({"model": "mean of probabilities", "kind": "baseline", "prec1": p1, "prec5": p5})
-    p1, p5 = _scores(oof, y)
+    p1, p5 = _scores(cv.oof, y)
     rows.append(
         {"model": "GBDT ensemble (out-of-fold)", "kind": "ensemble", "prec1": p1, "prec5": p5}
     )
@@ -313,33 +391,46 @@ def run_ensemble(
             "prec5": best["prec5"],
         }
     )
-    final = GBDTStacker(**est.get_params()).fit(np.concatenate(mats, axis=1), y, len(classes))
+    X = np.concatenate(mats, axis=1)
+    final = clone(est).fit(X, np.asarray(classes)[y], classes=classes)
     final.save(out / "model.txt")
+    fold_dir = out / "folds"
+    fold_dir.mkdir(exist_ok=True)
+    for old in fold_dir.glob("fold-*.txt"):  # a rerun with fewer folds leaves none behind
+        old.unlink()
+    fold_models = []
+    for f, m in enumerate(cv.models):
+        m.save(fold_dir / f"fold-{f}.txt")
+        fold_models.append(f"folds/fold-{f}.txt")
     meta = {
         "members": [m.spec for m in members],
         "names": names,
         "classes": classes,
         "params": est.get_params(),
-        "folds": int(fold_of.max() + 1),
+        "folds": cv.folds,
+        "folds_requested": folds,
         "videos": len(ids),
         "rounds": final.n_rounds_,
+        "model": "model.txt",  # fit on all videos; used by `ensemble predict`
+        "fold_models": fold_models,  # fold f's model scored the rows of fold f (oof_scores.csv)
+        "notes": notes,
     }
     (out / "ensemble.json").write_text(json.dumps(meta, indent=2))
-    write_table(rows, out, len(ids), meta["folds"])
+    write_table(rows, out, len(ids), cv.folds, notes)
     with open(out / "oof_scores.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["video_id", "label", "fold", *classes])
         for i, v in enumerate(ids):
-            w.writerow([v, classes[y[i]], int(fold_of[i]), *(f"{x:.6f}" for x in oof[i])])
+            w.writerow([v, classes[y[i]], int(cv.fold_of[i]), *(f"{x:.6f}" for x in cv.oof[i])])
     plot_bars(
         [(r["model"], r["prec1"], r["prec5"]) for r in rows if r["kind"] != "reference"],
         out / "bars.png",
-        title=f"ensemble on {len(ids)} videos ({meta['folds']}-fold)",
+        title=f"ensemble on {len(ids)} videos ({cv.folds}-fold)",
     )
-    return rows
+    return EnsembleReport(rows, notes, len(ids), cv.folds, out)
 
 
-def write_table(rows: list[dict], out: Path, n: int, folds: int) -> None:
+def write_table(rows: list[dict], out: Path, n: int, folds: int, notes: Sequence[str] = ()) -> None:
     lines = [
         f"Scores on the same {n} videos; the ensemble's are out-of-fold ({folds} folds).",
         "",
@@ -347,6 +438,8 @@ def write_table(rows: list[dict], out: Path, n: int, folds: int) -> None:
         "|---|---:|---:|",
     ]
     lines += [f"| {r['model']} | {100 * r['prec1']:.1f} | {100 * r['prec5']:.1f} |" for r in rows]
+    if notes:
+        lines += ["", "Notes:", "", *(f"- {note}" for note in notes)]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     with open(out / "table.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["model", "kind", "prec1", "prec5"])
@@ -363,15 +456,21 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+@dataclass
+class PredictReport:
+    videos: int
+    notes: list[str]  # the members' notes (e.g. a run's join report)
+
+
 def predict_ensemble(
     ens: str | Path,
-    store,
+    store: str | Path | None,
     videos: VideoList,
     out: str | Path,
     member_specs: list[str] | None = None,
     device: str = "auto",
-) -> int:
-    """Score new videos with a fitted ensemble (members rescored on them)."""
+) -> PredictReport:
+    """Score new videos with the ensemble fit on all videos (members rescored on them)."""
     ens = Path(ens)
     try:
         meta = json.loads((ens / "ensemble.json").read_text())
@@ -386,9 +485,10 @@ def predict_ensemble(
     videos.classes = classes
     members = [load_member(s, store, videos, device) for s in specs]
     ids, mats = stack(members, videos, classes)
-    est = GBDTStacker.load(ens / "model.txt", len(classes))
-    p = est.predict_proba(np.concatenate(mats, axis=1))
+    est = GBDTStacker.load(ens / meta.get("model", "model.txt"), classes)
+    X = np.concatenate(mats, axis=1)
+    p = est.predict_proba(X)
     from fusion.trainer import write_scores_csv
 
     write_scores_csv(Path(out), ids, p, classes, None, top=5)
-    return len(ids)
+    return PredictReport(len(ids), [n for m in members for n in m.notes])
