@@ -1,36 +1,58 @@
 """Head-agnostic training, evaluation and prediction of fusion heads on stored features.
 
-A run folder holds everything needed to rebuild and audit it:
+A run folder holds everything needed to rebuild, audit and continue it:
 
     RUN/config.yaml        the FuseConfig (store, features, head + options, optimiser, ...)
     RUN/classes.txt        the class index (sorted training labels)
-    RUN/feature_sets.json  each feature set's set.json and its fingerprint (sha256)
+    RUN/feature_sets.json  each feature set's set.json and its fingerprint (sha256), and the
+                           sha256 of the train/val lists
     RUN/norm.npz           per-modality mean/std computed on the training split
-    RUN/best.pt, last.pt   state dicts (loaded with weights_only=True)
+    RUN/best.pt            state dict of the best epoch (loaded with weights_only=True)
+    RUN/last.pt            the training state: model, optimiser, position (epoch, step), best
+                           so far, early-stopping counter (plain tensors and numbers only)
     RUN/metrics.jsonl      one line per epoch
     RUN/curves.png         loss and accuracy per epoch
+
+Resuming (``resume=True``) continues exactly where last.pt stands, even inside an epoch: the
+batch order is a function of (seed, epoch), the random state of every step a function of
+(seed, epoch, step, rank) and the learning rate a function of the step, so a run cut by Ctrl-C
+and resumed ends with the same weights as one that was never cut.
+
+Under ``torchrun`` (WORLD_SIZE > 1) every process trains a DistributedDataParallel replica on
+its share of each global batch (``batch_size / world``); the shares of step s are exactly the
+samples a single process would use at step s, so the averaged gradient is the same. Rank 0
+alone writes the run folder, validates and shows progress.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import signal
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from fusion.data import FusionDataset, load_norm, save_norm, set_fingerprint
 from vidfeat.device import resolve_device
-from vidfeat.errors import ConfigError
+from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.metrics import confusion_matrix, summarize
 from vidfeat.plots import plot_confusion, plot_curves
 from vidfeat.videolist import VideoList, load_list, read_classes, write_classes
+
+T_ = TypeVar("T_")
 
 
 @dataclass
@@ -42,7 +64,7 @@ class FuseConfig:
     val: str | None = None
     head_options: dict = field(default_factory=dict)
     epochs: int = 30
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch: under torchrun each process takes batch/world
     lr: float = 1e-3
     weight_decay: float = 1e-4
     optimizer: str = "adamw"  # adam | adamw
@@ -61,6 +83,7 @@ class FuseConfig:
             ("--batch-size", self.batch_size, 1),
             ("--workers", self.workers, 0),
             ("--early-stop", self.early_stop, 0),
+            ("--seed", self.seed, 0),
         ]:
             if val < lo:
                 raise ConfigError(f"{name} must be >= {lo} (got {val})")
@@ -72,6 +95,12 @@ class FuseConfig:
             raise ConfigError(f"--optimizer must be adam or adamw (got {self.optimizer})")
         if self.schedule not in ("cosine", "step"):
             raise ConfigError(f"--schedule must be cosine or step (got {self.schedule})")
+
+
+class TrainingInterrupted(VidfeatError):
+    """Ctrl-C or SIGTERM stopped training after a whole step; last.pt holds the state."""
+
+    exit_code = 130  # the shell's code for "ended by SIGINT"
 
 
 def _to(batch: dict, device: torch.device) -> tuple[dict, dict, torch.Tensor]:
@@ -97,144 +126,568 @@ def predict_scores(model: nn.Module, loader: DataLoader, device: torch.device) -
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def train(cfg: FuseConfig, out: str | Path, *, progress: bool = True, echo=print) -> dict:
-    """Fit a head; keeps the best checkpoint by validation Prec@1. Returns the best metrics."""
+def lr_at(cfg: FuseConfig, step: int, total: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) of ``total``. A pure function of the
+    position, so a run resumed with a larger --epochs follows the new schedule from the step it
+    stands at (same values as torch's CosineAnnealingLR / MultiStepLR closed forms)."""
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    return cfg.lr * 0.1 ** sum(step >= m for m in (total // 3, 2 * total // 3))
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits in a torchrun launch; world 1 is a plain single process."""
+
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_from_env() -> DistContext:
+    """torchrun (python -m torch.distributed.run) sets WORLD_SIZE, RANK and LOCAL_RANK."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise ConfigError(
+            "WORLD_SIZE, RANK and LOCAL_RANK must be integers; launch with torchrun or unset them"
+        ) from None
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} does not fit WORLD_SIZE={world}; launch with torchrun")
+    return DistContext(world, rank, local)
+
+
+def is_main_process() -> bool:
+    """True unless this is a rank other than 0 of a torchrun launch (which prints nothing)."""
+    return dist_from_env().main
+
+
+def _init_processes(cfg: FuseConfig, ctx: DistContext) -> tuple[torch.device, bool]:
+    """The device of this process and whether we opened the process group (and must close
+    it). CUDA: one GPU per process (cuda:LOCAL_RANK) and NCCL; CPU: gloo."""
+    import torch.distributed as dist
+
+    device = resolve_device(cfg.device)
+    if not ctx.active:
+        return device, False
+    if device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(
+                f"--device {cfg.device}: under torchrun each process uses cuda:LOCAL_RANK; "
+                "pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES"
+            )
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    if dist.is_initialized():  # a library caller set the group up; it is theirs to close
+        return device, False
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, True
+
+
+def _share(ctx: DistContext, fn: Callable[[], T_]) -> T_:
+    """Run ``fn`` on rank 0 only and hand its result to every rank; an error on rank 0 is
+    raised on every rank (instead of leaving the others waiting in the next collective)."""
+    if not ctx.active:
+        return fn()
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    error: Exception | None = None
+    if ctx.main:
+        try:
+            box[0] = ("ok", fn())
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the others
+            error = exc
+            msg = exc.message if isinstance(exc, VidfeatError) else f"rank 0 failed: {exc!r}"
+            box[0] = ("error", msg)
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    kind, value = box[0]
+    if kind == "error":
+        raise ConfigError(value)
+    return value
+
+
+def _sum(ctx: DistContext, values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum over all ranks (float64, so counts stay exact)."""
+    if not ctx.active:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _any(ctx: DistContext, flag: bool, device: torch.device) -> bool:
+    return _sum(ctx, [float(flag)], device)[0] > 0
+
+
+def _step_seed(*key: int) -> int:
+    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
+
+
+class _StopSignals:
+    """The first Ctrl-C (or SIGTERM from a scheduler or torchrun) asks training to stop after
+    the current step, so last.pt never holds half an optimiser update; a second one acts at
+    once. Signal handlers exist only in the main thread; elsewhere this does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    # DataLoader workers share the terminal's process group: without this, Ctrl-C kills them
+    # and the main process dies on "worker exited unexpectedly" instead of stopping cleanly
+    for s in _StopSignals.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+# --------------------------------------------------------------------------- the run folder
+
+# options that may change when a run is resumed: how long, where, on what hardware; everything
+# else changes the model or the data and is refused
+_FROZEN = {
+    "features": "--features",
+    "head": "--head",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "weight_decay": "--weight-decay",
+    "optimizer": "--optimizer",
+    "schedule": "--schedule",
+    "augment": "--no-augment",
+    "seed": "--seed",
+}
+
+
+@dataclass
+class _RunStart:
+    norm: dict[str, tuple[np.ndarray, np.ndarray]]
+    state: dict | None  # last.pt when resuming
+    history: list[dict]
+
+
+def _sha256(path: str | Path | None) -> str | None:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+
+
+def _head_options(head: str, options: dict) -> dict:
+    from fusion.heads import HEADS
+
+    return {**HEADS.get(head).default_options(), **options}
+
+
+def _resume_differences(old: FuseConfig, new: FuseConfig, meta: dict, now: dict) -> list[str]:
+    """One line per option of ``new`` that would change the model or the data of run ``old``.
+    ``meta``: the run's feature_sets.json; ``now``: the same for ``new``."""
+    from vidfeat.store import identity
+
+    diffs = [
+        f"{flag} (run {getattr(old, k)!r}, now {getattr(new, k)!r})"
+        for k, flag in _FROZEN.items()
+        if getattr(old, k) != getattr(new, k)
+    ]
+    if old.head == new.head:
+        a, b = _head_options(old.head, old.head_options), _head_options(new.head, new.head_options)
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                flag = "--dropout" if k == "dropout" else f"--head-opt {k}"
+                diffs.append(f"{flag} (run {a.get(k)!r}, now {b.get(k)!r})")
+    for split in ("train", "val"):
+        was = meta.get("lists", {}).get(split, getattr(old, split))
+        is_ = now["lists"][split] if "lists" in meta else getattr(new, split)
+        if was != is_:
+            diffs.append(f"--{split} (another list: its contents differ from the run's)")
+    if old.features == new.features:
+        for m in new.features:
+            want, got = meta["sets"][m], now["sets"][m]
+            if want["fingerprint"] != got["fingerprint"]:
+                w, g = identity(want["config"]), identity(got["config"])
+                keys = sorted(k for k in set(w) | set(g) if w.get(k) != g.get(k))
+                detail = ", ".join(f"{k}: run {w.get(k)!r} vs store {g.get(k)!r}" for k in keys)
+                diffs.append(f"--store (feature set {m!r}: {detail})")
+    return diffs
+
+
+def _load_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found; was training interrupted?") from None
+    except Exception as exc:  # noqa: BLE001 - pickle payloads and corrupt files alike
+        raise ConfigError(f"{path}: not a plain state dict ({exc})") from None
+
+
+def _open_run(
+    cfg: FuseConfig, out: Path, train_ds: FusionDataset, classes: list[str], resume: bool
+) -> _RunStart:
+    """Rank 0: write (or, resuming, check and update) the run folder."""
+    now = {
+        "dims": train_ds.dims,
+        "T": train_ds.T,
+        "sets": {
+            m: {"config": c, "fingerprint": set_fingerprint(c)} for m, c in train_ds.configs.items()
+        },
+        "lists": {"train": _sha256(cfg.train), "val": _sha256(cfg.val)},
+    }
+    state, history = None, []
+    if resume:
+        if not (out / "config.yaml").exists() or not (out / "last.pt").exists():
+            raise ConfigError(
+                f"--resume: {out} holds no run to continue (no config.yaml or last.pt); "
+                "leave out --resume to start one"
+            )
+        try:
+            old = FuseConfig(**yaml.safe_load((out / "config.yaml").read_text()))
+        except TypeError as exc:
+            raise ConfigError(f"--resume: {out}/config.yaml is not a fusion run ({exc})") from None
+        meta = json.loads((out / "feature_sets.json").read_text())
+        diffs = _resume_differences(old, cfg, meta, now)
+        if read_classes(out / "classes.txt") != classes:
+            diffs.append("--train (its class index differs from the run's classes.txt)")
+        if diffs:
+            raise ConfigError(
+                f"--resume: {out} was trained with other options: {'; '.join(diffs)}. "
+                "Resume with the run's options, or start a new run in another --out"
+            )
+        state = _load_state(out / "last.pt")
+        if "optimizer" not in state:
+            raise ConfigError(
+                f"--resume: {out}/last.pt holds model weights only (written by an older "
+                "vidfeat) and cannot be continued; start a new run in another --out"
+            )
+        epoch, step = int(state["epoch"]), int(state["step"])
+        if epoch >= cfg.epochs:
+            raise ConfigError(
+                f"--resume: {out} has trained {epoch} epochs already; pass --epochs > {epoch} "
+                "to train on"
+            )
+        if cfg.early_stop and int(state["since_best"]) >= cfg.early_stop:
+            raise ConfigError(
+                f"--resume: {out} has had no better val Prec@1 for {int(state['since_best'])} "
+                f"epochs (--early-stop {cfg.early_stop}); pass a larger --early-stop or "
+                "--early-stop 0 to train on"
+            )
+        # rows past last.pt (a kill between the metrics line and the checkpoint) are redone
+        metrics = out / "metrics.jsonl"
+        rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+        history = [r for r in rows if r["epoch"] <= epoch]
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in history))
+        norm = load_norm(out / "norm.npz")
+        state["_resumed_at"] = (epoch, step)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        norm = train_ds.compute_norm()
+        save_norm(out / "norm.npz", norm)
+        write_classes(out / "classes.txt", classes)
+        (out / "metrics.jsonl").write_text("")
+    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    (out / "feature_sets.json").write_text(json.dumps(now, indent=2, default=str))
+    return _RunStart(norm, state, history)
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    # a kill during the write leaves the previous last.pt intact
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(
+    cfg: FuseConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], Any] = print,
+) -> dict:
+    """Fit a head; keeps the best checkpoint by validation Prec@1. Returns the best metrics
+    (on every rank of a torchrun launch). ``resume``: continue the run in ``out`` from last.pt.
+
+    Raises :class:`TrainingInterrupted` after saving last.pt when Ctrl-C / SIGTERM arrives.
+    """
+    cfg.validate()
+    ctx = dist_from_env()
+    if cfg.batch_size % ctx.world:
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is the global batch and must be a multiple of the "
+            f"{ctx.world} processes torchrun started"
+        )
+    device, owns_group = _init_processes(cfg, ctx)
+    try:
+        return _train(
+            cfg,
+            Path(out),
+            ctx,
+            device,
+            resume=resume,
+            progress=progress and ctx.main,
+            echo=echo if ctx.main else (lambda s: None),
+        )
+    finally:
+        if owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(
+    cfg: FuseConfig,
+    out: Path,
+    ctx: DistContext,
+    device: torch.device,
+    *,
+    resume: bool,
+    progress: bool,
+    echo: Callable[[str], Any],
+) -> dict:
     from tqdm import tqdm
 
-    cfg.validate()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # same seed on every rank: identical initial weights (DDP also broadcasts rank 0's)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    device = resolve_device(cfg.device)
     train_list = load_list(cfg.train, video_root=cfg.video_root, require_labels=True)
     classes = train_list.classes
-    val_list = (
-        load_list(cfg.val, video_root=cfg.video_root, classes=classes, require_labels=True)
-        if cfg.val
-        else None
-    )
     train_ds = FusionDataset(
         cfg.store, cfg.features, train_list, augment=cfg.augment, cache=cfg.cache, seed=cfg.seed
     )
     for line in train_ds.report.lines():
         echo(f"train: {line}")
-    norm = train_ds.compute_norm()
-    train_ds.norm = norm
-    val_ds = None
-    if val_list is not None:
-        val_ds = FusionDataset(cfg.store, cfg.features, val_list, norm=norm, cache=cfg.cache)
+    # rank 0 computes (or, resuming, reads) the statistics; every rank gets the same arrays
+    start = _share(ctx, lambda: _open_run(cfg, out, train_ds, classes, resume))
+    train_ds.norm = start.norm
+    val_ds = val_loader = None
+    if cfg.val and ctx.main:  # validation runs whole on rank 0: metrics as in one process
+        val_list = load_list(
+            cfg.val, video_root=cfg.video_root, classes=classes, require_labels=True
+        )
+        val_ds = FusionDataset(cfg.store, cfg.features, val_list, norm=start.norm, cache=cfg.cache)
         for line in val_ds.report.lines():
             echo(f"val: {line}")
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    write_classes(out / "classes.txt", classes)
-    save_norm(out / "norm.npz", norm)
-    sets = {
-        m: {"config": c, "fingerprint": set_fingerprint(c)} for m, c in train_ds.configs.items()
-    }
-    (out / "feature_sets.json").write_text(
-        json.dumps({"dims": train_ds.dims, "T": train_ds.T, "sets": sets}, indent=2, default=str)
-    )
-    model = build_head(cfg, train_ds.dims, len(classes)).to(device)
+        val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.workers)
+
+    model = build_head(cfg, train_ds.dims, len(classes))
+    state = start.state
+    if state is not None:
+        model.load_state_dict(state["model"])
+    model.to(device)
+    net: nn.Module = model
+    if ctx.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if device.type == "cuda":
+            # batch statistics over the global batch, as in one process (CPU has no SyncBN:
+            # there each rank normalises its own share)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_ds) / cfg.batch_size))
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+
+    # Rank r takes samples r, r+world, ... of the epoch's permutation; its k-th batch of
+    # batch/world samples and the other ranks' k-th batches together are exactly the k-th
+    # global batch of a single process (world 1) with the same seed.
+    share = cfg.batch_size // ctx.world
+    drop = len(train_ds) > cfg.batch_size
+    sampler = DistributedSampler(
+        train_ds, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=drop
+    )
+    steps_per_epoch = len(BatchSampler(sampler, share, drop_last=drop))
     total = cfg.epochs * steps_per_epoch
-    if cfg.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    else:
-        sched = torch.optim.lr_scheduler.MultiStepLR(
-            opt, milestones=[total // 3, 2 * total // 3], gamma=0.1
-        )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(
-        train_ds,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=gen,
-        num_workers=cfg.workers,
-        pin_memory=device.type == "cuda",
-        drop_last=len(train_ds) > cfg.batch_size,
-    )
-    val_loader = (
-        DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.workers)
-        if val_ds is not None
-        else None
-    )
-    loss_fn = nn.CrossEntropyLoss()
+    first_epoch, skip = 0, 0
     best: dict = {}
     since_best = 0
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
-    history = []
-    bar = tqdm(range(cfg.epochs), desc=f"fuse {cfg.head}", unit="epoch", disable=not progress)
-    try:
-        for epoch in bar:
-            t0 = time.perf_counter()
-            train_ds.set_epoch(epoch)
-            model.train()
-            losses, correct, seen = [], 0, 0
-            for batch in loader:
-                feats, masks, y = _to(batch, device)
-                logits = model(feats, masks)
-                loss = loss_fn(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(loss.item())
-                correct += int((logits.argmax(1) == y).sum())
-                seen += len(y)
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": float(np.mean(losses)),
-                "train_prec1": correct / max(seen, 1),
-                "lr": opt.param_groups[0]["lr"],
-            }
-            if val_loader is not None:
-                scores = predict_scores(model, val_loader, device)
-                labels = np.asarray(val_ds.labels)
-                s = summarize(scores, labels, len(classes))
-                val_loss = float(
-                    nn.functional.nll_loss(
-                        torch.log(torch.from_numpy(scores).clamp_min(1e-12)),
-                        torch.from_numpy(labels),
-                    )
-                )
-                row.update(
-                    val_loss=val_loss,
-                    val_prec1=s["prec1"],
-                    val_prec5=s["prec5"],
-                    val_mean_class_acc=s["mean_class_acc"],
-                )
-            row["seconds"] = time.perf_counter() - t0
-            history.append(row)
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            key = row.get("val_prec1", -row["train_loss"])
-            if not best or key > best.get("_key", -math.inf):
-                best = {**row, "_key": key}
-                torch.save(model.state_dict(), out / "best.pt")
-                since_best = 0
-            else:
-                since_best += 1
-            bar.set_postfix(
-                loss=f"{row['train_loss']:.3f}", val=f"{row.get('val_prec1', float('nan')):.3f}"
+    partial = [0.0, 0.0, 0.0]  # loss x samples, correct, samples (all ranks) of a cut epoch
+    if state is not None:
+        first_epoch, skip = state["_resumed_at"]
+        if int(state["steps_per_epoch"]) != steps_per_epoch:
+            raise ConfigError(
+                f"--resume: this run had {int(state['steps_per_epoch'])} steps per epoch, the "
+                f"training list now gives {steps_per_epoch}; resume with the run's data"
             )
-            if cfg.early_stop and since_best >= cfg.early_stop:
-                echo(
-                    f"early stop after epoch {epoch + 1}: no better val Prec@1 for "
-                    f"{cfg.early_stop} epochs"
+        best = dict(state["best"])
+        since_best = int(state["since_best"])
+        partial = [float(v) for v in state["partial"]]
+        echo(f"resuming {out} at epoch {first_epoch + 1}, step {skip} of {steps_per_epoch}")
+    loss_fn = nn.CrossEntropyLoss()
+    metrics_path = out / "metrics.jsonl"
+    history = list(start.history)
+
+    def save_last(epoch: int, step: int, sums: list[float], stopped_early: bool = False) -> None:
+        _save_atomic(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch,  # epochs completed
+                "step": step,  # steps done in the epoch that follows
+                "steps_per_epoch": steps_per_epoch,
+                "best": best,
+                "since_best": since_best,
+                "stopped_early": stopped_early,
+                "partial": sums,
+            },
+            out / "last.pt",
+        )
+
+    bar = tqdm(
+        range(first_epoch, cfg.epochs),
+        desc=f"fuse {cfg.head}",
+        unit="epoch",
+        initial=first_epoch,
+        total=cfg.epochs,
+        disable=not progress,
+    )
+    try:
+        with _StopSignals() as stop:
+            for epoch in bar:
+                t0 = time.perf_counter()
+                train_ds.set_epoch(epoch)
+                sampler.set_epoch(epoch)
+                batches = list(BatchSampler(sampler, share, drop_last=drop))
+                loader = DataLoader(
+                    train_ds,
+                    batch_sampler=batches[skip:],
+                    num_workers=cfg.workers,
+                    pin_memory=device.type == "cuda",
+                    worker_init_fn=_ignore_stop_signals if cfg.workers else None,
+                    generator=torch.Generator().manual_seed(_step_seed(cfg.seed, epoch, skip)),
                 )
-                break
+                # the cut epoch's sums so far are global: counted once, on rank 0
+                sums = partial if ctx.main else [0.0, 0.0, 0.0]
+                net.train()
+                step = skip
+                for batch in loader:
+                    # dropout of this step: the same on resume, independent across ranks
+                    torch.manual_seed(_step_seed(cfg.seed, epoch, step, ctx.rank))
+                    for g in opt.param_groups:
+                        g["lr"] = lr_at(cfg, epoch * steps_per_epoch + step, total)
+                    feats, masks, y = _to(batch, device)
+                    logits = net(feats, masks)
+                    loss = loss_fn(logits, y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    sums[0] += loss.item() * len(y)
+                    sums[1] += int((logits.argmax(1) == y).sum())
+                    sums[2] += len(y)
+                    if step < steps_per_epoch and _any(ctx, stop.requested, device):
+                        sums = _sum(ctx, sums, device)
+                        if ctx.main:
+                            save_last(epoch, step, sums)
+                        raise TrainingInterrupted(
+                            f"interrupted in epoch {epoch + 1} after step {step} of "
+                            f"{steps_per_epoch}; saved {out / 'last.pt'}; run the same command "
+                            "with --resume to continue"
+                        )
+                skip, partial = 0, [0.0, 0.0, 0.0]
+                sums = _sum(ctx, sums, device)
+                row = {
+                    "epoch": epoch + 1,
+                    "train_loss": sums[0] / max(sums[2], 1.0),
+                    "train_prec1": sums[1] / max(sums[2], 1.0),
+                    "lr": lr_at(cfg, (epoch + 1) * steps_per_epoch, total),
+                }
+                early = False
+                if ctx.main:
+                    if val_loader is not None and val_ds is not None:
+                        row.update(_validate(model, val_loader, val_ds, device, len(classes)))
+                    row["seconds"] = time.perf_counter() - t0
+                    history.append(row)
+                    with open(metrics_path, "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                    key = row.get("val_prec1", -row["train_loss"])
+                    if not best or key > best["_key"]:
+                        best = {**row, "_key": key}
+                        torch.save(model.state_dict(), out / "best.pt")
+                        since_best = 0
+                    else:
+                        since_best += 1
+                    early = bool(cfg.early_stop and since_best >= cfg.early_stop)
+                    save_last(epoch + 1, 0, [0.0, 0.0, 0.0], stopped_early=early)
+                    bar.set_postfix(
+                        loss=f"{row['train_loss']:.3f}",
+                        val=f"{row.get('val_prec1', float('nan')):.3f}",
+                    )
+                if _any(ctx, early, device):
+                    echo(
+                        f"early stop after epoch {epoch + 1}: no better val Prec@1 for "
+                        f"{cfg.early_stop} epochs"
+                    )
+                    break
+                if epoch + 1 < cfg.epochs and _any(ctx, stop.requested, device):
+                    raise TrainingInterrupted(
+                        f"interrupted after epoch {epoch + 1}; saved {out / 'last.pt'}; run the "
+                        "same command with --resume to continue"
+                    )
     finally:
-        torch.save(model.state_dict(), out / "last.pt")
-        if history:
+        if ctx.main and history:
             plot_curves(
                 history, out / "curves.png", title=f"{cfg.head} on {','.join(cfg.features)}"
             )
+    best = _share(ctx, lambda: best)
     best.pop("_key", None)
     return best
+
+
+def _validate(
+    model: nn.Module,
+    loader: DataLoader,
+    ds: FusionDataset,
+    device: torch.device,
+    num_classes: int,
+) -> dict[str, float]:
+    scores = predict_scores(model, loader, device)
+    labels = np.asarray(ds.labels)
+    s = summarize(scores, labels, num_classes)
+    val_loss = float(
+        nn.functional.nll_loss(
+            torch.log(torch.from_numpy(scores).clamp_min(1e-12)), torch.from_numpy(labels)
+        )
+    )
+    return {
+        "val_loss": val_loss,
+        "val_prec1": s["prec1"],
+        "val_prec5": s["prec5"],
+        "val_mean_class_acc": s["mean_class_acc"],
+    }
 
 
 # --------------------------------------------------------------------------- using a run
@@ -264,12 +717,9 @@ def load_run(run: str | Path, *, device: str = "auto", checkpoint: str = "best.p
     meta = json.loads((run / "feature_sets.json").read_text())
     dev = resolve_device(device)
     model = build_head(cfg, meta["dims"], len(classes))
-    try:
-        state = torch.load(run / checkpoint, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"{run / checkpoint} not found; was training interrupted?") from None
-    except Exception as exc:  # noqa: BLE001 - pickle payloads and corrupt files alike
-        raise ConfigError(f"{run / checkpoint}: not a plain state dict ({exc})") from None
+    state = _load_state(run / checkpoint)
+    if "optimizer" in state:  # last.pt: the training state around the weights
+        state = state["model"]
     model.load_state_dict(state)
     model.to(dev).eval()
     return LoadedRun(run, cfg, classes, model, load_norm(run / "norm.npz"), meta["sets"], dev)
