@@ -183,20 +183,25 @@ def test_conv1_inflate_modes_and_identical_frames_property() -> None:
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet10t"])
-def test_stnet_conv1_on_identical_frames_equals_2d_conv1(backbone: str) -> None:
-    """Through the real network: the first conv of StNet (N=3) on a super-image of 3 copies of
-    a frame equals the untouched 2D conv1 on that frame (deep stems inflate conv1[0])."""
+def test_stnet_conv1_on_identical_frames_equals_2d_conv1(backbone: str, tmp_path: Path) -> None:
+    """Through the real build path: StNet (N=3) built from a 2D state dict inflates that dict's
+    conv1 so a super-image of 3 copies of a frame gives the 2D conv1 response on the frame
+    (deep stems inflate conv1[0])."""
     torch.manual_seed(3)
-    conv2d = timm.create_model(backbone, num_classes=0).get_submodule(
-        "conv1" if backbone == "resnet18" else "conv1.0"
-    )
-    net = build("stnet", backbone, frames=3)
-    stconv = net.backbone.get_submodule("conv1" if backbone == "resnet18" else "conv1.0")
+    model2d = timm.create_model(backbone, num_classes=0)
+    torch.save(model2d.state_dict(), tmp_path / "2d.pth")
+    name = "conv1" if backbone == "resnet18" else "conv1.0"
+    conv2d = model2d.get_submodule(name)
+    net = build("stnet", backbone, frames=3, backbone_weights=str(tmp_path / "2d.pth"))
+    stconv = net.backbone.get_submodule(name)
     assert stconv.in_channels == 9
     with torch.no_grad():
-        stconv.weight.copy_(conv1_inflate(conv2d.weight, 3, "rgb-i3d"))  # same 2D source
         frame = torch.randn(2, 3, HW, HW)
         assert torch.allclose(stconv(frame.repeat(1, 3, 1, 1)), conv2d(frame), atol=1e-5)
+        # frame-major channels: changing frame 1 alone changes the response
+        other = frame.repeat(1, 3, 1, 1)
+        other[:, 3:6] = torch.randn(2, 3, HW, HW)
+        assert not torch.allclose(stconv(other), conv2d(frame), atol=1e-3)
 
 
 # --------------------------------------------------------------------------- TMB
@@ -275,13 +280,23 @@ def test_stnet_resnet50_parameter_count() -> None:
     assert {k: m.output_dim for k, m in net.tmb.items()} == {"layer2": 512, "layer3": 1024}
 
 
+@pytest.mark.parametrize("modality", ["rgb", "flow"])
 @pytest.mark.parametrize("arch, opts", [("stnet", {}), ("stnet", {"tmb": "residual"}), ("tsn", {})])
-def test_gradients_reach_every_parameter(arch: str, opts: dict) -> None:
-    net = build(arch, "resnet10t", txb_width=16, **opts) if arch == "stnet" else build(arch)
+def test_gradients_reach_every_parameter(arch: str, opts: dict, modality: str) -> None:
+    if arch == "stnet":
+        net = build(arch, "resnet10t", modality, txb_width=16, **opts)
+    else:
+        net = build(arch, "resnet10t", modality)
     net.train()
-    loss = F.cross_entropy(net(clip(net)), torch.tensor([0, 1]))
-    loss.backward()
-    missing = [n for n, p in net.named_parameters() if p.grad is None]
+    x, y = clip(net), torch.tensor([0, 1])
+    # one update first: timm zero-initialises the last BN of every residual branch, which
+    # blocks the gradient to the branch's other layers until it has moved once (by design)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    F.cross_entropy(net(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+    F.cross_entropy(net(x), y).backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.any()]
     assert not missing, missing
     for name, tmb in net.tmb.items():  # constant at paper init, but must still learn
         assert tmb.conv.weight.grad.abs().sum() > 0, name

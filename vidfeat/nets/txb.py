@@ -9,8 +9,10 @@ Input ``[B, Cin, T]`` → ``[B, Cout, T]`` (MODELS.md; all convs 1D with bias, B
 5. add → BN → ReLU
 
 With a mask ``[B, T]`` (1 = valid step), padded steps are zeroed again after every operation
-that can make them non-zero, so a sequence padded with masked steps gives exactly the same
-outputs at its valid steps as the unpadded sequence (in eval mode).
+that can make them non-zero, and in training the BatchNorm statistics are taken over the valid
+steps only (:class:`MaskedBatchNorm1d`), so a sequence padded with masked steps gives exactly the
+same outputs at its valid steps as the unpadded sequence — in training as in evaluation — and
+padding in one video never shifts another video's normalisation.
 """
 
 from __future__ import annotations
@@ -23,27 +25,58 @@ def _apply(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x if mask is None else x * mask[:, None, :].to(x.dtype)
 
 
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm over ``[B, C, T]`` whose training statistics (and running averages) count only
+    the valid steps of ``mask`` ``[B, T]``. Without a mask, or in eval mode, it is exactly
+    ``nn.BatchNorm1d`` (same parameters and buffers, so state dicts are interchangeable)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None or not self.training or bool(mask.bool().all()):
+            return super().forward(x)
+        m = mask[:, None, :].to(x.dtype)
+        n = m.sum()
+        if n < 2:  # no statistics from fewer than two values; a standard BN would raise
+            return super().forward(x)
+        mean = (x * m).sum((0, 2)) / n
+        var = (((x - mean[None, :, None]) ** 2) * m).sum((0, 2)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                mom = (
+                    self.momentum
+                    if self.momentum is not None
+                    else 1.0 / float(self.num_batches_tracked)
+                )
+                self.running_mean.mul_(1 - mom).add_(mom * mean)
+                self.running_var.mul_(1 - mom).add_(mom * var * n / (n - 1))  # unbiased
+        y = (x - mean[None, :, None]) * torch.rsqrt(var[None, :, None] + self.eps)
+        if self.affine:
+            y = y * self.weight[None, :, None] + self.bias[None, :, None]
+        return y
+
+
 class TemporalXceptionBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int = 1024) -> None:
         super().__init__()
-        self.bn_in = nn.BatchNorm1d(in_channels)
+        self.bn_in = MaskedBatchNorm1d(in_channels)
         self.dw1 = nn.Conv1d(in_channels, in_channels, 3, padding=1, groups=in_channels)
         self.pw1 = nn.Conv1d(in_channels, out_channels, 1)
-        self.bn1 = nn.BatchNorm1d(out_channels)
+        self.bn1 = MaskedBatchNorm1d(out_channels)
         self.dw2 = nn.Conv1d(out_channels, out_channels, 3, padding=1, groups=out_channels)
         self.pw2 = nn.Conv1d(out_channels, out_channels, 1)
         self.skip = nn.Conv1d(in_channels, out_channels, 1)
-        self.bn_out = nn.BatchNorm1d(out_channels)
+        self.bn_out = MaskedBatchNorm1d(out_channels)
         self.output_dim = out_channels
         for bn in (self.bn_in, self.bn1, self.bn_out):
             nn.init.ones_(bn.weight)
             nn.init.zeros_(bn.bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = _apply(self.bn_in(x), mask)
-        y = _apply(torch.relu(self.bn1(self.pw1(self.dw1(x)))), mask)
+        """``[B, Cin, T]`` (+ mask ``[B, T]``) → ``[B, Cout, T]``."""
+        x = _apply(self.bn_in(x, mask), mask)
+        y = _apply(torch.relu(self.bn1(self.pw1(self.dw1(x)), mask)), mask)
         y = self.pw2(self.dw2(y))
-        return _apply(torch.relu(self.bn_out(y + self.skip(x))), mask)
+        return _apply(torch.relu(self.bn_out(y + self.skip(x), mask)), mask)
 
 
 def masked_max(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
