@@ -73,3 +73,68 @@ def test_ray_engine_matches_local_and_survives_a_dead_worker(
     for vid in a.ids():
         assert np.array_equal(a.get(vid)[0], b.get(vid)[0])
     assert verify_store(tmp_path / "ray").ok
+
+
+def test_network_extraction_on_ray_matches_local(
+    ray_local, tiny_synth: Path, tmp_path: Path
+) -> None:
+    """`extract rgb --checkpoint RUN --engine ray`: every chunk task loads the network and runs
+    the batched local extraction on its videos; the store equals a local run's."""
+    from vidfeat.netextract import extract_rgb_features
+    from vidfeat.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(
+        modality="rgb", train=str(tiny_synth / "train.csv"), val=None, arch="stnet",
+        backbone="resnet10t", segments=2, test_segments=2, frames=2, size=32, short_side=40,
+        epochs=1, batch_size=4, workers=0, optimizer="adamw", lr=1e-3,
+        net_options={"txb_width": 16},
+    )  # fmt: skip
+    train(cfg, run, progress=False, echo=lambda *a: None)
+    videos = load_list(tiny_synth / "val.csv")
+    common = dict(set_name="rgb", checkpoint=run, segments=3, batch_size=2, device="cpu")
+    local = extract_rgb_features(
+        videos, tmp_path / "local", opts=RunOptions(progress=False), echo=lambda *a: None, **common
+    )
+    rep = extract_rgb_features(
+        videos,
+        tmp_path / "ray",
+        opts=RunOptions(engine="ray", chunk_videos=2, progress=False),
+        echo=lambda *a: None,
+        **common,
+    )
+    assert local.done == rep.done == 4 and rep.failed == 0, rep.summary()
+    a = FeatureStore(tmp_path / "local").open_set("rgb")
+    b = FeatureStore(tmp_path / "ray").open_set("rgb")
+    assert a.ids() == b.ids() and len(b.shards()) == 2  # one shard per chunk task
+    for vid in a.ids():
+        assert np.allclose(a.get(vid)[0], b.get(vid)[0], atol=1e-5)
+        assert np.allclose(a.get_extra(vid, "scores"), b.get_extra(vid, "scores"), atol=1e-5)
+    assert verify_store(tmp_path / "ray").ok
+    # resumable like the local engine: a second run has nothing left to do
+    again = extract_rgb_features(
+        videos,
+        tmp_path / "ray",
+        opts=RunOptions(engine="ray", chunk_videos=2, progress=False),
+        echo=lambda *a: None,
+        **common,
+    )
+    assert again.done == 0 and again.skipped == 4
+
+
+def test_without_ray_the_message_says_how_to_install(
+    tiny_synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    res = CliRunner().invoke(
+        main,
+        ["extract", "flow", "--method", "farneback", "--videos", str(tiny_synth / "val.csv")]
+        + ["--store", str(tmp_path), "-T", "2", "-N", "1", "--short-side", "32"]
+        + ["--engine", "ray", "--quiet"],
+    )
+    assert res.exit_code != 0
+    assert "pip install 'vidfeat[ray]'" in res.output and "Traceback" not in res.output

@@ -53,6 +53,11 @@ def extract_rgb_features(
     from vidfeat.device import resolve_device
     from vidfeat.train import load_trained
 
+    if opts.engine == "ray":
+        kwargs = dict(checkpoint=checkpoint, segments=segments, batch_size=batch_size)
+        return _on_ray(
+            videos, extract_rgb_features, kwargs, device, store_root, set_name, opts, echo
+        )
     dev = resolve_device(device)
     net = load_trained(checkpoint, dev)
     cfg = net.config
@@ -174,6 +179,23 @@ def extract_flow_features(
             f"--segments {segments}; use the same T, or --fields-name for a new fields set"
         )
     fields_rep = ensure_flow_fields(videos, store_root, fields_set, ex, opts, echo)
+    if opts.engine == "ray":  # the fields exist now: the chunks run the network only
+        kwargs = dict(
+            method=method,
+            params=params,
+            fields_set=fields_set,
+            checkpoint=checkpoint,
+            segments=segments,
+            short_side=short_side,
+            bound=bound,
+            batch_size=batch_size,
+        )
+        rep = _on_ray(
+            videos, extract_flow_features, kwargs, device, store_root, set_name, opts, echo
+        )
+        if fields_rep.failed:
+            rep.note("without flow fields (see the fields set's failures)", fields_rep.failed)
+        return rep
     spec = ClipSpec(segments, cfg.frames, cfg.size, cfg.size, train=False)
     conf = _net_config(net, "flow", segments)
     conf.update(method=method, fields_set=fields_set, fields_config=ex.config())
@@ -220,6 +242,18 @@ def extract_audio_features(
     warning = require_weights(checkpoint, random_init)
     if warning:
         echo(warning)
+    if opts.engine == "ray":
+        kwargs = dict(
+            checkpoint=checkpoint,
+            pca=pca,
+            embedding=embedding,
+            random_init=random_init,
+            segments=segments,
+            batch_size=batch_size,
+        )
+        return _on_ray(
+            videos, extract_audio_features, kwargs, device, store_root, set_name, opts, echo
+        )
     dev = resolve_device(device)
     spec = ClipSpec(segments, 1, 16, 16, train=False)  # crop sizes do not apply to audio
     conf: dict = {"modality": "audio", "T": segments, "N": 1, "grid_mode": "test"}
@@ -274,6 +308,17 @@ def extract_audio_features(
         echo=echo,
         postprocess=postprocess,
     )
+
+
+def _on_ray(videos, call, kwargs, device, store_root, set_name, opts, echo) -> Report:
+    """Run ``call`` over chunks of the list as Ray tasks (:func:`vidfeat.engines.run_ray_network`).
+    The device is resolved inside each task, on its node (a GPU task sees its own GPU)."""
+    from vidfeat.engines import run_ray_network
+
+    if device.startswith("cuda") and opts.ray_num_gpus <= 0:
+        raise ConfigError(f"--device {device} with --engine ray needs --ray-num-gpus > 0")
+    kwargs = {**kwargs, "device": device}
+    return run_ray_network(videos, call, kwargs, store_root, set_name, opts, echo)
 
 
 def _is_run(p: Path) -> bool:
