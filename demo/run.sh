@@ -5,7 +5,7 @@
 #
 # Rerunnable: a stage whose result exists is skipped (delete its folder to redo it); the store
 # resumes by itself. Sizes are environment variables so the demo scales up:
-#   CLASSES PER_CLASS SECONDS SIZE FPS   dataset           (12 24 3 112 15)
+#   CLASSES PER_CLASS SECONDS_PER_CLIP SIZE FPS   dataset  (12 24 3 112 15)
 #   T N                                  grid              (4 3)
 #   BACKBONE EPOCHS BATCH                segment networks  (resnet10t 8 8)
 #   AUDIO_WIDTH AUDIO_EPOCHS             audio network     (0.25 8)
@@ -87,6 +87,9 @@ stage "3d train audio" "$RUNS/audio/best.pt" \
 
 EXTRACT=(--videos "$ALL" --store "$STORE" -T "$T" --workers "$WORKERS" --batch-size 8 --quiet)
 stage "4a extract rgb" "" "$VF" extract rgb --checkpoint "$RUNS/rgb-stnet" "${EXTRACT[@]}"
+# TSN's clip scores too, for Table 1 (StNet vs TSN on the same test grid)
+stage "4a extract rgb (TSN)" "" \
+  "$VF" extract rgb --checkpoint "$RUNS/rgb-tsn" --name rgb-tsn "${EXTRACT[@]}"
 for method in tvl1 farneback; do
   stage "4b extract flow ($method)" "" \
     "$VF" extract flow --method "$method" --checkpoint "$RUNS/flow-$method" "${EXTRACT[@]}" \
