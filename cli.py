@@ -225,9 +225,10 @@ def run_options(f):
         ),
         click.option(
             "--compression",
-            type=click.Choice(["gzip", "lzf", "none"]),
-            default="gzip",
+            type=click.Choice(["auto", "gzip", "lzf", "none"]),
+            default="auto",
             show_default=True,
+            help="auto: gzip for integer arrays (flow fields), lzf for float features.",
         ),
         click.option("--float16", is_flag=True, help="Store float features as float16."),
         click.option(

@@ -129,24 +129,24 @@ class FusionDataset(Dataset):
             self.report.missing[m] = sum(v not in self.present[m] for v in ids)
             if stored_T[m] != self.T:
                 self.report.resampled[m] = stored_T[m]
+        # audio sets: videos stored with has_audio=false (zeros) are masked like missing ones;
+        # read once here, so loading an item reads its arrays and nothing else
+        self.silent: dict[str, set[str]] = {m: set() for m in features}
+        for m in features:
+            if self.is_audio[m]:
+                self.silent[m] = {
+                    v
+                    for v in ids
+                    if v in self.present[m] and not bool(sets[m].attrs(v).get("has_audio", True))
+                }
+                self.report.no_audio[m] = len(self.silent[m])
         self._sets = None if not cache else sets
         self._cache: list[dict] | None = None
         if cache:
             self._cache = [self._load(i) for i in range(len(self.records))]
-        for m in features:
-            if self.is_audio[m]:
-                self.report.no_audio[m] = self._count_no_audio(m, sets[m])
         self._sets = None  # reopened lazily per process (DataLoader workers)
 
     # -- loading
-    def _count_no_audio(self, m: str, fs) -> int:
-        n = 0
-        for r in self.records:
-            if r.video_id in self.present[m] and not bool(
-                fs.attrs(r.video_id).get("has_audio", True)
-            ):
-                n += 1
-        return n
 
     def _get_sets(self):
         if self._sets is None:
@@ -160,14 +160,11 @@ class FusionDataset(Dataset):
         for m in self.features:
             x = np.zeros((self.T, self.dims[m]), dtype=np.float32)
             mask = np.zeros(self.T, dtype=np.float32)
-            if vid in self.present[m]:
-                arr, attrs = sets[m].get(vid)
-                ok = not (self.is_audio[m] and not bool(attrs.get("has_audio", True)))
-                if ok:
-                    arr = np.asarray(arr, dtype=np.float32)
-                    if arr.shape[0] != self.T:
-                        arr = arr[nearest_index(arr.shape[0], self.T)]
-                    x, mask = arr, np.ones(self.T, dtype=np.float32)
+            if vid in self.present[m] and vid not in self.silent[m]:
+                arr = np.asarray(sets[m].features(vid), dtype=np.float32)
+                if arr.shape[0] != self.T:
+                    arr = arr[nearest_index(arr.shape[0], self.T)]
+                x, mask = arr, np.ones(self.T, dtype=np.float32)
             feats[m], masks[m] = x, mask
         return {"feats": feats, "masks": masks}
 

@@ -26,7 +26,6 @@ alone writes the run folder, validates and shows progress.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -50,6 +49,7 @@ from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.metrics import confusion_matrix, summarize
 from vidfeat.plots import plot_confusion, plot_curves
+from vidfeat.store import file_sha256
 from vidfeat.videolist import VideoList, load_list, read_classes, write_classes
 
 T_ = TypeVar("T_")
@@ -299,7 +299,7 @@ class _RunStart:
 
 
 def _sha256(path: str | Path | None) -> str | None:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    return file_sha256(path) if path else None
 
 
 def _head_options(head: str, options: dict) -> dict:

@@ -8,13 +8,13 @@ is never compared, its path and the run's training config.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
 from vidfeat.errors import ConfigError
 from vidfeat.report import Report
 from vidfeat.runner import RunOptions, run_extraction, run_network_extraction
+from vidfeat.store import file_sha256
 from vidfeat.videolist import VideoList
 
 
@@ -279,13 +279,13 @@ def extract_audio_features(
         if checkpoint is not None:
             load_vggish_weights(vggish, checkpoint)
             conf["checkpoint_path"] = str(checkpoint)
-            conf["checkpoint_sha256"] = _sha256(checkpoint)
+            conf["checkpoint_sha256"] = file_sha256(checkpoint)
         if pca is not None:
             from vidfeat.audio import PCAPostprocess
 
             post = PCAPostprocess.from_file(pca)
             conf["pca_path"] = str(pca)
-            conf["pca_sha256"] = _sha256(pca)
+            conf["pca_sha256"] = file_sha256(pca)
             conf["postprocess"] = "pca+clip+uint8, stored dequantised as float32 in [-2, 2]"
 
             def postprocess(f):
@@ -324,14 +324,6 @@ def _on_ray(videos, call, kwargs, device, store_root, set_name, opts, echo) -> R
 def _is_run(p: Path) -> bool:
     """A `vidfeat train` run folder, or a checkpoint file inside one."""
     return (p / "config.yaml").is_file() if p.is_dir() else (p.parent / "config.yaml").is_file()
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _embedding_only(vggish):

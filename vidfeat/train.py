@@ -411,7 +411,7 @@ class LoadedNet:
 
 def load_trained(checkpoint: str | Path, device: torch.device | None = None) -> LoadedNet:
     """A run folder (uses its best.pt) or a checkpoint file inside one."""
-    import hashlib
+    from vidfeat.store import file_sha256
 
     p = Path(checkpoint)
     run, ckpt = (p, p / "best.pt") if p.is_dir() else (p.parent, p)
@@ -436,5 +436,5 @@ def load_trained(checkpoint: str | Path, device: torch.device | None = None) -> 
     model.eval()
     if device is not None:
         model.to(device)
-    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    sha = file_sha256(ckpt)
     return LoadedNet(run, cfg, classes, model, ckpt, sha)
