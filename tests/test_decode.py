@@ -20,6 +20,7 @@ from vidfeat.errors import (
     NotAVideoError,
     TooFewFramesError,
     TruncatedVideoError,
+    UnsupportedCodecError,
 )
 from vidfeat.grid import SegmentGrid
 from vidfeat.synth import write_mp4
@@ -377,3 +378,23 @@ def test_flow_extractor_refuses_a_one_frame_video(media_dir: Path) -> None:
     )
     with pytest.raises(TooFewFramesError, match="needs at least 2 frames for optical flow"):
         ex.extract(VideoRecord(video_id="one", path=path, label=None), None)
+
+
+def test_unsupported_codec_is_named(media_dir: Path, tmp_path: Path) -> None:
+    # an MKV whose codec id FFmpeg does not know (H.264's id patched, same length)
+    src = tmp_path / "ok.mkv"
+    write_container(src, moving_frames(10), "matroska", "libx264", X264)
+    data = src.read_bytes()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 1
+    bad = tmp_path / "unknown.mkv"
+    bad.write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_ZZZZZ/ISO/AVC"))
+    for call in (lambda: probe(bad), lambda: read_frames(bad, [0])):
+        with pytest.raises(UnsupportedCodecError, match="unknown.mkv: codec not supported"):
+            call()
+
+
+def test_probe_without_counting_estimates_from_the_header(bframe_video) -> None:
+    exact, fast = probe(bframe_video[0]), probe(bframe_video[0], count_frames=False)
+    assert exact.frame_count_exact and exact.num_frames == 120
+    assert not fast.frame_count_exact and abs(fast.num_frames - 120) <= 1
+    assert fast.fps == pytest.approx(25.0) and fast.has_audio

@@ -71,6 +71,21 @@ def test_kinetics_csv_with_video_root(tmp_path: Path) -> None:
         load_list(f)
 
 
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("label,youtube_id,time_start,time_end,split,views\nx,a,1,2,train,3\n", r":1: unknown "),
+        ("label,youtube_id,time_start,split\nx,a,1,train\n", r":1: .*'time_end' column"),
+        ("label,youtube_id,time_start,time_end,split\nx,a,one,2,train\n", r":2: time_start"),
+    ],
+)
+def test_kinetics_errors_name_the_file_and_line(tmp_path: Path, text: str, match: str) -> None:
+    f = write(tmp_path / "k.csv", text)
+    with pytest.raises(ListError, match=match) as info:
+        load_list(f, video_root=tmp_path)
+    assert "k.csv" in str(info.value)
+
+
 def test_validation_labels_must_be_known_to_training(tmp_path: Path) -> None:
     train = load_list(write(tmp_path / "t.csv", "path,label\na.mp4,x\nb.mp4,y\n"))
     val = load_list(write(tmp_path / "v.csv", "path,label\nc.mp4,y\n"), classes=train.classes)
