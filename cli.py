@@ -44,6 +44,12 @@ def data() -> None:
 @click.option("--size", default=112, show_default=True, help="Frame width = height in pixels.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same files.")
 @click.option("--val-fraction", default=0.25, show_default=True, help="Share of each class in val.")
+@click.option(
+    "--test-fraction",
+    default=0.0,
+    show_default=True,
+    help="Share of each class in a test split (test.csv): select on val, report on test.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def data_synth(
     out: Path,
@@ -54,6 +60,7 @@ def data_synth(
     size: int,
     seed: int,
     val_fraction: float,
+    test_fraction: float,
     quiet: bool,
 ) -> None:
     """Write the synthetic action dataset (H.264 + AAC MP4s, train/val lists) to OUT."""
@@ -67,11 +74,13 @@ def data_synth(
         size=size,
         seed=seed,
         val_fraction=val_fraction,
+        test_fraction=test_fraction,
     )
     rep = generate(out, cfg, progress=not quiet and sys.stderr.isatty())
     click.echo(
         f"synth: {rep.videos} videos ({rep.train} train, {rep.val} val, "
-        f"{rep.without_audio} without audio) in {rep.seconds:.1f}s -> {out} "
+        + (f"{rep.test} test, " if rep.test else "")
+        + f"{rep.without_audio} without audio) in {rep.seconds:.1f}s -> {out} "
         f"(see {out / 'README.txt'})"
     )
 
@@ -567,7 +576,21 @@ def train_options(f):
             type=click.Choice(["sgd", "adamw"]),
             default="sgd",
             show_default=True,
-            help="SGD with steps at 1/3, 2/3 (the paper) or AdamW.",
+            help="SGD (the paper) or AdamW.",
+        ),
+        click.option(
+            "--schedule",
+            type=click.Choice(["step", "cosine"]),
+            default="step",
+            show_default=True,
+            help="step: lr x0.1 at 1/3 and 2/3 of training (the paper); cosine: smooth decay "
+            "(better for short runs).",
+        ),
+        click.option(
+            "--no-flip",
+            is_flag=True,
+            help="No horizontal flips in training (when a mirror changes the class, e.g. "
+            "swiping left vs right, or the synthetic dataset's left/right motions).",
         ),
         click.option("--workers", default=2, show_default=True, help="DataLoader workers."),
         click.option(
@@ -644,6 +667,8 @@ def _train(kw: dict, modality: str, **extra) -> None:
         momentum=kw["momentum"],
         weight_decay=kw["weight_decay"],
         optimizer=kw["optimizer"],
+        schedule=kw["schedule"],
+        flip=not kw["no_flip"],
         workers=kw["workers"],
         device=kw["device"],
         amp=not kw["no_amp"],

@@ -121,6 +121,20 @@ def test_no_audio_fraction_and_config_validation(tmp_path: Path) -> None:
         ({"classes": 2}, "--classes"),
         ({"size": 33}, "--size"),
         ({"val_fraction": 1.0}, "--val-fraction"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "--test-fraction"),
+        ({"per_class": 2, "test_fraction": 0.2}, "--per-class"),
     ]:
         with pytest.raises(ConfigError, match=opt):
             SynthConfig(**bad).validate()
+
+
+def test_test_split_is_stratified_and_disjoint(tmp_path: Path) -> None:
+    cfg = SynthConfig(classes=4, per_class=5, seconds=0.5, size=32, val_fraction=0.2,
+                      test_fraction=0.2)  # fmt: skip
+    rep = generate(tmp_path, cfg, False)
+    assert (rep.train, rep.val, rep.test) == (12, 4, 4)
+    lists = {s: load_list(tmp_path / f"{s}.csv") for s in ("train", "val", "test")}
+    ids = [set(v.ids()) for v in lists.values()]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert all(len(set(v.classes)) == 4 for v in lists.values())  # every class in every split
+    assert "select models on val, report on test" in (tmp_path / "README.txt").read_text()

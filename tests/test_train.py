@@ -236,3 +236,26 @@ def test_train_and_extract_flow(tiny_synth: Path, tmp_path: Path) -> None:
         "--quiet",
     )
     assert code != 0 and "T=3" in text
+
+
+def test_persistent_workers_draw_new_augmentations_every_epoch(tiny_synth: Path) -> None:
+    """Workers keep their own dataset copy; the epoch must reach them with each index."""
+    from vidfeat.train import TrainConfig, build_dataset, make_loader
+    from vidfeat.videolist import load_list
+
+    cfg = TrainConfig(
+        modality="rgb", train=str(tiny_synth / "train.csv"), val=None, arch="stnet",
+        segments=2, frames=2, size=40, short_side=56, seed=3,
+    )  # fmt: skip
+    ds = build_dataset(cfg, load_list(cfg.train), train=True)
+    loader = make_loader(ds, 4, 1, True, torch.device("cpu"), seed=3)
+
+    def epoch(e: int) -> dict[int, torch.Tensor]:
+        loader.sampler.set_epoch(e)
+        return {i: x for b in loader for i, x in zip(b["index"], b["x"], strict=True)}
+
+    first, second, first_again = epoch(0), epoch(1), epoch(0)
+    assert sorted(first) == sorted(second) == list(range(len(ds)))
+    assert all(torch.equal(first[i], first_again[i]) for i in first)  # seeded by epoch
+    changed = sum(not torch.equal(first[i], second[i]) for i in first)
+    assert changed == len(ds)  # new offsets / crops for every video

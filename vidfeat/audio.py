@@ -160,6 +160,36 @@ def examples_from_windows(windows: np.ndarray) -> np.ndarray:
     return out
 
 
+def silence(n: int) -> np.ndarray:
+    """``n`` examples of silence: what a video without audio looks like to the network."""
+    return examples_from_windows(np.zeros((n, EXAMPLE_SAMPLES), dtype=np.float32))
+
+
+def load_track(path: str | Path) -> tuple[np.ndarray | None, str]:
+    """The whole first audio track, mono 16 kHz float32 — or ``(None, why)`` when the file has
+    no usable track (the notes of :func:`grid_examples_from_file`). For training caches; the
+    extraction streams instead."""
+    from vidfeat.decode import read_audio
+
+    try:
+        wave = read_audio(path, SAMPLE_RATE)
+    except DecodeError as exc:
+        if not Path(path).is_file():
+            raise
+        return None, f"audio track failed to decode: {exc.detail or exc}"
+    if wave is None:
+        return None, "no audio track"
+    if len(wave) == 0:
+        return None, "audio track holds no samples"
+    return wave, ""
+
+
+def grid_examples_from_track(wave: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Like :func:`grid_examples_from_file`, from a track already in memory."""
+    windows, _ = grid_windows([wave], np.asarray(centres, dtype=np.float64))
+    return examples_from_windows(windows)
+
+
 def grid_examples_from_file(path: str | Path, centres: np.ndarray) -> tuple[np.ndarray, bool, str]:
     """One VGGish example per grid segment of a media file.
 
@@ -171,18 +201,17 @@ def grid_examples_from_file(path: str | Path, centres: np.ndarray) -> tuple[np.n
     from vidfeat.decode import iter_audio
 
     centres = np.asarray(centres, dtype=np.float64)
-    silence = examples_from_windows(np.zeros((len(centres), EXAMPLE_SAMPLES), dtype=np.float32))
     try:
         chunks = iter_audio(path, SAMPLE_RATE)
         if chunks is None:
-            return silence, False, "no audio track"
+            return silence(len(centres)), False, "no audio track"
         windows, read = grid_windows(chunks, centres)
     except DecodeError as exc:
         if not Path(path).is_file():
             raise
-        return silence, False, f"audio track failed to decode: {exc.detail or exc}"
+        return silence(len(centres)), False, f"audio track failed to decode: {exc.detail or exc}"
     if read == 0:
-        return silence, False, "audio track holds no samples"
+        return silence(len(centres)), False, "audio track holds no samples"
     return examples_from_windows(windows), True, ""
 
 

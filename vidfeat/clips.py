@@ -11,18 +11,20 @@ DataLoader worker; training counts and skips it, extraction records it as a fail
   2·j + (x, y); training picks T of the T_s stored segments at random (in order).
 * Audio: one 96×64 log-mel example per segment → ``[T, 1, 96, 64]``.
 
-Train mode: random segment offsets, one random crop + horizontal flip for the whole clip (a flip
-negates the x component of flow). Test mode: centred segments and a centre crop.
+Train mode: random segment offsets, one random crop + horizontal flip (``ClipSpec.flip``) for
+the whole clip (a flip negates the x component of flow). Test mode: centred segments and a
+centre crop.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from vidfeat.decode import probe, read_frames
 from vidfeat.errors import ConfigError, VidfeatError
@@ -42,6 +44,9 @@ class ClipSpec:
     size: int  # square crop fed to the network
     short_side: int  # frames are resized to this short side before cropping
     train: bool
+    # horizontal flips in training; off for classes a mirror swaps (swiping left vs right, the
+    # synthetic dataset's left/right motions): a flipped "right" clip is a "left" clip
+    flip: bool = True
 
     def __post_init__(self) -> None:
         if self.size < 16:
@@ -68,19 +73,32 @@ class _Base(Dataset):
         self.spec = spec
         self.seed = seed
         self.epoch = 0
+        self._infos: dict[int, object] = {}  # probe() per video, per process (epochs reuse it)
+
+    def _probe(self, i: int):
+        info = self._infos.get(i)
+        if info is None:
+            info = self._infos[i] = probe(self.records[i].path)
+        return info
 
     def __len__(self) -> int:
         return len(self.records)
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch of plain-index lookups (in this process only; DataLoader workers get the
+        epoch with each index from :class:`EpochSampler`)."""
         self.epoch = epoch
 
-    def _rng(self, i: int) -> np.random.Generator | None:
-        return np.random.default_rng([self.seed, self.epoch, i]) if self.spec.train else None
+    def _rng(self, i: int, epoch: int) -> np.random.Generator | None:
+        return np.random.default_rng([self.seed, epoch, i]) if self.spec.train else None
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``ds[i]``, or ``ds[(epoch, i)]`` as :class:`EpochSampler` asks: the epoch seeds the
+        item's augmentation, so persistent DataLoader workers draw new offsets and crops every
+        epoch."""
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         try:
-            x, meta = self.load(i, self._rng(i))
+            x, meta = self.load(i, self._rng(i, epoch))
         except VidfeatError as exc:
             return {"error": (type(exc).__name__, exc.format_message()), "index": i}
         except Exception as exc:  # noqa: BLE001 - reported per video, never fatal
@@ -110,14 +128,14 @@ class RGBClips(_Base):
 
     def load(self, i: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, dict]:
         rec = self.records[i]
-        info = probe(rec.path)
+        info = self._probe(i)
         g = self.grid.sample(info.num_frames, info.fps, rng)
         frames = read_frames(rec.path, g.indices.reshape(-1), short_side=self.spec.short_side)
         _, h, w, _ = frames.shape
         s = self.spec.size
         y0, x0 = _crop_box(h, w, s, rng)
         clip = frames[:, y0 : y0 + s, x0 : x0 + s]
-        if rng is not None and rng.uniform() < 0.5:
+        if rng is not None and self.spec.flip and rng.uniform() < 0.5:
             clip = clip[:, :, ::-1]
         x = (clip.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
         T, n = g.indices.shape
@@ -182,7 +200,7 @@ class FlowClips(_Base):
         y0, x0 = _crop_box(h, w, s, rng)
         q = q[..., y0 : y0 + s, x0 : x0 + s].astype(np.float32)
         x = (q - 127.5) / 127.5
-        if rng is not None and rng.uniform() < 0.5:
+        if rng is not None and self.spec.flip and rng.uniform() < 0.5:
             x = x[..., ::-1].copy()
             x[:, :, 0] = -x[:, :, 0]  # mirrored motion: horizontal component changes sign
         meta = {k: v for k, v in attrs.items() if k not in ("written_at", "frame_indices")}
@@ -194,29 +212,84 @@ class FlowClips(_Base):
 
 
 class AudioClips(_Base):
-    """One log-mel example per grid segment. Videos without audio yield zeros; training drops
-    them beforehand (see :func:`videos_with_audio`)."""
+    """One log-mel example per grid segment. Videos without audio yield silence; training drops
+    them beforehand (see :func:`videos_with_audio`).
 
-    def __init__(self, videos: VideoList, spec: ClipSpec, seed: int = 0) -> None:
+    Training revisits every video each epoch with new window offsets, so its decoded 16 kHz
+    track is kept in a per-process LRU cache of ``cache_mb`` MiB (tracks larger than an eighth
+    of it are not cached); extraction (test mode) streams each video once and caches nothing.
+    """
+
+    def __init__(
+        self, videos: VideoList, spec: ClipSpec, seed: int = 0, cache_mb: float = 512.0
+    ) -> None:
         super().__init__(videos, spec, seed)
         self.grid = SegmentGrid(spec.segments, 1, "train" if spec.train else "test")
+        self.cache_bytes = int(cache_mb * 1024 * 1024) if spec.train else 0
+        self._tracks: OrderedDict[int, tuple[np.ndarray | None, str]] = OrderedDict()
+        self._cached = 0
+
+    def _track(self, i: int) -> tuple[np.ndarray | None, str]:
+        from vidfeat.audio import load_track
+
+        hit = self._tracks.get(i)
+        if hit is not None:
+            self._tracks.move_to_end(i)
+            return hit
+        entry = load_track(self.records[i].path)
+        size = 0 if entry[0] is None else entry[0].nbytes
+        if size <= self.cache_bytes // 8:
+            self._tracks[i] = entry
+            self._cached += size
+            while self._cached > self.cache_bytes:
+                _, (old, _) = self._tracks.popitem(last=False)
+                self._cached -= 0 if old is None else old.nbytes
+        return entry
 
     def load(self, i: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, dict]:
-        from vidfeat.audio import grid_examples_from_file
+        from vidfeat.audio import grid_examples_from_file, grid_examples_from_track, silence
 
         rec = self.records[i]
-        info = probe(rec.path)
+        info = self._probe(i)
         g = self.grid.sample(info.num_frames, info.fps, rng)
         centres = g.centre
         if rng is not None:  # jitter the window inside its segment
             half = (g.end - g.start) / 2
             centres = centres + rng.uniform(-1, 1, size=len(centres)) * half * 0.8
-        ex, has_audio, note = grid_examples_from_file(rec.path, centres)
+        if self.cache_bytes:
+            wave, note = self._track(i)
+            has_audio = wave is not None
+            ex = grid_examples_from_track(wave, centres) if has_audio else silence(len(centres))
+        else:
+            ex, has_audio, note = grid_examples_from_file(rec.path, centres)
         meta = _meta(rec, info, g)
         meta["has_audio"] = bool(has_audio)
         if note:
             meta["note"] = note
         return torch.from_numpy(np.ascontiguousarray(ex[:, None].astype(np.float32))), meta
+
+
+class EpochSampler(Sampler):
+    """Indices as ``(epoch, i)``: a shuffled (seeded by seed and epoch) or ordered pass over a
+    dataset, carrying the epoch to the workers that load the items. Call :meth:`set_epoch`
+    before each pass."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0) -> None:
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = (
+            np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+            if self.shuffle
+            else np.arange(self.n)
+        )
+        return iter([(self.epoch, int(i)) for i in order])
 
 
 def _meta(rec, info, g) -> dict:

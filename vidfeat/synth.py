@@ -90,6 +90,8 @@ class SynthConfig:
     size: int = 112
     seed: int = 0
     val_fraction: float = 0.25
+    # a third split for honest reports: models are selected on val, reported on test (0: none)
+    test_fraction: float = 0.0
     no_audio_fraction: float = 0.05  # videos written without any audio track
 
     def validate(self) -> None:
@@ -108,6 +110,25 @@ class SynthConfig:
             raise ConfigError(f"--size must be an even number in [32, 1080] (got {self.size})")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must be in (0, 1) (got {self.val_fraction})")
+        if not 0.0 <= self.test_fraction < 1.0 or self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(
+                f"--test-fraction must be in [0, 1) and leave training videos next to "
+                f"--val-fraction (got {self.test_fraction} + {self.val_fraction})"
+            )
+        n_val, n_test = self.split_sizes()
+        if n_val + n_test >= self.per_class:
+            raise ConfigError(
+                f"--per-class {self.per_class} leaves no training video after {n_val} val and "
+                f"{n_test} test videos per class; raise --per-class"
+            )
+
+    def split_sizes(self) -> tuple[int, int]:
+        """Validation and test videos per class (at least one val; test only when asked)."""
+        n_val = max(1, int(round(self.per_class * self.val_fraction)))
+        n_test = (
+            max(1, int(round(self.per_class * self.test_fraction))) if self.test_fraction else 0
+        )
+        return n_val, n_test
 
 
 def class_design(num_classes: int) -> list[SynthClass]:
@@ -390,11 +411,13 @@ class SynthReport:
     val: int
     without_audio: int
     seconds: float
+    test: int = 0
 
 
 def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> SynthReport:
-    """Write the dataset under ``out`` (videos/, train.csv, val.csv, classes.txt, README.txt,
-    synth.json, metadata.csv). Rerunning with the same options rewrites identical files."""
+    """Write the dataset under ``out`` (videos/, train.csv, val.csv, test.csv when
+    ``test_fraction`` > 0, classes.txt, README.txt, synth.json, metadata.csv). Rerunning with
+    the same options rewrites identical files."""
     import time
 
     from tqdm import tqdm
@@ -405,7 +428,8 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> SynthR
     vdir = out / "videos"
     vdir.mkdir(parents=True, exist_ok=True)
     design = class_design(cfg.classes)
-    n_val = max(1, int(round(cfg.per_class * cfg.val_fraction)))
+    n_val, n_test = cfg.split_sizes()
+    splits = ["train", "val"] + (["test"] if n_test else [])
     rows: list[dict] = []
     jobs = [(k, i) for k in design for i in range(cfg.per_class)]
     bar = tqdm(jobs, desc="synth", unit="video", disable=not progress)
@@ -416,8 +440,14 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> SynthR
         vid = f"{klass.name}_{i:03d}"
         rel = f"videos/{vid}.mp4"
         write_mp4(out / rel, clip.frames, cfg.fps, clip.audio, bframes=0)
-        # the last n_val of each class are validation: stratified and deterministic
-        split = "val" if i >= cfg.per_class - n_val else "train"
+        # the last n_test of each class are test, the n_val before them validation: stratified
+        # and deterministic
+        if i >= cfg.per_class - n_test:
+            split = "test"
+        elif i >= cfg.per_class - n_test - n_val:
+            split = "val"
+        else:
+            split = "train"
         rows.append(
             {
                 "video_id": vid,
@@ -431,7 +461,7 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> SynthR
                 **clip.nuisance,
             }
         )
-    for split in ("train", "val"):
+    for split in splits:
         with open(out / f"{split}.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "label", "video_id", "split"])
@@ -456,9 +486,15 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> SynthR
     }
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
     (out / "README.txt").write_text(_readme(cfg, design, ceil, without_audio, len(rows)))
-    n_train = sum(r["split"] == "train" for r in rows)
+    count = {sp: sum(r["split"] == sp for r in rows) for sp in ("train", "val", "test")}
     return SynthReport(
-        out, len(rows), n_train, len(rows) - n_train, without_audio, time.perf_counter() - t0
+        out,
+        len(rows),
+        count["train"],
+        count["val"],
+        without_audio,
+        time.perf_counter() - t0,
+        count["test"],
     )
 
 
@@ -481,7 +517,12 @@ def _readme(
         f"{cfg.classes} classes x {cfg.per_class} videos, {cfg.seconds:g} s at {cfg.fps} fps, "
         f"{cfg.size}x{cfg.size} px, H.264 video + AAC audio ({AUDIO_RATE} Hz mono), "
         f"seed {cfg.seed}.",
-        f"Split: train.csv / val.csv (val fraction {cfg.val_fraction:g}, stratified).",
+        (
+            f"Split: train.csv / val.csv / test.csv (val fraction {cfg.val_fraction:g}, test "
+            f"fraction {cfg.test_fraction:g}, stratified): select models on val, report on test."
+            if cfg.test_fraction
+            else f"Split: train.csv / val.csv (val fraction {cfg.val_fraction:g}, stratified)."
+        ),
         f"{without_audio} of {total} videos have no audio track.",
         "",
         "Each class is a triple of cues: the object's colour (appearance, one frame shows it),",

@@ -53,6 +53,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     optimizer: str = "sgd"  # sgd | adamw
+    # step: x0.1 at 1/3 and 2/3 of the steps (the paper); cosine: smooth decay to 0, kinder to
+    # short runs (a step schedule spends 2/3 of a 12-epoch run at lr/10 or lower)
+    schedule: str = "step"
+    flip: bool = True  # horizontal flips in training (--no-flip when a mirror changes the class)
     pretrained: bool = False
     backbone_weights: str | None = None
     net_options: dict = field(default_factory=dict)
@@ -82,6 +86,8 @@ class TrainConfig:
             raise ConfigError(f"--lr must be > 0 (got {self.lr})")
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"--optimizer must be sgd or adamw (got {self.optimizer})")
+        if self.schedule not in ("step", "cosine"):
+            raise ConfigError(f"--schedule must be step or cosine (got {self.schedule})")
 
 
 # --------------------------------------------------------------------------- model + data
@@ -126,6 +132,7 @@ def build_dataset(cfg: TrainConfig, videos: VideoList, train: bool, segments: in
         cfg.size,
         cfg.short_side,
         train,
+        flip=cfg.flip,
     )
     if cfg.modality == "rgb":
         return RGBClips(videos, spec, layout=cfg.arch, seed=cfg.seed)
@@ -137,16 +144,17 @@ def build_dataset(cfg: TrainConfig, videos: VideoList, train: bool, segments: in
 def make_loader(
     ds, batch_size: int, workers: int, shuffle: bool, device: torch.device, seed: int = 0
 ) -> DataLoader:
-    from vidfeat.clips import collate
+    from vidfeat.clips import EpochSampler, collate
 
     return DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=shuffle,
+        # the sampler hands each index to the workers with its epoch: persistent workers keep
+        # their own copy of the dataset, so ds.set_epoch() in this process would not reach them
+        sampler=EpochSampler(len(ds), shuffle, seed),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
         persistent_workers=workers > 0,
         drop_last=False,
     )
@@ -224,9 +232,9 @@ def train(
     train_ds = build_dataset(cfg, train_list, True)
     loader = make_loader(train_ds, cfg.batch_size, cfg.workers, True, device, cfg.seed)
     steps = max(1, math.ceil(len(train_ds) / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.MultiStepLR(
-        opt, milestones=[cfg.epochs * steps // 3, 2 * cfg.epochs * steps // 3], gamma=0.1
-    )
+    total = cfg.epochs * steps
+    factor = lr_factor(cfg.schedule, total)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     dtype = amp_dtype(device) if cfg.amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     start_epoch, best = 0, {}
@@ -236,12 +244,11 @@ def train(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
-        # the step schedule follows this run's --epochs (it may have grown), from the first step
-        # of the epoch that starts now (an epoch cut by Ctrl-C is redone)
+        # the schedule follows this run's --epochs (it may have grown), from the first step of
+        # the epoch that starts now (an epoch cut by Ctrl-C is redone)
         sched.last_epoch = start_epoch * steps
-        passed = sum(m <= sched.last_epoch for m in sched.milestones.elements())
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * sched.gamma**passed
+            g["lr"] = cfg.lr * factor(sched.last_epoch)
         best = {k: v for k, v in state.get("best", {}).items()}
         echo(f"resuming {out} after epoch {start_epoch}")
     elif not resume:
@@ -269,7 +276,7 @@ def train(
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
-            train_ds.set_epoch(epoch)
+            loader.sampler.set_epoch(epoch)
             model.train()
             losses, correct, seen = [], 0, 0
             bar = tqdm(
@@ -360,6 +367,15 @@ def train(
             )
     best.pop("key", None)
     return best
+
+
+def lr_factor(schedule: str, total_steps: int):
+    """The learning-rate multiplier as a function of the optimiser step (for ``LambdaLR``)."""
+    total = max(1, total_steps)
+    if schedule == "cosine":
+        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    milestones = (total // 3, 2 * total // 3)
+    return lambda step: 0.1 ** sum(step >= m for m in milestones)
 
 
 # what may change when a run is resumed: how long, where, on what hardware
