@@ -4,14 +4,18 @@ Reads what the demo stages left in OUT (runs' metrics, stored clip scores, fusio
 ensemble table, timings) and the dataset's stated ceilings. Every number comes from a file the
 pipeline wrote; each claim of the paper is checked and the report says when it does not hold.
 
-Usage: python demo/report.py OUT
+Usage: python demo/report.py OUT [--readme README.md]
+(--readme also rewrites the README's demo-results block from the report: tables, not typing.)
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +27,8 @@ from vidfeat.synth import load_ceilings
 from vidfeat.videolist import load_list
 
 
-def stored_probs(store: Path, name: str, val) -> np.ndarray | None:
-    """The clip scores stored with feature set ``name`` for the val videos, in the val list's
+def stored_probs(store: Path, name: str, listed) -> np.ndarray | None:
+    """The clip scores stored with feature set ``name`` for the listed videos, in the list's
     class order ``(n, K)``; a video without scores gets uniform probabilities."""
     fs = FeatureStore(store)
     if name not in fs.sets():
@@ -33,20 +37,20 @@ def stored_probs(store: Path, name: str, val) -> np.ndarray | None:
     classes = s.config.get("classes")
     if not classes:
         return None
-    order = [classes.index(c) for c in val.classes]
+    order = [classes.index(c) for c in listed.classes]
     probs = []
-    for r in val.records:
+    for r in listed.records:
         sc = s.get_extra(r.video_id, "scores") if r.video_id in s else None
         probs.append(np.full(len(order), 1 / len(order)) if sc is None else np.asarray(sc)[order])
     return np.stack(probs)
 
 
-def stored_scores(store: Path, name: str, val) -> tuple[float, float] | None:
-    """Prec@1/5 on the val list of the clip scores stored with feature set ``name``."""
-    p = stored_probs(store, name, val)
+def stored_scores(store: Path, name: str, listed) -> tuple[float, float] | None:
+    """Prec@1/5 on the list of the clip scores stored with feature set ``name``."""
+    p = stored_probs(store, name, listed)
     if p is None:
         return None
-    y = np.asarray(val.label_indices())
+    y = np.asarray(listed.label_indices())
     return topk_accuracy(p, y, 1), topk_accuracy(p, y, 5)
 
 
@@ -61,17 +65,17 @@ def cue_ceiling(classes: list[dict], seen: tuple[str, ...], target: tuple[str, .
     return sum(max(g.values()) for g in groups.values()) / len(classes)
 
 
-def cue_accuracy(probs: np.ndarray, val, design: dict, cues: tuple[str, ...]) -> float:
+def cue_accuracy(probs: np.ndarray, listed, design: dict, cues: tuple[str, ...]) -> float:
     """Share of videos whose predicted class has the true class's ``cues`` (e.g. colour and
     motion: right up to what an RGB network cannot see)."""
     pred = probs.argmax(1)
-    y = val.label_indices()
-    key = [tuple(design[c][q] for q in cues) for c in val.classes]
+    y = listed.label_indices()
+    key = [tuple(design[c][q] for q in cues) for c in listed.classes]
     return float(np.mean([key[p] == key[t] for p, t in zip(pred, y, strict=True)]))
 
 
-def fuse_eval(run: Path) -> tuple[float, float] | None:
-    path = run / "eval-val" / "metrics.json"
+def fuse_eval(run: Path, split: str) -> tuple[float, float] | None:
+    path = run / f"eval-{split}" / "metrics.json"
     if not path.exists():
         return None
     m = json.loads(path.read_text())
@@ -85,12 +89,14 @@ def pct(x: float | None) -> str:
 def main(out: Path) -> None:
     data, runs, store = out / "data", out / "runs", out / "store"
     ceil = load_ceilings(data)
-    val = load_list(data / "val.csv")
+    # report on test when the dataset has one (models were selected on val), else on val
+    split = "test" if (data / "test.csv").exists() else "val"
+    listed = load_list(data / f"{split}.csv")
     lines = [
         "# vidfeat demo report",
         "",
-        f"Synthetic dataset: {len(val)} validation videos, {len(val.classes)} classes "
-        f"(`{data / 'README.txt'}`). Prec@1 / Prec@5 in %, on the validation split. "
+        f"Synthetic dataset: {len(listed)} {split} videos, {len(listed.classes)} classes "
+        f"(`{data / 'README.txt'}`). Prec@1 / Prec@5 in %, on the {split} split. "
         "Ceilings: the Bayes accuracy of a model that sees only that modality's cues.",
         "",
     ]
@@ -114,9 +120,9 @@ def main(out: Path) -> None:
         ("TSN (1 frame / segment)", "rgb-tsn", "appearance (one RGB frame: TSN-RGB)"),
         ("StNet (super-images + TMB + TXB)", "rgb", "appearance + motion (RGB clip: StNet)"),
     ]:
-        p = stored_probs(store, set_name, val)
-        acc = stored_scores(store, set_name, val)
-        cm = None if p is None else cue_accuracy(p, val, design, ("colour", "motion"))
+        p = stored_probs(store, set_name, listed)
+        acc = stored_scores(store, set_name, listed)
+        cm = None if p is None else cue_accuracy(p, listed, design, ("colour", "motion"))
         rgb_acc[set_name] = (acc, cm)
         seen = ("colour", "motion") if set_name == "rgb" else ("colour",)
         cm_ceiling = cue_ceiling(list(design.values()), seen, ("colour", "motion"))
@@ -151,8 +157,8 @@ def main(out: Path) -> None:
     single_best = 0.0
     bars = []
     for m, c in modal_ceil.items():
-        net = stored_scores(store, m, val)
-        head = fuse_eval(runs / f"fuse-single-{m}")
+        net = stored_scores(store, m, listed)
+        head = fuse_eval(runs / f"fuse-single-{m}", split)
         single_best = max([single_best] + [x[0] for x in (net, head) if x])
         if head:
             bars.append((f"single {m}", *head))
@@ -170,7 +176,7 @@ def main(out: Path) -> None:
         "|---|---:|---:|",
     ]
     for head in ("txn", "fflstm", "attention-clusters", "itxn"):
-        r = fuse_eval(runs / f"fuse-{head}")
+        r = fuse_eval(runs / f"fuse-{head}", split)
         lines.append(f"| {head} | {pct(r and r[0])} | {pct(r and r[1])} |")
         if r:
             bars.append((head, *r))
@@ -180,7 +186,7 @@ def main(out: Path) -> None:
                 None if r is None else r[0] > single_best,
             )
         )
-    txn, itxn = fuse_eval(runs / "fuse-txn"), fuse_eval(runs / "fuse-itxn")
+    txn, itxn = fuse_eval(runs / "fuse-txn", split), fuse_eval(runs / "fuse-itxn", split)
     claims.append(("itxn >= txn", None if not (txn and itxn) else itxn[0] >= txn[0]))
     lines += [f"| ceiling (all cues) | {pct(ceil['all cues (fusion)'])} | |", ""]
     table = out / "ensemble" / "table.csv"
@@ -189,7 +195,7 @@ def main(out: Path) -> None:
     else:
         rows = list(csv.DictReader(open(table)))
         lines += [
-            "### GBDT ensemble (out-of-fold on the validation split)",
+            f"### GBDT ensemble (out-of-fold on the {split} split)",
             "",
             (out / "ensemble" / "table.md").read_text(),
             "",
@@ -208,7 +214,7 @@ def main(out: Path) -> None:
         plot_bars(
             bars,
             out / "report_bars.png",
-            title="validation Prec@1 / Prec@5",
+            title=f"{split} Prec@1 / Prec@5",
             refs={"fusion ceiling": ceil["all cues (fusion)"]},
         )
         lines += ["![results](report_bars.png)", ""]
@@ -219,9 +225,15 @@ def main(out: Path) -> None:
         lines.append(f"- {verdict}: {text}")
     lines += [
         "",
-        "Model selection: every network and head keeps its best epoch by validation Prec@1 and "
-        "is reported on that same split (there is no separate test split), as the paper's "
-        "validation figures are; the ensemble's figures are out-of-fold.",
+        (
+            "Protocol: every network and head keeps its best epoch by validation Prec@1; the "
+            "figures above are on the test split, which no model was selected on; the GBDT is "
+            "cross-fitted on test (out-of-fold), its members' scores being test scores too."
+            if split == "test"
+            else "Model selection: every network and head keeps its best epoch by validation "
+            "Prec@1 and is reported on that same split (the dataset has no test split: make one "
+            "with `vidfeat data synth --test-fraction`); the ensemble's figures are out-of-fold."
+        ),
         "",
     ]
     times = out / "timings.tsv"
@@ -245,7 +257,41 @@ def main(out: Path) -> None:
     print("\n".join(lines))
 
 
+BEGIN, END = "<!-- demo-report:begin -->", "<!-- demo-report:end -->"
+
+
+def update_readme(readme: Path, report: str, out: Path) -> None:
+    """Replace the block between the demo-report markers of ``readme`` with the report's
+    tables and claims (headings demoted, the plot and the timing table left out)."""
+    body = report.split("## Table 1", 1)[1].split("## Time per stage", 1)[0]
+    body = ("## Table 1" + body).replace("![results](report_bars.png)\n", "").strip()
+    body = "\n".join(
+        "#" + ln if ln.startswith("## ") or ln.startswith("### ") else ln
+        for ln in body.splitlines()
+    )
+    total = re.search(r"^\| total \| (\d+) \|$", report, re.M)
+    stamp = (
+        f"Written by `python demo/report.py {out} --readme README.md` after `make demo` "
+        f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, no GPU"
+        + (f", {int(total.group(1)) / 60:.1f} min of stages" if total else "")
+        + "). Do not edit by hand."
+    )
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{readme} has no {BEGIN} ... {END} block")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    readme.write_text(f"{head}{BEGIN}\n{stamp}\n\n{body}\n{END}{tail}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python demo/report.py OUT")
-    main(Path(sys.argv[1]))
+    args = sys.argv[1:]
+    readme = None
+    if len(args) == 3 and args[1] == "--readme":
+        readme = Path(args[2])
+    elif len(args) != 1:
+        sys.exit("usage: python demo/report.py OUT [--readme README.md]")
+    out_dir = Path(args[0])
+    main(out_dir)
+    if readme is not None:
+        update_readme(readme, (out_dir / "report.md").read_text(), out_dir)
