@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from vidfeat.errors import ConfigError, DecodeError
+from vidfeat.nets.txb import masked_mean
 
 SAMPLE_RATE = 16000
 WINDOW = 400  # 25 ms at 16 kHz
@@ -297,10 +298,7 @@ class VGGishTSN(nn.Module):
 
     def forward_head(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.fc(self.drop(feats))  # [B, T, K]
-        if mask is None:
-            return logits.mean(1)
-        m = mask.to(logits.dtype).unsqueeze(-1)
-        return (logits * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return masked_mean(logits.transpose(1, 2), mask)  # segmental consensus
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -179,19 +179,13 @@ def run_ray_network(
     gives it a GPU) and runs the batched local extraction on its chunk, writing its own shards."""
     from tqdm import tqdm
 
-    from vidfeat.runner import default_job_name, plan
+    from vidfeat.runner import default_job_name, plan_report
     from vidfeat.store import FeatureStore
 
     store = FeatureStore(store_root)
     fs = store.open_set(set_name) if set_name in store.sets() else None
-    p = plan(videos, fs, opts)
-    report = Report("extract")
-    report.skipped = p.skipped_done
+    p, report = plan_report(videos, fs, opts, Path(store_root) / set_name, echo)
     if opts.dry_run:
-        echo(
-            f"dry run: {len(p.todo)} to extract, {p.skipped_done} already done, "
-            f"{p.outside_shard} in other shards, into {Path(store_root) / set_name}"
-        )
         return report.finish()
     job = opts.job or default_job_name(opts.shard)
     ray = _ray_init(opts)

@@ -338,6 +338,24 @@ def plan(videos: VideoList, fs, opts: RunOptions) -> Plan:
     return Plan(todo, skipped, len(videos.records) - len(mine), len(videos.records))
 
 
+def plan_report(videos: VideoList, fs, opts: RunOptions, set_dir: Path, echo=print):
+    """The plan of a job and its report (skipped counted); with ``--dry-run`` also what it would
+    do, printed (the caller then returns ``report.finish()``)."""
+    p = plan(videos, fs, opts)
+    report = Report("extract")
+    report.skipped = p.skipped_done
+    if opts.dry_run:
+        echo(
+            f"dry run: {len(p.todo)} to extract, {p.skipped_done} already done, "
+            f"{p.outside_shard} in other shards, into {set_dir}"
+        )
+        for r in p.todo[:20]:
+            echo(f"  {r.video_id}  {r.path}")
+        if len(p.todo) > 20:
+            echo(f"  ... and {len(p.todo) - 20} more")
+    return p, report
+
+
 def kept(set_dir: Path, added: list[str]) -> int:
     """How many of the videos this run added are in completed shards: after an abnormal stop
     the last shard may or may not have been completed, and the summary should say what a rerun
@@ -387,18 +405,8 @@ def run_extraction(
     # refuse to mix configurations (names the differing keys) or labels before doing any work
     stored = store.ensure_set(set_name, config) if existing else None
     classes = set_classes(store, set_name, config, videos, stored)
-    p = plan(videos, fs, opts)
-    report = Report("extract")
-    report.skipped = p.skipped_done
+    p, report = plan_report(videos, fs, opts, Path(store_root) / set_name, echo)
     if opts.dry_run:
-        echo(
-            f"dry run: {len(p.todo)} to extract, {p.skipped_done} already done, "
-            f"{p.outside_shard} in other shards, into {Path(store_root) / set_name}"
-        )
-        for r in p.todo[:20]:
-            echo(f"  {r.video_id}  {r.path}")
-        if len(p.todo) > 20:
-            echo(f"  ... and {len(p.todo) - 20} more")
         return report.finish()
     if stored is None:
         stored = _create_set(store, set_name, config, classes)
@@ -706,14 +714,8 @@ def run_network_extraction(
     fs = store.open_set(set_name) if set_name in store.sets() else None
     stored = store.ensure_set(set_name, config) if fs is not None else None
     classes = set_classes(store, set_name, config, videos, stored)
-    p = plan(videos, fs, opts)
-    report = Report("extract")
-    report.skipped = p.skipped_done
+    p, report = plan_report(videos, fs, opts, Path(store_root) / set_name, echo)
     if opts.dry_run:
-        echo(
-            f"dry run: {len(p.todo)} to extract, {p.skipped_done} already done, "
-            f"{p.outside_shard} in other shards, into {Path(store_root) / set_name}"
-        )
         return report.finish()
     if stored is None:
         stored = _create_set(store, set_name, config, classes)

@@ -37,7 +37,7 @@ from vidfeat.nets.backbones import (
     family_of,
     inflate_first_conv,
 )
-from vidfeat.nets.txb import TemporalXceptionBlock, masked_max
+from vidfeat.nets.txb import TemporalXceptionBlock, masked_max, masked_mean
 from vidfeat.registry import Registry
 
 __all__ = [
@@ -369,10 +369,7 @@ class TSN(SegmentNet):
     def forward_head(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, T, C5]`` (+ mask ``[B, T]``) → segmental consensus logits ``[B, K]``."""
         logits = self.fc(self.drop(feats))  # [B, T, K]
-        if mask is None:
-            return logits.mean(1)
-        m = mask.to(logits.dtype).unsqueeze(-1)
-        return (logits * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return masked_mean(logits.transpose(1, 2), mask)  # segmental consensus
 
 
 # --------------------------------------------------------------------------- registry + builder
