@@ -237,7 +237,8 @@ def run_options(f):
             type=click.Choice(["auto", "gzip", "lzf", "none"]),
             default="auto",
             show_default=True,
-            help="auto: gzip for integer arrays (flow fields), lzf for float features.",
+            help="auto: gzip for integer arrays (flow fields), float features uncompressed "
+            "(they barely compress; contiguous arrays read fastest).",
         ),
         click.option("--float16", is_flag=True, help="Store float features as float16."),
         click.option(

@@ -117,11 +117,18 @@ def test_round_trip_features_extra_attrs(tmp_path, compression, float16):
     assert fs.get_extra("flow", "scores") is None
     # same process as the open reader: HDF5 insists on the same locking flag
     with h5py.File(fs.shard_of("flow"), "r", locking=False) as f:
-        if compression == "auto":  # gzip shrinks integer fields; lzf reads floats faster
+        if compression == "auto":  # gzip shrinks integer fields; floats stay contiguous
             assert f["flow/features"].compression == "gzip"
-            assert f["a.b/features"].compression == "lzf"
+            assert f["a.b/features"].compression is None and f["a.b/features"].chunks is None
         else:
             assert f["flow/features"].compression == compression
+    # contiguous arrays are read with one pread at the indexed offset, past h5py
+    raw = {"auto": set(videos), None: {*videos, "flow"}}.get(compression, set())
+    assert set(fs._raw) == raw
+    for vid in raw:
+        x = fs.features(vid)
+        x += 0  # a writable array, like h5py's
+        np.testing.assert_array_equal(x, fs.get(vid)[0])
     assert [v for v, _, _ in fs] == fs.ids()
     with pytest.raises(StoreError, match="not in set 'rgb'"):
         fs.get("nope")
@@ -472,10 +479,44 @@ def test_index_cache_reused_and_rebuilt_on_changes(tmp_path, monkeypatch):
 
     (d / ".index.json").write_text("{ torn")
     assert FeatureSet(d).ids() == ["a0", "a1", "a9", "b0"]
-    assert json.loads((d / ".index.json").read_text())["format"] == 1
+    assert json.loads((d / ".index.json").read_text())["format"] == store_mod.INDEX_FORMAT
 
     shard.unlink()
     assert FeatureSet(d).ids() == ["b0"]
+
+
+def test_raw_reads_check_the_shard_and_the_cached_layouts(tmp_path):
+    rng = np.random.default_rng(5)
+    d = new_set(tmp_path)
+    a0, a1 = feats(rng), feats(rng)
+    write(d, "a", {"a0": a0, "a1": a1})
+    FeatureSet(d)  # writes the index
+    cache = json.loads((d / ".index.json").read_text())
+    shard = d / "part-a-0.h5"
+    assert set(cache["shards"]["part-a-0.h5"]["raw"]) == {"a0", "a1"}
+    # the cache is untrusted: malformed layouts are ignored (h5py reads those videos), and one
+    # pointing past the end of the file is an error, never a short array
+    cache["shards"]["part-a-0.h5"]["raw"] = {"a0": ["0", [4, 8], "<f4"], "a1": [0, [10**8], "<f4"]}
+    (d / ".index.json").write_text(json.dumps(cache))
+    fs = FeatureSet(d)
+    np.testing.assert_array_equal(fs.features("a0"), a0)
+    with pytest.raises(StoreError, match="shorter than its index says"):
+        fs.features("a1")
+    (d / ".index.json").unlink()
+    fs, fresh = FeatureSet(d), FeatureSet(d)
+    np.testing.assert_array_equal(fs.features("a1"), a1)
+    # a shard replaced behind a reader: one that has it open keeps reading its snapshot (as
+    # through h5py); one that opens it now refuses rather than read at the old offsets
+    tmp = d / "replacement.tmp"
+    with h5py.File(tmp, "w") as f:
+        for v in ("zz", "a1"):
+            f.create_group(v).create_dataset("features", data=feats(rng) + 100)
+    os.replace(tmp, shard)
+    np.testing.assert_array_equal(fs.features("a0"), a0)
+    with pytest.raises(StoreError, match="replaced since the set was opened"):
+        fresh.features("a0")
+    fresh.refresh()
+    assert fresh.ids() == ["a1", "zz"] and fresh.features("a1").min() > 90
 
 
 def test_reader_works_when_cache_cannot_be_written(tmp_path, monkeypatch):

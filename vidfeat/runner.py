@@ -77,7 +77,7 @@ class RunOptions:
     job: str | None = None
     shard_videos: int = 64  # close + rename a shard after this many videos...
     shard_mb: float = 256.0  # ...or this many megabytes
-    compression: str | None = "auto"  # gzip for integer arrays, lzf for float features
+    compression: str | None = "auto"  # gzip for integer arrays, float features as they are
     float16: bool = False
     min_free_mb: float = 64.0  # stop cleanly before the disk is full
     progress: bool = True
