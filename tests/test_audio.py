@@ -20,6 +20,7 @@ from vidfeat.audio import (
     EXAMPLE_SAMPLES,
     PCAPostprocess,
     VGGish,
+    examples_from_windows,
     grid_examples_from_file,
     grid_windows,
     load_vggish_weights,
@@ -113,6 +114,15 @@ def test_grid_examples_are_centred_and_padded(bframe_video) -> None:
     # the edges are zero-padded: frames wholly before the clip are silence
     assert np.allclose(ex[0, :5], np.log(0.01), atol=1e-6)
     assert ex[1].max() > np.log(0.01) + 5  # the tone is there in the middle
+
+
+def test_batched_examples_equal_one_log_mel_per_window() -> None:
+    # 40 windows: more than one FFT group of 32
+    w = np.random.default_rng(0).standard_normal((40, EXAMPLE_SAMPLES)).astype(np.float32)
+    ex = examples_from_windows(w)
+    assert ex.shape == (40, 96, 64)
+    for t in (0, 31, 32, 39):
+        np.testing.assert_array_equal(ex[t], log_mel(w[t]))
 
 
 def test_a_clip_shorter_than_an_example_still_gives_t_examples(tmp_path: Path) -> None:

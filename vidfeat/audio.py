@@ -106,15 +106,19 @@ def mel_matrix(
 _WINDOW = periodic_hann(WINDOW)
 
 
+def _frames_log_mel(frames: np.ndarray) -> np.ndarray:
+    """``(..., 400)`` float64 frames → ``(..., 64)`` float32 log-mel (one FFT call for all)."""
+    spec = np.abs(np.fft.rfft(frames * _WINDOW, n=FFT_SIZE))
+    return np.log(spec @ mel_matrix() + LOG_OFFSET).astype(np.float32)
+
+
 def log_mel(wave: np.ndarray) -> np.ndarray:
     """Samples at 16 kHz ``(L,)`` (float, about [-1, 1]) → VGGish log-mel ``(F, 64)`` float32
     with ``F = 1 + (L - 400) // 160`` frames (0 when ``L < 400``: no padding, as VGGish)."""
     wave = np.asarray(wave, dtype=np.float64).reshape(-1)
     if len(wave) < WINDOW:
         return np.zeros((0, NUM_BANDS), dtype=np.float32)
-    frames = np.lib.stride_tricks.sliding_window_view(wave, WINDOW)[::HOP]
-    spec = np.abs(np.fft.rfft(frames * _WINDOW, n=FFT_SIZE))
-    return np.log(spec @ mel_matrix() + LOG_OFFSET).astype(np.float32)
+    return _frames_log_mel(np.lib.stride_tricks.sliding_window_view(wave, WINDOW)[::HOP])
 
 
 def window_starts(centres: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -154,10 +158,15 @@ def grid_windows(chunks: Iterable[np.ndarray], centres: np.ndarray) -> tuple[np.
 
 
 def examples_from_windows(windows: np.ndarray) -> np.ndarray:
-    """``(T, 15600)`` windows → ``(T, 96, 64)`` float32 log-mel examples."""
+    """``(T, 15600)`` windows → ``(T, 96, 64)`` float32 log-mel examples: the same values as
+    :func:`log_mel` on each window, computed 32 windows per FFT call (half the time of a
+    call per window at T=25; a group's float64 spectra take 13 MB)."""
     out = np.empty((len(windows), EXAMPLE_FRAMES, NUM_BANDS), dtype=np.float32)
-    for t, w in enumerate(windows):
-        out[t] = log_mel(w)
+    for k in range(0, len(windows), 32):
+        w = np.asarray(windows[k : k + 32], dtype=np.float64)
+        out[k : k + 32] = _frames_log_mel(
+            np.lib.stride_tricks.sliding_window_view(w, WINDOW, axis=1)[:, ::HOP]
+        )
     return out
 
 
