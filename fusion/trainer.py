@@ -27,7 +27,6 @@ alone writes the run folder, validates and shows progress.
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import threading
@@ -50,6 +49,7 @@ from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.metrics import confusion_matrix, summarize
 from vidfeat.plots import plot_confusion, plot_curves
 from vidfeat.store import file_sha256
+from vidfeat.train import lr_factor
 from vidfeat.videolist import VideoList, load_list, read_classes, write_classes
 
 T_ = TypeVar("T_")
@@ -130,9 +130,7 @@ def lr_at(cfg: FuseConfig, step: int, total: int) -> float:
     """Learning rate of optimiser step ``step`` (0-based) of ``total``. A pure function of the
     position, so a run resumed with a larger --epochs follows the new schedule from the step it
     stands at (same values as torch's CosineAnnealingLR / MultiStepLR closed forms)."""
-    if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    return cfg.lr * 0.1 ** sum(step >= m for m in (total // 3, 2 * total // 3))
+    return cfg.lr * lr_factor(cfg.schedule, total)(step)
 
 
 # --------------------------------------------------------------------------- processes

@@ -370,7 +370,8 @@ def train(
 
 
 def lr_factor(schedule: str, total_steps: int):
-    """The learning-rate multiplier as a function of the optimiser step (for ``LambdaLR``)."""
+    """The learning-rate multiplier as a function of the optimiser step (for ``LambdaLR``; the
+    fusion trainer's ``lr_at`` too): cosine decay to 0, or x0.1 at 1/3 and 2/3 of the steps."""
     total = max(1, total_steps)
     if schedule == "cosine":
         return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
