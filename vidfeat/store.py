@@ -1258,11 +1258,14 @@ class FeatureSet:
 
     # -- handles
 
-    def _file(self, shard: str) -> h5py.File:
+    def _forget_if_forked(self) -> None:
         if os.getpid() != self._pid:
-            # forked: the parent's HDF5 handles must not be used (or closed) here
+            # forked: the parent's HDF5 handles and descriptors must not be used (or closed) here
             self._handles, self._fds = OrderedDict(), OrderedDict()
             self._pid = os.getpid()
+
+    def _file(self, shard: str) -> h5py.File:
+        self._forget_if_forked()
         f = self._handles.get(shard)
         if f is not None:
             self._handles.move_to_end(shard)
@@ -1295,9 +1298,7 @@ class FeatureSet:
 
     def _fd(self, shard: str) -> int:
         """A raw descriptor of a completed shard, checked to be the file the index listed."""
-        if os.getpid() != self._pid:
-            self._handles, self._fds = OrderedDict(), OrderedDict()  # the parent's (see _file)
-            self._pid = os.getpid()
+        self._forget_if_forked()
         fd = self._fds.get(shard)
         if fd is not None:
             self._fds.move_to_end(shard)
