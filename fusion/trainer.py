@@ -28,13 +28,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -48,6 +45,7 @@ from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.metrics import confusion_matrix, summarize
 from vidfeat.plots import plot_confusion, plot_curves
+from vidfeat.stop import StopSignals, ignore_stop_signals
 from vidfeat.store import file_sha256
 from vidfeat.train import lr_factor
 from vidfeat.videolist import VideoList, load_list, read_classes, write_classes
@@ -237,39 +235,6 @@ def _any(ctx: DistContext, flag: bool, device: torch.device) -> bool:
 
 def _step_seed(*key: int) -> int:
     return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
-
-
-class _StopSignals:
-    """The first Ctrl-C (or SIGTERM from a scheduler or torchrun) asks training to stop after
-    the current step, so last.pt never holds half an optimiser update; a second one acts at
-    once. Signal handlers exist only in the main thread; elsewhere this does nothing."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.requested = True
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    # DataLoader workers share the terminal's process group: without this, Ctrl-C kills them
-    # and the main process dies on "worker exited unexpectedly" instead of stopping cleanly
-    for s in _StopSignals.SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
 
 
 # --------------------------------------------------------------------------- the run folder
@@ -573,7 +538,7 @@ def _train(
         disable=not progress,
     )
     try:
-        with _StopSignals() as stop:
+        with StopSignals() as stop:
             for epoch in bar:
                 t0 = time.perf_counter()
                 train_ds.set_epoch(epoch)
@@ -584,7 +549,7 @@ def _train(
                     batch_sampler=batches[skip:],
                     num_workers=cfg.workers,
                     pin_memory=device.type == "cuda",
-                    worker_init_fn=_ignore_stop_signals if cfg.workers else None,
+                    worker_init_fn=ignore_stop_signals if cfg.workers else None,
                     generator=torch.Generator().manual_seed(_step_seed(cfg.seed, epoch, skip)),
                 )
                 # the cut epoch's sums so far are global: counted once, on rank 0
