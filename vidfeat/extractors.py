@@ -7,17 +7,12 @@ exception) for a bad video; the runner records it in the failures file and goes 
 
 from __future__ import annotations
 
-import ast
-import importlib.metadata
-import importlib.util
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from vidfeat import __version__
 from vidfeat.decode import probe, read_frames
 from vidfeat.errors import TooFewFramesError
 from vidfeat.grid import SegmentGrid
@@ -46,68 +41,6 @@ class Extractor(Protocol):
         ...
 
     def extract(self, record: VideoRecord, class_index: int | None) -> Extracted: ...
-
-
-def library_versions() -> dict:
-    import av
-    import cv2
-    import h5py
-
-    out = {
-        "vidfeat_version": __version__,
-        "opencv_version": cv2.__version__,
-        "pyav_version": av.__version__,
-        "h5py_version": h5py.__version__,
-    }
-    torch_version = _torch_version()
-    if torch_version is not None:
-        out["torch_version"] = torch_version
-    return out
-
-
-def _torch_version() -> str | None:
-    """``torch.__version__`` without importing torch when it is not loaded yet: importing it
-    costs seconds per process, and flow extraction never uses it. Read from ``torch/version.py``
-    by parsing (never executing) it, so the string equals ``torch.__version__`` including its
-    local part (``+cpu``); the distribution's metadata is the fallback."""
-    mod = sys.modules.get("torch")
-    if mod is not None:
-        return str(mod.__version__)
-    try:
-        spec = importlib.util.find_spec("torch")
-    except (ImportError, ValueError):  # pragma: no cover - torch is a dependency
-        spec = None
-    locations = (spec.submodule_search_locations or []) if spec is not None else []
-    for where in locations:
-        version = _assigned_string(Path(where, "version.py"), "__version__")
-        if version is not None:
-            return version
-    try:
-        return importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
-        return None
-
-
-def _assigned_string(path: Path, name: str) -> str | None:
-    """The string literal assigned to ``name`` at the top level of a Python file, if any."""
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, ValueError):
-        return None
-    for node in tree.body:
-        if isinstance(node, ast.Assign):
-            targets = node.targets
-        elif isinstance(node, ast.AnnAssign):
-            targets = [node.target]
-        else:
-            continue
-        if (
-            any(isinstance(t, ast.Name) and t.id == name for t in targets)
-            and isinstance(node.value, ast.Constant)
-            and isinstance(node.value.value, str)
-        ):
-            return node.value.value
-    return None
 
 
 def base_attrs(record: VideoRecord, class_index: int | None, info, grid) -> dict:

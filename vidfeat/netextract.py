@@ -14,7 +14,7 @@ from pathlib import Path
 from vidfeat.errors import ConfigError
 from vidfeat.report import Report
 from vidfeat.runner import RunOptions, run_extraction, run_network_extraction
-from vidfeat.store import file_sha256
+from vidfeat.provenance import file_sha256
 from vidfeat.videolist import VideoList
 
 

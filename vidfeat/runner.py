@@ -56,7 +56,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vidfeat.errors import ConfigError, DecodeError, VidfeatError
-from vidfeat.extractors import Extracted, Extractor, library_versions
+from vidfeat.extractors import Extracted, Extractor
+from vidfeat.provenance import library_versions
 from vidfeat.report import Report
 from vidfeat.videolist import VideoList, VideoRecord
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -45,6 +44,7 @@ import h5py
 import numpy as np
 
 from vidfeat.errors import ConfigError, StoreError
+from vidfeat.provenance import file_sha256  # noqa: F401  (public name of the store)
 
 __all__ = [
     "FailureLog",
@@ -217,15 +217,6 @@ def _h5open(path: Path, mode: str) -> h5py.File:
 
 
 # --------------------------------------------------------------------------- config (set.json)
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file read in 1 MiB blocks (a checkpoint's identity in set.json)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_MIB), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_informational(key: str) -> bool:

@@ -428,7 +428,7 @@ class LoadedNet:
 
 def load_trained(checkpoint: str | Path, device: torch.device | None = None) -> LoadedNet:
     """A run folder (uses its best.pt) or a checkpoint file inside one."""
-    from vidfeat.store import file_sha256
+    from vidfeat.provenance import file_sha256
 
     p = Path(checkpoint)
     run, ckpt = (p, p / "best.pt") if p.is_dir() else (p.parent, p)

@@ -1,0 +1,89 @@
+"""Provenance: what set.json files and run folders record about where a result came from.
+
+Library versions (read without importing torch where it is not loaded yet) and file hashes.
+Imports nothing of vidfeat but its version string.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.metadata
+import importlib.util
+import sys
+from pathlib import Path
+
+from vidfeat import __version__
+
+_MIB = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file read in 1 MiB blocks (a checkpoint's identity in set.json)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(_MIB), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def library_versions() -> dict:
+    import av
+    import cv2
+    import h5py
+
+    out = {
+        "vidfeat_version": __version__,
+        "opencv_version": cv2.__version__,
+        "pyav_version": av.__version__,
+        "h5py_version": h5py.__version__,
+    }
+    torch_version = _torch_version()
+    if torch_version is not None:
+        out["torch_version"] = torch_version
+    return out
+
+
+def _torch_version() -> str | None:
+    """``torch.__version__`` without importing torch when it is not loaded yet: importing it
+    costs seconds per process, and flow extraction never uses it. Read from ``torch/version.py``
+    by parsing (never executing) it, so the string equals ``torch.__version__`` including its
+    local part (``+cpu``); the distribution's metadata is the fallback."""
+    mod = sys.modules.get("torch")
+    if mod is not None:
+        return str(mod.__version__)
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):  # pragma: no cover - torch is a dependency
+        spec = None
+    locations = (spec.submodule_search_locations or []) if spec is not None else []
+    for where in locations:
+        version = _assigned_string(Path(where, "version.py"), "__version__")
+        if version is not None:
+            return version
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return None
+
+
+def _assigned_string(path: Path, name: str) -> str | None:
+    """The string literal assigned to ``name`` at the top level of a Python file, if any."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
+        if (
+            any(isinstance(t, ast.Name) and t.id == name for t in targets)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            return node.value.value
+    return None
