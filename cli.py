@@ -18,6 +18,55 @@ from vidfeat import __version__
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+# --------------------------------------------------------------------------- shared options
+# Declared once: the same flag means the same thing, with the same help, in every command.
+
+VIDEO_ROOT = click.option(
+    "--video-root",
+    type=click.Path(file_okay=False),
+    help="Folder of the videos of a Kinetics CSV (ids resolve to class/id files below it).",
+)
+DEVICE = click.option(
+    "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
+)
+SEED = click.option(
+    "--seed", default=0, show_default=True, help="Random seed (same seed, same run)."
+)
+QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+
+
+class RegistryChoice(click.Choice):
+    """``click.Choice`` over a registry's names, read when first needed: ``vidfeat --help``
+    stays instant while the choices stay the registry's own (a new entry needs no CLI edit)."""
+
+    def __init__(self, names) -> None:
+        self._names = names
+        self._cached: tuple[str, ...] | None = None
+        super().__init__([], case_sensitive=True)
+
+    @property
+    def choices(self):  # type: ignore[override]
+        if self._cached is None:
+            self._cached = tuple(self._names())
+        return self._cached
+
+    @choices.setter
+    def choices(self, value) -> None:  # click's __init__ assigns the (empty) list
+        pass
+
+
+def _flow_method_names() -> list[str]:
+    from vidfeat.flow import FLOW_METHODS
+
+    return FLOW_METHODS.names()
+
+
+def _segment_net_names() -> list[str]:
+    from vidfeat.nets import SEGMENT_NETS
+
+    return SEGMENT_NETS.names()
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="vidfeat")
 def main() -> None:
@@ -87,11 +136,7 @@ def data_synth(
 
 @data.command("probe")
 @click.argument("video_list", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--video-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder of the videos of a Kinetics CSV.",
-)
+@VIDEO_ROOT
 @click.option("--quiet", is_flag=True, help="Only the summary and the unreadable files.")
 def data_probe(video_list: Path, video_root: Path | None, quiet: bool) -> None:
     """Print id, duration, fps, frames, size and audio of every video of a list.
@@ -130,11 +175,7 @@ def store_info_cmd(root: Path) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="A video list whose ids must all be present (missing/unexpected reported).",
 )
-@click.option(
-    "--video-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder of the videos of a Kinetics CSV.",
-)
+@VIDEO_ROOT
 def store_verify_cmd(root: Path, videos: Path | None, video_root: Path | None) -> None:
     """Open every shard; check shapes, dtypes and NaNs; report duplicates and partial files.
 
@@ -168,11 +209,7 @@ def run_options(f):
             type=click.Path(dir_okay=False, path_type=Path),
             help="Video list (CSV with path[,label,...], Kinetics CSV, or text).",
         ),
-        click.option(
-            "--video-root",
-            type=click.Path(file_okay=False, path_type=Path),
-            help="Folder of the videos of a Kinetics CSV.",
-        ),
+        VIDEO_ROOT,
         click.option(
             "--store",
             "store_root",
@@ -264,7 +301,7 @@ def run_options(f):
         click.option(
             "--chunk-videos", type=int, help="Videos per Ray task (default: --shard-videos)."
         ),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+        QUIET,
     ]
     for o in reversed(opts):
         f = o(f)
@@ -281,7 +318,7 @@ def _videos(kw: dict):
 
 
 def _run_options(kw: dict):
-    from vidfeat.runner import RunOptions, parse_shard
+    from vidfeat.extract import RunOptions, parse_shard
 
     return RunOptions(
         workers=1 if kw["workers"] is None else kw["workers"],
@@ -319,7 +356,7 @@ def _finish(rep, store_root: Path, set_name: str) -> None:
 
 
 def _run(extractor, set_name: str, kw: dict) -> None:
-    from vidfeat.runner import run_extraction
+    from vidfeat.extract import run_extraction
 
     opts = _run_options(kw)
     rep = run_extraction(_videos(kw), extractor, kw["store_root"], set_name, opts, echo=click.echo)
@@ -372,9 +409,7 @@ def network_options(f):
             help="A `vidfeat train` run folder (its best.pt) or a checkpoint in one.",
         ),
         click.option("--batch-size", default=4, show_default=True, help="Videos per forward pass."),
-        click.option(
-            "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
-        ),
+        DEVICE,
     ]
     for o in reversed(opts):
         f = o(f)
@@ -384,7 +419,7 @@ def network_options(f):
 @extract.command("flow")
 @click.option(
     "--method",
-    type=click.Choice(["farneback", "tvl1"]),
+    type=RegistryChoice(_flow_method_names),
     required=True,
     help="Optical flow algorithm.",
 )
@@ -412,7 +447,7 @@ def extract_flow(method: str, short_side: int, bound: float, fields_name: str | 
     With --checkpoint (a `vidfeat train flow` run) the missing fields are computed first, then
     the network's per-segment features `(T, D)` and clip scores go to set `<method>`.
     """
-    from vidfeat.extractors import FlowFieldsExtractor
+    from vidfeat.extract.fields import FlowFieldsExtractor
     from vidfeat.flow import make_method
 
     params = _flow_params(method, kw)
@@ -427,7 +462,7 @@ def extract_flow(method: str, short_side: int, bound: float, fields_name: str | 
             bound=bound,
         )
         _run(extractor, kw.pop("name") or fields_set, kw)
-    from vidfeat.netextract import extract_flow_features
+    from vidfeat.extract.network import extract_flow_features
 
     set_name = kw.pop("name") or method
     rep = extract_flow_features(
@@ -458,7 +493,7 @@ def extract_rgb(**kw) -> None:
     The network's frames-per-segment N comes from its run; -T/--segments sets the grid
     (the paper tests with 25).
     """
-    from vidfeat.netextract import extract_rgb_features
+    from vidfeat.extract.network import extract_rgb_features
 
     if kw["checkpoint"] is None:
         raise click.UsageError(
@@ -504,7 +539,7 @@ def extract_audio(pca, embedding, random_init, **kw) -> None:
     --checkpoint takes VGGish weights (vggish-10086976.pth) or a `vidfeat train audio` run.
     Videos without an audio track store zeros with has_audio=false (not a failure).
     """
-    from vidfeat.netextract import extract_audio_features
+    from vidfeat.extract.network import extract_audio_features
 
     rep = extract_audio_features(
         _videos(kw),
@@ -552,11 +587,7 @@ def train_options(f):
             type=click.Path(file_okay=False, path_type=Path),
             help="Run folder.",
         ),
-        click.option(
-            "--video-root",
-            type=click.Path(file_okay=False, path_type=Path),
-            help="Folder of the videos of a Kinetics CSV.",
-        ),
+        VIDEO_ROOT,
         click.option(
             "--segments",
             "-T",
@@ -594,13 +625,11 @@ def train_options(f):
             "swiping left vs right, or the synthetic dataset's left/right motions).",
         ),
         click.option("--workers", default=2, show_default=True, help="DataLoader workers."),
-        click.option(
-            "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
-        ),
+        DEVICE,
         click.option("--no-amp", is_flag=True, help="No mixed precision on CUDA."),
-        click.option("--seed", default=0, show_default=True),
+        SEED,
         click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt."),
-        click.option("--quiet", "-q", is_flag=True),
+        QUIET,
     ]
     for o in reversed(opts):
         f = o(f)
@@ -611,7 +640,7 @@ def segment_net_options(f):
     opts = [
         click.option(
             "--arch",
-            type=click.Choice(["stnet", "tsn"]),
+            type=RegistryChoice(_segment_net_names),
             default="stnet",
             show_default=True,
             help="Segment network.",
@@ -722,7 +751,12 @@ def train_rgb(short_side: int, **kw) -> None:
 @train.command("flow")
 @train_options
 @segment_net_options
-@click.option("--method", type=click.Choice(["farneback", "tvl1"]), required=True)
+@click.option(
+    "--method",
+    type=RegistryChoice(_flow_method_names),
+    required=True,
+    help="Optical flow algorithm of the fields.",
+)
 @click.option(
     "--store",
     "store_root",
@@ -744,8 +778,7 @@ def train_rgb(short_side: int, **kw) -> None:
 @flow_method_options
 def train_flow(method, store_root, fields_name, fields_segments, short_side, bound, **kw) -> None:
     """A flow network on stored flow fields; fields missing from the store are computed first."""
-    from vidfeat.netextract import ensure_flow_fields, fields_extractor_for
-    from vidfeat.runner import RunOptions
+    from vidfeat.extract.fields import fields_extractor_for, prepare_training_fields
     from vidfeat.videolist import load_list
 
     params = _flow_params(method, kw)
@@ -753,18 +786,16 @@ def train_flow(method, store_root, fields_name, fields_segments, short_side, bou
     ex = fields_extractor_for(
         store_root, fields_set, method, params, fields_segments, kw["frames"], short_side, bound
     )
-    progress = not kw["quiet"] and sys.stderr.isatty()
-    for lst in (kw["train_list"], kw["val_list"]):
-        if lst is not None:
-            vl = load_list(lst, video_root=kw["video_root"])
-            ensure_flow_fields(
-                vl,
-                store_root,
-                fields_set,
-                ex,
-                RunOptions(workers=max(1, kw["workers"]), progress=progress),
-                echo=lambda m: click.echo(m, err=True),
-            )
+    lists = [kw["train_list"]] + ([kw["val_list"]] if kw["val_list"] is not None else [])
+    prepare_training_fields(
+        [load_list(lst, video_root=kw["video_root"]) for lst in lists],
+        store_root,
+        fields_set,
+        ex,
+        workers=kw["workers"],
+        progress=not kw["quiet"] and sys.stderr.isatty(),
+        echo=lambda m: click.echo(m, err=True),
+    )
     _train(
         kw,
         "flow",
@@ -824,9 +855,9 @@ def fuse() -> None:
 
 
 def _head_names() -> list[str]:
-    # fusion.heads.HEADS.names(), spelled out so `--help` does not import torch (a test keeps
-    # the two equal)
-    return ["attention-clusters", "fflstm", "itxn", "single", "txn"]
+    from fusion.heads import HEADS
+
+    return HEADS.names()
 
 
 def _parse_head_options(pairs: tuple[str, ...], flag: str = "--head-opt") -> dict:
@@ -848,7 +879,7 @@ def _parse_head_options(pairs: tuple[str, ...], flag: str = "--head-opt") -> dic
     required=True,
     help="Comma-separated feature sets of the store, e.g. rgb,tvl1,farneback,audio.",
 )
-@click.option("--head", required=True, type=click.Choice(_head_names()))
+@click.option("--head", required=True, type=RegistryChoice(_head_names))
 @click.option("--train", "train_list", required=True, type=click.Path(dir_okay=False))
 @click.option("--val", "val_list", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
@@ -878,15 +909,15 @@ def _parse_head_options(pairs: tuple[str, ...], flag: str = "--head-opt") -> dic
 @click.option("--no-augment", is_flag=True, help="No random temporal subsampling.")
 @click.option("--no-cache", is_flag=True, help="Read from HDF5 every epoch.")
 @click.option("--workers", default=0, show_default=True, help="DataLoader workers.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--video-root", type=click.Path(file_okay=False))
+@DEVICE
+@SEED
+@VIDEO_ROOT
 @click.option(
     "--resume",
     is_flag=True,
     help="Continue the run in --out from last.pt (a larger --epochs may be given).",
 )
-@click.option("--quiet", "-q", is_flag=True)
+@QUIET
 def fuse_train(**kw) -> None:
     """Train a fusion head on feature sets of a store; keeps the best epoch by val Prec@1.
 
@@ -941,8 +972,8 @@ def fuse_train(**kw) -> None:
 @click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--videos", required=True, type=click.Path(dir_okay=False))
 @click.option("--name", help="Name of the RUN/eval-<name>/ folder (default: the list's name).")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--video-root", type=click.Path(file_okay=False))
+@DEVICE
+@VIDEO_ROOT
 def fuse_eval(run, store, videos, name, device, video_root) -> None:
     """Prec@1, Prec@5, mean class accuracy; per-video scores, per-class CSV, confusion PNG."""
     from fusion.trainer import evaluate
@@ -961,8 +992,8 @@ def fuse_eval(run, store, videos, name, device, video_root) -> None:
 @click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--videos", required=True, type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--video-root", type=click.Path(file_okay=False))
+@DEVICE
+@VIDEO_ROOT
 def fuse_predict(run, store, videos, out, device, video_root) -> None:
     """Per-video class scores and top-5 labels for a list (labelled or not)."""
     from fusion.trainer import predict
@@ -1013,9 +1044,9 @@ def _members(values: tuple[str, ...]) -> list[str]:
     is_flag=True,
     help="Drop videos some member lacks (reported) instead of refusing.",
 )
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--video-root", type=click.Path(file_okay=False))
+@SEED
+@DEVICE
+@VIDEO_ROOT
 @click.pass_context
 def ensemble(
     ctx,
@@ -1086,8 +1117,8 @@ def ensemble(
 @click.option("--store", type=click.Path(exists=True, file_okay=False))
 @click.option("--videos", required=True, type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--video-root", type=click.Path(file_okay=False))
+@DEVICE
+@VIDEO_ROOT
 def ensemble_predict(ens, members, store, videos, out, device, video_root) -> None:
     """Score new videos with a fitted ensemble (class scores + top-5 labels, CSV)."""
     from fusion.ensemble import predict_ensemble

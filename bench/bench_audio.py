@@ -29,8 +29,8 @@ import torch
 
 from vidfeat.audio import VGGish
 from vidfeat.clips import AudioClips, ClipSpec
-from vidfeat.netextract import extract_audio_features
-from vidfeat.runner import RunOptions
+from vidfeat.extract import RunOptions
+from vidfeat.extract.network import extract_audio_features
 from vidfeat.synth import SynthConfig, generate
 from vidfeat.videolist import load_list
 

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from vidfeat.decode import probe
-from vidfeat.extractors import FlowFieldsExtractor
+from vidfeat.extract.fields import FlowFieldsExtractor
 from vidfeat.flow import make_method, quantize
 from vidfeat.grid import SegmentGrid
 from vidfeat.synth import SynthConfig, generate, write_mp4
@@ -105,7 +105,8 @@ def peak_rss(path: Path, method_name: str, short_side: int) -> float:
     """Peak RSS (MB) of a fresh process extracting one video."""
     code = (
         "from pathlib import Path;"
-        "from vidfeat.extractors import FlowFieldsExtractor;from vidfeat.flow import make_method;"
+        "from vidfeat.extract.fields import FlowFieldsExtractor;"
+        "from vidfeat.flow import make_method;"
         "from vidfeat.videolist import VideoRecord;"
         f"ex=FlowFieldsExtractor(make_method('{method_name}'),segments=25,frames=5,"
         f"short_side={short_side},bound=20.0);ex.setup();"
@@ -119,7 +120,7 @@ def peak_rss(path: Path, method_name: str, short_side: int) -> float:
 
 
 def time_workers(data: Path, store: Path, workers: int, method_name: str, limit: int) -> float:
-    from vidfeat.runner import RunOptions, run_extraction
+    from vidfeat.extract import RunOptions, run_extraction
 
     videos = load_list(data / "train.csv")
     ex = FlowFieldsExtractor(

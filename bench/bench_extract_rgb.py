@@ -1,7 +1,7 @@
 """RGB extraction with a trained StNet vs the bare network forward, and its peak memory.
 
 1. throughput: ``vidfeat extract rgb --checkpoint RUN`` end to end
-   (:func:`vidfeat.netextract.extract_rgb_features`: load + checksum the checkpoint, decode and
+   (:func:`vidfeat.extract.network.extract_rgb_features`: load + checksum the checkpoint, decode and
    crop on the test grid in DataLoader workers, StNet ``forward_features`` + ``forward_head``,
    HDF5 store with gzip) vs the same forward calls on the same clip tensors already in memory,
    same batch size — clips/s, ratio target >= 0.85 (issue 4). Measured interleaved (order
@@ -40,8 +40,8 @@ import torch
 import yaml
 
 from vidfeat.clips import ClipSpec, RGBClips
-from vidfeat.netextract import extract_rgb_features
-from vidfeat.runner import RunOptions
+from vidfeat.extract import RunOptions
+from vidfeat.extract.network import extract_rgb_features
 from vidfeat.synth import SynthConfig, generate
 from vidfeat.train import TrainConfig, build_model, load_trained
 from vidfeat.videolist import VideoList, load_list, write_classes
@@ -91,7 +91,8 @@ def peak_rss(listing: Path, run: Path, store: Path, T: int, batch: int, workers:
     hwm = "[int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM')][0]/1024"
     code = (
         "from pathlib import Path;"
-        "from vidfeat.netextract import extract_rgb_features;from vidfeat.runner import RunOptions;"
+        "from vidfeat.extract.network import extract_rgb_features;"
+        "from vidfeat.extract import RunOptions;"
         "from vidfeat.videolist import load_list;import timm,torch;"
         f"h0={hwm};"
         f"v=load_list(Path(r'{listing}'));"

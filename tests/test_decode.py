@@ -339,7 +339,7 @@ def test_an_absurd_duration_claim_changes_nothing(ten_frames: Path, tmp_path) ->
 def test_flow_extractor_computes_each_distinct_pair_once(
     media_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vidfeat.extractors import FlowFieldsExtractor
+    from vidfeat.extract.fields import FlowFieldsExtractor
     from vidfeat.flow import flow_on_grid, make_method, quantize
     from vidfeat.videolist import VideoRecord
 
@@ -367,7 +367,7 @@ def test_flow_extractor_computes_each_distinct_pair_once(
 
 
 def test_flow_extractor_refuses_a_one_frame_video(media_dir: Path) -> None:
-    from vidfeat.extractors import FlowFieldsExtractor
+    from vidfeat.extract.fields import FlowFieldsExtractor
     from vidfeat.flow import make_method
     from vidfeat.videolist import VideoRecord
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vidfeat.extractors import FlowFieldsExtractor
+from vidfeat.extract import RunOptions, run_extraction
+from vidfeat.extract.fields import FlowFieldsExtractor
 from vidfeat.flow import make_method
-from vidfeat.runner import RunOptions, run_extraction
 from vidfeat.store import FeatureStore, verify_store
 from vidfeat.videolist import load_list
 
@@ -80,7 +80,7 @@ def test_network_extraction_on_ray_matches_local(
 ) -> None:
     """`extract rgb --checkpoint RUN --engine ray`: every chunk task loads the network and runs
     the batched local extraction on its videos; the store equals a local run's."""
-    from vidfeat.netextract import extract_rgb_features
+    from vidfeat.extract.network import extract_rgb_features
     from vidfeat.train import TrainConfig, train
 
     run = tmp_path / "run"

@@ -382,9 +382,9 @@ def test_bad_inputs_among_good_videos(forty: Path, tmp_path: Path) -> None:
 LOAD_SCRIPT = """
 import json, os, re, sys, threading, time
 import psutil
-from vidfeat.extractors import FlowFieldsExtractor
+from vidfeat.extract.fields import FlowFieldsExtractor
 from vidfeat.flow import make_method
-from vidfeat.runner import RunOptions, run_extraction
+from vidfeat.extract import RunOptions, run_extraction
 from vidfeat.videolist import load_list
 
 def hwm_mib(pid="self"):

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from cli import main
 from vidfeat.errors import ConfigError
-from vidfeat.extractors import FlowFieldsExtractor
-from vidfeat.runner import in_shard, parse_shard
+from vidfeat.extract.fields import FlowFieldsExtractor
+from vidfeat.extract.job import in_shard, parse_shard
 from vidfeat.store import FeatureStore, read_failures, verify_store
 
 FAST = ["--segments", "3", "--frames", "2", "--short-side", "32", "--quiet"]
@@ -405,7 +405,7 @@ def test_a_crashing_worker_fails_only_its_own_video(
     ids = ids_of(listing)
     poison = {ids[1], ids[2], ids[7]}  # two in a row: both workers busy when the first dies
     monkeypatch.setattr(
-        "vidfeat.extractors.FlowFieldsExtractor", functools.partial(Misbehaves, crash=poison)
+        "vidfeat.extract.fields.FlowFieldsExtractor", functools.partial(Misbehaves, crash=poison)
     )
     store = tmp_path / "store"
     res = CliRunner().invoke(
@@ -435,7 +435,7 @@ def test_a_video_past_the_timeout_fails_and_the_run_goes_on(
     short.write_text("\n".join(listing.read_text().splitlines()[:7]) + "\n")
     sleeper, stuck = ids[1], ids[3]
     monkeypatch.setattr(
-        "vidfeat.extractors.FlowFieldsExtractor",
+        "vidfeat.extract.fields.FlowFieldsExtractor",
         functools.partial(Misbehaves, sleep={sleeper}, stuck={stuck}),
     )
     store = tmp_path / "store"
@@ -467,12 +467,6 @@ def _sigint_as_from_a_shell() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.mark.xfail(
-    reason="known bug: a SIGINT landing inside a weakref/GC callback raises KeyboardInterrupt "
-    "there, where Python ignores it, and the run goes on (seen only late in the full suite); "
-    "fix: a SIGINT handler that sets a flag the runner checks",
-    strict=False,
-)
 def test_ctrl_c_prints_the_summary_keeps_shards_and_resumes(
     tiny_synth: Path, tmp_path: Path
 ) -> None:
@@ -628,25 +622,27 @@ def test_limit_takes_the_next_videos_on_every_rerun(listing: Path, tmp_path: Pat
 def test_a_retried_ray_chunk_does_not_log_a_failure_twice(listing: Path, tmp_path: Path) -> None:
     """The retry of a chunk (run here in-process, as Ray would run it again) skips what its
     dead attempt completed or logged as failed."""
-    from vidfeat.engines import extract_chunk
+    from vidfeat.extract import RunOptions
+    from vidfeat.extract.job import open_job
+    from vidfeat.extract.ray import extract_chunk
     from vidfeat.flow import make_method
-    from vidfeat.runner import RunOptions
     from vidfeat.store import FailureLog
     from vidfeat.videolist import load_list
 
     (tmp_path / "bad.mp4").write_text("not a video")
     with open(listing, "a") as fh:
         fh.write(f"{tmp_path / 'bad.mp4'},x,bad\n")
-    records = load_list(listing).records
+    videos = load_list(listing)
+    records = videos.records
     ex = FlowFieldsExtractor(
         make_method("farneback"), segments=2, frames=1, short_side=32, bound=20.0
     )
     store = FeatureStore(tmp_path / "store")
-    store.ensure_set("f", ex.config())
+    job = open_job(videos, ex.config(), store.root, "f", RunOptions(job="job"))
     set_dir = store.set_dir("f")
     # the dead first attempt had logged the bad video's failure before its worker died
     FailureLog(set_dir, "job-c00003-deadbeef").add("bad", "bad.mp4", "NotAVideoError", "dead")
-    out = extract_chunk(ex, records, {}, str(store.root), "f", "job", 3, RunOptions())
+    out = extract_chunk(ex, job, records, 3)
     assert out["done"] == 12 and out["failed"] == [("bad", "dead")]
     assert [f["video_id"] for f in read_failures(set_dir)] == ["bad"]
 
@@ -679,7 +675,8 @@ def test_a_stuck_decode_stops_network_extraction_instead_of_hanging(
     import torch
 
     from vidfeat.errors import VidfeatError
-    from vidfeat.runner import RunOptions, run_network_extraction
+    from vidfeat.extract import RunOptions
+    from vidfeat.extract.network import run_network_extraction
     from vidfeat.videolist import load_list
 
     class MeanNet(torch.nn.Module):

@@ -350,9 +350,9 @@ def test_float16_and_float32_sets_never_mix_either_way(tmp_path, first, second):
 
 
 def test_float16_then_float32_extraction_is_refused_both_ways(tiny_synth, tmp_path):
-    from vidfeat.extractors import FlowFieldsExtractor
+    from vidfeat.extract import RunOptions, run_extraction
+    from vidfeat.extract.fields import FlowFieldsExtractor
     from vidfeat.flow import make_method
-    from vidfeat.runner import RunOptions, run_extraction
     from vidfeat.videolist import load_list
 
     videos = load_list(tiny_synth / "train.csv", video_root=tiny_synth)

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, Sampler
 
 from vidfeat.decode import probe, read_frames
 from vidfeat.errors import ConfigError, VidfeatError
+from vidfeat.flow import to_network_input
 from vidfeat.grid import SegmentGrid
 from vidfeat.videolist import VideoList
 
@@ -159,12 +160,10 @@ class FlowClips(_Base):
         self.store_root = Path(store_root)
         self.set_name = set_name
         self._fs = None
-        cfg = self._set().config
-        self.bound = float(cfg["quantization"]["bound"])
-        self.stored_T, self.stored_N = int(cfg["T"]), int(cfg["N"])
-        if spec.frames > self.stored_N:
+        stored_n = int(self._set().config["N"])
+        if spec.frames > stored_n:
             raise ConfigError(
-                f"--frames {spec.frames} > the {self.stored_N} flow pairs per segment stored in "
+                f"--frames {spec.frames} > the {stored_n} flow pairs per segment stored in "
                 f"set {set_name!r}; extract flow with --frames {spec.frames} (or use fewer)"
             )
 
@@ -198,8 +197,7 @@ class FlowClips(_Base):
                 f"--short-side >= {s}"
             )
         y0, x0 = _crop_box(h, w, s, rng)
-        q = q[..., y0 : y0 + s, x0 : x0 + s].astype(np.float32)
-        x = (q - 127.5) / 127.5
+        x = to_network_input(q[..., y0 : y0 + s, x0 : x0 + s])
         if rng is not None and self.spec.flip and rng.uniform() < 0.5:
             x = x[..., ::-1].copy()
             x[:, :, 0] = -x[:, :, 0]  # mirrored motion: horizontal component changes sign
@@ -293,7 +291,7 @@ class EpochSampler(Sampler):
 
 
 def _meta(rec, info, g) -> dict:
-    from vidfeat.extractors import base_attrs
+    from vidfeat.videolist import base_attrs
 
     return base_attrs(rec, None, info, g)
 

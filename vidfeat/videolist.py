@@ -280,3 +280,25 @@ def read_classes(path: str | Path) -> list[str]:
     if len(set(names)) != len(names):
         raise ListError(p, None, "duplicate class names")
     return names
+
+
+def base_attrs(record: VideoRecord, class_index: int | None, info, grid) -> dict:
+    """Attrs every stored video carries (see DESIGN.md, store format)."""
+    attrs = {
+        "video_id": record.video_id,
+        "source_path": str(record.path),
+        "source_size": info.size_bytes,
+        "source_mtime_ns": info.mtime_ns,
+        "fps": info.fps,
+        "num_frames": info.num_frames,
+        "duration": info.duration,
+        "has_audio": info.has_audio,
+        "segment_start": grid.start,
+        "segment_end": grid.end,
+        "frame_indices": grid.indices,
+    }
+    if record.label is not None:
+        attrs["label"] = record.label
+    if class_index is not None:
+        attrs["class_index"] = int(class_index)
+    return attrs

@@ -1,0 +1,502 @@
+"""Network features: `vidfeat extract rgb|flow|audio` with a run, `(T, D)` + clip scores.
+
+A :class:`NetworkTask` is what :func:`~vidfeat.extract.run_extraction` runs for a network:
+``config()`` (what set.json records: the checkpoint's sha256 as identity, its path and the
+run's training config as provenance) and ``run_local(job)``, the batched loop — clips decoded
+in DataLoader workers while the model computes, several videos per forward pass. The network
+is loaded where it runs (on a Ray task's node, on its device); only paths and options travel.
+
+:class:`RGBNetwork`, :class:`FlowNetwork` and :class:`AudioNetwork` are the three tasks;
+:func:`extract_rgb_features`, :func:`extract_flow_features` (fields first, then the network)
+and :func:`extract_audio_features` are what the command line calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vidfeat.errors import ConfigError, VidfeatError
+from vidfeat.extract import run_extraction
+from vidfeat.extract.fields import ensure_flow_fields, fields_extractor_for
+from vidfeat.extract.job import Job, RunOptions
+from vidfeat.provenance import file_sha256
+from vidfeat.report import Report
+from vidfeat.stop import ignore_stop_signals
+from vidfeat.videolist import VideoList, VideoRecord
+
+Echo = Callable[[str], Any]
+
+
+def _batches(loader, timeout: float, batch_size: int) -> Iterator[dict]:
+    """The loader's batches; a batch whose decoding overruns the timeout stops the run with a
+    clear error instead of hanging it (a DataLoader cannot fail one video and go on)."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if "timed out" not in str(exc):
+                raise
+            raise VidfeatError(
+                f"a batch of {batch_size} video(s) took longer than --timeout {timeout:g} s per "
+                "video to decode; completed videos are kept. Find the stuck file with `vidfeat "
+                "data probe LIST`, drop it from the list (or raise --timeout) and rerun"
+            ) from exc
+        yield batch
+
+
+class NetworkTask:
+    """A network over a list, batched. Subclasses say what the network is (:meth:`build`),
+    what it reads (:meth:`dataset`) and what the set records (:meth:`config`)."""
+
+    def __init__(self, *, batch_size: int, device: str) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1 (got {batch_size})")
+        self.batch_size = batch_size
+        self.device = device
+
+    # ------------------------------------------------------------------ what subclasses say
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    def build(self, device) -> tuple[Any, Callable[[np.ndarray], np.ndarray] | None]:
+        """The model on ``device`` (``forward_features`` [B, T, D]; optionally
+        ``forward_head``, whose softmax is stored as ``scores``) and a postprocess of the
+        stored features, if any."""
+        raise NotImplementedError
+
+    def dataset(self, videos: VideoList):
+        """A clips dataset (``with_meta``) of the videos."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the batched loop
+
+    def run_local(self, job: Job) -> None:
+        import torch
+
+        from vidfeat.device import amp_dtype, resolve_device
+
+        device = resolve_device(self.device) if isinstance(self.device, str) else self.device
+        model, postprocess = self.build(device)
+        model.eval()
+        loader = self._loader(job, device)
+        dtype = amp_dtype(device)
+        has_head = hasattr(model, "forward_head")
+        with job.writing():
+            for batch in _batches(loader, job.opts.timeout, self.batch_size):
+                if job.stop_requested:
+                    break
+                for idx, (cls, msg) in batch["errors"]:
+                    job.fail(job.todo[idx], cls, msg)
+                if "x" not in batch:
+                    continue
+                x = batch["x"].to(device, non_blocking=True)
+                with (
+                    torch.no_grad(),
+                    torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
+                ):
+                    feats = model.forward_features(x)
+                    scores = (
+                        torch.softmax(model.forward_head(feats).float(), 1) if has_head else None
+                    )
+                feats = feats.float().cpu().numpy()
+                scores = scores.cpu().numpy() if scores is not None else None
+                for b, idx in enumerate(batch["index"]):
+                    sc = scores[b] if scores is not None else None
+                    self._write(job, job.todo[idx], batch["meta"][b], feats[b], sc, postprocess)
+
+    def _loader(self, job: Job, device):
+        from torch.utils.data import DataLoader
+
+        from vidfeat.clips import collate
+
+        ds = self.dataset(job.videos)
+        ds.with_meta = True
+        workers = job.opts.workers
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            num_workers=workers,  # workers decode the next batches while the model computes
+            collate_fn=collate,
+            pin_memory=device.type == "cuda",
+            worker_init_fn=ignore_stop_signals if workers > 0 else None,
+            # a batch decodes in one worker: the per-video limit times the batch (0 = no limit;
+            # without workers the decode runs here, where nothing can bound it)
+            timeout=job.opts.timeout * self.batch_size if workers > 0 else 0,
+        )
+
+    def _write(self, job: Job, r: VideoRecord, meta: dict, f, sc, postprocess) -> None:
+        attrs = dict(meta)
+        note = attrs.get("note")  # kept in the attrs: why a track was unusable
+        if r.label is not None:
+            attrs["label"] = r.label
+            index = job.class_index(r)
+            if index is not None:
+                attrs["class_index"] = index
+        if job.config.get("modality") == "audio" and attrs.get("has_audio") is False:
+            # no audio track: zeros (fusion masks them) and no opinion on the class
+            f = np.zeros_like(f)
+            sc = None if sc is None else np.full_like(sc, 1.0 / len(sc))
+        elif postprocess is not None:
+            f = postprocess(f)
+        extra = {"scores": sc} if sc is not None else None
+        job.write(r, f, attrs, extra, [note.split(":")[0]] if note else [])
+
+
+class ModelTask(NetworkTask):
+    """A model already in memory over a list (library use, tests)."""
+
+    def __init__(
+        self,
+        model,
+        dataset: Callable[[VideoList], Any],
+        config: dict,
+        *,
+        batch_size: int = 4,
+        device: Any = "cpu",
+        postprocess: Callable | None = None,
+    ) -> None:
+        super().__init__(batch_size=batch_size, device=device)
+        self.model, self._dataset, self._config, self.postprocess = (
+            model,
+            dataset,
+            config,
+            postprocess,
+        )
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    def build(self, device):
+        return self.model.to(device) if hasattr(self.model, "to") else self.model, self.postprocess
+
+    def dataset(self, videos: VideoList):
+        return self._dataset(videos)
+
+
+def run_network_extraction(
+    videos: VideoList,
+    dataset_factory: Callable[[VideoList], Any],
+    model,
+    config: dict,
+    store_root: str | Path,
+    set_name: str,
+    opts: RunOptions,
+    *,
+    batch_size: int = 4,
+    device: Any = "cpu",
+    echo: Echo = print,
+    postprocess: Callable | None = None,
+) -> Report:
+    """Run an in-memory ``model`` over a list (see :class:`NetworkTask` for the contract)."""
+    task = ModelTask(
+        model,
+        dataset_factory,
+        config,
+        batch_size=batch_size,
+        device=device,
+        postprocess=postprocess,
+    )
+    return run_extraction(videos, task, store_root, set_name, opts, echo)
+
+
+# --------------------------------------------------------------------------- trained runs
+
+
+class _RunTask(NetworkTask):
+    """A task whose network is a `vidfeat train` run, loaded once per process, where it runs."""
+
+    modality = ""
+
+    def __init__(self, checkpoint, *, segments: int, batch_size: int, device: str) -> None:
+        super().__init__(batch_size=batch_size, device=device)
+        self.checkpoint = checkpoint
+        self.segments = segments
+        self._net = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_net": None}  # a Ray task loads the network on its node
+
+    def net(self):
+        if self._net is None:
+            from vidfeat.train import load_trained
+
+            self._net = load_trained(self.checkpoint)
+            modality = self._net.config.modality
+            if modality != self.modality:
+                raise ConfigError(
+                    f"{self.checkpoint} is a {modality} network; use `vidfeat extract {modality}`"
+                )
+        return self._net
+
+    def check_classes(self, videos: VideoList) -> None:
+        """A labelled list must use the network's classes (unknown labels are an error)."""
+        classes = self.net().classes
+        unknown = sorted({r.label for r in videos.records if r.label is not None} - set(classes))
+        if unknown:
+            raise ConfigError(
+                f"labels {unknown[:5]} of {videos.source} are not classes of the network "
+                f"({len(classes)} classes)"
+            )
+
+    def config(self) -> dict:
+        loaded = self.net()
+        cfg = loaded.config
+        return {
+            "modality": self.modality,
+            "model": f"{cfg.arch}/{cfg.backbone}" if self.modality != "audio" else "vggish",
+            "checkpoint_path": str(loaded.checkpoint),
+            "checkpoint_sha256": loaded.sha256,
+            "run_info": asdict(cfg),  # how the network was trained (provenance)
+            "classes": loaded.classes,
+            "T": self.segments,
+            # frames per segment the network sees: TSN on RGB takes one (the segment's centre)
+            "N": 1 if (self.modality == "rgb" and cfg.arch == "tsn") else cfg.frames,
+            "grid_mode": "test",
+            "size": cfg.size,
+            "dtype": "float32",
+            "feature_shape": [self.segments, int(loaded.model.feature_dim)],
+        }
+
+    def build(self, device):
+        return self.net().model.to(device), None
+
+
+class RGBNetwork(_RunTask):
+    modality = "rgb"
+
+    def config(self) -> dict:
+        return {**super().config(), "short_side": self.net().config.short_side}
+
+    def dataset(self, videos: VideoList):
+        from vidfeat.clips import ClipSpec, RGBClips
+
+        cfg = self.net().config
+        spec = ClipSpec(self.segments, cfg.frames, cfg.size, cfg.short_side, train=False)
+        return RGBClips(videos, spec, layout=cfg.arch)
+
+
+class FlowNetwork(_RunTask):
+    modality = "flow"
+
+    def __init__(self, checkpoint, *, store_root, fields_set: str, fields, **kw) -> None:
+        super().__init__(checkpoint, **kw)
+        self.store_root, self.fields_set, self.fields = store_root, fields_set, fields
+
+    def config(self) -> dict:
+        conf = super().config()
+        conf.update(
+            method=self.fields.method.name,
+            fields_set=self.fields_set,
+            fields_config=self.fields.config(),
+        )
+        return conf
+
+    def dataset(self, videos: VideoList):
+        from vidfeat.clips import ClipSpec, FlowClips
+
+        cfg = self.net().config
+        spec = ClipSpec(self.segments, cfg.frames, cfg.size, cfg.size, train=False)
+        return FlowClips(videos, spec, self.store_root, self.fields_set)
+
+
+class AudioNetwork(_RunTask):
+    """A `vidfeat train audio` run, or the raw VGGish embedding (``checkpoint`` = VGGish
+    weights, optionally with the AudioSet PCA postprocess; no classifier, no clip scores)."""
+
+    modality = "audio"
+
+    def __init__(self, checkpoint, *, pca, embedding: str, random_init: bool, **kw) -> None:
+        super().__init__(checkpoint, **kw)
+        self.pca, self.embedding, self.random_init = pca, embedding, random_init
+        self.is_run = checkpoint is not None and _is_run(Path(checkpoint))
+        if self.is_run and pca is not None:
+            raise ConfigError(
+                "--pca applies to the original VGGish embeddings, not to a trained network's; "
+                "drop --pca or pass VGGish weights as --checkpoint"
+            )
+
+    def config(self) -> dict:
+        conf: dict = {"modality": "audio", "T": self.segments, "N": 1, "grid_mode": "test"}
+        if self.is_run:
+            conf.update(super().config())
+            conf.update(embedding=self.net().model.vggish.embedding, random_init=False)
+            return conf
+        conf.update(model="vggish", embedding=self.embedding, random_init=bool(self.random_init))
+        if self.checkpoint is not None:
+            conf["checkpoint_path"] = str(self.checkpoint)
+            conf["checkpoint_sha256"] = file_sha256(self.checkpoint)
+        if self.pca is not None:
+            conf["pca_path"] = str(self.pca)
+            conf["pca_sha256"] = file_sha256(self.pca)
+            conf["postprocess"] = "pca+clip+uint8, stored dequantised as float32 in [-2, 2]"
+        vggish, _ = self._vggish()  # refuses weights that do not fit before any work
+        conf["feature_shape"] = [self.segments, int(vggish.embedding_dim)]
+        conf["dtype"] = "float32"
+        return conf
+
+    def _vggish(self):
+        """The raw VGGish with its weights, and the PCA postprocess (loaded once)."""
+        if self._net is None:
+            from vidfeat.audio import PCAPostprocess, VGGish, load_vggish_weights
+
+            vggish = VGGish(embedding=self.embedding)
+            if self.checkpoint is not None:
+                load_vggish_weights(vggish, self.checkpoint)
+            post = PCAPostprocess.from_file(self.pca) if self.pca is not None else None
+            self._net = (vggish, post)
+        return self._net
+
+    def build(self, device):
+        if self.is_run:
+            return super().build(device)
+        vggish, post = self._vggish()
+        postprocess = None
+        if post is not None:
+
+            def postprocess(f):
+                return post.dequantize(post.apply(f))
+
+        return _embedding_only(vggish).to(device), postprocess
+
+    def dataset(self, videos: VideoList):
+        from vidfeat.clips import AudioClips, ClipSpec
+
+        return AudioClips(videos, ClipSpec(self.segments, 1, 16, 16, train=False))
+
+
+def _is_run(p: Path) -> bool:
+    """A `vidfeat train` run folder, or a checkpoint file inside one."""
+    return (p / "config.yaml").is_file() if p.is_dir() else (p.parent / "config.yaml").is_file()
+
+
+def _embedding_only(vggish):
+    """A raw VGGish (no classifier): features only, so no clip scores are stored."""
+    import torch
+
+    class EmbeddingOnly(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vggish = vggish
+
+        def forward_features(self, x):
+            return self.vggish.forward_features(x)
+
+    return EmbeddingOnly()
+
+
+# --------------------------------------------------------------------------- use cases
+
+
+def extract_rgb_features(
+    videos: VideoList,
+    store_root,
+    *,
+    set_name: str,
+    checkpoint,
+    segments: int,
+    batch_size: int,
+    device: str,
+    opts: RunOptions,
+    echo: Echo = print,
+) -> Report:
+    task = RGBNetwork(checkpoint, segments=segments, batch_size=batch_size, device=device)
+    task.check_classes(videos)
+    return run_extraction(videos, task, store_root, set_name, opts, echo)
+
+
+def extract_flow_features(
+    videos: VideoList,
+    store_root,
+    *,
+    method: str,
+    params: dict,
+    fields_set: str,
+    set_name: str,
+    checkpoint,
+    segments: int,
+    short_side: int,
+    bound: float,
+    batch_size: int,
+    device: str,
+    opts: RunOptions,
+    echo: Echo = print,
+) -> Report:
+    """The fields first (computed where missing, into ``fields_set``), then the network."""
+    task = FlowNetwork(
+        checkpoint,
+        segments=segments,
+        batch_size=batch_size,
+        device=device,
+        store_root=store_root,
+        fields_set=fields_set,
+        fields=None,
+    )
+    task.check_classes(videos)
+    ex = fields_extractor_for(
+        store_root,
+        fields_set,
+        method,
+        params,
+        segments,
+        task.net().config.frames,
+        short_side,
+        bound,
+    )
+    if ex.grid.T != segments:
+        raise ConfigError(
+            f"set {fields_set!r} holds fields on a T={ex.grid.T} grid, this run asks "
+            f"--segments {segments}; use the same T, or --fields-name for a new fields set"
+        )
+    task.fields = ex
+    fields_rep = ensure_flow_fields(videos, store_root, fields_set, ex, opts, echo)
+    rep = run_extraction(videos, task, store_root, set_name, opts, echo)
+    if fields_rep.failed:
+        rep.note("without flow fields (see the fields set's failures)", fields_rep.failed)
+    return rep
+
+
+def extract_audio_features(
+    videos: VideoList,
+    store_root,
+    *,
+    set_name: str,
+    checkpoint,
+    pca,
+    embedding: str,
+    random_init: bool,
+    segments: int,
+    batch_size: int,
+    device: str,
+    opts: RunOptions,
+    echo: Echo = print,
+) -> Report:
+    """VGGish features on the grid. ``checkpoint``: VGGish weights (a state dict file, e.g.
+    ``vggish-10086976.pth``) or a ``vidfeat train audio`` run (folder or a checkpoint in one);
+    the run's network also stores clip scores. ``pca`` (raw VGGish only): the AudioSet
+    postprocess, stored dequantised as float32 in [-2, 2]."""
+    from vidfeat.audio import require_weights
+
+    warning = require_weights(checkpoint, random_init)
+    if warning:
+        echo(warning)
+    task = AudioNetwork(
+        checkpoint,
+        pca=pca,
+        embedding=embedding,
+        random_init=random_init,
+        segments=segments,
+        batch_size=batch_size,
+        device=device,
+    )
+    if task.is_run:
+        task.check_classes(videos)
+    return run_extraction(videos, task, store_root, set_name, opts, echo)

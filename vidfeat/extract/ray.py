@@ -1,0 +1,174 @@
+"""The Ray engine: `vidfeat extract --engine ray`, on one machine or a cluster.
+
+The planned videos are cut into chunks; each chunk is one Ray task that runs the job's task
+(a per-video extractor, or a network with its batched loop) with the local code path on a
+:meth:`~vidfeat.extract.job.Job.chunk` of the job, writing its own shards (job name
+``<job>-c<chunk>-<attempt>``) into the shared store path, so the store must be on a filesystem
+every node sees. A task whose worker dies is retried by Ray (``max_retries``); the retry first
+asks the store which of its videos are already in completed shards and skips them, and the dead
+attempt's partial shard is never read, so no video is written twice or lost. Likewise the retry
+skips the videos whose failure an earlier attempt of the chunk already logged (the failures file
+is fsync'ed line by line), so a failure is recorded once. The driver shows one progress bar (per
+finished chunk) and the usual summary and exit code; Ctrl-C cancels the pending tasks.
+
+A local Ray instance (no ``--ray-address``) gets every CPU of the machine, or ``--workers`` CPUs
+when that is given; tasks reserve ``--ray-num-cpus`` each (``--ray-num-gpus``: a network task's
+device is resolved inside the task, on its node). ``--timeout`` applies inside tasks as an alarm
+(a video that overruns fails as ``Timeout``); a call that never returns to Python is not bounded
+on this engine: Ray's task, not a vidfeat watchdog, owns the process.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from vidfeat.errors import ConfigError
+from vidfeat.extract.job import Job, RunOptions
+from vidfeat.extract.local import POLL, run_local
+from vidfeat.store import FeatureSet, read_failures
+from vidfeat.videolist import VideoRecord
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "--engine ray needs Ray: pip install 'vidfeat[ray]' (or pip install ray)"
+        ) from None
+    return ray
+
+
+def _chunk_job(job: str, chunk: int) -> str:
+    return f"{job}-c{chunk:05d}"
+
+
+def logged_failures(set_dir: Path, job: str, chunk: int) -> dict[str, str]:
+    """Failures earlier attempts of this chunk logged: video id → message."""
+    prefix = _chunk_job(job, chunk) + "-"
+    return {
+        f["video_id"]: str(f.get("message", ""))
+        for f in read_failures(set_dir)
+        if str(f.get("job", "")).startswith(prefix)
+    }
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - provenance only; a chunk never fails for it
+        return None
+
+
+def extract_chunk(task: Any, job: Job, records: list[VideoRecord], chunk: int) -> dict:
+    """One Ray task: run ``task`` on ``records`` into shards of its own. Returns counts."""
+    done_before = FeatureSet(job.set_dir).completed_ids()  # a retried chunk skips finished videos
+    failed_before = logged_failures(job.set_dir, job.name, chunk)  # ...and failures logged
+    settled = done_before | failed_before.keys()
+    # every attempt has its own job name: two attempts never share a shard or partial name
+    attempt = f"{_chunk_job(job.name, chunk)}-{uuid.uuid4().hex[:8]}"
+    sub = job.chunk([r for r in records if r.video_id not in settled], attempt)
+    run_local(sub, task, in_process=True)
+    rep = sub.report
+    earlier = [
+        (r.video_id, failed_before[r.video_id])
+        for r in records
+        if r.video_id in failed_before and r.video_id not in done_before
+    ]
+    return {
+        "done": rep.done,
+        "failed": earlier + list(rep.failures),
+        "notes": dict(rep.notes),
+        "skipped": sum(r.video_id in done_before for r in records),
+        "pid": os.getpid(),
+        "node": _node_id(),
+    }
+
+
+def _ray_init(opts: RunOptions):
+    ray = _import_ray()
+    if not ray.is_initialized():
+        kwargs: dict = {"include_dashboard": False, "log_to_driver": False}
+        if opts.ray_address:
+            kwargs["address"] = opts.ray_address
+        elif opts.ray_local_cpus is not None:
+            kwargs["num_cpus"] = max(1, opts.ray_local_cpus)
+        # else Ray detects the machine's CPUs
+        ray.init(**kwargs)
+    return ray
+
+
+def _chunks(todo: list, opts: RunOptions) -> list[list]:
+    size = opts.chunk_videos or opts.shard_videos
+    if size < 1:
+        raise ConfigError(f"--chunk-videos must be >= 1 (got {size})")
+    return [todo[i : i + size] for i in range(0, len(todo), size)]
+
+
+def run_on_ray(job: Job, task: Any) -> None:
+    """Extract the job's videos with Ray tasks running ``task``; the driver only counts."""
+    opts = job.opts
+    device = str(getattr(task, "device", "cpu"))
+    if device.startswith("cuda") and opts.ray_num_gpus <= 0:
+        raise ConfigError(f"--device {device} with --engine ray needs --ray-num-gpus > 0")
+    chunks = _chunks(job.todo, opts)
+    if not chunks:
+        return
+    ray = _ray_init(opts)
+    remote = ray.remote(
+        num_cpus=opts.ray_num_cpus,
+        num_gpus=opts.ray_num_gpus,
+        max_retries=3,
+        retry_exceptions=False,
+    )(extract_chunk)
+    task_ref, job_ref = ray.put(task), ray.put(job)
+    pending = {remote.remote(task_ref, job_ref, c, k): (k, c) for k, c in enumerate(chunks)}
+    _collect(ray, pending, job)
+
+
+def _collect(ray, pending: dict, job: Job) -> None:
+    """Wait for the chunk tasks, adding their counts to the job's report; a chunk that failed
+    after all its retries counts what its attempts completed and fails the rest."""
+    report = job.report
+    while pending:
+        if job.stop_requested:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            return
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL)
+        for ref in ready:
+            k, chunk = pending.pop(ref)
+            try:
+                res = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - the task failed after all its retries
+                _chunk_failed(job, k, chunk, exc)
+                continue
+            report.done += res["done"]
+            report.skipped += res["skipped"]
+            for vid, msg in res["failed"]:
+                report.fail(vid, msg)
+                job.say(f"failed {vid}: {msg}")
+            for note, n in res["notes"].items():
+                report.note(note, n)
+            job.progress(len(chunk))
+
+
+def _chunk_failed(job: Job, k: int, chunk: list[VideoRecord], exc: Exception) -> None:
+    """What the attempts of a dead chunk completed is in the store; the rest is a failure."""
+    done = FeatureSet(job.set_dir).completed_ids()
+    logged = logged_failures(job.set_dir, job.name, k)
+    why = (str(exc).strip().splitlines() or [""])[-1][:200]
+    for r in chunk:
+        if r.video_id in done:
+            job.report.done += 1
+            job.progress(1)
+        elif r.video_id in logged:  # an attempt logged this failure already
+            job.report.fail(r.video_id, logged[r.video_id])
+            job.progress(1)
+        else:
+            job.fail(r, "RayTaskError", f"{r.path}: Ray task failed after retries ({why})")
