@@ -22,7 +22,7 @@ import bisect
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -70,9 +70,6 @@ class VideoInfo:
     header_frames: int | None  # what the container claims (None if it does not say)
     size_bytes: int
     mtime_ns: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def check_file(path: str | Path) -> os.stat_result:
@@ -534,17 +531,10 @@ def _audio_chunks(path: str | Path, rate: int) -> Iterator[np.ndarray]:
             raise CorruptVideoError(path, f"audio: {_short(exc)}") from None
 
 
-def fingerprint(path: str | Path) -> dict:
-    """Source fingerprint stored with features: size + mtime (cheap; detects replaced files)."""
-    st = check_file(path)
-    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
-
-
 __all__ = [
     "DecodeError",
     "VideoInfo",
     "check_file",
-    "fingerprint",
     "iter_audio",
     "open_container",
     "output_size",

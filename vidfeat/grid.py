@@ -46,10 +46,6 @@ class GridSample:
     def T(self) -> int:  # noqa: N802 - T is the paper's name
         return int(self.indices.shape[0])
 
-    def unique_indices(self) -> np.ndarray:
-        """Sorted distinct frame indices (what a decoder must produce)."""
-        return np.unique(self.indices)
-
 
 @dataclass(frozen=True)
 class SegmentGrid:

@@ -1,14 +1,4 @@
-"""Fusion heads: one file each, one registry.
-
-Contract (the one interface between the store and every head)::
-
-    head = create_head(name, dims={"rgb": 512, "audio": 128}, num_classes=K, **options)
-    logits = head(feats, masks)   # feats[m]: [B, T, D_m] float, masks[m]: [B, T] (1 = valid)
-
-All modalities share T (the segment grid). A modality missing for a video has inputs of zeros
-and an all-zero mask row; every head then ignores it (never NaN). Each head class lists its
-options with defaults in ``default_options()``; the trainer saves them with the run.
-"""
+"""The fusion-head base class, the registry and ``create_head`` (the heads import this)."""
 
 from __future__ import annotations
 
@@ -58,7 +48,3 @@ def create_head(name: str, dims: dict[str, int], num_classes: int, **options) ->
         known = ", ".join(f"{k}={v}" for k, v in cls.options.items())
         raise ConfigError(f"head {name!r} has no option {', '.join(unknown)}; options: {known}")
     return cls(dims, num_classes, **{**cls.options, **options})
-
-
-# register the heads (import order is irrelevant)
-from fusion.heads import attention_clusters, fflstm, itxn, single, txn  # noqa: E402,F401

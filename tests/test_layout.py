@@ -1,0 +1,117 @@
+"""The layout contract of the redesign: a maintainer reads the packages like a table of
+contents, and the dependency direction holds (see README "Layout")."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+PACKAGES = ("vidfeat", "fusion")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            parts = list(f.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = f
+    return out
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every vidfeat/fusion module ``name`` imports, at module level or inside a function."""
+    tree = ast.parse(path.read_text())
+    is_pkg = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = name.split(".")[: len(name.split(".")) - node.level + (1 if is_pkg else 0)]
+                base = ".".join(parent + ([base] if base else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        for t in targets:
+            # the longest known module the import names (a name imported from a package
+            # resolves to the package's __init__)
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles() -> None:
+    mods = _modules()
+    graph = {m: _imports(m, p, set(mods)) for m, p in mods.items()}
+    assert _cycles(graph) == []
+
+
+def test_dependency_direction() -> None:
+    """vidfeat never imports fusion or the CLI; the extraction engines never import the tasks
+    (fields, network) that run on them."""
+    mods = _modules()
+    graph = {m: _imports(m, p, set(mods)) for m, p in mods.items()}
+    for m, deps in graph.items():
+        if m.startswith("vidfeat"):
+            assert not any(d.startswith("fusion") for d in deps), (m, deps)
+    for engine in ("vidfeat.extract.local", "vidfeat.extract.ray", "vidfeat.extract.job"):
+        assert not graph[engine] & {"vidfeat.extract.fields", "vidfeat.extract.network"}
+
+
+@pytest.mark.parametrize("pkg", PACKAGES)
+def test_no_file_over_700_lines(pkg: str) -> None:
+    long = {
+        str(f.relative_to(ROOT)): n
+        for f in (ROOT / pkg).rglob("*.py")
+        if (n := len(f.read_text().splitlines())) > 700
+    }
+    assert long == {}
+
+
+def test_every_package_says_what_lives_there() -> None:
+    for init in [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("__init__.py")]:
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and len(doc) > 80, f"{init.relative_to(ROOT)} needs a package docstring"
