@@ -9,12 +9,14 @@ DEMO   ?= demo/out
 install: $(STAMP)
 
 # Reinstalls only when the project's dependencies change; the project itself is editable.
-# torch/torchvision are pinned exactly (their wheels lie on the machine's disk; a loose
-# requirement makes pip fetch gigabytes).
-$(STAMP): pyproject.toml
+# pyproject.toml asks for compatible torch versions (users keep their CUDA builds); this
+# install pins the exact builds that lie on the machine's disk through constraints.txt, since
+# a loose requirement alone makes pip fetch gigabytes of newer wheels.
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check --constraint constraints.txt
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
+	$(PIP) torch torchvision
+	$(PIP) -e '.[test,ray]'
 	touch $(STAMP)
 
 test: install

@@ -68,12 +68,30 @@ def _segment_net_names() -> list[str]:
 
 
 @click.group(context_settings=CONTEXT)
-@click.version_option(__version__, "--version", prog_name="vidfeat")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _, value: _print_version(ctx) if value else None,
+    help="Show vidfeat's version and those of torch, timm, OpenCV, PyAV; whether CUDA works.",
+)
 def main() -> None:
     """Per-segment multi-modal video features (RGB, optical flow, audio) and fusion models.
 
     Start with `vidfeat data synth OUT` for a dataset that needs no download.
     """
+
+
+def _print_version(ctx: click.Context) -> None:
+    """The first lines of a bug report: vidfeat's version, the libraries that compute the
+    features, and whether this torch sees a GPU."""
+    from vidfeat.provenance import environment_report
+
+    click.echo(f"vidfeat {__version__}")
+    for name, value in environment_report().items():
+        click.echo(f"  {name:<8} {value}")
+    ctx.exit()
 
 
 # --------------------------------------------------------------------------- data

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -28,8 +29,45 @@ def test_help_for_every_command(path: tuple[str, ...]) -> None:
 
 
 def test_version() -> None:
+    """A bug report's first lines: vidfeat, the feature libraries, and CUDA."""
+    import av
+    import cv2
+    import timm
+    import torch
+
     res = CliRunner().invoke(main, ["--version"])
-    assert res.exit_code == 0 and __version__ in res.output
+    assert res.exit_code == 0 and f"vidfeat {__version__}" in res.output
+    for name, version in [
+        ("torch", torch.__version__),
+        ("timm", timm.__version__),
+        ("OpenCV", cv2.__version__),
+        ("PyAV", av.__version__),
+    ]:
+        assert re.search(rf"^\s+{name}\s+{re.escape(version)}$", res.output, re.M), res.output
+    cuda = "available" if torch.cuda.is_available() else "not available"
+    assert re.search(rf"^\s+CUDA\s+{cuda}", res.output, re.M), res.output
+
+
+def test_the_package_asks_for_compatible_torch_not_a_build() -> None:
+    """pip install -e . into an environment with its own torch 2.x (a CUDA build) keeps it:
+    the requirement is a range that admits every torch from 2.4 on, while this project's own
+    install pins the exact builds through constraints.txt."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).parents[1]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    reqs = {r.name: r for r in map(Requirement, deps)}
+    for name, other_builds in [
+        ("torch", ["2.4.0", "2.5.1+cu124", "2.14.1", "2.20.0"]),
+        ("torchvision", ["0.19.0", "0.20.1+cu124", "0.29.1"]),
+    ]:
+        assert not any(s.operator in ("==", "===", "~=") for s in reqs[name].specifier)
+        assert all(reqs[name].specifier.contains(v) for v in other_builds), reqs[name]
+    pins = (root / "constraints.txt").read_text()
+    assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
+    assert "--constraint constraints.txt" in (root / "Makefile").read_text()
 
 
 def test_synth_then_probe(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib
 import importlib.metadata
 import importlib.util
 import sys
@@ -87,3 +88,32 @@ def _assigned_string(path: Path, name: str) -> str | None:
         ):
             return node.value.value
     return None
+
+
+def environment_report() -> dict[str, str]:
+    """What ``vidfeat --version`` prints beside vidfeat's own version: the libraries that
+    compute features (their ``__version__``) and whether CUDA is usable."""
+    out: dict[str, str] = {}
+    for label, module in (
+        ("torch", "torch"),
+        ("timm", "timm"),
+        ("OpenCV", "cv2"),
+        ("PyAV", "av"),
+        ("h5py", "h5py"),
+    ):
+        try:
+            out[label] = str(importlib.import_module(module).__version__)
+        except ImportError:
+            out[label] = "not installed"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            out["CUDA"] = f"available: {torch.version.cuda}, {', '.join(names)}"
+        else:
+            built = torch.version.cuda
+            out["CUDA"] = "not available" + (f" (torch built for CUDA {built})" if built else "")
+    except ImportError:
+        out["CUDA"] = "unknown (torch not installed)"
+    return out
