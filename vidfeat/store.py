@@ -89,7 +89,6 @@ _CHUNK_BYTES = _MIB
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 _SHARD_RE = re.compile(r"^part-(?P<job>.+)-(?P<k>\d+)\.h5$")
-_PARTIAL_RE = re.compile(r"^part-(?P<job>.+)-(?P<k>\d+)\.h5\.partial$")
 _FAILURES_RE = re.compile(r"^failures-(?P<job>.+)\.jsonl$")
 _JOB_RE = re.compile(r"^[\w.@+=-]+$")
 
@@ -209,11 +208,7 @@ def _h5open(path: Path, mode: str) -> h5py.File:
     kwargs: dict[str, Any] = {"locking": False}
     if mode in ("w", "w-", "x"):
         kwargs["libver"] = ("v108", "latest")
-    try:
-        return h5py.File(path, mode, **kwargs)
-    except TypeError:  # pragma: no cover - h5py < 3.5 has no `locking`
-        kwargs.pop("locking")
-        return h5py.File(path, mode, **kwargs)
+    return h5py.File(path, mode, **kwargs)
 
 
 # --------------------------------------------------------------------------- config (set.json)
@@ -694,11 +689,6 @@ class ShardWriter:
     def written_ids(self) -> list[str]:
         """Ids in shards this writer has completed (durable), in the order they were added."""
         return list(self._written)
-
-    @property
-    def pending_ids(self) -> list[str]:
-        """Ids in the current partial shard (completed by the next flush/close)."""
-        return list(self._pending)
 
     @property
     def shards(self) -> list[Path]:
