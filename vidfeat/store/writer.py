@@ -1,5 +1,8 @@
 """Writing a set: :class:`ShardWriter` (crash-safe shards), :class:`FailureLog` and
 :func:`read_failures` (``failures-<job>.jsonl``), and the codec of HDF5 group attrs.
+
+The writer calls the no-op :func:`_checkpoint` at the moments a kill -9 test wants to hit; it
+reads no environment and has no test mode of its own.
 """
 
 from __future__ import annotations
@@ -99,34 +102,15 @@ def _read_attrs(obj: h5py.Group) -> dict:
 # --------------------------------------------------------------------------- writer
 
 
-def _crash_point(name: str) -> None:
-    """Fault injection for the reliability tests; unset, a no-op.
+def _checkpoint(name: str) -> None:
+    """A named moment in the life of a shard; does nothing.
 
-    ``VIDFEAT_CRASH_AT=<point>:<n>[:<mode>]`` acts the n-th time (default 1st) the process
-    reaches ``<point>``: mode ``kill`` (default) SIGKILLs the process itself (no cleanup);
-    mode ``stop`` SIGSTOPs it, so a test can wait for the stop (``waitpid(pid, WUNTRACED)``),
-    look at the store at exactly that moment, then kill it from outside.
-    Points: ``after-open`` (a new partial shard was created, still empty), ``after-add`` (a
+    The points: ``after-open`` (a new partial shard was created, still empty), ``after-add`` (a
     video is in the partial, before the shard may rotate), ``before-rename`` and
-    ``after-rename`` (around the rename that completes a shard).
+    ``after-rename`` (around the rename that completes a shard). The kill -9 trials of the
+    reliability tests replace this function in the process they start (``tests/crashhook.py``)
+    to stop or kill it at exactly such a moment; production code never does.
     """
-    spec = os.environ.get("VIDFEAT_CRASH_AT")
-    if not spec:
-        return
-    point, _, rest = spec.partition(":")
-    if point != name:
-        return
-    nth, _, mode = rest.partition(":")
-    if mode not in ("", "kill", "stop"):
-        raise ValueError(f"VIDFEAT_CRASH_AT mode must be kill or stop (got {mode!r})")
-    _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
-    if _CRASH_COUNTS[name] == int(nth or 1):
-        import signal
-
-        os.kill(os.getpid(), signal.SIGSTOP if mode == "stop" else signal.SIGKILL)
-
-
-_CRASH_COUNTS: dict[str, int] = {}
 
 
 class ShardWriter:
@@ -276,7 +260,7 @@ class ShardWriter:
             raise
         self._pending.append(video_id)
         self._bytes += feats.nbytes + sum(a.nbytes for a in extras.values())
-        _crash_point("after-add")
+        _checkpoint("after-add")
         if len(self._pending) >= self.max_videos or self._bytes >= self.max_bytes:
             self.flush()
 
@@ -299,9 +283,9 @@ class ShardWriter:
                         f"{final} appeared while this job was writing it; two jobs share the "
                         f"job name {self.job!r}. Give each job a unique --job"
                     )
-                _crash_point("before-rename")
+                _checkpoint("before-rename")
                 os.replace(partial, final)
-                _crash_point("after-rename")
+                _checkpoint("after-rename")
                 _fsync_path(self.set_dir, directory=True)
                 self._written.extend(self._pending)
                 self._shards.append(final)
@@ -445,7 +429,7 @@ class ShardWriter:
             self._file, self._partial, self._final = f, partial, self.set_dir / stem
             self._lock_fd, self._lock = fd, lock
             self._next_k = k
-            _crash_point("after-open")
+            _checkpoint("after-open")
             return f
         raise StoreError(f"no free shard number for job {self.job!r} in {self.set_dir}")
 
