@@ -26,6 +26,8 @@ from vidfeat.synth import SynthConfig, generate, write_mp4
 pytestmark = pytest.mark.reliability
 
 VIDFEAT = [sys.executable, "-c", "from cli import main; main()"]
+# the command line with a crash point armed: ``[*CRASHHOOK, "<point>:<n>:stop", "--", *args]``
+CRASHHOOK = [sys.executable, str(Path(__file__).with_name("crashhook.py"))]
 FAST = ["--method", "farneback", "-T", "2", "-N", "1", "--short-side", "32", "--quiet"]
 
 
@@ -79,8 +81,9 @@ def summary(stdout: str) -> tuple[int, int, int]:
 
 
 # Where each trial kills the run (40 videos, --shard-videos 3: 14 shards, the last of one
-# video): a VIDFEAT_CRASH_AT point where the process stops itself, or "start" (killed as soon
-# as it exists), and how many shards are complete at that moment.
+# video): a crash point of the shard writer where the process stops itself (armed by
+# tests/crashhook.py), or "start" (killed as soon as it exists), and how many shards are
+# complete at that moment.
 CRASH_TRIALS = [
     ("start", 0),
     ("after-open:1", 0),  # first partial created, still empty
@@ -123,13 +126,10 @@ def test_kill_9_at_chosen_moments_then_resume(forty: Path, tmp_path: Path) -> No
     for trial, (point, shards_done) in enumerate(CRASH_TRIALS):
         store = tmp_path / f"s{trial}"
         set_dir = store / "farneback-fields"
-        env = {**os.environ}
-        if point != "start":
-            env["VIDFEAT_CRASH_AT"] = f"{point}:stop"
+        run = VIDFEAT if point == "start" else [*CRASHHOOK, f"{point}:stop", "--"]
         with open(tmp_path / f"s{trial}.log", "wb") as log:
             proc = subprocess.Popen(
-                [*VIDFEAT, *args, "--store", str(store), "--shard-videos", "3"],
-                env=env,
+                [*run, *args, "--store", str(store), "--shard-videos", "3"],
                 cwd=Path(__file__).parents[1],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-import vidfeat.store as store_mod
+import vidfeat.store.reader as store_mod
 from vidfeat.errors import ConfigError, StoreError
 from vidfeat.store import (
     FailureLog,

@@ -1,0 +1,82 @@
+"""The HDF5 feature store: sets, shards, failure logs, a cached index, verification.
+
+Layout (see DESIGN.md, "Store format")::
+
+    STORE/<set>/set.json                        the configuration every video of the set shares
+    STORE/<set>/part-<job>-<k>.h5               completed shards, one HDF5 group per video id
+    STORE/<set>/part-<job>-<k>.h5.partial       the shard a live (or killed) job is writing
+    STORE/<set>/part-<job>-<k>.h5.partial.lock  flock'ed by the writer while the partial is live
+    STORE/<set>/failures-<job>.jsonl            one JSON line per failed video
+    STORE/<set>/.index.json                     cache: id -> shard (rebuilt when shards change)
+
+Crash safety: a shard is written under a ``.partial`` name, closed, fsync'ed and only then
+renamed (``os.replace``) to its final name, so a kill -9 at any moment leaves every completed
+shard readable; readers ignore partials. Distinct jobs write distinct file names, so many jobs
+share a set without coordinating; the same id written twice (``--overwrite``, a duplicated job)
+is resolved by the reader (largest ``written_at`` attr wins, ties to the largest shard name).
+
+Liveness of a partial: the writer creates and ``flock``s the sidecar ``.lock`` *before* creating
+the partial and removes it only *after* renaming the partial. So a partial whose lock can be
+acquired (or that has no lock file) belongs to a dead job; :func:`cleanup_stale_partials` deletes
+exactly those.
+
+Modules, each importing only those listed above it (no import cycles)::
+
+    paths   names (video ids, set and job names), fsync / atomic JSON / HDF5-open helpers,
+            reading set.json, partial-shard locks and the cleanup of stale partials
+    writer  ShardWriter, FailureLog and read_failures, the codec of HDF5 attrs
+    reader  FeatureSet: the set index (shard scan, cached byte layouts), the pread fast path
+    sets    set identity (identity, is_informational, config comparison) and FeatureStore
+    verify  VerifyReport, verify_store, store_info and their text (format_verify, format_info)
+
+Callers import from ``vidfeat.store``: every public name is re-exported here. The store may
+import only :mod:`vidfeat.errors`, :mod:`vidfeat.provenance`, numpy and h5py (and the standard
+library) — never extraction, networks, fusion or the command line, which all build on it.
+"""
+
+from vidfeat.provenance import file_sha256  # the store's name for the one in provenance
+from vidfeat.store.paths import FEATURES as FEATURES
+from vidfeat.store.paths import SET_JSON as SET_JSON
+from vidfeat.store.paths import (
+    StoreWarning,
+    check_video_id,
+    cleanup_stale_partials,
+    partial_is_live,
+)
+from vidfeat.store.reader import INDEX_FORMAT as INDEX_FORMAT
+from vidfeat.store.reader import INDEX_JSON as INDEX_JSON
+from vidfeat.store.reader import FeatureSet, MissingVideoError
+from vidfeat.store.sets import COMPARED_WHEN_BOTH as COMPARED_WHEN_BOTH
+from vidfeat.store.sets import IMPLICIT_DEFAULTS as IMPLICIT_DEFAULTS
+from vidfeat.store.sets import INFORMATIONAL_SUFFIXES as INFORMATIONAL_SUFFIXES
+from vidfeat.store.sets import FeatureStore, identity, is_informational
+from vidfeat.store.verify import (
+    VerifyReport,
+    format_info,
+    format_verify,
+    store_info,
+    verify_store,
+)
+from vidfeat.store.writer import FLOAT16_FROM as FLOAT16_FROM
+from vidfeat.store.writer import FailureLog, ShardWriter, read_failures
+
+__all__ = [
+    "FailureLog",
+    "FeatureSet",
+    "FeatureStore",
+    "MissingVideoError",
+    "ShardWriter",
+    "StoreWarning",
+    "VerifyReport",
+    "check_video_id",
+    "cleanup_stale_partials",
+    "format_info",
+    "file_sha256",
+    "format_verify",
+    "identity",
+    "is_informational",
+    "partial_is_live",
+    "read_failures",
+    "store_info",
+    "verify_store",
+]

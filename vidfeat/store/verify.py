@@ -1,0 +1,332 @@
+"""Checking and describing a store: :func:`verify_store` opens every shard of every set and
+checks it against its set.json (``vidfeat store verify``); :func:`store_info` counts videos,
+bytes and failures per set (``vidfeat store info``); ``format_*`` render both as text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from vidfeat.errors import StoreError
+from vidfeat.store.paths import (
+    FEATURES,
+    SET_JSON,
+    StoreWarning,
+    _h5open,
+    _read_set_json,
+    partial_is_live,
+)
+from vidfeat.store.reader import FeatureSet, _shard_files
+from vidfeat.store.sets import FeatureStore, _fmt_value
+from vidfeat.store.writer import FLOAT16_FROM, read_failures
+
+
+@dataclass
+class VerifyReport:
+    """Result of :func:`verify_store`: ``problems`` make it fail; ``warnings`` and ``notes``
+    do not. ``sets`` holds per-set counts."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    sets: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+
+def _few(items, n: int = 10) -> str:
+    items = sorted(items)
+    s = ", ".join(repr(x) for x in items[:n])
+    return s + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def _shape_ok(shape: tuple[int, ...], want: Any) -> bool:
+    if not isinstance(want, list | tuple):
+        return True
+    if len(shape) != len(want):
+        return False
+    return all(w is None or w == -1 or int(w) == s for s, w in zip(shape, want, strict=True))
+
+
+def _check_array(a: np.ndarray) -> str | None:
+    if a.dtype.kind not in "fc":
+        return None
+    finite = np.isfinite(a)
+    if finite.all():
+        return None
+    n_nan = int(np.isnan(a).sum())
+    n_inf = int(a.size - finite.sum()) - n_nan
+    parts = [f"{n_nan} NaN"] if n_nan else []
+    parts += [f"{n_inf} Inf"] if n_inf else []
+    return " and ".join(parts)
+
+
+def _verify_set(root: Path, name: str, expect_ids: set[str] | None, rep: VerifyReport) -> None:
+    d = root / name
+    counts = {
+        "videos": 0,
+        "shards": 0,
+        "bad_shards": 0,
+        "duplicates": 0,
+        "failed": 0,
+        "stale_partials": 0,
+        "live_partials": 0,
+    }
+    rep.sets[name] = counts
+    try:
+        cfg = _read_set_json(d / SET_JSON, name)
+    except (StoreError, FileNotFoundError) as exc:
+        rep.problems.append(str(exc))
+        cfg = {}
+    want_shape = cfg.get("feature_shape")
+    want_dtype = cfg.get("dtype")
+    storage = cfg.get("storage_dtype")
+    fix = "delete that shard and run the extraction again (completed videos are skipped)"
+    copies: dict[str, list[str]] = {}
+    for shard, _ in _shard_files(d):
+        counts["shards"] += 1
+        try:
+            f = _h5open(d / shard, "r")
+        except Exception as exc:  # noqa: BLE001
+            counts["bad_shards"] += 1
+            rep.problems.append(f"set {name!r}: shard {shard} cannot be opened ({exc}); {fix}")
+            continue
+        with f:
+            for vid in f:
+                copies.setdefault(vid, []).append(shard)
+                where = f"set {name!r}, video {vid!r} ({shard})"
+                try:
+                    g = f[vid]
+                    if not isinstance(g, h5py.Group) or FEATURES not in g:
+                        rep.problems.append(f"{where}: no '{FEATURES}' dataset; {fix}")
+                        continue
+                    ds = g[FEATURES]
+                    if not _shape_ok(ds.shape, want_shape):
+                        rep.problems.append(
+                            f"{where}: features have shape {list(ds.shape)}, set.json says "
+                            f"{want_shape}; {fix}"
+                        )
+                    if want_dtype is not None and ds.dtype != np.dtype(want_dtype):
+                        narrowed = ds.dtype == np.float16 and (
+                            storage == "float16" or FLOAT16_FROM in ds.attrs
+                        )
+                        if not narrowed:
+                            rep.problems.append(
+                                f"{where}: features are {ds.dtype}, set.json says {want_dtype}; "
+                                f"{fix}"
+                            )
+                    for dname, obj in g.items():
+                        if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "fc":
+                            bad = _check_array(obj[()])
+                            if bad:
+                                rep.problems.append(
+                                    f"{where}: '{dname}' holds {bad} values; check the input "
+                                    f"video and model, then {fix}"
+                                )
+                except Exception as exc:  # noqa: BLE001 - report and go on with the next video
+                    rep.problems.append(f"{where}: cannot be read ({exc}); {fix}")
+    counts["videos"] = len(copies)
+    dups = {v: s for v, s in copies.items() if len(s) > 1}
+    counts["duplicates"] = len(dups)
+    if dups:
+        listing = "; ".join(f"{v!r} in {', '.join(s)}" for v, s in sorted(dups.items())[:10])
+        more = f" (+{len(dups) - 10} more)" if len(dups) > 10 else ""
+        rep.warnings.append(
+            f"set {name!r}: {len(dups)} id(s) stored in several shards: {listing}{more}. "
+            "Readers use the newest copy (largest written_at); delete older shards to reclaim "
+            "space"
+        )
+    for partial in sorted(d.glob("part-*.h5.partial")):
+        if partial_is_live(partial):
+            counts["live_partials"] += 1
+            rep.notes.append(f"set {name!r}: {partial.name} is being written by a live job")
+        else:
+            counts["stale_partials"] += 1
+            rep.warnings.append(
+                f"set {name!r}: stale partial {partial.name} left by a killed job; its videos are "
+                "not in the set. The next extraction run removes it (or delete it)"
+            )
+    failed = {r["video_id"] for r in read_failures(d)}
+    done = set(copies)
+    counts["failed"] = len(failed - done)
+    both = failed & done
+    if both:
+        rep.notes.append(
+            f"set {name!r}: {len(both)} id(s) failed once and were extracted later: {_few(both)}"
+        )
+    if expect_ids is not None:
+        missing = set(expect_ids) - done
+        unexpected = done - set(expect_ids)
+        if missing:
+            why = f" ({len(missing & failed)} of them failed: see failures-*.jsonl)"
+            rep.problems.append(
+                f"set {name!r}: {len(missing)} expected id(s) missing: {_few(missing)}"
+                f"{why if missing & failed else ''}; run the extraction for this list again "
+                "(add --retry-failed for the failed ones)"
+            )
+        if unexpected:
+            rep.problems.append(
+                f"set {name!r}: {len(unexpected)} id(s) not in the expected list: "
+                f"{_few(unexpected)}; check that --videos is the list this set was extracted from"
+            )
+
+
+def verify_store(root: str | Path, expect_ids: set[str] | None = None) -> VerifyReport:
+    """Open every shard of every set and check it against its set.json.
+
+    Problems: unreadable set.json or shards, groups without ``features``, shapes not matching
+    ``feature_shape`` (None/-1 = any), dtypes not matching ``dtype`` (float16 is accepted when
+    set.json has ``storage_dtype: float16`` or the writer marked the array as narrowed), NaN/Inf
+    in float datasets, and with ``expect_ids`` missing and unexpected ids. Warnings: ids in
+    several shards, stale partials. Notes: live partials, ids that failed and later succeeded.
+    """
+    root = Path(root)
+    rep = VerifyReport()
+    if not root.is_dir():
+        rep.problems.append(f"no store at {root}; check the path")
+        return rep
+    store = FeatureStore(root)
+    names = store.sets()
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and not p.name.startswith(".") and p.name not in names:
+            if any(p.glob("part-*.h5")):
+                rep.warnings.append(
+                    f"{p} holds shards but no {SET_JSON}; it is not a readable set. Restore "
+                    f"{SET_JSON} or move the folder out of the store"
+                )
+    if not names:
+        rep.warnings.append(f"store {root} holds no feature sets yet (run vidfeat extract)")
+    for name in names:
+        _verify_set(root, name, expect_ids, rep)
+    return rep
+
+
+def store_info(root: str | Path) -> list[dict]:
+    """One row per set: ``name``, ``config`` (set.json), ``videos``, ``bytes`` (on disk, all
+    files of the set folder), ``shards``, ``bad_shards``, ``failures`` (distinct ids that
+    failed and are not completed), ``partials`` (partial shard files) and ``duplicates``."""
+    root = Path(root)
+    rows = []
+    store = FeatureStore(root)
+    for name in store.sets():
+        d = store.set_dir(name)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", StoreWarning)  # bad shards are counted instead
+                fs = FeatureSet(d)
+        except StoreError as exc:
+            rows.append(
+                {
+                    "name": name,
+                    "error": str(exc),
+                    "config": {},
+                    "videos": 0,
+                    "bytes": 0,
+                    "shards": 0,
+                    "bad_shards": 0,
+                    "failures": 0,
+                    "partials": 0,
+                    "duplicates": 0,
+                }
+            )
+            continue
+        try:
+            done = fs.completed_ids()
+            failed = {r["video_id"] for r in fs.failures()}
+            size = 0
+            for p in d.iterdir():
+                with contextlib.suppress(OSError):
+                    if p.is_file():
+                        size += p.stat().st_size
+            rows.append(
+                {
+                    "name": name,
+                    "config": fs.config,
+                    "videos": len(done),
+                    "bytes": size,
+                    "shards": len(fs.shards()),
+                    "bad_shards": len(fs.bad_shards()),
+                    "failures": len(failed - done),
+                    "partials": len(list(d.glob("part-*.h5.partial"))),
+                    "duplicates": len(fs.duplicates()),
+                }
+            )
+        finally:
+            fs.close()
+    return rows
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def format_info(rows: list[dict]) -> str:
+    """Human-readable text for ``vidfeat store info``: one block per set."""
+    if not rows:
+        return "no feature sets in this store (run `vidfeat extract ...` to create one)"
+    out = []
+    for r in rows:
+        head = (
+            f"{r['name']}: {r['videos']} videos, {r['shards']} shards, "
+            f"{_human_bytes(r['bytes'])}, {r['failures']} failed"
+        )
+        extras = []
+        if r.get("partials"):
+            extras.append(f"{r['partials']} partial")
+        if r.get("bad_shards"):
+            extras.append(f"{r['bad_shards']} unreadable shard(s): run `vidfeat store verify`")
+        if r.get("duplicates"):
+            extras.append(f"{r['duplicates']} duplicated id(s)")
+        if extras:
+            head += " (" + "; ".join(extras) + ")"
+        out.append(head)
+        if r.get("error"):
+            out.append(f"  error: {r['error']}")
+        cfg = r.get("config") or {}
+        main = {k: v for k, v in cfg.items() if not k.endswith("_version")}
+        versions = {k: v for k, v in cfg.items() if k.endswith("_version")}
+        for k in sorted(main):
+            v = main[k]
+            shown = v if isinstance(v, str) and len(v) <= 90 else _fmt_value(v, 90)
+            out.append(f"  {k}: {shown}")
+        if versions:
+            vs = ", ".join(f"{k[: -len('_version')]} {v}" for k, v in sorted(versions.items()))
+            out.append(f"  versions: {vs}")
+    return "\n".join(out)
+
+
+def format_verify(report: VerifyReport) -> str:
+    """Human-readable text for ``vidfeat store verify``; the last line says OK or the count."""
+    out = []
+    for name, c in report.sets.items():
+        line = (
+            f"{name}: {c['videos']} videos in {c['shards']} shards, {c['failed']} failed"
+            f", {c['duplicates']} duplicated"
+        )
+        if c["bad_shards"]:
+            line += f", {c['bad_shards']} unreadable shard(s)"
+        if c["stale_partials"] or c["live_partials"]:
+            line += f", partials: {c['stale_partials']} stale / {c['live_partials']} live"
+        out.append(line)
+    out += [f"PROBLEM: {p}" for p in report.problems]
+    out += [f"warning: {w}" for w in report.warnings]
+    out += [f"note: {n}" for n in report.notes]
+    if report.ok:
+        out.append("OK: no problems found")
+    else:
+        out.append(f"FAILED: {len(report.problems)} problem(s)")
+    return "\n".join(out)
