@@ -209,6 +209,90 @@ def store_verify_cmd(root: Path, videos: Path | None, video_root: Path | None) -
         sys.exit(1)
 
 
+def _export_formats() -> list[str]:
+    from vidfeat.export import FORMATS
+
+    return list(FORMATS)
+
+
+@store.command("export")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--set", "set_name", required=True, help="The set to export (see `store info`).")
+@click.option(
+    "--format",
+    "fmt",
+    type=RegistryChoice(_export_formats),
+    default="npy",
+    show_default=True,
+    help="npy: (T, D) float32 per file; npz: key 'features'; csv: T rows x D columns + header.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for one file per video id, manifest.csv and export.json.",
+)
+@click.option(
+    "--videos",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Export only this list's ids (ids missing from the set are listed; exit 1).",
+)
+@VIDEO_ROOT
+@click.option(
+    "--with-scores",
+    is_flag=True,
+    help="Also the clip scores (npz key 'scores', else <id>.scores.npy) and top-1 in the manifest.",
+)
+@click.option(
+    "--flatten",
+    is_flag=True,
+    help="Export sets of more than (T, D) per video (flow fields) as (T, prod(rest)) rows.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Export into a folder holding other content; rewrite files instead of skipping them.",
+)
+@QUIET
+def store_export_cmd(
+    root: Path,
+    set_name: str,
+    fmt: str,
+    out: Path,
+    videos: Path | None,
+    video_root: Path | None,
+    with_scores: bool,
+    flatten: bool,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Write one (T, D) float32 file per video of a set, named by its id, plus manifest.csv.
+
+    The layout action localisation tools read (np.load(f) -> (T, D)). Resumable: files
+    already written are skipped. Exits 1 when ids are missing from the set or videos failed.
+    """
+    from vidfeat.export import export_set
+    from vidfeat.videolist import load_list
+
+    ids = load_list(videos, video_root=video_root).ids() if videos else None
+    rep = export_set(
+        root,
+        set_name,
+        out,
+        fmt,
+        video_ids=ids,
+        with_scores=with_scores,
+        flatten=flatten,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    for line in rep.problem_lines():
+        click.echo(line, err=True)
+    click.echo(rep.summary())
+    if not rep.ok:
+        sys.exit(1)
+
+
 # --------------------------------------------------------------------------- extract
 
 
