@@ -560,7 +560,9 @@ def extract_audio(pca, embedding, random_init, **kw) -> None:
 
 @main.command("show")
 @click.argument("video_id")
-@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--store", required=True, type=click.Path(exists=True, file_okay=False), help="Feature store."
+)
 @click.option(
     "--videos",
     type=click.Path(exists=True, dir_okay=False),
