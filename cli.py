@@ -660,6 +660,26 @@ def extract_audio(pca, embedding, random_init, **kw) -> None:
     _finish(rep, kw["store_root"], kw["name"] or "audio")
 
 
+@main.command("show")
+@click.argument("video_id")
+@click.option(
+    "--store", required=True, type=click.Path(exists=True, file_okay=False), help="Feature store."
+)
+@click.option(
+    "--videos",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A video list to find the file in when it moved (default: the stored source_path).",
+)
+@VIDEO_ROOT
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+def show(video_id: str, store: str, videos: str | None, video_root: str | None, out: str) -> None:
+    """A contact sheet of one video: frames, flow fields, audio, feature norms, clip scores."""
+    from vidfeat.show import contact_sheet
+
+    res = contact_sheet(store, video_id, out, videos, video_root=video_root)
+    click.echo(res.summary())
+
+
 # --------------------------------------------------------------------------- train
 
 
