@@ -12,9 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from vidfeat.errors import ConfigError
+from vidfeat.provenance import file_sha256
 from vidfeat.report import Report
 from vidfeat.runner import RunOptions, run_extraction, run_network_extraction
-from vidfeat.provenance import file_sha256
 from vidfeat.videolist import VideoList
 
 
@@ -66,12 +66,28 @@ def extract_rgb_features(
             f"{checkpoint} is a {cfg.modality} network; use `vidfeat extract {cfg.modality}`"
         )
     _check_classes(videos, net.classes)
-    spec = ClipSpec(segments, cfg.frames, cfg.size, cfg.short_side, train=False)
+    from vidfeat.models import preprocessing_of
+
+    pre = preprocessing_of(net.path, cfg)  # an imported run's own resize/crop/mean/std
+    spec = ClipSpec(
+        segments,
+        cfg.frames,
+        pre.crop,
+        pre.short_side,
+        train=False,
+        mean=pre.mean,
+        std=pre.std,
+        resize=pre.resize,
+    )
     return run_network_extraction(
         videos,
         lambda vl: RGBClips(vl, spec, layout=cfg.arch),
         net.model,
-        {**_net_config(net, "rgb", segments), "short_side": cfg.short_side},
+        {
+            **_net_config(net, "rgb", segments),
+            "short_side": pre.short_side,
+            "preprocessing_info": pre.as_dict(),  # informational: run sha256 fixes it
+        },
         store_root,
         set_name,
         opts,
