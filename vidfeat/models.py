@@ -152,7 +152,7 @@ PAPER_STNET = Preprocessing(
     notes=(
         "test frames: the authors' reader cuts L//T-frame segments (video_loader); vidfeat's "
         "grid cuts L/T-frame segments, the same frames when T divides L",
-        "centre crop offset: the authors round((w-256)/2) half to even, vidfeat floors; they "
+        "centre crop offset: the authors round((w - crop) / 2) half to even, vidfeat floors; they "
         "differ by one pixel only for frames left at their own size",
         "resize: the authors use PIL bilinear, vidfeat FFmpeg's bilinear scaler",
     ),
