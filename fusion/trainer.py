@@ -45,8 +45,8 @@ from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.metrics import confusion_matrix, summarize
 from vidfeat.plots import plot_confusion, plot_curves
-from vidfeat.stop import StopSignals, ignore_stop_signals
 from vidfeat.provenance import file_sha256
+from vidfeat.stop import StopSignals, ignore_stop_signals
 from vidfeat.train import lr_factor
 from vidfeat.videolist import VideoList, load_list, read_classes, write_classes
 

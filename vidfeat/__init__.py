@@ -5,6 +5,8 @@ Everything up to stored features lives here; what learns from stored features li
 
 - ``extract``: extraction over a video list (jobs, engines, flow fields, network features);
 - ``train``: end-to-end training of a modality network on videos;
+- ``models``: import, load (:func:`load_model`) and describe runs, the authors' released
+  weights included;
 - ``store``: the HDF5 feature store, a writer/reader pair;
 - ``nets``, ``audio``, ``flow``: segment networks, VGGish, optical-flow methods;
 - ``clips``, ``decode``, ``grid``, ``videolist``, ``synth``: videos in, clips out;
@@ -15,3 +17,12 @@ Dependencies point down that list, never up and never in a circle; nothing here 
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazy, so `import vidfeat` (and `vidfeat --help`) does not load torch.
+    if name == "load_model":
+        from vidfeat.models import load_model
+
+        return load_model
+    raise AttributeError(f"module 'vidfeat' has no attribute {name!r}")

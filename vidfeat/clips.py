@@ -48,8 +48,16 @@ class ClipSpec:
     # horizontal flips in training; off for classes a mirror swaps (swiping left vs right, the
     # synthetic dataset's left/right motions): a flipped "right" clip is a "left" clip
     flip: bool = True
+    # RGB normalisation and resize of the weights' own preprocessing (an imported run's
+    # model.json): "short-side" keeps the aspect ratio; "fixed-4:3" is the Paddle authors'
+    # group_scale (long side int(short_side * 4 / 3), unless the short side already fits)
+    mean: tuple[float, ...] = tuple(IMAGENET_MEAN.tolist())
+    std: tuple[float, ...] = tuple(IMAGENET_STD.tolist())
+    resize: str = "short-side"
 
     def __post_init__(self) -> None:
+        if self.resize not in ("short-side", "fixed-4:3"):
+            raise ConfigError(f"resize must be short-side or fixed-4:3 (got {self.resize!r})")
         if self.size < 16:
             raise ConfigError(f"--size must be >= 16 (got {self.size})")
         if self.short_side < self.size:
@@ -131,14 +139,22 @@ class RGBClips(_Base):
         rec = self.records[i]
         info = self._probe(i)
         g = self.grid.sample(info.num_frames, info.fps, rng)
-        frames = read_frames(rec.path, g.indices.reshape(-1), short_side=self.spec.short_side)
+        short, size = self.spec.short_side, None
+        if self.spec.resize == "fixed-4:3" and min(info.width, info.height) != short:
+            long = int(short * 4.0 / 3.0)
+            short, size = None, (long, short) if info.width >= info.height else (short, long)
+        elif self.spec.resize == "fixed-4:3":
+            short = None  # the authors leave a frame whose short side already fits as it is
+        frames = read_frames(rec.path, g.indices.reshape(-1), short_side=short, size=size)
         _, h, w, _ = frames.shape
         s = self.spec.size
         y0, x0 = _crop_box(h, w, s, rng)
         clip = frames[:, y0 : y0 + s, x0 : x0 + s]
         if rng is not None and self.spec.flip and rng.uniform() < 0.5:
             clip = clip[:, :, ::-1]
-        x = (clip.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        mean = np.asarray(self.spec.mean, dtype=np.float32)
+        std = np.asarray(self.spec.std, dtype=np.float32)
+        x = (clip.astype(np.float32) / 255.0 - mean) / std
         T, n = g.indices.shape
         # [T*n, S, S, 3] -> [T, n*3, S, S], channel 3*j + c
         x = x.reshape(T, n, s, s, 3).transpose(0, 1, 4, 2, 3).reshape(T, n * 3, s, s)

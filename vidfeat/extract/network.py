@@ -271,16 +271,39 @@ class _RunTask(NetworkTask):
 
 
 class RGBNetwork(_RunTask):
+    """An RGB run: frames prepared as the run records (an imported run: the authors' test
+    resize, crop and mean/std; a vidfeat run: its training size and short side)."""
+
     modality = "rgb"
 
+    def preprocessing(self):
+        from vidfeat.models import preprocessing_of
+
+        loaded = self.net()
+        return preprocessing_of(loaded.path, loaded.config)
+
     def config(self) -> dict:
-        return {**super().config(), "short_side": self.net().config.short_side}
+        pre = self.preprocessing()
+        return {
+            **super().config(),
+            "short_side": pre.short_side,
+            "preprocessing_info": pre.as_dict(),  # informational: the run's sha256 fixes it
+        }
 
     def dataset(self, videos: VideoList):
         from vidfeat.clips import ClipSpec, RGBClips
 
-        cfg = self.net().config
-        spec = ClipSpec(self.segments, cfg.frames, cfg.size, cfg.short_side, train=False)
+        cfg, pre = self.net().config, self.preprocessing()
+        spec = ClipSpec(
+            self.segments,
+            cfg.frames,
+            pre.crop,
+            pre.short_side,
+            train=False,
+            mean=pre.mean,
+            std=pre.std,
+            resize=pre.resize,
+        )
         return RGBClips(videos, spec, layout=cfg.arch)
 
 
