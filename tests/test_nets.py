@@ -121,7 +121,7 @@ def test_unsupported_and_unknown_backbones_are_config_errors() -> None:
 
 
 def test_bad_options_and_channels_name_the_fix() -> None:
-    with pytest.raises(ConfigError, match=r"--net-opt dropout.*tmb=paper"):
+    with pytest.raises(ConfigError, match=r"--net-opt dropout.*tmb=residual"):
         build("stnet", dropout=0.3)
     with pytest.raises(ConfigError, match="tmb=bogus: choose one of paper, residual"):
         build("stnet", tmb="bogus")
@@ -209,7 +209,7 @@ def test_stnet_conv1_on_identical_frames_equals_2d_conv1(backbone: str, tmp_path
 
 def test_tmb_paper_init_is_relu_of_temporal_channel_mean() -> None:
     b, t, c, h, w = 2, 5, 6, 3, 4
-    tmb = TemporalModelingBlock(c).eval()
+    tmb = TemporalModelingBlock(c, "paper").eval()
     x = torch.randn(b * t, c, h, w)
     with torch.no_grad():
         out = tmb(x, t)

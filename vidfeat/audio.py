@@ -417,6 +417,8 @@ class PCAPostprocess:
 
     @staticmethod
     def dequantize(q: np.ndarray) -> np.ndarray:
-        """uint8 → float32 in [-2, 2] (the YouTube-8M readers' mapping)."""
+        """uint8 → float32, the YouTube-8M readers' mapping ``q·4/255 + 4/512 − 2``: each value
+        is the centre of its quantisation bin (hence the half-bin term), in [-1.992, 2.008]."""
         scale = (QUANTIZE_MAX - QUANTIZE_MIN) / 255.0
-        return np.asarray(q, dtype=np.float32) * np.float32(scale) + np.float32(QUANTIZE_MIN)
+        bias = (QUANTIZE_MAX - QUANTIZE_MIN) / 512.0 + QUANTIZE_MIN  # as the readers have it
+        return np.asarray(q, dtype=np.float32) * np.float32(scale) + np.float32(bias)

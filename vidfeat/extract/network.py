@@ -360,7 +360,9 @@ class AudioNetwork(_RunTask):
         if self.pca is not None:
             conf["pca_path"] = str(self.pca)
             conf["pca_sha256"] = file_sha256(self.pca)
-            conf["postprocess"] = "pca+clip+uint8, stored dequantised as float32 in [-2, 2]"
+            conf["postprocess"] = (
+                "pca+clip+uint8, stored dequantised as float32 (YouTube-8M: q*4/255 + 4/512 - 2)"
+            )
         vggish, _ = self._vggish()  # refuses weights that do not fit before any work
         conf["feature_shape"] = [self.segments, int(vggish.embedding_dim)]
         conf["dtype"] = "float32"
@@ -505,7 +507,7 @@ def extract_audio_features(
     """VGGish features on the grid. ``checkpoint``: VGGish weights (a state dict file, e.g.
     ``vggish-10086976.pth``) or a ``vidfeat train audio`` run (folder or a checkpoint in one);
     the run's network also stores clip scores. ``pca`` (raw VGGish only): the AudioSet
-    postprocess, stored dequantised as float32 in [-2, 2]."""
+    postprocess, stored dequantised as float32 (the YouTube-8M mapping)."""
     from vidfeat.audio import require_weights
 
     warning = require_weights(checkpoint, random_init)

@@ -66,10 +66,12 @@ class TemporalModelingBlock(nn.Module):
 
     Input and output ``[B·T, C, H, W]`` (segments of a clip adjacent, T given at call time).
 
-    - ``mode="paper"`` (default): ``ReLU(BN(Conv3d(x)))``; conv weights all ``1/(3C)``, bias 0,
-      BN identity — at init every output channel is the ReLU of the mean over the 3 temporal
-      neighbours (zero padded) and all channels.
-    - ``mode="residual"`` (the authors' released code): ``x + BN(ReLU(Conv3d(x)))``, He init.
+    - ``mode="residual"`` (default; the authors' released code and weights):
+      ``x + BN(ReLU(Conv3d(x)))``, He init.
+    - ``mode="paper"``: ``ReLU(BN(Conv3d(x)))``; conv weights all ``1/(3C)``, bias 0, BN
+      identity — at init every output channel is the ReLU of the mean over the 3 temporal
+      neighbours (zero padded) and all channels, so all channels are equal; from scratch it did
+      not train in the demo's budget.
 
     The Conv3d with kernel (3,1,1), padding (1,0,0) over ``[B, C, T, H, W]`` is computed as the
     identical Conv2d with kernel (3,1), padding (1,0) over ``[B, C, T, H·W]`` (same weights
@@ -77,7 +79,7 @@ class TemporalModelingBlock(nn.Module):
     torch.channels_last)`` on 5-D weights, and for channels_last input both reshapes are views.
     """
 
-    def __init__(self, channels: int, mode: str = "paper") -> None:
+    def __init__(self, channels: int, mode: str = "residual") -> None:
         super().__init__()
         if mode not in TMB_MODES:
             raise ConfigError(f"--net-opt tmb={mode}: choose one of {', '.join(TMB_MODES)}")
@@ -227,7 +229,11 @@ class StNet(SegmentNet):
     ``[B, txb_width, T]`` → max over T → Linear → ``[B, K]``.
 
     Options (``--net-opt``):
-      tmb="paper"           TMB form/init: "paper" (ReLU(BN(conv)), mean init) or "residual"
+      tmb="residual"        TMB form: "residual" x + BN(ReLU(conv(x) + b)), He init (the
+                            authors' released code and weights; it trains from scratch) or
+                            "paper" ReLU(BN(conv)) with every weight 1/(3C): every output
+                            channel is equal at initialisation, and it did not train from
+                            scratch in the demo's budget
       feature_point="res5"  what forward_features returns: "res5" = pooled backbone ``[B,T,C5]``,
                             "txb" = TXB output ``[B, T, txb_width]`` (a choice, MODELS.md)
       txb_width=1024        TXB output channels
@@ -246,7 +252,7 @@ class StNet(SegmentNet):
         frames: int,
         pretrained: bool = False,
         backbone_weights: str | Path | None = None,
-        tmb: str = "paper",
+        tmb: str = "residual",
         feature_point: str = "res5",
         txb_width: int = 1024,
         conv1_init: str = "i3d",

@@ -70,6 +70,10 @@ class TemporalXceptionBlock(nn.Module):
         for bn in (self.bn_in, self.bn1, self.bn_out):
             nn.init.ones_(bn.weight)
             nn.init.zeros_(bn.bias)
+        # as the authors' code: He-uniform (MSRA, uniform) weights, zero biases
+        for conv in (self.dw1, self.pw1, self.dw2, self.pw2, self.skip):
+            nn.init.kaiming_uniform_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, Cin, T]`` (+ mask ``[B, T]``) → ``[B, Cout, T]``."""
