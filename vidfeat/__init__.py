@@ -16,7 +16,9 @@ Dependencies point down that list, never up and never in a circle; nothing here 
 ``fusion`` or the CLI.
 """
 
-__version__ = "0.1.0"
+from vidfeat._version import __version__
+
+__all__ = ["__version__", "load_model"]
 
 
 def __getattr__(name: str):

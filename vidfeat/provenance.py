@@ -14,7 +14,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from vidfeat import __version__
+from vidfeat._version import __version__
 
 _MIB = 1 << 20
 
