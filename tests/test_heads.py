@@ -14,7 +14,7 @@ K, T, B = 5, 6, 4
 SMALL = {
     "txn": {"width": 32},
     "itxn": {"width": 32},
-    "fflstm": {"hidden": 16, "readout": 32},
+    "fflstm": {"hidden": 16, "readout_width": 32},
     "attention-clusters": {"clusters": 4},
     "single": {"hidden": 32},
 }

@@ -65,7 +65,7 @@ class FFLayer(nn.Module):
 
 @HEADS.register("fflstm")
 class FastForwardLSTM(FusionHead):
-    options = {"depth": 3, "hidden": 128, "readout": 512, "dropout": 0.5}
+    options = {"depth": 3, "hidden": 128, "readout": "relu", "readout_width": 512, "dropout": 0.5}
 
     def __init__(
         self,
@@ -74,7 +74,8 @@ class FastForwardLSTM(FusionHead):
         *,
         depth: int,
         hidden: int,
-        readout: int,
+        readout: str | int,
+        readout_width: int,
         dropout: float,
     ) -> None:
         super().__init__(dims, num_classes)
@@ -82,6 +83,10 @@ class FastForwardLSTM(FusionHead):
 
         if depth < 1 or hidden < 1:
             raise ConfigError("fflstm needs depth >= 1 and hidden >= 1")
+        if isinstance(readout, int):  # runs made before readout named the form held its width
+            readout, readout_width = "relu", readout
+        if readout not in ("relu", "linear"):
+            raise ConfigError(f"--head-opt readout={readout}: choose relu or linear")
         d_in = sum(dims.values())
         self.layers = nn.ModuleList(
             [
@@ -89,11 +94,13 @@ class FastForwardLSTM(FusionHead):
                 for k in range(depth)
             ]
         )
+        # "linear": the reference readout, fc1 linear straight into the classifier; "relu" (a
+        # choice, MODELS.md): ReLU and dropout between them
+        between = [nn.ReLU(), nn.Dropout(dropout)] if readout == "relu" else []
         self.readout = nn.Sequential(
-            nn.Linear(hidden + 4 * hidden, readout),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(readout, num_classes),
+            nn.Linear(hidden + 4 * hidden, readout_width),
+            *between,
+            nn.Linear(readout_width, num_classes),
         )
 
     def forward(self, feats: dict, masks: dict) -> torch.Tensor:
