@@ -1,4 +1,6 @@
-"""Head-agnostic training, evaluation and prediction of fusion heads on stored features.
+"""Head-agnostic training of fusion heads on stored features: the config, the run folder and
+the loop. Loading a finished run, evaluation and prediction live in :mod:`fusion.evaluate`;
+the torchrun context and collectives in :mod:`fusion.dist`.
 
 A run folder holds everything needed to rebuild, audit and continue it:
 
@@ -32,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,16 +43,22 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from fusion.data import FusionDataset, load_norm, save_norm, set_fingerprint
-from vidfeat.device import resolve_device
+from fusion.dist import (
+    DistContext,
+    all_sum,
+    any_rank,
+    dist_from_env,
+    processes,
+    share,
+    stop_requested,
+)
 from vidfeat.errors import ConfigError, VidfeatError
-from vidfeat.metrics import confusion_matrix, summarize
-from vidfeat.plots import plot_confusion, plot_curves
-from vidfeat.stop import StopSignals, ignore_stop_signals
+from vidfeat.metrics import summarize
+from vidfeat.plots import plot_curves
 from vidfeat.provenance import file_sha256
+from vidfeat.stop import StopSignals, ignore_stop_signals
 from vidfeat.train import lr_factor
-from vidfeat.videolist import VideoList, load_list, read_classes, write_classes
-
-T_ = TypeVar("T_")
+from vidfeat.videolist import load_list, read_classes, write_classes
 
 
 @dataclass
@@ -131,108 +139,6 @@ def lr_at(cfg: FuseConfig, step: int, total: int) -> float:
     return cfg.lr * lr_factor(cfg.schedule, total)(step)
 
 
-# --------------------------------------------------------------------------- processes
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process sits in a torchrun launch; world 1 is a plain single process."""
-
-    world: int = 1
-    rank: int = 0
-    local_rank: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_from_env() -> DistContext:
-    """torchrun (python -m torch.distributed.run) sets WORLD_SIZE, RANK and LOCAL_RANK."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        raise ConfigError(
-            "WORLD_SIZE, RANK and LOCAL_RANK must be integers; launch with torchrun or unset them"
-        ) from None
-    if world < 1 or not 0 <= rank < world:
-        raise ConfigError(f"RANK={rank} does not fit WORLD_SIZE={world}; launch with torchrun")
-    return DistContext(world, rank, local)
-
-
-def is_main_process() -> bool:
-    """True unless this is a rank other than 0 of a torchrun launch (which prints nothing)."""
-    return dist_from_env().main
-
-
-def _init_processes(cfg: FuseConfig, ctx: DistContext) -> tuple[torch.device, bool]:
-    """The device of this process and whether we opened the process group (and must close
-    it). CUDA: one GPU per process (cuda:LOCAL_RANK) and NCCL; CPU: gloo."""
-    import torch.distributed as dist
-
-    device = resolve_device(cfg.device)
-    if not ctx.active:
-        return device, False
-    if device.type == "cuda":
-        if device.index is not None:
-            raise ConfigError(
-                f"--device {cfg.device}: under torchrun each process uses cuda:LOCAL_RANK; "
-                "pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES"
-            )
-        device = torch.device("cuda", ctx.local_rank)
-        torch.cuda.set_device(device)
-    if dist.is_initialized():  # a library caller set the group up; it is theirs to close
-        return device, False
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, True
-
-
-def _share(ctx: DistContext, fn: Callable[[], T_]) -> T_:
-    """Run ``fn`` on rank 0 only and hand its result to every rank; an error on rank 0 is
-    raised on every rank (instead of leaving the others waiting in the next collective)."""
-    if not ctx.active:
-        return fn()
-    import torch.distributed as dist
-
-    box: list[Any] = [None]
-    error: Exception | None = None
-    if ctx.main:
-        try:
-            box[0] = ("ok", fn())
-        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the others
-            error = exc
-            msg = exc.message if isinstance(exc, VidfeatError) else f"rank 0 failed: {exc!r}"
-            box[0] = ("error", msg)
-    dist.broadcast_object_list(box, src=0)
-    if error is not None:
-        raise error
-    kind, value = box[0]
-    if kind == "error":
-        raise ConfigError(value)
-    return value
-
-
-def _sum(ctx: DistContext, values: list[float], device: torch.device) -> list[float]:
-    """Element-wise sum over all ranks (float64, so counts stay exact)."""
-    if not ctx.active:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def _any(ctx: DistContext, flag: bool, device: torch.device) -> bool:
-    return _sum(ctx, [float(flag)], device)[0] > 0
-
-
 def _step_seed(*key: int) -> int:
     return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
 
@@ -303,7 +209,9 @@ def _resume_differences(old: FuseConfig, new: FuseConfig, meta: dict, now: dict)
     return diffs
 
 
-def _load_state(path: Path) -> dict:
+def load_state(path: Path) -> dict:
+    """A checkpoint of a run folder (best.pt, last.pt) as a plain state dict: loaded with
+    ``weights_only=True``, so a pickled payload is refused, never run."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -344,7 +252,7 @@ def _open_run(
                 f"--resume: {out} was trained with other options: {'; '.join(diffs)}. "
                 "Resume with the run's options, or start a new run in another --out"
             )
-        state = _load_state(out / "last.pt")
+        state = load_state(out / "last.pt")
         if "optimizer" not in state:
             raise ConfigError(
                 f"--resume: {out}/last.pt holds model weights only (written by an older "
@@ -410,8 +318,7 @@ def train(
             f"--batch-size {cfg.batch_size} is the global batch and must be a multiple of the "
             f"{ctx.world} processes torchrun started"
         )
-    device, owns_group = _init_processes(cfg, ctx)
-    try:
+    with processes(cfg.device, ctx) as device:
         return _train(
             cfg,
             Path(out),
@@ -421,11 +328,6 @@ def train(
             progress=progress and ctx.main,
             echo=echo if ctx.main else (lambda s: None),
         )
-    finally:
-        if owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 def _train(
@@ -451,7 +353,7 @@ def _train(
     for line in train_ds.report.lines():
         echo(f"train: {line}")
     # rank 0 computes (or, resuming, reads) the statistics; every rank gets the same arrays
-    start = _share(ctx, lambda: _open_run(cfg, out, train_ds, classes, resume))
+    start = share(ctx, lambda: _open_run(cfg, out, train_ds, classes, resume))
     train_ds.norm = start.norm
     val_ds = val_loader = None
     if cfg.val and ctx.main:  # validation runs whole on rank 0: metrics as in one process
@@ -487,12 +389,12 @@ def _train(
     # Rank r takes samples r, r+world, ... of the epoch's permutation; its k-th batch of
     # batch/world samples and the other ranks' k-th batches together are exactly the k-th
     # global batch of a single process (world 1) with the same seed.
-    share = cfg.batch_size // ctx.world
+    per_rank = cfg.batch_size // ctx.world
     drop = len(train_ds) > cfg.batch_size
     sampler = DistributedSampler(
         train_ds, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=drop
     )
-    steps_per_epoch = len(BatchSampler(sampler, share, drop_last=drop))
+    steps_per_epoch = len(BatchSampler(sampler, per_rank, drop_last=drop))
     total = cfg.epochs * steps_per_epoch
     first_epoch, skip = 0, 0
     best: dict = {}
@@ -543,7 +445,7 @@ def _train(
                 t0 = time.perf_counter()
                 train_ds.set_epoch(epoch)
                 sampler.set_epoch(epoch)
-                batches = list(BatchSampler(sampler, share, drop_last=drop))
+                batches = list(BatchSampler(sampler, per_rank, drop_last=drop))
                 loader = DataLoader(
                     train_ds,
                     batch_sampler=batches[skip:],
@@ -571,8 +473,8 @@ def _train(
                     sums[0] += loss.item() * len(y)
                     sums[1] += int((logits.argmax(1) == y).sum())
                     sums[2] += len(y)
-                    if step < steps_per_epoch and _any(ctx, stop.requested, device):
-                        sums = _sum(ctx, sums, device)
+                    if step < steps_per_epoch and stop_requested(ctx, stop, device):
+                        sums = all_sum(ctx, sums, device)
                         if ctx.main:
                             save_last(epoch, step, sums)
                         raise TrainingInterrupted(
@@ -581,7 +483,7 @@ def _train(
                             "with --resume to continue"
                         )
                 skip, partial = 0, [0.0, 0.0, 0.0]
-                sums = _sum(ctx, sums, device)
+                sums = all_sum(ctx, sums, device)
                 row = {
                     "epoch": epoch + 1,
                     "train_loss": sums[0] / max(sums[2], 1.0),
@@ -609,13 +511,13 @@ def _train(
                         loss=f"{row['train_loss']:.3f}",
                         val=f"{row.get('val_prec1', float('nan')):.3f}",
                     )
-                if _any(ctx, early, device):
+                if any_rank(ctx, early, device):
                     echo(
                         f"early stop after epoch {epoch + 1}: no better val Prec@1 for "
                         f"{cfg.early_stop} epochs"
                     )
                     break
-                if epoch + 1 < cfg.epochs and _any(ctx, stop.requested, device):
+                if epoch + 1 < cfg.epochs and stop_requested(ctx, stop, device):
                     raise TrainingInterrupted(
                         f"interrupted after epoch {epoch + 1}; saved {out / 'last.pt'}; run the "
                         "same command with --resume to continue"
@@ -625,7 +527,7 @@ def _train(
             plot_curves(
                 history, out / "curves.png", title=f"{cfg.head} on {','.join(cfg.features)}"
             )
-    best = _share(ctx, lambda: best)
+    best = share(ctx, lambda: best)
     best.pop("_key", None)
     return best
 
@@ -651,142 +553,3 @@ def _validate(
         "val_prec5": s["prec5"],
         "val_mean_class_acc": s["mean_class_acc"],
     }
-
-
-# --------------------------------------------------------------------------- using a run
-
-
-@dataclass
-class LoadedRun:
-    path: Path
-    config: FuseConfig
-    classes: list[str]
-    model: nn.Module
-    norm: dict
-    sets: dict
-    device: torch.device
-
-
-def load_run(run: str | Path, *, device: str = "auto", checkpoint: str = "best.pt") -> LoadedRun:
-    run = Path(run)
-    if not (run / "config.yaml").exists():
-        raise ConfigError(
-            f"{run} is not a fusion run folder (no config.yaml); "
-            "pass the --out folder of `vidfeat fuse train`"
-        )
-    raw = yaml.safe_load((run / "config.yaml").read_text())
-    cfg = FuseConfig(**raw)
-    classes = read_classes(run / "classes.txt")
-    meta = json.loads((run / "feature_sets.json").read_text())
-    dev = resolve_device(device)
-    model = build_head(cfg, meta["dims"], len(classes))
-    state = _load_state(run / checkpoint)
-    if "optimizer" in state:  # last.pt: the training state around the weights
-        state = state["model"]
-    model.load_state_dict(state)
-    model.to(dev).eval()
-    return LoadedRun(run, cfg, classes, model, load_norm(run / "norm.npz"), meta["sets"], dev)
-
-
-def check_store_matches(lr: LoadedRun, store: str | Path) -> None:
-    """Refuse a store whose feature sets differ from those the run was trained on."""
-    from fusion.data import open_sets
-    from vidfeat.store import identity
-
-    sets = open_sets(store, lr.config.features)
-    for m, fs in sets.items():
-        want = lr.sets[m]["config"]
-        got = fs.config
-        if set_fingerprint(got) != lr.sets[m]["fingerprint"]:
-            want, got = identity(want), identity(got)
-            keys = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-            detail = ", ".join(f"{k}: run {want.get(k)!r} vs store {got.get(k)!r}" for k in keys)
-            raise ConfigError(
-                f"feature set {m!r} of {store} differs from the one run {lr.path} was trained "
-                f"on ({detail}); extract features with the same configuration or retrain"
-            )
-
-
-def run_scores(lr: LoadedRun, store: str | Path, videos: VideoList, batch_size: int = 64):
-    check_store_matches(lr, store)
-    ds = FusionDataset(store, lr.config.features, videos, norm=lr.norm, cache=False)
-    loader = DataLoader(ds, batch_size=batch_size)
-    return predict_scores(lr.model, loader, lr.device), ds
-
-
-def evaluate(
-    run: str | Path,
-    store: str | Path,
-    videos_path: str | Path,
-    *,
-    device: str = "auto",
-    name: str | None = None,
-    video_root=None,
-) -> dict:
-    """Prec@1/5 and mean class accuracy; writes RUN/eval-<name>/ (scores.csv, per_class.csv,
-    confusion.png)."""
-    lr = load_run(run, device=device)
-    videos = load_list(videos_path, classes=lr.classes, require_labels=True, video_root=video_root)
-    scores, ds = run_scores(lr, store, videos)
-    labels = np.asarray(videos.label_indices())
-    res = summarize(scores, labels, len(lr.classes))
-    res["videos"] = len(videos)
-    res["notes"] = ds.report.lines()
-    out = lr.path / f"eval-{name or Path(videos_path).stem}"
-    out.mkdir(exist_ok=True)
-    write_scores_csv(out / "scores.csv", videos.ids(), scores, lr.classes, labels)
-    cm = confusion_matrix(scores.argmax(1), labels, len(lr.classes))
-    with open(out / "per_class.csv", "w") as fh:
-        fh.write("class,videos,accuracy\n")
-        for k, c in enumerate(lr.classes):
-            n = cm[k].sum()
-            fh.write(f"{c},{n},{cm[k, k] / n if n else float('nan'):.4f}\n")
-    plot_confusion(cm, lr.classes, out / "confusion.png")
-    (out / "metrics.json").write_text(json.dumps(res, indent=2))
-    res["out"] = str(out)
-    return res
-
-
-def predict(
-    run: str | Path,
-    store: str | Path,
-    videos_path: str | Path,
-    out: str | Path,
-    *,
-    device: str = "auto",
-    video_root=None,
-) -> int:
-    """Per-video class scores + top-5 labels (CSV) for a list, labelled or not."""
-    from dataclasses import replace
-
-    lr = load_run(run, device=device)
-    listed = load_list(videos_path, video_root=video_root)
-    # prediction ignores labels: a list may carry labels the run never saw
-    videos = VideoList(
-        listed.source, [replace(r, label=None) for r in listed.records], lr.classes, listed.format
-    )
-    scores, _ = run_scores(lr, store, videos)
-    write_scores_csv(Path(out), videos.ids(), scores, lr.classes, None, top=5)
-    return len(videos)
-
-
-def write_scores_csv(
-    path: Path,
-    ids: list[str],
-    scores: np.ndarray,
-    classes: list[str],
-    labels: np.ndarray | None,
-    top: int = 0,
-) -> None:
-    import csv
-
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        head = ["video_id"] + (["label"] if labels is not None else [])
-        head += [f"top{k + 1}" for k in range(min(top, len(classes)))] + classes
-        w.writerow(head)
-        for i, vid in enumerate(ids):
-            row = [vid] + ([classes[labels[i]]] if labels is not None else [])
-            order = np.argsort(-scores[i])[: min(top, len(classes))]
-            row += [classes[k] for k in order] + [f"{v:.6f}" for v in scores[i]]
-            w.writerow(row)
