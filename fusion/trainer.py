@@ -340,11 +340,30 @@ def _train(
     progress: bool,
     echo: Callable[[str], Any],
 ) -> dict:
-    from tqdm import tqdm
-
+    """The steps of one process: data and run folder, model and optimiser, then the epochs."""
     # same seed on every rank: identical initial weights (DDP also broadcasts rank 0's)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    data = _load_data(cfg, out, ctx, resume=resume, echo=echo)
+    model, net, opt = _build_model(cfg, data, ctx, device)
+    loop = _Loop(cfg, out, ctx, device, data, model, net, opt, echo=echo)
+    return loop.run(progress=progress)
+
+
+@dataclass
+class _Data:
+    classes: list[str]
+    train_ds: FusionDataset
+    val_ds: FusionDataset | None  # rank 0 only
+    val_loader: DataLoader | None
+    start: _RunStart
+
+
+def _load_data(
+    cfg: FuseConfig, out: Path, ctx: DistContext, *, resume: bool, echo: Callable[[str], Any]
+) -> _Data:
+    """Step 1: the training split, the run folder opened (or resumed) on rank 0 and its
+    normalisation on every rank, and the validation split."""
     train_list = load_list(cfg.train, video_root=cfg.video_root, require_labels=True)
     classes = train_list.classes
     train_ds = FusionDataset(
@@ -364,9 +383,16 @@ def _train(
         for line in val_ds.report.lines():
             echo(f"val: {line}")
         val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.workers)
+    return _Data(classes, train_ds, val_ds, val_loader, start)
 
-    model = build_head(cfg, train_ds.dims, len(classes))
-    state = start.state
+
+def _build_model(
+    cfg: FuseConfig, data: _Data, ctx: DistContext, device: torch.device
+) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+    """Step 2: the head (last.pt's weights when resuming), the module that trains it (its
+    DistributedDataParallel wrapper under torchrun, else the head) and the optimiser."""
+    model = build_head(cfg, data.train_ds.dims, len(data.classes))
+    state = data.start.state
     if state is not None:
         model.load_state_dict(state["model"])
     model.to(device)
@@ -385,151 +411,210 @@ def _train(
     opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
+    return model, net, opt
 
-    # Rank r takes samples r, r+world, ... of the epoch's permutation; its k-th batch of
-    # batch/world samples and the other ranks' k-th batches together are exactly the k-th
-    # global batch of a single process (world 1) with the same seed.
-    per_rank = cfg.batch_size // ctx.world
-    drop = len(train_ds) > cfg.batch_size
-    sampler = DistributedSampler(
-        train_ds, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=drop
-    )
-    steps_per_epoch = len(BatchSampler(sampler, per_rank, drop_last=drop))
-    total = cfg.epochs * steps_per_epoch
-    first_epoch, skip = 0, 0
-    best: dict = {}
-    since_best = 0
-    partial = [0.0, 0.0, 0.0]  # loss x samples, correct, samples (all ranks) of a cut epoch
-    if state is not None:
-        first_epoch, skip = state["_resumed_at"]
-        if int(state["steps_per_epoch"]) != steps_per_epoch:
-            raise ConfigError(
-                f"--resume: this run had {int(state['steps_per_epoch'])} steps per epoch, the "
-                f"training list now gives {steps_per_epoch}; resume with the run's data"
+
+class _Loop:
+    """Steps 3 and 4: where training stands (epoch, step, best so far, the sums of a cut epoch)
+    and the epochs from there, each trained, then validated and checkpointed on rank 0."""
+
+    def __init__(
+        self,
+        cfg: FuseConfig,
+        out: Path,
+        ctx: DistContext,
+        device: torch.device,
+        data: _Data,
+        model: nn.Module,
+        net: nn.Module,
+        opt: torch.optim.Optimizer,
+        *,
+        echo: Callable[[str], Any],
+    ) -> None:
+        self.cfg, self.out, self.ctx, self.device, self.echo = cfg, out, ctx, device, echo
+        self.data, self.model, self.net, self.opt = data, model, net, opt
+        # Rank r takes samples r, r+world, ... of the epoch's permutation; its k-th batch of
+        # batch/world samples and the other ranks' k-th batches together are exactly the k-th
+        # global batch of a single process (world 1) with the same seed.
+        self.per_rank = cfg.batch_size // ctx.world
+        self.drop = len(data.train_ds) > cfg.batch_size
+        self.sampler = DistributedSampler(
+            data.train_ds,
+            num_replicas=ctx.world,
+            rank=ctx.rank,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=self.drop,
+        )
+        self.steps_per_epoch = len(BatchSampler(self.sampler, self.per_rank, drop_last=self.drop))
+        self.total = cfg.epochs * self.steps_per_epoch
+        self.first_epoch, self.skip = 0, 0
+        self.best: dict = {}
+        self.since_best = 0
+        # loss x samples, correct, samples (all ranks) of a cut epoch
+        self.partial = [0.0, 0.0, 0.0]
+        state = data.start.state
+        if state is not None:
+            self.first_epoch, self.skip = state["_resumed_at"]
+            if int(state["steps_per_epoch"]) != self.steps_per_epoch:
+                raise ConfigError(
+                    f"--resume: this run had {int(state['steps_per_epoch'])} steps per epoch, "
+                    f"the training list now gives {self.steps_per_epoch}; resume with the "
+                    "run's data"
+                )
+            self.best = dict(state["best"])
+            self.since_best = int(state["since_best"])
+            self.partial = [float(v) for v in state["partial"]]
+            echo(
+                f"resuming {out} at epoch {self.first_epoch + 1}, step {self.skip} of "
+                f"{self.steps_per_epoch}"
             )
-        best = dict(state["best"])
-        since_best = int(state["since_best"])
-        partial = [float(v) for v in state["partial"]]
-        echo(f"resuming {out} at epoch {first_epoch + 1}, step {skip} of {steps_per_epoch}")
-    loss_fn = nn.CrossEntropyLoss()
-    metrics_path = out / "metrics.jsonl"
-    history = list(start.history)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.history = list(data.start.history)
 
-    def save_last(epoch: int, step: int, sums: list[float], stopped_early: bool = False) -> None:
+    def run(self, *, progress: bool) -> dict:
+        """Train from where the run stands to the last epoch (or an early stop); the best
+        epoch's metrics, on every rank."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        bar = tqdm(
+            range(self.first_epoch, cfg.epochs),
+            desc=f"fuse {cfg.head}",
+            unit="epoch",
+            initial=self.first_epoch,
+            total=cfg.epochs,
+            disable=not progress,
+        )
+        try:
+            with StopSignals() as stop:
+                for epoch in bar:
+                    t0 = time.perf_counter()
+                    sums = self.train_epoch(epoch, stop)
+                    if self.end_epoch(epoch, sums, t0, bar):
+                        self.echo(
+                            f"early stop after epoch {epoch + 1}: no better val Prec@1 for "
+                            f"{cfg.early_stop} epochs"
+                        )
+                        break
+                    if epoch + 1 < cfg.epochs and stop_requested(self.ctx, stop, self.device):
+                        raise TrainingInterrupted(
+                            f"interrupted after epoch {epoch + 1}; saved {self.out / 'last.pt'}; "
+                            "run the same command with --resume to continue"
+                        )
+        finally:
+            if self.ctx.main and self.history:
+                plot_curves(
+                    self.history,
+                    self.out / "curves.png",
+                    title=f"{cfg.head} on {','.join(cfg.features)}",
+                )
+        best = share(self.ctx, lambda: self.best)
+        best.pop("_key", None)
+        return best
+
+    def train_epoch(self, epoch: int, stop: StopSignals) -> list[float]:
+        """Step 3: the steps of ``epoch`` from where it stands; its sums over all ranks (loss x
+        samples, correct, samples). A stop signal before the last step saves last.pt (rank 0)
+        and raises :class:`TrainingInterrupted`."""
+        cfg, ctx, device, ds = self.cfg, self.ctx, self.device, self.data.train_ds
+        ds.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        batches = list(BatchSampler(self.sampler, self.per_rank, drop_last=self.drop))
+        loader = DataLoader(
+            ds,
+            batch_sampler=batches[self.skip :],
+            num_workers=cfg.workers,
+            pin_memory=device.type == "cuda",
+            worker_init_fn=ignore_stop_signals if cfg.workers else None,
+            generator=torch.Generator().manual_seed(_step_seed(cfg.seed, epoch, self.skip)),
+        )
+        # the cut epoch's sums so far are global: counted once, on rank 0
+        sums = self.partial if ctx.main else [0.0, 0.0, 0.0]
+        self.net.train()
+        step = self.skip
+        for batch in loader:
+            # dropout of this step: the same on resume, independent across ranks
+            torch.manual_seed(_step_seed(cfg.seed, epoch, step, ctx.rank))
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(cfg, epoch * self.steps_per_epoch + step, self.total)
+            feats, masks, y = _to(batch, device)
+            logits = self.net(feats, masks)
+            loss = self.loss_fn(logits, y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            step += 1
+            sums[0] += loss.item() * len(y)
+            sums[1] += int((logits.argmax(1) == y).sum())
+            sums[2] += len(y)
+            if step < self.steps_per_epoch and stop_requested(ctx, stop, device):
+                sums = all_sum(ctx, sums, device)
+                if ctx.main:
+                    self.save_last(epoch, step, sums)
+                raise TrainingInterrupted(
+                    f"interrupted in epoch {epoch + 1} after step {step} of "
+                    f"{self.steps_per_epoch}; saved {self.out / 'last.pt'}; run the same "
+                    "command with --resume to continue"
+                )
+        self.skip, self.partial = 0, [0.0, 0.0, 0.0]
+        return all_sum(ctx, sums, device)
+
+    def end_epoch(self, epoch: int, sums: list[float], t0: float, bar: Any) -> bool:
+        """Step 4, on rank 0: the epoch's metrics line (with validation), best.pt when it is
+        the best so far, last.pt. Whether early stopping ends training (on every rank)."""
+        cfg = self.cfg
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": sums[0] / max(sums[2], 1.0),
+            "train_prec1": sums[1] / max(sums[2], 1.0),
+            "lr": lr_at(cfg, (epoch + 1) * self.steps_per_epoch, self.total),
+        }
+        early = False
+        if self.ctx.main:
+            data = self.data
+            if data.val_loader is not None and data.val_ds is not None:
+                row.update(
+                    _validate(
+                        self.model, data.val_loader, data.val_ds, self.device, len(data.classes)
+                    )
+                )
+            row["seconds"] = time.perf_counter() - t0
+            self.history.append(row)
+            with open(self.out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            key = row.get("val_prec1", -row["train_loss"])
+            if not self.best or key > self.best["_key"]:
+                self.best = {**row, "_key": key}
+                torch.save(self.model.state_dict(), self.out / "best.pt")
+                self.since_best = 0
+            else:
+                self.since_best += 1
+            early = bool(cfg.early_stop and self.since_best >= cfg.early_stop)
+            self.save_last(epoch + 1, 0, [0.0, 0.0, 0.0], stopped_early=early)
+            bar.set_postfix(
+                loss=f"{row['train_loss']:.3f}",
+                val=f"{row.get('val_prec1', float('nan')):.3f}",
+            )
+        return any_rank(self.ctx, early, self.device)
+
+    def save_last(
+        self, epoch: int, step: int, sums: list[float], stopped_early: bool = False
+    ) -> None:
         _save_atomic(
             {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
                 "epoch": epoch,  # epochs completed
                 "step": step,  # steps done in the epoch that follows
-                "steps_per_epoch": steps_per_epoch,
-                "best": best,
-                "since_best": since_best,
+                "steps_per_epoch": self.steps_per_epoch,
+                "best": self.best,
+                "since_best": self.since_best,
                 "stopped_early": stopped_early,
                 "partial": sums,
             },
-            out / "last.pt",
+            self.out / "last.pt",
         )
-
-    bar = tqdm(
-        range(first_epoch, cfg.epochs),
-        desc=f"fuse {cfg.head}",
-        unit="epoch",
-        initial=first_epoch,
-        total=cfg.epochs,
-        disable=not progress,
-    )
-    try:
-        with StopSignals() as stop:
-            for epoch in bar:
-                t0 = time.perf_counter()
-                train_ds.set_epoch(epoch)
-                sampler.set_epoch(epoch)
-                batches = list(BatchSampler(sampler, per_rank, drop_last=drop))
-                loader = DataLoader(
-                    train_ds,
-                    batch_sampler=batches[skip:],
-                    num_workers=cfg.workers,
-                    pin_memory=device.type == "cuda",
-                    worker_init_fn=ignore_stop_signals if cfg.workers else None,
-                    generator=torch.Generator().manual_seed(_step_seed(cfg.seed, epoch, skip)),
-                )
-                # the cut epoch's sums so far are global: counted once, on rank 0
-                sums = partial if ctx.main else [0.0, 0.0, 0.0]
-                net.train()
-                step = skip
-                for batch in loader:
-                    # dropout of this step: the same on resume, independent across ranks
-                    torch.manual_seed(_step_seed(cfg.seed, epoch, step, ctx.rank))
-                    for g in opt.param_groups:
-                        g["lr"] = lr_at(cfg, epoch * steps_per_epoch + step, total)
-                    feats, masks, y = _to(batch, device)
-                    logits = net(feats, masks)
-                    loss = loss_fn(logits, y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    step += 1
-                    sums[0] += loss.item() * len(y)
-                    sums[1] += int((logits.argmax(1) == y).sum())
-                    sums[2] += len(y)
-                    if step < steps_per_epoch and stop_requested(ctx, stop, device):
-                        sums = all_sum(ctx, sums, device)
-                        if ctx.main:
-                            save_last(epoch, step, sums)
-                        raise TrainingInterrupted(
-                            f"interrupted in epoch {epoch + 1} after step {step} of "
-                            f"{steps_per_epoch}; saved {out / 'last.pt'}; run the same command "
-                            "with --resume to continue"
-                        )
-                skip, partial = 0, [0.0, 0.0, 0.0]
-                sums = all_sum(ctx, sums, device)
-                row = {
-                    "epoch": epoch + 1,
-                    "train_loss": sums[0] / max(sums[2], 1.0),
-                    "train_prec1": sums[1] / max(sums[2], 1.0),
-                    "lr": lr_at(cfg, (epoch + 1) * steps_per_epoch, total),
-                }
-                early = False
-                if ctx.main:
-                    if val_loader is not None and val_ds is not None:
-                        row.update(_validate(model, val_loader, val_ds, device, len(classes)))
-                    row["seconds"] = time.perf_counter() - t0
-                    history.append(row)
-                    with open(metrics_path, "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
-                    key = row.get("val_prec1", -row["train_loss"])
-                    if not best or key > best["_key"]:
-                        best = {**row, "_key": key}
-                        torch.save(model.state_dict(), out / "best.pt")
-                        since_best = 0
-                    else:
-                        since_best += 1
-                    early = bool(cfg.early_stop and since_best >= cfg.early_stop)
-                    save_last(epoch + 1, 0, [0.0, 0.0, 0.0], stopped_early=early)
-                    bar.set_postfix(
-                        loss=f"{row['train_loss']:.3f}",
-                        val=f"{row.get('val_prec1', float('nan')):.3f}",
-                    )
-                if any_rank(ctx, early, device):
-                    echo(
-                        f"early stop after epoch {epoch + 1}: no better val Prec@1 for "
-                        f"{cfg.early_stop} epochs"
-                    )
-                    break
-                if epoch + 1 < cfg.epochs and stop_requested(ctx, stop, device):
-                    raise TrainingInterrupted(
-                        f"interrupted after epoch {epoch + 1}; saved {out / 'last.pt'}; run the "
-                        "same command with --resume to continue"
-                    )
-    finally:
-        if ctx.main and history:
-            plot_curves(
-                history, out / "curves.png", title=f"{cfg.head} on {','.join(cfg.features)}"
-            )
-    best = share(ctx, lambda: best)
-    best.pop("_key", None)
-    return best
 
 
 def _validate(
