@@ -8,6 +8,12 @@ Contract (the one interface between the store and every head)::
 All modalities share T (the segment grid). A modality missing for a video has inputs of zeros
 and an all-zero mask row; every head then ignores it (never NaN). Each head class lists its
 options with defaults in ``default_options()``; the trainer saves them with the run.
+
+Lives here: the base class, the registry and ``create_head``; one file per head family
+(txn, itxn, fflstm, attention_clusters, single), each registering its heads on import.
+Imports: torch and ``vidfeat.*`` (errors, registry, shared temporal layers of ``vidfeat.nets``);
+never the rest of ``fusion`` (data, trainer, evaluate, ensemble import the heads, not the
+reverse) and never ``cli``.
 """
 
 from __future__ import annotations
