@@ -4,7 +4,7 @@ Reads what the demo stages left in OUT (runs' metrics, stored clip scores, fusio
 ensemble table, timings) and the dataset's stated ceilings. Every number comes from a file the
 pipeline wrote; each claim of the paper is checked and the report says when it does not hold.
 
-Usage: python demo/report.py OUT [--readme README.md]
+Usage: python demo/tables.py OUT [--readme README.md]
 (--readme also rewrites the README's demo-results block from the report: tables, not typing.)
 """
 
@@ -271,7 +271,7 @@ def update_readme(readme: Path, report: str, out: Path) -> None:
     )
     total = re.search(r"^\| total \| (\d+) \|$", report, re.M)
     stamp = (
-        f"Written by `python demo/report.py {out} --readme README.md` after `make demo` "
+        f"Written by `python demo/tables.py {out} --readme README.md` after `make demo` "
         f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, no GPU"
         + (f", {int(total.group(1)) / 60:.1f} min of stages" if total else "")
         + "). Do not edit by hand."
@@ -290,7 +290,7 @@ if __name__ == "__main__":
     if len(args) == 3 and args[1] == "--readme":
         readme = Path(args[2])
     elif len(args) != 1:
-        sys.exit("usage: python demo/report.py OUT [--readme README.md]")
+        sys.exit("usage: python demo/tables.py OUT [--readme README.md]")
     out_dir = Path(args[0])
     main(out_dir)
     if readme is not None:
