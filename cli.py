@@ -1044,7 +1044,8 @@ def fuse_train(**kw) -> None:
     """Train a fusion head on feature sets of a store; keeps the best epoch by val Prec@1.
 
     Under torchrun (one process per GPU, or gloo on CPU) --batch-size is the global batch."""
-    from fusion.trainer import FuseConfig, is_main_process, train
+    from fusion.dist import is_main_process
+    from fusion.trainer import FuseConfig, train
 
     head_options = _parse_head_options(kw["head_opt"])
     if kw["dropout"] is not None:
@@ -1098,7 +1099,7 @@ def fuse_train(**kw) -> None:
 @VIDEO_ROOT
 def fuse_eval(run, store, videos, name, device, video_root) -> None:
     """Prec@1, Prec@5, mean class accuracy; per-video scores, per-class CSV, confusion PNG."""
-    from fusion.trainer import evaluate
+    from fusion.evaluate import evaluate
 
     res = evaluate(run, store, videos, device=device, name=name, video_root=video_root)
     for line in res["notes"]:
@@ -1118,7 +1119,7 @@ def fuse_eval(run, store, videos, name, device, video_root) -> None:
 @VIDEO_ROOT
 def fuse_predict(run, store, videos, out, device, video_root) -> None:
     """Per-video class scores and top-5 labels for a list (labelled or not)."""
-    from fusion.trainer import predict
+    from fusion.evaluate import predict
 
     n = predict(run, store, videos, out, device=device, video_root=video_root)
     click.echo(f"predict: {n} videos -> {out}")

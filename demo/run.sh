@@ -143,6 +143,6 @@ stage "6 ensemble" "$OUT/ensemble/table.csv" \
   --members "$RUNS/fuse-txn,$RUNS/fuse-fflstm,$RUNS/fuse-attention-clusters,$RUNS/fuse-itxn" \
   --members "set:rgb,set:tvl1,set:farneback,set:audio"
 
-stage "7 report" "" "$PY" demo/report.py "$OUT"
+stage "7 report" "" "$PY" demo/tables.py "$OUT"
 echo
 echo "report: $OUT/report.md"

@@ -1,4 +1,6 @@
-"""Head-agnostic training, evaluation and prediction of fusion heads on stored features.
+"""Head-agnostic training of fusion heads on stored features: the config, the run folder and
+the loop. Loading a finished run, evaluation and prediction live in :mod:`fusion.evaluate`;
+the torchrun context and collectives in :mod:`fusion.dist`.
 
 A run folder holds everything needed to rebuild, audit and continue it:
 
@@ -32,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,16 +43,22 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from fusion.data import FusionDataset, load_norm, save_norm, set_fingerprint
-from vidfeat.device import resolve_device
+from fusion.dist import (
+    DistContext,
+    all_sum,
+    any_rank,
+    dist_from_env,
+    processes,
+    share,
+    stop_requested,
+)
 from vidfeat.errors import ConfigError, VidfeatError
-from vidfeat.metrics import confusion_matrix, summarize
-from vidfeat.plots import plot_confusion, plot_curves
+from vidfeat.metrics import summarize
+from vidfeat.plots import plot_curves
 from vidfeat.provenance import file_sha256
 from vidfeat.stop import StopSignals, ignore_stop_signals
 from vidfeat.train import lr_factor
-from vidfeat.videolist import VideoList, load_list, read_classes, write_classes
-
-T_ = TypeVar("T_")
+from vidfeat.videolist import load_list, read_classes, write_classes
 
 
 @dataclass
@@ -131,108 +139,6 @@ def lr_at(cfg: FuseConfig, step: int, total: int) -> float:
     return cfg.lr * lr_factor(cfg.schedule, total)(step)
 
 
-# --------------------------------------------------------------------------- processes
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process sits in a torchrun launch; world 1 is a plain single process."""
-
-    world: int = 1
-    rank: int = 0
-    local_rank: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_from_env() -> DistContext:
-    """torchrun (python -m torch.distributed.run) sets WORLD_SIZE, RANK and LOCAL_RANK."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        raise ConfigError(
-            "WORLD_SIZE, RANK and LOCAL_RANK must be integers; launch with torchrun or unset them"
-        ) from None
-    if world < 1 or not 0 <= rank < world:
-        raise ConfigError(f"RANK={rank} does not fit WORLD_SIZE={world}; launch with torchrun")
-    return DistContext(world, rank, local)
-
-
-def is_main_process() -> bool:
-    """True unless this is a rank other than 0 of a torchrun launch (which prints nothing)."""
-    return dist_from_env().main
-
-
-def _init_processes(cfg: FuseConfig, ctx: DistContext) -> tuple[torch.device, bool]:
-    """The device of this process and whether we opened the process group (and must close
-    it). CUDA: one GPU per process (cuda:LOCAL_RANK) and NCCL; CPU: gloo."""
-    import torch.distributed as dist
-
-    device = resolve_device(cfg.device)
-    if not ctx.active:
-        return device, False
-    if device.type == "cuda":
-        if device.index is not None:
-            raise ConfigError(
-                f"--device {cfg.device}: under torchrun each process uses cuda:LOCAL_RANK; "
-                "pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES"
-            )
-        device = torch.device("cuda", ctx.local_rank)
-        torch.cuda.set_device(device)
-    if dist.is_initialized():  # a library caller set the group up; it is theirs to close
-        return device, False
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, True
-
-
-def _share(ctx: DistContext, fn: Callable[[], T_]) -> T_:
-    """Run ``fn`` on rank 0 only and hand its result to every rank; an error on rank 0 is
-    raised on every rank (instead of leaving the others waiting in the next collective)."""
-    if not ctx.active:
-        return fn()
-    import torch.distributed as dist
-
-    box: list[Any] = [None]
-    error: Exception | None = None
-    if ctx.main:
-        try:
-            box[0] = ("ok", fn())
-        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the others
-            error = exc
-            msg = exc.message if isinstance(exc, VidfeatError) else f"rank 0 failed: {exc!r}"
-            box[0] = ("error", msg)
-    dist.broadcast_object_list(box, src=0)
-    if error is not None:
-        raise error
-    kind, value = box[0]
-    if kind == "error":
-        raise ConfigError(value)
-    return value
-
-
-def _sum(ctx: DistContext, values: list[float], device: torch.device) -> list[float]:
-    """Element-wise sum over all ranks (float64, so counts stay exact)."""
-    if not ctx.active:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def _any(ctx: DistContext, flag: bool, device: torch.device) -> bool:
-    return _sum(ctx, [float(flag)], device)[0] > 0
-
-
 def _step_seed(*key: int) -> int:
     return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
 
@@ -303,7 +209,9 @@ def _resume_differences(old: FuseConfig, new: FuseConfig, meta: dict, now: dict)
     return diffs
 
 
-def _load_state(path: Path) -> dict:
+def load_state(path: Path) -> dict:
+    """A checkpoint of a run folder (best.pt, last.pt) as a plain state dict: loaded with
+    ``weights_only=True``, so a pickled payload is refused, never run."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -344,7 +252,7 @@ def _open_run(
                 f"--resume: {out} was trained with other options: {'; '.join(diffs)}. "
                 "Resume with the run's options, or start a new run in another --out"
             )
-        state = _load_state(out / "last.pt")
+        state = load_state(out / "last.pt")
         if "optimizer" not in state:
             raise ConfigError(
                 f"--resume: {out}/last.pt holds model weights only (written by an older "
@@ -410,8 +318,7 @@ def train(
             f"--batch-size {cfg.batch_size} is the global batch and must be a multiple of the "
             f"{ctx.world} processes torchrun started"
         )
-    device, owns_group = _init_processes(cfg, ctx)
-    try:
+    with processes(cfg.device, ctx) as device:
         return _train(
             cfg,
             Path(out),
@@ -421,11 +328,6 @@ def train(
             progress=progress and ctx.main,
             echo=echo if ctx.main else (lambda s: None),
         )
-    finally:
-        if owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 def _train(
@@ -438,11 +340,30 @@ def _train(
     progress: bool,
     echo: Callable[[str], Any],
 ) -> dict:
-    from tqdm import tqdm
-
+    """The steps of one process: data and run folder, model and optimiser, then the epochs."""
     # same seed on every rank: identical initial weights (DDP also broadcasts rank 0's)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    data = _load_data(cfg, out, ctx, resume=resume, echo=echo)
+    model, net, opt = _build_model(cfg, data, ctx, device)
+    loop = _Loop(cfg, out, ctx, device, data, model, net, opt, echo=echo)
+    return loop.run(progress=progress)
+
+
+@dataclass
+class _Data:
+    classes: list[str]
+    train_ds: FusionDataset
+    val_ds: FusionDataset | None  # rank 0 only
+    val_loader: DataLoader | None
+    start: _RunStart
+
+
+def _load_data(
+    cfg: FuseConfig, out: Path, ctx: DistContext, *, resume: bool, echo: Callable[[str], Any]
+) -> _Data:
+    """Step 1: the training split, the run folder opened (or resumed) on rank 0 and its
+    normalisation on every rank, and the validation split."""
     train_list = load_list(cfg.train, video_root=cfg.video_root, require_labels=True)
     classes = train_list.classes
     train_ds = FusionDataset(
@@ -451,7 +372,7 @@ def _train(
     for line in train_ds.report.lines():
         echo(f"train: {line}")
     # rank 0 computes (or, resuming, reads) the statistics; every rank gets the same arrays
-    start = _share(ctx, lambda: _open_run(cfg, out, train_ds, classes, resume))
+    start = share(ctx, lambda: _open_run(cfg, out, train_ds, classes, resume))
     train_ds.norm = start.norm
     val_ds = val_loader = None
     if cfg.val and ctx.main:  # validation runs whole on rank 0: metrics as in one process
@@ -462,9 +383,16 @@ def _train(
         for line in val_ds.report.lines():
             echo(f"val: {line}")
         val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.workers)
+    return _Data(classes, train_ds, val_ds, val_loader, start)
 
-    model = build_head(cfg, train_ds.dims, len(classes))
-    state = start.state
+
+def _build_model(
+    cfg: FuseConfig, data: _Data, ctx: DistContext, device: torch.device
+) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+    """Step 2: the head (last.pt's weights when resuming), the module that trains it (its
+    DistributedDataParallel wrapper under torchrun, else the head) and the optimiser."""
+    model = build_head(cfg, data.train_ds.dims, len(data.classes))
+    state = data.start.state
     if state is not None:
         model.load_state_dict(state["model"])
     model.to(device)
@@ -483,151 +411,210 @@ def _train(
     opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
+    return model, net, opt
 
-    # Rank r takes samples r, r+world, ... of the epoch's permutation; its k-th batch of
-    # batch/world samples and the other ranks' k-th batches together are exactly the k-th
-    # global batch of a single process (world 1) with the same seed.
-    share = cfg.batch_size // ctx.world
-    drop = len(train_ds) > cfg.batch_size
-    sampler = DistributedSampler(
-        train_ds, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=drop
-    )
-    steps_per_epoch = len(BatchSampler(sampler, share, drop_last=drop))
-    total = cfg.epochs * steps_per_epoch
-    first_epoch, skip = 0, 0
-    best: dict = {}
-    since_best = 0
-    partial = [0.0, 0.0, 0.0]  # loss x samples, correct, samples (all ranks) of a cut epoch
-    if state is not None:
-        first_epoch, skip = state["_resumed_at"]
-        if int(state["steps_per_epoch"]) != steps_per_epoch:
-            raise ConfigError(
-                f"--resume: this run had {int(state['steps_per_epoch'])} steps per epoch, the "
-                f"training list now gives {steps_per_epoch}; resume with the run's data"
+
+class _Loop:
+    """Steps 3 and 4: where training stands (epoch, step, best so far, the sums of a cut epoch)
+    and the epochs from there, each trained, then validated and checkpointed on rank 0."""
+
+    def __init__(
+        self,
+        cfg: FuseConfig,
+        out: Path,
+        ctx: DistContext,
+        device: torch.device,
+        data: _Data,
+        model: nn.Module,
+        net: nn.Module,
+        opt: torch.optim.Optimizer,
+        *,
+        echo: Callable[[str], Any],
+    ) -> None:
+        self.cfg, self.out, self.ctx, self.device, self.echo = cfg, out, ctx, device, echo
+        self.data, self.model, self.net, self.opt = data, model, net, opt
+        # Rank r takes samples r, r+world, ... of the epoch's permutation; its k-th batch of
+        # batch/world samples and the other ranks' k-th batches together are exactly the k-th
+        # global batch of a single process (world 1) with the same seed.
+        self.per_rank = cfg.batch_size // ctx.world
+        self.drop = len(data.train_ds) > cfg.batch_size
+        self.sampler = DistributedSampler(
+            data.train_ds,
+            num_replicas=ctx.world,
+            rank=ctx.rank,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=self.drop,
+        )
+        self.steps_per_epoch = len(BatchSampler(self.sampler, self.per_rank, drop_last=self.drop))
+        self.total = cfg.epochs * self.steps_per_epoch
+        self.first_epoch, self.skip = 0, 0
+        self.best: dict = {}
+        self.since_best = 0
+        # loss x samples, correct, samples (all ranks) of a cut epoch
+        self.partial = [0.0, 0.0, 0.0]
+        state = data.start.state
+        if state is not None:
+            self.first_epoch, self.skip = state["_resumed_at"]
+            if int(state["steps_per_epoch"]) != self.steps_per_epoch:
+                raise ConfigError(
+                    f"--resume: this run had {int(state['steps_per_epoch'])} steps per epoch, "
+                    f"the training list now gives {self.steps_per_epoch}; resume with the "
+                    "run's data"
+                )
+            self.best = dict(state["best"])
+            self.since_best = int(state["since_best"])
+            self.partial = [float(v) for v in state["partial"]]
+            echo(
+                f"resuming {out} at epoch {self.first_epoch + 1}, step {self.skip} of "
+                f"{self.steps_per_epoch}"
             )
-        best = dict(state["best"])
-        since_best = int(state["since_best"])
-        partial = [float(v) for v in state["partial"]]
-        echo(f"resuming {out} at epoch {first_epoch + 1}, step {skip} of {steps_per_epoch}")
-    loss_fn = nn.CrossEntropyLoss()
-    metrics_path = out / "metrics.jsonl"
-    history = list(start.history)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.history = list(data.start.history)
 
-    def save_last(epoch: int, step: int, sums: list[float], stopped_early: bool = False) -> None:
+    def run(self, *, progress: bool) -> dict:
+        """Train from where the run stands to the last epoch (or an early stop); the best
+        epoch's metrics, on every rank."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        bar = tqdm(
+            range(self.first_epoch, cfg.epochs),
+            desc=f"fuse {cfg.head}",
+            unit="epoch",
+            initial=self.first_epoch,
+            total=cfg.epochs,
+            disable=not progress,
+        )
+        try:
+            with StopSignals() as stop:
+                for epoch in bar:
+                    t0 = time.perf_counter()
+                    sums = self.train_epoch(epoch, stop)
+                    if self.end_epoch(epoch, sums, t0, bar):
+                        self.echo(
+                            f"early stop after epoch {epoch + 1}: no better val Prec@1 for "
+                            f"{cfg.early_stop} epochs"
+                        )
+                        break
+                    if epoch + 1 < cfg.epochs and stop_requested(self.ctx, stop, self.device):
+                        raise TrainingInterrupted(
+                            f"interrupted after epoch {epoch + 1}; saved {self.out / 'last.pt'}; "
+                            "run the same command with --resume to continue"
+                        )
+        finally:
+            if self.ctx.main and self.history:
+                plot_curves(
+                    self.history,
+                    self.out / "curves.png",
+                    title=f"{cfg.head} on {','.join(cfg.features)}",
+                )
+        best = share(self.ctx, lambda: self.best)
+        best.pop("_key", None)
+        return best
+
+    def train_epoch(self, epoch: int, stop: StopSignals) -> list[float]:
+        """Step 3: the steps of ``epoch`` from where it stands; its sums over all ranks (loss x
+        samples, correct, samples). A stop signal before the last step saves last.pt (rank 0)
+        and raises :class:`TrainingInterrupted`."""
+        cfg, ctx, device, ds = self.cfg, self.ctx, self.device, self.data.train_ds
+        ds.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        batches = list(BatchSampler(self.sampler, self.per_rank, drop_last=self.drop))
+        loader = DataLoader(
+            ds,
+            batch_sampler=batches[self.skip :],
+            num_workers=cfg.workers,
+            pin_memory=device.type == "cuda",
+            worker_init_fn=ignore_stop_signals if cfg.workers else None,
+            generator=torch.Generator().manual_seed(_step_seed(cfg.seed, epoch, self.skip)),
+        )
+        # the cut epoch's sums so far are global: counted once, on rank 0
+        sums = self.partial if ctx.main else [0.0, 0.0, 0.0]
+        self.net.train()
+        step = self.skip
+        for batch in loader:
+            # dropout of this step: the same on resume, independent across ranks
+            torch.manual_seed(_step_seed(cfg.seed, epoch, step, ctx.rank))
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(cfg, epoch * self.steps_per_epoch + step, self.total)
+            feats, masks, y = _to(batch, device)
+            logits = self.net(feats, masks)
+            loss = self.loss_fn(logits, y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            step += 1
+            sums[0] += loss.item() * len(y)
+            sums[1] += int((logits.argmax(1) == y).sum())
+            sums[2] += len(y)
+            if step < self.steps_per_epoch and stop_requested(ctx, stop, device):
+                sums = all_sum(ctx, sums, device)
+                if ctx.main:
+                    self.save_last(epoch, step, sums)
+                raise TrainingInterrupted(
+                    f"interrupted in epoch {epoch + 1} after step {step} of "
+                    f"{self.steps_per_epoch}; saved {self.out / 'last.pt'}; run the same "
+                    "command with --resume to continue"
+                )
+        self.skip, self.partial = 0, [0.0, 0.0, 0.0]
+        return all_sum(ctx, sums, device)
+
+    def end_epoch(self, epoch: int, sums: list[float], t0: float, bar: Any) -> bool:
+        """Step 4, on rank 0: the epoch's metrics line (with validation), best.pt when it is
+        the best so far, last.pt. Whether early stopping ends training (on every rank)."""
+        cfg = self.cfg
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": sums[0] / max(sums[2], 1.0),
+            "train_prec1": sums[1] / max(sums[2], 1.0),
+            "lr": lr_at(cfg, (epoch + 1) * self.steps_per_epoch, self.total),
+        }
+        early = False
+        if self.ctx.main:
+            data = self.data
+            if data.val_loader is not None and data.val_ds is not None:
+                row.update(
+                    _validate(
+                        self.model, data.val_loader, data.val_ds, self.device, len(data.classes)
+                    )
+                )
+            row["seconds"] = time.perf_counter() - t0
+            self.history.append(row)
+            with open(self.out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            key = row.get("val_prec1", -row["train_loss"])
+            if not self.best or key > self.best["_key"]:
+                self.best = {**row, "_key": key}
+                torch.save(self.model.state_dict(), self.out / "best.pt")
+                self.since_best = 0
+            else:
+                self.since_best += 1
+            early = bool(cfg.early_stop and self.since_best >= cfg.early_stop)
+            self.save_last(epoch + 1, 0, [0.0, 0.0, 0.0], stopped_early=early)
+            bar.set_postfix(
+                loss=f"{row['train_loss']:.3f}",
+                val=f"{row.get('val_prec1', float('nan')):.3f}",
+            )
+        return any_rank(self.ctx, early, self.device)
+
+    def save_last(
+        self, epoch: int, step: int, sums: list[float], stopped_early: bool = False
+    ) -> None:
         _save_atomic(
             {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
                 "epoch": epoch,  # epochs completed
                 "step": step,  # steps done in the epoch that follows
-                "steps_per_epoch": steps_per_epoch,
-                "best": best,
-                "since_best": since_best,
+                "steps_per_epoch": self.steps_per_epoch,
+                "best": self.best,
+                "since_best": self.since_best,
                 "stopped_early": stopped_early,
                 "partial": sums,
             },
-            out / "last.pt",
+            self.out / "last.pt",
         )
-
-    bar = tqdm(
-        range(first_epoch, cfg.epochs),
-        desc=f"fuse {cfg.head}",
-        unit="epoch",
-        initial=first_epoch,
-        total=cfg.epochs,
-        disable=not progress,
-    )
-    try:
-        with StopSignals() as stop:
-            for epoch in bar:
-                t0 = time.perf_counter()
-                train_ds.set_epoch(epoch)
-                sampler.set_epoch(epoch)
-                batches = list(BatchSampler(sampler, share, drop_last=drop))
-                loader = DataLoader(
-                    train_ds,
-                    batch_sampler=batches[skip:],
-                    num_workers=cfg.workers,
-                    pin_memory=device.type == "cuda",
-                    worker_init_fn=ignore_stop_signals if cfg.workers else None,
-                    generator=torch.Generator().manual_seed(_step_seed(cfg.seed, epoch, skip)),
-                )
-                # the cut epoch's sums so far are global: counted once, on rank 0
-                sums = partial if ctx.main else [0.0, 0.0, 0.0]
-                net.train()
-                step = skip
-                for batch in loader:
-                    # dropout of this step: the same on resume, independent across ranks
-                    torch.manual_seed(_step_seed(cfg.seed, epoch, step, ctx.rank))
-                    for g in opt.param_groups:
-                        g["lr"] = lr_at(cfg, epoch * steps_per_epoch + step, total)
-                    feats, masks, y = _to(batch, device)
-                    logits = net(feats, masks)
-                    loss = loss_fn(logits, y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    step += 1
-                    sums[0] += loss.item() * len(y)
-                    sums[1] += int((logits.argmax(1) == y).sum())
-                    sums[2] += len(y)
-                    if step < steps_per_epoch and _any(ctx, stop.requested, device):
-                        sums = _sum(ctx, sums, device)
-                        if ctx.main:
-                            save_last(epoch, step, sums)
-                        raise TrainingInterrupted(
-                            f"interrupted in epoch {epoch + 1} after step {step} of "
-                            f"{steps_per_epoch}; saved {out / 'last.pt'}; run the same command "
-                            "with --resume to continue"
-                        )
-                skip, partial = 0, [0.0, 0.0, 0.0]
-                sums = _sum(ctx, sums, device)
-                row = {
-                    "epoch": epoch + 1,
-                    "train_loss": sums[0] / max(sums[2], 1.0),
-                    "train_prec1": sums[1] / max(sums[2], 1.0),
-                    "lr": lr_at(cfg, (epoch + 1) * steps_per_epoch, total),
-                }
-                early = False
-                if ctx.main:
-                    if val_loader is not None and val_ds is not None:
-                        row.update(_validate(model, val_loader, val_ds, device, len(classes)))
-                    row["seconds"] = time.perf_counter() - t0
-                    history.append(row)
-                    with open(metrics_path, "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
-                    key = row.get("val_prec1", -row["train_loss"])
-                    if not best or key > best["_key"]:
-                        best = {**row, "_key": key}
-                        torch.save(model.state_dict(), out / "best.pt")
-                        since_best = 0
-                    else:
-                        since_best += 1
-                    early = bool(cfg.early_stop and since_best >= cfg.early_stop)
-                    save_last(epoch + 1, 0, [0.0, 0.0, 0.0], stopped_early=early)
-                    bar.set_postfix(
-                        loss=f"{row['train_loss']:.3f}",
-                        val=f"{row.get('val_prec1', float('nan')):.3f}",
-                    )
-                if _any(ctx, early, device):
-                    echo(
-                        f"early stop after epoch {epoch + 1}: no better val Prec@1 for "
-                        f"{cfg.early_stop} epochs"
-                    )
-                    break
-                if epoch + 1 < cfg.epochs and _any(ctx, stop.requested, device):
-                    raise TrainingInterrupted(
-                        f"interrupted after epoch {epoch + 1}; saved {out / 'last.pt'}; run the "
-                        "same command with --resume to continue"
-                    )
-    finally:
-        if ctx.main and history:
-            plot_curves(
-                history, out / "curves.png", title=f"{cfg.head} on {','.join(cfg.features)}"
-            )
-    best = _share(ctx, lambda: best)
-    best.pop("_key", None)
-    return best
 
 
 def _validate(
@@ -651,142 +638,3 @@ def _validate(
         "val_prec5": s["prec5"],
         "val_mean_class_acc": s["mean_class_acc"],
     }
-
-
-# --------------------------------------------------------------------------- using a run
-
-
-@dataclass
-class LoadedRun:
-    path: Path
-    config: FuseConfig
-    classes: list[str]
-    model: nn.Module
-    norm: dict
-    sets: dict
-    device: torch.device
-
-
-def load_run(run: str | Path, *, device: str = "auto", checkpoint: str = "best.pt") -> LoadedRun:
-    run = Path(run)
-    if not (run / "config.yaml").exists():
-        raise ConfigError(
-            f"{run} is not a fusion run folder (no config.yaml); "
-            "pass the --out folder of `vidfeat fuse train`"
-        )
-    raw = yaml.safe_load((run / "config.yaml").read_text())
-    cfg = FuseConfig(**raw)
-    classes = read_classes(run / "classes.txt")
-    meta = json.loads((run / "feature_sets.json").read_text())
-    dev = resolve_device(device)
-    model = build_head(cfg, meta["dims"], len(classes))
-    state = _load_state(run / checkpoint)
-    if "optimizer" in state:  # last.pt: the training state around the weights
-        state = state["model"]
-    model.load_state_dict(state)
-    model.to(dev).eval()
-    return LoadedRun(run, cfg, classes, model, load_norm(run / "norm.npz"), meta["sets"], dev)
-
-
-def check_store_matches(lr: LoadedRun, store: str | Path) -> None:
-    """Refuse a store whose feature sets differ from those the run was trained on."""
-    from fusion.data import open_sets
-    from vidfeat.store import identity
-
-    sets = open_sets(store, lr.config.features)
-    for m, fs in sets.items():
-        want = lr.sets[m]["config"]
-        got = fs.config
-        if set_fingerprint(got) != lr.sets[m]["fingerprint"]:
-            want, got = identity(want), identity(got)
-            keys = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-            detail = ", ".join(f"{k}: run {want.get(k)!r} vs store {got.get(k)!r}" for k in keys)
-            raise ConfigError(
-                f"feature set {m!r} of {store} differs from the one run {lr.path} was trained "
-                f"on ({detail}); extract features with the same configuration or retrain"
-            )
-
-
-def run_scores(lr: LoadedRun, store: str | Path, videos: VideoList, batch_size: int = 64):
-    check_store_matches(lr, store)
-    ds = FusionDataset(store, lr.config.features, videos, norm=lr.norm, cache=False)
-    loader = DataLoader(ds, batch_size=batch_size)
-    return predict_scores(lr.model, loader, lr.device), ds
-
-
-def evaluate(
-    run: str | Path,
-    store: str | Path,
-    videos_path: str | Path,
-    *,
-    device: str = "auto",
-    name: str | None = None,
-    video_root=None,
-) -> dict:
-    """Prec@1/5 and mean class accuracy; writes RUN/eval-<name>/ (scores.csv, per_class.csv,
-    confusion.png)."""
-    lr = load_run(run, device=device)
-    videos = load_list(videos_path, classes=lr.classes, require_labels=True, video_root=video_root)
-    scores, ds = run_scores(lr, store, videos)
-    labels = np.asarray(videos.label_indices())
-    res = summarize(scores, labels, len(lr.classes))
-    res["videos"] = len(videos)
-    res["notes"] = ds.report.lines()
-    out = lr.path / f"eval-{name or Path(videos_path).stem}"
-    out.mkdir(exist_ok=True)
-    write_scores_csv(out / "scores.csv", videos.ids(), scores, lr.classes, labels)
-    cm = confusion_matrix(scores.argmax(1), labels, len(lr.classes))
-    with open(out / "per_class.csv", "w") as fh:
-        fh.write("class,videos,accuracy\n")
-        for k, c in enumerate(lr.classes):
-            n = cm[k].sum()
-            fh.write(f"{c},{n},{cm[k, k] / n if n else float('nan'):.4f}\n")
-    plot_confusion(cm, lr.classes, out / "confusion.png")
-    (out / "metrics.json").write_text(json.dumps(res, indent=2))
-    res["out"] = str(out)
-    return res
-
-
-def predict(
-    run: str | Path,
-    store: str | Path,
-    videos_path: str | Path,
-    out: str | Path,
-    *,
-    device: str = "auto",
-    video_root=None,
-) -> int:
-    """Per-video class scores + top-5 labels (CSV) for a list, labelled or not."""
-    from dataclasses import replace
-
-    lr = load_run(run, device=device)
-    listed = load_list(videos_path, video_root=video_root)
-    # prediction ignores labels: a list may carry labels the run never saw
-    videos = VideoList(
-        listed.source, [replace(r, label=None) for r in listed.records], lr.classes, listed.format
-    )
-    scores, _ = run_scores(lr, store, videos)
-    write_scores_csv(Path(out), videos.ids(), scores, lr.classes, None, top=5)
-    return len(videos)
-
-
-def write_scores_csv(
-    path: Path,
-    ids: list[str],
-    scores: np.ndarray,
-    classes: list[str],
-    labels: np.ndarray | None,
-    top: int = 0,
-) -> None:
-    import csv
-
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        head = ["video_id"] + (["label"] if labels is not None else [])
-        head += [f"top{k + 1}" for k in range(min(top, len(classes)))] + classes
-        w.writerow(head)
-        for i, vid in enumerate(ids):
-            row = [vid] + ([classes[labels[i]]] if labels is not None else [])
-            order = np.argsort(-scores[i])[: min(top, len(classes))]
-            row += [classes[k] for k in order] + [f"{v:.6f}" for v in scores[i]]
-            w.writerow(row)

@@ -516,8 +516,8 @@ class _Payload:
 
 
 def test_fusion_run_refuses_a_pickle_payload_checkpoint(tmp_path: Path) -> None:
+    from fusion.evaluate import load_run
     from fusion.heads import create_head
-    from fusion.trainer import load_run
     from vidfeat.errors import ConfigError
 
     pwned = tmp_path / "pwned"

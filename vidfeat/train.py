@@ -188,13 +188,48 @@ def train(
     cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True, echo=print
 ) -> dict:
     """Train and validate each epoch; returns the best epoch's metrics."""
-    from tqdm import tqdm
-
     cfg.validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    train_list, val_list, classes = _load_lists(cfg, echo)
+    _write_run(cfg, out, classes, resume)
+    fit = _build(cfg, out, device, train_list, classes)
+    start_epoch = _start(fit, resume, echo)
+    val_loader = None
+    if val_list is not None:
+        val_ds = build_dataset(cfg, val_list, False)
+        val_loader = make_loader(val_ds, cfg.batch_size, cfg.workers, False, device)
+    metrics_path = out / "metrics.jsonl"
+    fit.history = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+    fit.epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            fit.epoch = epoch
+            t0 = time.perf_counter()
+            row = _train_epoch(fit, epoch, progress=progress, echo=echo)
+            if val_loader is not None and val_list is not None:
+                row.update(_validate(fit, val_loader, val_list))
+            row["seconds"] = time.perf_counter() - t0
+            _record(fit, row)
+            echo(_epoch_line(row))
+    except KeyboardInterrupt:
+        fit.save_last()
+        echo(f"interrupted: saved {out / 'last.pt'}; continue with --resume")
+        raise
+    finally:
+        if fit.history:
+            plot_curves(
+                fit.history, out / "curves.png", title=f"{cfg.modality} {cfg.arch} {cfg.backbone}"
+            )
+    fit.best.pop("key", None)
+    return fit.best
+
+
+def _load_lists(cfg: TrainConfig, echo) -> tuple[VideoList, VideoList | None, list[str]]:
+    """Step 1: the training and validation lists and the class index (of the whole training
+    list, before audio training leaves out the videos without a sound track)."""
     train_list = load_list(cfg.train, video_root=cfg.video_root, require_labels=True)
     classes = train_list.classes
     val_list = (
@@ -209,6 +244,11 @@ def train(
                 f"audio: {dropped} of {dropped + len(train_list)} training videos have no audio "
                 "track; they are left out of audio training"
             )
+    return train_list, val_list, classes
+
+
+def _write_run(cfg: TrainConfig, out: Path, classes: list[str], resume: bool) -> None:
+    """Step 2: config.yaml and classes.txt (resuming: after checking the run's own)."""
     if resume:
         old = out / "config.yaml"
         if not old.exists():
@@ -220,6 +260,44 @@ def train(
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     write_classes(out / "classes.txt", classes)
 
+
+@dataclass
+class _Fit:
+    """What the epochs of one run work with and where they stand."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    train_list: VideoList
+    classes: list[str]
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None  # autocast dtype (None: full precision)
+    loader: DataLoader
+    steps: int  # optimiser steps per epoch
+    epoch: int = 0  # epochs completed (what last.pt records)
+    best: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    bad_ids: set[int] = field(default_factory=set)  # unreadable videos, reported once
+
+    def save_last(self) -> None:
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "epoch": self.epoch,
+                "best": self.best,
+            },
+            self.out / "last.pt",
+        )
+
+
+def _build(
+    cfg: TrainConfig, out: Path, device: torch.device, train_list: VideoList, classes: list[str]
+) -> _Fit:
+    """Step 3: model, optimiser, the training loader, the schedule and mixed precision."""
     model = build_model(cfg, len(classes)).to(device)
     if device.type == "cuda" and cfg.modality != "audio":
         model = model.to(memory_format=torch.channels_last)
@@ -232,141 +310,130 @@ def train(
     train_ds = build_dataset(cfg, train_list, True)
     loader = make_loader(train_ds, cfg.batch_size, cfg.workers, True, device, cfg.seed)
     steps = max(1, math.ceil(len(train_ds) / cfg.batch_size))
-    total = cfg.epochs * steps
-    factor = lr_factor(cfg.schedule, total)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.schedule, cfg.epochs * steps))
     dtype = amp_dtype(device) if cfg.amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    start_epoch, best = 0, {}
-    metrics_path = out / "metrics.jsonl"
+    return _Fit(
+        cfg, out, device, train_list, classes, model, opt, sched, scaler, dtype, loader, steps
+    )
+
+
+def _start(fit: _Fit, resume: bool, echo) -> int:
+    """Step 4: the first epoch to train. Resuming restores last.pt (when there is one) and
+    the schedule's position; a new run starts an empty metrics.jsonl."""
+    cfg, out = fit.cfg, fit.out
     if resume and (out / "last.pt").exists():
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        fit.model.load_state_dict(state["model"])
+        fit.opt.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
         # the schedule follows this run's --epochs (it may have grown), from the first step of
         # the epoch that starts now (an epoch cut by Ctrl-C is redone)
-        sched.last_epoch = start_epoch * steps
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * factor(sched.last_epoch)
-        best = {k: v for k, v in state.get("best", {}).items()}
+        fit.sched.last_epoch = start_epoch * fit.steps
+        factor = lr_factor(cfg.schedule, cfg.epochs * fit.steps)
+        for g in fit.opt.param_groups:
+            g["lr"] = cfg.lr * factor(fit.sched.last_epoch)
+        fit.best = {k: v for k, v in state.get("best", {}).items()}
         echo(f"resuming {out} after epoch {start_epoch}")
-    elif not resume:
-        metrics_path.write_text("")
-    val_loader = None
-    if val_list is not None:
-        val_ds = build_dataset(cfg, val_list, False)
-        val_loader = make_loader(val_ds, cfg.batch_size, cfg.workers, False, device)
+        return start_epoch
+    if not resume:
+        (out / "metrics.jsonl").write_text("")
+    return 0
+
+
+def _train_epoch(fit: _Fit, epoch: int, *, progress: bool, echo) -> dict:
+    """Step 5: one pass over the training videos; the epoch's first metrics (loss, Prec@1,
+    learning rate). Unreadable videos are skipped and named once."""
+    from tqdm import tqdm
+
+    cfg, model, opt, device = fit.cfg, fit.model, fit.opt, fit.device
+    fit.loader.sampler.set_epoch(epoch)
+    model.train()
     loss_fn = nn.CrossEntropyLoss()
-    history = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
-    epoch = start_epoch
+    losses, correct, seen = [], 0, 0
+    bar = tqdm(
+        fit.loader,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="batch",
+        disable=not progress,
+        leave=False,
+    )
+    for batch in bar:
+        for idx, err in batch["errors"]:
+            if idx not in fit.bad_ids:
+                fit.bad_ids.add(idx)
+                echo(f"skipping unreadable video {fit.train_list.records[idx].video_id}: {err[1]}")
+        if "x" not in batch:
+            continue
+        x = batch["x"].to(device, non_blocking=True)
+        y = batch["label"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=fit.dtype, enabled=fit.dtype is not None):
+            logits = model(x)
+            loss = loss_fn(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        fit.scaler.scale(loss).backward()
+        fit.scaler.step(opt)
+        fit.scaler.update()
+        fit.sched.step()
+        losses.append(loss.item())
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    if not losses:
+        raise ConfigError("no training video could be read; check `vidfeat data probe`")
+    return {
+        "epoch": epoch + 1,
+        "train_loss": float(np.mean(losses)),
+        "train_prec1": correct / max(seen, 1),
+        "lr": opt.param_groups[0]["lr"],
+    }
 
-    def save_last() -> None:
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "epoch": epoch,
-                "best": best,
-            },
-            out / "last.pt",
+
+def _validate(fit: _Fit, loader: DataLoader, videos: VideoList) -> dict:
+    """Step 6: Prec@1/5 and mean class accuracy on the readable validation videos."""
+    scores, errors = predict(fit.model, loader, fit.device, len(videos))
+    if scores is None:
+        raise ConfigError(
+            f"no validation video of {fit.cfg.val} could be read; check `vidfeat data probe` on it"
         )
+    ok = ~np.isnan(scores).any(1)
+    labels = np.asarray(videos.label_indices())
+    s = summarize(scores[ok], labels[ok], len(fit.classes))
+    row = {
+        "val_prec1": s["prec1"],
+        "val_prec5": s["prec5"],
+        "val_mean_class_acc": s["mean_class_acc"],
+        "val_videos": int(ok.sum()),
+    }
+    if errors:
+        row["val_unreadable"] = len(errors)
+    return row
 
-    bad_ids: set[int] = set()
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            loader.sampler.set_epoch(epoch)
-            model.train()
-            losses, correct, seen = [], 0, 0
-            bar = tqdm(
-                loader,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                unit="batch",
-                disable=not progress,
-                leave=False,
-            )
-            for batch in bar:
-                for idx, err in batch["errors"]:
-                    if idx not in bad_ids:
-                        bad_ids.add(idx)
-                        echo(
-                            f"skipping unreadable video {train_list.records[idx].video_id}: "
-                            f"{err[1]}"
-                        )
-                if "x" not in batch:
-                    continue
-                x = batch["x"].to(device, non_blocking=True)
-                y = batch["label"].to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = model(x)
-                    loss = loss_fn(logits.float(), y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                losses.append(loss.item())
-                correct += int((logits.argmax(1) == y).sum())
-                seen += len(y)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            if not losses:
-                raise ConfigError("no training video could be read; check `vidfeat data probe`")
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": float(np.mean(losses)),
-                "train_prec1": correct / max(seen, 1),
-                "lr": opt.param_groups[0]["lr"],
-            }
-            if val_loader is not None:
-                scores, errors = predict(model, val_loader, device, len(val_list))
-                if scores is None:
-                    raise ConfigError(
-                        f"no validation video of {cfg.val} could be read; check `vidfeat data "
-                        "probe` on it"
-                    )
-                ok = ~np.isnan(scores).any(1)
-                labels = np.asarray(val_list.label_indices())
-                s = summarize(scores[ok], labels[ok], len(classes))
-                row.update(
-                    val_prec1=s["prec1"],
-                    val_prec5=s["prec5"],
-                    val_mean_class_acc=s["mean_class_acc"],
-                    val_videos=int(ok.sum()),
-                )
-                if errors:
-                    row["val_unreadable"] = len(errors)
-            row["seconds"] = time.perf_counter() - t0
-            history.append(row)
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            key = row.get("val_prec1", row["train_prec1"])
-            if not best or key > best["key"]:
-                best = {"key": key, **row}
-                torch.save(model.state_dict(), out / "best.pt")
-            epoch += 1
-            save_last()
-            echo(
-                f"epoch {row['epoch']}: loss {row['train_loss']:.3f}, train Prec@1 "
-                f"{row['train_prec1']:.3f}"
-                + (
-                    f", val Prec@1 {row['val_prec1']:.3f} Prec@5 {row['val_prec5']:.3f}"
-                    if "val_prec1" in row
-                    else ""
-                )
-                + f" ({row['seconds']:.0f}s)"
-            )
-    except KeyboardInterrupt:
-        save_last()
-        echo(f"interrupted: saved {out / 'last.pt'}; continue with --resume")
-        raise
-    finally:
-        if history:
-            plot_curves(
-                history, out / "curves.png", title=f"{cfg.modality} {cfg.arch} {cfg.backbone}"
-            )
-    best.pop("key", None)
-    return best
+
+def _record(fit: _Fit, row: dict) -> None:
+    """Step 7: the epoch's metrics line, best.pt when it is the best so far, then last.pt."""
+    fit.history.append(row)
+    with open(fit.out / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    key = row.get("val_prec1", row["train_prec1"])
+    if not fit.best or key > fit.best["key"]:
+        fit.best = {"key": key, **row}
+        torch.save(fit.model.state_dict(), fit.out / "best.pt")
+    fit.epoch += 1
+    fit.save_last()
+
+
+def _epoch_line(row: dict) -> str:
+    return (
+        f"epoch {row['epoch']}: loss {row['train_loss']:.3f}, train Prec@1 "
+        f"{row['train_prec1']:.3f}"
+        + (
+            f", val Prec@1 {row['val_prec1']:.3f} Prec@5 {row['val_prec5']:.3f}"
+            if "val_prec1" in row
+            else ""
+        )
+        + f" ({row['seconds']:.0f}s)"
+    )
 
 
 def lr_factor(schedule: str, total_steps: int):

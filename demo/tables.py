@@ -3,8 +3,10 @@
 Reads what the demo stages left in OUT (runs' metrics, stored clip scores, fusion evals, the
 ensemble table, timings) and the dataset's stated ceilings. Every number comes from a file the
 pipeline wrote; each claim of the paper is checked and the report says when it does not hold.
+One function per section, in the report's order. (The demo's tables only: unrelated to
+vidfeat/report.py, the done / skipped / failed counter of the commands.)
 
-Usage: python demo/report.py OUT [--readme README.md]
+Usage: python demo/tables.py OUT [--readme README.md]
 (--readme also rewrites the README's demo-results block from the report: tables, not typing.)
 """
 
@@ -16,7 +18,9 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,25 +90,63 @@ def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def main(out: Path) -> None:
-    data, runs, store = out / "data", out / "runs", out / "store"
+@dataclass
+class Demo:
+    """What the demo stages left in OUT, and what the report gathers while it is written:
+    the paper's claims checked (``None``: not evaluated, a stage missing) and the bars to plot
+    (name, Prec@1, Prec@5)."""
+
+    out: Path
+    data: Path
+    runs: Path
+    store: Path
+    split: str  # test when the dataset has one (models were selected on val), else val
+    listed: Any  # the split's VideoList
+    ceil: dict
+    design: dict  # the synthetic classes' cues, by class name
+    claims: list[tuple[str, bool | None]] = field(default_factory=list)
+    bars: list[tuple] = field(default_factory=list)
+
+
+def load_demo(out: Path) -> Demo:
+    data = out / "data"
     ceil = load_ceilings(data)
     # report on test when the dataset has one (models were selected on val), else on val
     split = "test" if (data / "test.csv").exists() else "val"
     listed = load_list(data / f"{split}.csv")
-    lines = [
+    design = {c["name"]: c for c in json.loads((data / "synth.json").read_text())["classes"]}
+    return Demo(out, data, out / "runs", out / "store", split, listed, ceil, design)
+
+
+def main(out: Path) -> None:
+    d = load_demo(out)
+    lines = intro(d)
+    lines += table1_rgb(d)
+    table2, single_best = table2_modalities(d)
+    lines += table2
+    lines += table3_fusion(d, single_best)
+    lines += ensemble_section(d)
+    lines += bars_plot(d)
+    lines += claims_section(d)
+    lines += timings_section(d)
+    (out / "report.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def intro(d: Demo) -> list[str]:
+    return [
         "# vidfeat demo report",
         "",
-        f"Synthetic dataset: {len(listed)} {split} videos, {len(listed.classes)} classes "
-        f"(`{data / 'README.txt'}`). Prec@1 / Prec@5 in %, on the {split} split. "
+        f"Synthetic dataset: {len(d.listed)} {d.split} videos, {len(d.listed.classes)} classes "
+        f"(`{d.data / 'README.txt'}`). Prec@1 / Prec@5 in %, on the {d.split} split. "
         "Ceilings: the Bayes accuracy of a model that sees only that modality's cues.",
         "",
     ]
-    claims: list[tuple[str, bool | None]] = []  # None: not evaluated (a stage missing)
 
-    # Table 1: StNet vs TSN on RGB, from the clip scores their extraction stored
-    design = {c["name"]: c for c in json.loads((data / "synth.json").read_text())["classes"]}
-    lines += [
+
+def table1_rgb(d: Demo) -> list[str]:
+    """Table 1: StNet vs TSN on RGB, from the clip scores their extraction stored."""
+    lines = [
         "## Table 1 — RGB: StNet vs TSN (same backbone and budget)",
         "",
         "Clip scores of `vidfeat extract rgb` on the test grid. *colour + motion*: the predicted "
@@ -120,28 +162,32 @@ def main(out: Path) -> None:
         ("TSN (1 frame / segment)", "rgb-tsn", "appearance (one RGB frame: TSN-RGB)"),
         ("StNet (super-images + TMB + TXB)", "rgb", "appearance + motion (RGB clip: StNet)"),
     ]:
-        p = stored_probs(store, set_name, listed)
-        acc = stored_scores(store, set_name, listed)
-        cm = None if p is None else cue_accuracy(p, listed, design, ("colour", "motion"))
+        p = stored_probs(d.store, set_name, d.listed)
+        acc = stored_scores(d.store, set_name, d.listed)
+        cm = None if p is None else cue_accuracy(p, d.listed, d.design, ("colour", "motion"))
         rgb_acc[set_name] = (acc, cm)
         seen = ("colour", "motion") if set_name == "rgb" else ("colour",)
-        cm_ceiling = cue_ceiling(list(design.values()), seen, ("colour", "motion"))
+        cm_ceiling = cue_ceiling(list(d.design.values()), seen, ("colour", "motion"))
         lines.append(
-            f"| {name} | {pct(acc and acc[0])} | {pct(acc and acc[1])} | {pct(ceil[c])} "
+            f"| {name} | {pct(acc and acc[0])} | {pct(acc and acc[1])} | {pct(d.ceil[c])} "
             f"| {pct(cm)} | {pct(cm_ceiling)} |"
         )
     (st, st_cm), (ts, ts_cm) = rgb_acc["rgb"], rgb_acc["rgb-tsn"]
-    claims.append(("StNet >= TSN on RGB (Prec@1)", None if not (st and ts) else st[0] >= ts[0]))
-    claims.append(
+    d.claims.append(("StNet >= TSN on RGB (Prec@1)", None if not (st and ts) else st[0] >= ts[0]))
+    d.claims.append(
         (
             "StNet > TSN on the motion cue (colour + motion accuracy)",
             None if st_cm is None or ts_cm is None else st_cm > ts_cm,
         )
     )
     lines.append("")
+    return lines
 
-    # Table 2: each modality alone (clip scores of the extracted sets) and single heads
-    lines += [
+
+def table2_modalities(d: Demo) -> tuple[list[str], float]:
+    """Table 2: each modality alone (clip scores of the extracted sets) and single heads; the
+    lines and the best single-modality Prec@1."""
+    lines = [
         "## Table 2 — each modality alone",
         "",
         "| modality | network clip scores P@1 | P@5 | `single` head on features P@1 | P@5 "
@@ -155,72 +201,88 @@ def main(out: Path) -> None:
         "audio": "sound (audio)",
     }
     single_best = 0.0
-    bars = []
     for m, c in modal_ceil.items():
-        net = stored_scores(store, m, listed)
-        head = fuse_eval(runs / f"fuse-single-{m}", split)
+        net = stored_scores(d.store, m, d.listed)
+        head = fuse_eval(d.runs / f"fuse-single-{m}", d.split)
         single_best = max([single_best] + [x[0] for x in (net, head) if x])
         if head:
-            bars.append((f"single {m}", *head))
+            d.bars.append((f"single {m}", *head))
         lines.append(
             f"| {m} | {pct(net and net[0])} | {pct(net and net[1])} | "
-            f"{pct(head and head[0])} | {pct(head and head[1])} | {pct(ceil[c])} |"
+            f"{pct(head and head[0])} | {pct(head and head[1])} | {pct(d.ceil[c])} |"
         )
     lines.append("")
+    return lines, single_best
 
-    # Table 3: fusion heads and the ensemble
-    lines += [
+
+def table3_fusion(d: Demo, single_best: float) -> list[str]:
+    """Table 3: the fusion heads on all four feature sets."""
+    lines = [
         "## Table 3 — fusion of rgb + tvl1 + farneback + audio",
         "",
         "| head | Prec@1 | Prec@5 |",
         "|---|---:|---:|",
     ]
     for head in ("txn", "fflstm", "attention-clusters", "itxn"):
-        r = fuse_eval(runs / f"fuse-{head}", split)
+        r = fuse_eval(d.runs / f"fuse-{head}", d.split)
         lines.append(f"| {head} | {pct(r and r[0])} | {pct(r and r[1])} |")
         if r:
-            bars.append((head, *r))
-        claims.append(
+            d.bars.append((head, *r))
+        d.claims.append(
             (
                 f"{head} > best single modality ({pct(single_best)})",
                 None if r is None else r[0] > single_best,
             )
         )
-    txn, itxn = fuse_eval(runs / "fuse-txn", split), fuse_eval(runs / "fuse-itxn", split)
-    claims.append(("itxn >= txn", None if not (txn and itxn) else itxn[0] >= txn[0]))
-    lines += [f"| ceiling (all cues) | {pct(ceil['all cues (fusion)'])} | |", ""]
-    table = out / "ensemble" / "table.csv"
-    if not table.exists():
-        claims.append(("ensemble >= best member", None))
-    else:
-        rows = list(csv.DictReader(open(table)))
-        lines += [
-            f"### GBDT ensemble (out-of-fold on the {split} split)",
-            "",
-            (out / "ensemble" / "table.md").read_text(),
-            "",
-        ]
-        ens = next(r for r in rows if r["kind"] == "ensemble")
-        members = [r for r in rows if r["kind"] == "member"]
-        best_m = max(members, key=lambda r: float(r["prec1"]))
-        bars.append(("GBDT ensemble", float(ens["prec1"]), float(ens["prec5"])))
-        claims.append(
-            (
-                f"ensemble >= best member ({best_m['model']})",
-                float(ens["prec1"]) >= float(best_m["prec1"]),
-            )
-        )
-    if bars:
-        plot_bars(
-            bars,
-            out / "report_bars.png",
-            title=f"{split} Prec@1 / Prec@5",
-            refs={"fusion ceiling": ceil["all cues (fusion)"]},
-        )
-        lines += ["![results](report_bars.png)", ""]
+    txn, itxn = fuse_eval(d.runs / "fuse-txn", d.split), fuse_eval(d.runs / "fuse-itxn", d.split)
+    d.claims.append(("itxn >= txn", None if not (txn and itxn) else itxn[0] >= txn[0]))
+    lines += [f"| ceiling (all cues) | {pct(d.ceil['all cues (fusion)'])} | |", ""]
+    return lines
 
-    lines += ["## The paper's claims on this data", ""]
-    for text, ok in claims:
+
+def ensemble_section(d: Demo) -> list[str]:
+    """The GBDT ensemble's table (written by `vidfeat ensemble`), when that stage ran."""
+    table = d.out / "ensemble" / "table.csv"
+    if not table.exists():
+        d.claims.append(("ensemble >= best member", None))
+        return []
+    rows = list(csv.DictReader(open(table)))
+    lines = [
+        f"### GBDT ensemble (out-of-fold on the {d.split} split)",
+        "",
+        (d.out / "ensemble" / "table.md").read_text(),
+        "",
+    ]
+    ens = next(r for r in rows if r["kind"] == "ensemble")
+    members = [r for r in rows if r["kind"] == "member"]
+    best_m = max(members, key=lambda r: float(r["prec1"]))
+    d.bars.append(("GBDT ensemble", float(ens["prec1"]), float(ens["prec5"])))
+    d.claims.append(
+        (
+            f"ensemble >= best member ({best_m['model']})",
+            float(ens["prec1"]) >= float(best_m["prec1"]),
+        )
+    )
+    return lines
+
+
+def bars_plot(d: Demo) -> list[str]:
+    """OUT/report_bars.png: every result above as bars against the fusion ceiling."""
+    if not d.bars:
+        return []
+    plot_bars(
+        d.bars,
+        d.out / "report_bars.png",
+        title=f"{d.split} Prec@1 / Prec@5",
+        refs={"fusion ceiling": d.ceil["all cues (fusion)"]},
+    )
+    return ["![results](report_bars.png)", ""]
+
+
+def claims_section(d: Demo) -> list[str]:
+    """The paper's claims, each stated whichever way it came out, and the protocol."""
+    lines = ["## The paper's claims on this data", ""]
+    for text, ok in d.claims:
         verdict = "not evaluated" if ok is None else "holds" if ok else "**does not hold**"
         lines.append(f"- {verdict}: {text}")
     lines += [
@@ -229,32 +291,37 @@ def main(out: Path) -> None:
             "Protocol: every network and head keeps its best epoch by validation Prec@1; the "
             "figures above are on the test split, which no model was selected on; the GBDT is "
             "cross-fitted on test (out-of-fold), its members' scores being test scores too."
-            if split == "test"
+            if d.split == "test"
             else "Model selection: every network and head keeps its best epoch by validation "
             "Prec@1 and is reported on that same split (the dataset has no test split: make one "
             "with `vidfeat data synth --test-fraction`); the ensemble's figures are out-of-fold."
         ),
         "",
     ]
-    times = out / "timings.tsv"
-    if times.exists():
-        rows = list(csv.DictReader(open(times), delimiter="\t"))
-        per_stage: dict[str, int] = {}
-        for r in rows:  # in order of first appearance
-            per_stage[r["stage"]] = per_stage.get(r["stage"], 0) + int(r["seconds"])
-        lines += [
-            "## Time per stage",
-            "",
-            "Wall seconds, summed over every run of `demo/run.sh` on this folder (a rerun adds "
-            "only what it redid: finished stages are skipped, extraction resumes).",
-            "",
-            "| stage | seconds |",
-            "|---|---:|",
-        ]
-        lines += [f"| {k} | {v} |" for k, v in per_stage.items()]
-        lines += [f"| total | {sum(per_stage.values())} |", ""]
-    (out / "report.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return lines
+
+
+def timings_section(d: Demo) -> list[str]:
+    """Wall seconds per stage, from OUT/timings.tsv (demo/run.sh appends to it)."""
+    times = d.out / "timings.tsv"
+    if not times.exists():
+        return []
+    rows = list(csv.DictReader(open(times), delimiter="\t"))
+    per_stage: dict[str, int] = {}
+    for r in rows:  # in order of first appearance
+        per_stage[r["stage"]] = per_stage.get(r["stage"], 0) + int(r["seconds"])
+    lines = [
+        "## Time per stage",
+        "",
+        "Wall seconds, summed over every run of `demo/run.sh` on this folder (a rerun adds "
+        "only what it redid: finished stages are skipped, extraction resumes).",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in per_stage.items()]
+    lines += [f"| total | {sum(per_stage.values())} |", ""]
+    return lines
 
 
 BEGIN, END = "<!-- demo-report:begin -->", "<!-- demo-report:end -->"
@@ -271,7 +338,7 @@ def update_readme(readme: Path, report: str, out: Path) -> None:
     )
     total = re.search(r"^\| total \| (\d+) \|$", report, re.M)
     stamp = (
-        f"Written by `python demo/report.py {out} --readme README.md` after `make demo` "
+        f"Written by `python demo/tables.py {out} --readme README.md` after `make demo` "
         f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, no GPU"
         + (f", {int(total.group(1)) / 60:.1f} min of stages" if total else "")
         + "). Do not edit by hand."
@@ -290,7 +357,7 @@ if __name__ == "__main__":
     if len(args) == 3 and args[1] == "--readme":
         readme = Path(args[2])
     elif len(args) != 1:
-        sys.exit("usage: python demo/report.py OUT [--readme README.md]")
+        sys.exit("usage: python demo/tables.py OUT [--readme README.md]")
     out_dir = Path(args[0])
     main(out_dir)
     if readme is not None:
