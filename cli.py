@@ -751,6 +751,12 @@ def train_options(f):
         click.option("--no-amp", is_flag=True, help="No mixed precision on CUDA."),
         SEED,
         click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt."),
+        click.option(
+            "--overwrite",
+            is_flag=True,
+            help="Start again in an --out that holds a run (the old one is moved aside to "
+            "<out>.replaced-<time>).",
+        ),
         QUIET,
     ]
     for o in reversed(opts):
@@ -796,7 +802,14 @@ def segment_net_options(f):
             "--net-opt",
             multiple=True,
             metavar="KEY=VALUE",
-            help="Network option, e.g. --net-opt tmb=residual.",
+            help="Network option, e.g. --net-opt tmb=paper.",
+        ),
+        click.option(
+            "--init",
+            type=click.Path(exists=True, path_type=Path),
+            help="Fine-tune: start from every weight of this run (trained or imported, e.g. "
+            "the authors' StNet) but the classifier, rebuilt for this list's classes. "
+            "--arch, --backbone, -N and --net-opt default to the run's.",
         ),
     ]
     for o in reversed(opts):
@@ -832,6 +845,7 @@ def _train(kw: dict, modality: str, **extra) -> None:
         cfg,
         kw["out"],
         resume=kw["resume"],
+        overwrite=kw["overwrite"],
         progress=not kw["quiet"] and sys.stderr.isatty(),
         echo=lambda m: click.echo(m, err=True),
     )
@@ -845,7 +859,7 @@ def _train(kw: dict, modality: str, **extra) -> None:
 
 
 def _segment_extra(kw: dict) -> dict:
-    return dict(
+    extra = dict(
         arch=kw["arch"],
         backbone=kw["backbone"],
         pretrained=kw["pretrained"],
@@ -854,6 +868,49 @@ def _segment_extra(kw: dict) -> dict:
         size=kw["size"],
         net_options=_parse_head_options(kw["net_opt"], "--net-opt"),
     )
+    if kw["init"] is not None:
+        extra.update(_from_init_run(kw["init"], extra))
+    return extra
+
+
+def _from_init_run(run: Path, asked: dict) -> dict:
+    """With --init: the run's architecture, unless an option asked otherwise (refused, by
+    name, when it contradicts the run; options left at their defaults take the run's)."""
+    import yaml
+
+    from vidfeat.train import explicit_net_options
+
+    p = run if run.is_dir() else run.parent
+    if not (p / "config.yaml").is_file():
+        raise click.UsageError(f"--init {run}: not a run folder (no config.yaml)")
+    cfg = yaml.safe_load((p / "config.yaml").read_text())
+    ctx = click.get_current_context()
+    flags = {"arch": "--arch", "backbone": "--backbone", "frames": "-N/--frames"}
+    out: dict = {"init": str(run)}
+    for key, flag in flags.items():
+        given = ctx.get_parameter_source(key) is not click.core.ParameterSource.DEFAULT
+        if given and asked[key] != cfg[key]:
+            raise click.UsageError(
+                f"{flag} {asked[key]} contradicts the --init run's {key} {cfg[key]!r}; leave "
+                f"{flag} out (it defaults to the run's)"
+            )
+        out[key] = cfg[key]
+    for key in ("pretrained", "backbone_weights"):
+        if asked[key]:
+            raise click.UsageError(
+                f"--{key.replace('_', '-')} and --init exclude each other: --init brings "
+                "every weight of the run"
+            )
+    run_opts = explicit_net_options(
+        cfg["arch"], cfg["modality"], cfg.get("net_options") or {}, True
+    )
+    for key, value in asked["net_options"].items():
+        if run_opts.get(key) != value:
+            raise click.UsageError(
+                f"--net-opt {key}={value} contradicts the --init run's {key}={run_opts.get(key)!r}"
+            )
+    out["net_options"] = run_opts
+    return out
 
 
 @train.command("rgb")
@@ -1039,6 +1096,11 @@ def _parse_head_options(pairs: tuple[str, ...], flag: str = "--head-opt") -> dic
     is_flag=True,
     help="Continue the run in --out from last.pt (a larger --epochs may be given).",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Start again in an --out that holds a run (the old one is moved aside).",
+)
 @QUIET
 def fuse_train(**kw) -> None:
     """Train a fusion head on feature sets of a store; keeps the best epoch by val Prec@1.
@@ -1075,6 +1137,7 @@ def fuse_train(**kw) -> None:
         cfg,
         kw["out"],
         resume=kw["resume"],
+        overwrite=kw["overwrite"],
         progress=not kw["quiet"] and sys.stderr.isatty(),
         echo=lambda s: click.echo(s, err=True),
     )
@@ -1097,11 +1160,16 @@ def fuse_train(**kw) -> None:
 @click.option("--name", help="Name of the RUN/eval-<name>/ folder (default: the list's name).")
 @DEVICE
 @VIDEO_ROOT
-def fuse_eval(run, store, videos, name, device, video_root) -> None:
+@click.option(
+    "--overwrite", is_flag=True, help="Redo an evaluation of that --name (the old one moved aside)."
+)
+def fuse_eval(run, store, videos, name, device, video_root, overwrite) -> None:
     """Prec@1, Prec@5, mean class accuracy; per-video scores, per-class CSV, confusion PNG."""
     from fusion.evaluate import evaluate
 
-    res = evaluate(run, store, videos, device=device, name=name, video_root=video_root)
+    res = evaluate(
+        run, store, videos, device=device, name=name, video_root=video_root, overwrite=overwrite
+    )
     for line in res["notes"]:
         click.echo(line, err=True)
     click.echo(
@@ -1170,6 +1238,11 @@ def _members(values: tuple[str, ...]) -> list[str]:
 @SEED
 @DEVICE
 @VIDEO_ROOT
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Fit into an --out that holds other content (moved aside first).",
+)
 @click.pass_context
 def ensemble(
     ctx,
@@ -1187,6 +1260,7 @@ def ensemble(
     seed,
     device,
     video_root,
+    overwrite,
 ) -> None:
     """Stack member class scores with a LightGBM GBDT; K-fold cross-fitted evaluation.
 
@@ -1220,6 +1294,7 @@ def ensemble(
         folds=folds,
         intersect=intersect,
         device=device,
+        overwrite=overwrite,
     )
     for note in report.notes:
         click.echo(f"note: {note}")

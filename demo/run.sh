@@ -50,6 +50,8 @@ mkdir -p "$OUT" "$RUNS"
 TIMES=$OUT/timings.tsv
 [ -f "$TIMES" ] || printf 'stage\tseconds\n' > "$TIMES"
 
+# A stage runs only while its completion marker is missing, so what its folder holds then is an
+# unfinished attempt: the commands pass --overwrite to start it again (moved aside, not lost).
 stage() {  # stage NAME DONE_MARKER COMMAND...
   local name=$1 marker=$2; shift 2
   echo; echo "== $name"
@@ -88,7 +90,7 @@ done
 # synthetic classes move left or right, and a mirrored "left" clip is a "right" clip.
 COMMON=(--val "$DATA/val.csv" --segments "$TRAIN_T" --test-segments "$T" --frames "$N"
         --size "$CROP" --epochs "$EPOCHS" --batch-size "$BATCH" --workers "$WORKERS"
-        --optimizer adamw --lr "$LR" --schedule cosine --no-flip --quiet)
+        --optimizer adamw --lr "$LR" --schedule cosine --no-flip --quiet --overwrite)
 stage "3a train rgb (StNet)" "$RUNS/rgb-stnet/best.pt" \
   "$VF" train rgb --videos "$DATA/train.csv" --out "$RUNS/rgb-stnet" --arch stnet \
   --backbone "$BACKBONE" --short-side "$SHORT" "${COMMON[@]}" --net-opt txb_width=256 \
@@ -105,7 +107,7 @@ done
 stage "3d train audio" "$RUNS/audio/best.pt" \
   "$VF" train audio --videos "$DATA/train.csv" --val "$DATA/val.csv" --out "$RUNS/audio" \
   --width "$AUDIO_WIDTH" --segments "$T" --epochs "$AUDIO_EPOCHS" --batch-size 16 \
-  --workers "$WORKERS" --optimizer adamw --lr 0.001 --schedule cosine --quiet
+  --workers "$WORKERS" --optimizer adamw --lr 0.001 --schedule cosine --quiet --overwrite
 
 EXTRACT=(--videos "$ALL" --store "$STORE" -T "$T" --workers "$WORKERS" --batch-size 8 --quiet)
 stage "4a extract rgb" "" "$VF" extract rgb --checkpoint "$RUNS/rgb-stnet" "${EXTRACT[@]}"
@@ -120,7 +122,7 @@ done
 stage "4c extract audio" "" "$VF" extract audio --checkpoint "$RUNS/audio" "${EXTRACT[@]}"
 
 FUSE=(--store "$STORE" --train "$DATA/train.csv" --val "$DATA/val.csv"
-      --epochs "$FUSE_EPOCHS" --batch-size 16 --quiet)
+      --epochs "$FUSE_EPOCHS" --batch-size 16 --quiet --overwrite)
 for m in rgb tvl1 farneback audio; do
   stage "5 fuse single ($m)" "$RUNS/fuse-single-$m/best.pt" \
     "$VF" fuse train --features "$m" --head single --out "$RUNS/fuse-single-$m" "${FUSE[@]}"
@@ -134,12 +136,14 @@ for head in txn fflstm attention-clusters itxn; do
     --head-opt "${HEAD_OPTS[$head]}"
 done
 for r in "$RUNS"/fuse-*; do
+  case "$r" in *.replaced-*) continue ;; esac  # an unfinished attempt moved aside
   stage "5 eval $(basename "$r")" "$r/eval-test/metrics.json" \
-    "$VF" fuse eval --run "$r" --store "$STORE" --videos "$DATA/test.csv" --name test
+    "$VF" fuse eval --run "$r" --store "$STORE" --videos "$DATA/test.csv" --name test \
+    --overwrite
 done
 
 stage "6 ensemble" "$OUT/ensemble/table.csv" \
-  "$VF" ensemble --store "$STORE" --videos "$DATA/test.csv" --out "$OUT/ensemble" \
+  "$VF" ensemble --store "$STORE" --videos "$DATA/test.csv" --out "$OUT/ensemble" --overwrite \
   --members "$RUNS/fuse-txn,$RUNS/fuse-fflstm,$RUNS/fuse-attention-clusters,$RUNS/fuse-itxn" \
   --members "set:rgb,set:tvl1,set:farneback,set:audio"
 

@@ -42,6 +42,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from vidfeat.errors import ConfigError
 from vidfeat.metrics import topk_accuracy
+from vidfeat.outdir import claim_out_dir
 from vidfeat.videolist import VideoList
 
 try:
@@ -344,8 +345,10 @@ def run_ensemble(
     folds: int = 5,
     intersect: bool = False,
     device: str = "auto",
+    overwrite: bool = False,
 ) -> EnsembleReport:
-    """Fit and evaluate; writes ENS/ (models, table, out-of-fold scores, bar chart)."""
+    """Fit and evaluate; writes ENS/ (models, table, out-of-fold scores, bar chart). An ``out``
+    that holds other content is refused unless ``overwrite`` (moved aside)."""
     from vidfeat.plots import plot_bars
 
     if len(member_specs) < 1:
@@ -353,7 +356,7 @@ def run_ensemble(
     if not videos.labelled:
         raise ConfigError(f"{videos.source}: the ensemble is fit on labelled videos")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(out, overwrite=overwrite, what="ensemble")
     classes = videos.classes
     members = [load_member(s, store, videos, device) for s in member_specs]
     names = [m.name for m in members]

@@ -22,6 +22,7 @@ from fusion.trainer import FuseConfig, build_head, load_state, predict_scores
 from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError
 from vidfeat.metrics import confusion_matrix, summarize
+from vidfeat.outdir import claim_out_dir
 from vidfeat.plots import plot_confusion
 from vidfeat.videolist import VideoList, load_list, read_classes
 
@@ -92,18 +93,19 @@ def evaluate(
     device: str = "auto",
     name: str | None = None,
     video_root=None,
+    overwrite: bool = False,
 ) -> dict:
     """Prec@1/5 and mean class accuracy; writes RUN/eval-<name>/ (scores.csv, per_class.csv,
-    confusion.png)."""
+    confusion.png). An earlier evaluation of that name is refused unless ``overwrite``."""
     lr = load_run(run, device=device)
+    out = lr.path / f"eval-{name or Path(videos_path).stem}"
+    claim_out_dir(out, overwrite=overwrite, what="evaluation (pick another --name)")
     videos = load_list(videos_path, classes=lr.classes, require_labels=True, video_root=video_root)
     scores, ds = run_scores(lr, store, videos)
     labels = np.asarray(videos.label_indices())
     res = summarize(scores, labels, len(lr.classes))
     res["videos"] = len(videos)
     res["notes"] = ds.report.lines()
-    out = lr.path / f"eval-{name or Path(videos_path).stem}"
-    out.mkdir(exist_ok=True)
     write_scores_csv(out / "scores.csv", videos.ids(), scores, lr.classes, labels)
     cm = confusion_matrix(scores.argmax(1), labels, len(lr.classes))
     with open(out / "per_class.csv", "w") as fh:

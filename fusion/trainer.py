@@ -54,6 +54,7 @@ from fusion.dist import (
 )
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.metrics import summarize
+from vidfeat.outdir import claim_out_dir
 from vidfeat.plots import plot_curves
 from vidfeat.provenance import file_sha256
 from vidfeat.stop import StopSignals, ignore_stop_signals
@@ -303,11 +304,13 @@ def train(
     out: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     echo: Callable[[str], Any] = print,
 ) -> dict:
     """Fit a head; keeps the best checkpoint by validation Prec@1. Returns the best metrics
-    (on every rank of a torchrun launch). ``resume``: continue the run in ``out`` from last.pt.
+    (on every rank of a torchrun launch). ``resume``: continue the run in ``out`` from last.pt;
+    an ``out`` that holds a run is refused without it, unless ``overwrite`` (moved aside).
 
     Raises :class:`TrainingInterrupted` after saving last.pt when Ctrl-C / SIGTERM arrives.
     """
@@ -318,6 +321,8 @@ def train(
             f"--batch-size {cfg.batch_size} is the global batch and must be a multiple of the "
             f"{ctx.world} processes torchrun started"
         )
+    if ctx.main:  # rank 0 owns the run folder
+        claim_out_dir(out, resume=resume, overwrite=overwrite, what="fusion run")
     with processes(cfg.device, ctx) as device:
         return _train(
             cfg,

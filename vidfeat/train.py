@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from vidfeat.device import amp_dtype, resolve_device
 from vidfeat.errors import ConfigError
 from vidfeat.metrics import summarize
+from vidfeat.outdir import claim_out_dir
 from vidfeat.plots import plot_curves
 from vidfeat.videolist import VideoList, load_list, read_classes, write_classes
 
@@ -70,6 +71,10 @@ class TrainConfig:
     video_root: str | None = None
     vggish_weights: str | None = None  # audio: initialise from VGGish weights
     width: float = 1.0  # audio: VGG width multiplier
+    # fine-tuning: every weight of this run's network but the classifier (kept when the class
+    # lists are equal); its best.pt sha256 is recorded beside it
+    init: str | None = None
+    init_sha256: str | None = None
 
     def validate(self) -> None:
         checks = [
@@ -185,17 +190,27 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, n: int):
 
 
 def train(
-    cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True, echo=print
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    echo=print,
 ) -> dict:
-    """Train and validate each epoch; returns the best epoch's metrics."""
+    """Train and validate each epoch; returns the best epoch's metrics. A folder that already
+    holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (start again; the
+    old run is moved aside)."""
     cfg.validate()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(out, resume=resume, overwrite=overwrite, what="training run")
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     train_list, val_list, classes = _load_lists(cfg, echo)
     _write_run(cfg, out, classes, resume)
     fit = _build(cfg, out, device, train_list, classes)
+    if cfg.init and not (resume and (out / "last.pt").exists()):
+        _init_from(fit, echo)
     start_epoch = _start(fit, resume, echo)
     val_loader = None
     if val_list is not None:
@@ -247,6 +262,20 @@ def _load_lists(cfg: TrainConfig, echo) -> tuple[VideoList, VideoList | None, li
     return train_list, val_list, classes
 
 
+def explicit_net_options(arch: str, modality: str, options: dict, legacy: bool = False) -> dict:
+    """Every ``--net-opt`` of a segment network with its value, so a run folder says exactly
+    which network it holds even when a default changes. ``legacy``: the options of a run
+    written before StNet's TMB default became ``residual`` (it records no ``tmb``: ``paper``)."""
+    if modality == "audio":
+        return dict(options)
+    from vidfeat.nets import SEGMENT_NETS
+
+    defaults = SEGMENT_NETS.get(arch).option_defaults()
+    if legacy and arch == "stnet" and "tmb" not in options:
+        defaults["tmb"] = "paper"
+    return {**defaults, **options}
+
+
 def _write_run(cfg: TrainConfig, out: Path, classes: list[str], resume: bool) -> None:
     """Step 2: config.yaml and classes.txt (resuming: after checking the run's own)."""
     if resume:
@@ -256,7 +285,20 @@ def _write_run(cfg: TrainConfig, out: Path, classes: list[str], resume: bool) ->
         classes_old = read_classes(out / "classes.txt")
         if classes_old != classes:
             raise ConfigError(f"--resume: the class index of {out} differs from this list's")
-        _check_resume(yaml.safe_load(old.read_text()), asdict(cfg), out)
+        was = yaml.safe_load(old.read_text())
+        was["net_options"] = explicit_net_options(
+            was["arch"], was["modality"], was.get("net_options") or {}, legacy=True
+        )
+        # options not asked again are the run's own; asked ones must agree (checked below)
+        cfg.net_options = {**was["net_options"], **cfg.net_options}
+        _check_resume(was, asdict(cfg), out)
+    else:
+        cfg.net_options = explicit_net_options(cfg.arch, cfg.modality, cfg.net_options)
+        if cfg.init:
+            from vidfeat.provenance import file_sha256
+
+            init = Path(cfg.init)
+            cfg.init_sha256 = file_sha256(init / "best.pt" if init.is_dir() else init)
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     write_classes(out / "classes.txt", classes)
 
@@ -316,6 +358,35 @@ def _build(
     return _Fit(
         cfg, out, device, train_list, classes, model, opt, sched, scaler, dtype, loader, steps
     )
+
+
+INIT_FIXED = ("modality", "arch", "backbone", "frames", "net_options", "width")
+
+
+def _init_from(fit: _Fit, echo) -> None:
+    """Fine-tuning: start from every weight of ``cfg.init``'s network except the classifier,
+    which is rebuilt for this list's classes (kept when the class lists are equal)."""
+    cfg = fit.cfg
+    src = load_trained(cfg.init)
+    for k in INIT_FIXED:
+        if getattr(src.config, k) != getattr(cfg, k):
+            raise ConfigError(
+                f"--init {cfg.init}: its {k} is {getattr(src.config, k)!r}, this run asks "
+                f"{getattr(cfg, k)!r}; leave the option out to take the run's"
+            )
+    state = src.model.state_dict()
+    head = [k for k in state if k.startswith("fc.")]
+    same_classes = src.classes == fit.classes
+    if not same_classes:
+        state = {k: v for k, v in state.items() if k not in head}
+    missing, unexpected = fit.model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - set(head):
+        raise ConfigError(
+            f"--init {cfg.init}: the networks differ (missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]})"
+        )
+    how = "kept" if same_classes else f"rebuilt for {len(fit.classes)} classes"
+    echo(f"init: every weight of {cfg.init} but the classifier ({how})")
 
 
 def _start(fit: _Fit, resume: bool, echo) -> int:
@@ -507,6 +578,7 @@ def load_trained(checkpoint: str | Path, device: torch.device | None = None) -> 
     cfg = TrainConfig(**yaml.safe_load((run / "config.yaml").read_text()))
     classes = read_classes(run / "classes.txt")
     cfg.pretrained, cfg.backbone_weights, cfg.vggish_weights = False, None, None
+    cfg.net_options = explicit_net_options(cfg.arch, cfg.modality, cfg.net_options, legacy=True)
     model = build_model(cfg, len(classes))
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
