@@ -36,6 +36,8 @@ Imports: torch and numpy only (OpenCV is used in the tests and the benchmark, ne
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -56,37 +58,45 @@ _FLOATS_PER_PIXEL = 64
 
 def _resize_axis_coeffs(
     dst: int, src: int, scale: float, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """OpenCV's INTER_LINEAR taps along one axis: source ``(d + 0.5) * scale - 0.5`` (computed
-    in double, stored as float), the weight of the upper tap zeroed and the index clamped
-    outside the image (edge replication)."""
-    f = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
-    i0 = np.floor(f).astype(np.int64)
-    w1 = (f - i0.astype(np.float32)).astype(np.float32)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Linear-resize taps along one axis as the installed OpenCV computes them (its Intel IPP
+    path, which ``cv2.resize`` takes for float images): source position ``(d + 0.5) * scale -
+    0.5`` and its fraction in double, the fraction stored as float; outside the image both taps
+    are the edge pixel (replication)."""
+    pos = (np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5
+    i0 = np.floor(pos).astype(np.int64)
+    frac = (pos - i0).astype(np.float32)
     low = i0 < 0
-    w1[low], i0[low] = 0.0, 0
+    frac[low], i0[low] = 0.0, 0
     high = i0 >= src - 1
-    w1[high], i0[high] = 0.0, src - 1
+    frac[high], i0[high] = 0.0, src - 1
     i1 = np.minimum(i0 + 1, src - 1)
-    w0 = (np.float32(1.0) - w1).astype(np.float32)
-    t = [torch.from_numpy(a).to(device) for a in (i0, i1, w0, w1)]
-    return t[0], t[1], t[2], t[3]
+    t = [torch.from_numpy(a).to(device) for a in (i0, i1, frac)]
+    return t[0], t[1], t[2]
+
+
+def _lerp_fma(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """``a + f * (b - a)`` with the product and sum rounded once (a fused multiply-add, as the
+    IPP resize does): the difference in float, the FMA emulated in double (the product of two
+    floats is exact there)."""
+    d = (b - a).to(torch.float64)
+    return torch.addcmul(a.to(torch.float64), d, f.to(torch.float64)).to(torch.float32)
 
 
 def _resize_linear(
     x: torch.Tensor, size: tuple[int, int], scale: tuple[float, float] | None = None
 ) -> torch.Tensor:
-    """``cv2.resize(x, (w, h), interpolation=INTER_LINEAR)`` of each ``[B, H, W]`` image:
-    horizontal pass then vertical, float weights. ``scale`` (y, x): the source step per
-    destination pixel; by default ``1 / (dst / src)`` as OpenCV computes it for a given size
-    (for a given factor ``f`` OpenCV uses ``1 / f``)."""
+    """``cv2.resize(x, (w, h), interpolation=INTER_LINEAR)`` of each float ``[B, H, W]`` image:
+    horizontal pass then vertical, pixel-centre convention, no antialiasing. ``scale`` (y, x):
+    the source step per destination pixel; by default ``src / dst`` (OpenCV given a size); for a
+    factor ``f`` OpenCV uses ``1 / f``."""
     _, h, w = x.shape
     dh, dw = size
-    sy, sx = scale if scale is not None else (1.0 / (dh / h), 1.0 / (dw / w))
-    x0, x1, a0, a1 = _resize_axis_coeffs(dw, w, sx, x.device)
-    y0, y1, b0, b1 = _resize_axis_coeffs(dh, h, sy, x.device)
-    rows = x[:, :, x0] * a0 + x[:, :, x1] * a1  # [B, H, dw]
-    return rows[:, y0, :] * b0[:, None] + rows[:, y1, :] * b1[:, None]
+    sy, sx = scale if scale is not None else (h / dh, w / dw)
+    x0, x1, fx = _resize_axis_coeffs(dw, w, sx, x.device)
+    y0, y1, fy = _resize_axis_coeffs(dh, h, sy, x.device)
+    rows = _lerp_fma(x[:, :, x0], x[:, :, x1], fx)  # [B, H, dw]
+    return _lerp_fma(rows[:, y0, :], rows[:, y1, :], fy[:, None])
 
 
 def _centered_gradient(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,14 +125,14 @@ def _cubic_weights(t: torch.Tensor) -> list[torch.Tensor]:
     return [c0, c1, c2, c3]
 
 
-def _remap_cubic(
-    images: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, base: tuple[torch.Tensor, ...]
-) -> torch.Tensor:
+def _remap_cubic(images: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
     """``cv2.remap(img, x + u1, y + u2, INTER_CUBIC)`` (constant zero border) of the ``C``
-    images ``[B, C, H, W]`` that share one map. Positions are used exactly (no 1/32 px
-    rounding), as the installed OpenCV does for float maps."""
+    images ``[B, C, H, W]`` that share one map (``u1``, ``u2``: ``[B, H, W]``). Positions are
+    used exactly (no 1/32 px rounding), as the installed OpenCV does for float maps."""
     b, c, h, w = images.shape
-    gx, gy = base
+    dev = images.device
+    gx = torch.arange(w, device=dev, dtype=torch.float32).view(1, 1, w)
+    gy = torch.arange(h, device=dev, dtype=torch.float32).view(1, h, 1)
     # positions beyond 3 px outside read only border zeros: clamping keeps the int cast sane
     mx = (gx + u1).clamp_(-3.0, w + 2.0)
     my = (gy + u2).clamp_(-3.0, h + 2.0)
@@ -130,71 +140,89 @@ def _remap_cubic(
     fy0 = torch.floor(my)
     wx = _cubic_weights(mx - fx0)
     wy = _cubic_weights(my - fy0)
-    x0 = fx0.to(torch.int64)
-    y0 = fy0.to(torch.int64)
-    # zero-padded copy (1 px all round): every tap outside the image reads a zero
-    padded = torch.zeros((b, h + 2, w + 2, c), dtype=images.dtype, device=images.device)
-    padded[:, 1:-1, 1:-1, :] = images.permute(0, 2, 3, 1)
-    table = padded.reshape(b * (h + 2) * (w + 2), c)
-    offs = (torch.arange(b, device=images.device) * ((h + 2) * (w + 2))).view(b, 1, 1)
-    cols = [(x0 + (k - 1)).clamp_(-1, w) + 1 for k in range(4)]
-    out = None
+    # a zero-padded copy (1 px all round): every tap outside the image reads a zero
+    pw = w + 2
+    table = torch.nn.functional.pad(images, (1, 1, 1, 1)).reshape(b, c, (h + 2) * pw)
+    cols = [(fx0.to(torch.int64) + k).clamp_(0, w + 1) for k in range(4)]  # padded coords
+    out = torch.zeros((b, c, h * w), dtype=images.dtype, device=dev)
     for i in range(4):
-        row = ((y0 + (i - 1)).clamp_(-1, h) + 1) * (w + 2) + offs
+        row = (fy0.to(torch.int64) + i).clamp_(0, h + 1) * pw
         for k in range(4):
-            term = table[(row + cols[k]).reshape(-1)].view(b, h, w, c) * (wy[i] * wx[k]).unsqueeze(
-                -1
-            )
-            out = term if out is None else out.add_(term)
-    assert out is not None
-    return out.permute(0, 3, 1, 2)
+            idx = (row + cols[k]).view(b, 1, h * w).expand(b, c, h * w)
+            wt = (wy[i] * wx[k]).view(b, 1, h * w)
+            out.addcmul_(torch.gather(table, 2, idx), wt)
+    return out.view(b, c, h, w)
+
+
+def _batcher(n: int) -> list[tuple[int, int]]:
+    """Comparators (i < j) of Batcher's odd-even merge sort of ``n`` values; a power of two
+    above ``n`` is sorted with +inf padding, whose comparators are dropped."""
+    m = 1 << max(0, (n - 1).bit_length())
+    pairs = []
+    p = 1
+    while p < m:
+        k = p
+        while k >= 1:
+            for j in range(k % p, m - k, 2 * k):
+                for i in range(min(k, m - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return [(i, j) for i, j in pairs if j < n]
+
+
+@functools.cache
+def _median_network(n: int) -> tuple[tuple[int, int, bool, bool], ...]:
+    """The sorting network's comparators that the middle value depends on, each with whether its
+    min and its max are used afterwards."""
+    needed = {n // 2}
+    kept = []
+    for i, j in reversed(_batcher(n)):
+        if i in needed or j in needed:
+            kept.append((i, j, i in needed, j in needed))
+            needed |= {i, j}
+    return tuple(reversed(kept))
 
 
 def _median(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``cv2.medianBlur`` of float images (k = 3 or 5): median of the k×k window, border
-    replicated."""
+    """``cv2.medianBlur`` of float images ``[B, H, W]`` (k = 3 or 5): the exact median of the
+    k×k window, border replicated; a selection network of min/max over shifted views."""
+    b, h, w = x.shape
     r = k // 2
     p = torch.nn.functional.pad(x.unsqueeze(1), (r, r, r, r), mode="replicate").squeeze(1)
-    win = p.unfold(1, k, 1).unfold(2, k, 1)  # [B, H, W, k, k] view
-    return win.reshape(*x.shape, k * k).median(dim=-1).values
-
-
-def _divergence(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
-    """Backward-difference divergence with p = 0 before the first row/column (OpenCV's
-    ``divergence``)."""
-    d = p1.clone()
-    d[:, :, 1:] -= p1[:, :, :-1]
-    dy = p2.clone()
-    dy[:, 1:] -= p2[:, :-1]
-    return d.add_(dy)
-
-
-def _forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward differences, zero on the last column (x) and the last row (y)."""
-    ux = torch.zeros_like(u)
-    uy = torch.zeros_like(u)
-    ux[:, :, :-1] = u[:, :, 1:] - u[:, :, :-1]
-    uy[:, :-1] = u[:, 1:] - u[:, :-1]
-    return ux, uy
+    vals: list[torch.Tensor | None] = [
+        p[:, dy : dy + h, dx : dx + w] for dy in range(k) for dx in range(k)
+    ]
+    for i, j, need_min, need_max in _median_network(k * k):
+        a, c = vals[i], vals[j]
+        assert a is not None and c is not None
+        vals[i] = torch.minimum(a, c) if need_min else None
+        vals[j] = torch.maximum(a, c) if need_max else None
+    out = vals[(k * k) // 2]
+    assert out is not None
+    return out.contiguous()
 
 
 # --------------------------------------------------------------------------- the solver
+#
+# Inside a warp every array is a flat [b, H*W] view. Two facts make the neighbour terms plain
+# shifts of the flat arrays: the x component of each dual variable is zero on the last column
+# and its y component zero on the last row (their forward-gradient parts are zero there and they
+# start at zero), so rolling by 1 (resp. W) brings exactly OpenCV's "p = 0 outside" into the
+# first column (resp. row) of the backward differences.
 
 
 class _Consts:
-    """Per-warp constants of the working set: the warped gradient, |∇I1w|², λθ|∇I1w|², rho_c."""
+    """Per-warp constants of the working set: the warped gradient, -|∇I1w|² (|∇I1w|² <= FLT_EPSILON
+    replaced by a tiny value, see :func:`_step`), λθ|∇I1w|² and rho_c, each ``[b, N]``."""
 
-    __slots__ = ("ix", "iy", "grad", "lg", "rho_c")
+    __slots__ = ("ix", "iy", "neg_grad", "rho_c")
 
     def __init__(
-        self,
-        ix: torch.Tensor,
-        iy: torch.Tensor,
-        grad: torch.Tensor,
-        lg: torch.Tensor,
-        rho_c: torch.Tensor,
+        self, ix: torch.Tensor, iy: torch.Tensor, neg_grad: torch.Tensor, rho_c: torch.Tensor
     ) -> None:
-        self.ix, self.iy, self.grad, self.lg, self.rho_c = ix, iy, grad, lg, rho_c
+        self.ix, self.iy, self.neg_grad, self.rho_c = ix, iy, neg_grad, rho_c
 
     def select(self, keep: torch.Tensor) -> _Consts:
         return _Consts(*(getattr(self, n)[keep] for n in self.__slots__))
@@ -205,45 +233,78 @@ def _f32(x: float) -> float:
     return float(np.float32(x))
 
 
+def _divergence(pa: torch.Tensor, pb: torch.Tensor, w: int) -> torch.Tensor:
+    """OpenCV's ``divergence`` (backward differences, p = 0 before the first row/column) of flat
+    dual variables whose x part is zero on the last column and y part on the last row."""
+    dx = pa - torch.roll(pa, 1, dims=1)
+    dy = pb - torch.roll(pb, w, dims=1)
+    div = dx.add_(dy)
+    # OpenCV sums the first column as (p1 + p2) - p2[y - 1]: same value, its own rounding
+    b = pa.shape[0]
+    a3, b3 = pa.view(b, -1, w), pb.view(b, -1, w)
+    div.view(b, -1, w)[:, 1:, 0] = (a3[:, 1:, 0] + b3[:, 1:, 0]) - b3[:, :-1, 0]
+    return div
+
+
+def _forward_gradient(u: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward differences of flat ``u``, zero on the last column (x) and the last row (y)."""
+    b, n = u.shape
+    ux = torch.empty_like(u)
+    torch.sub(u[:, 1:], u[:, :-1], out=ux[:, :-1])
+    ux.view(b, h, w)[:, :, -1] = 0.0
+    uy = torch.empty_like(u)
+    torch.sub(u[:, w:], u[:, :-w], out=uy[:, : n - w])
+    uy[:, n - w :] = 0.0
+    return ux, uy
+
+
 def _step(
-    st: list[torch.Tensor], k: _Consts, l_t: float, theta: float, taut: float, gamma: float
+    st: list[torch.Tensor], k: _Consts, hw: tuple[int, int], c: tuple[float, float, float, float]
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """One inner iteration on the working set; returns the new state and each pair's summed
-    squared update of u (float64, so its value does not depend on the batch's layout)."""
+    """One inner iteration (estimateV, divergence, estimateU, forwardGradient,
+    estimateDualVariables) on the flat working set ``st`` = [u1, u2, p11, p12, p21, p22]
+    (+ [u3, p31, p32]). Returns the new state and each pair's summed squared update of u
+    (float64, so that it does not depend on the batch's layout)."""
+    h, w = hw
+    l_t, theta, taut, gamma = c
     u1, u2, p11, p12, p21, p22 = st[:6]
     use_gamma = len(st) > 6
-    # estimateV: thresholding of rho = rho_c + ∇I1w·u (+ γ u3)
-    rho = k.rho_c + (k.ix * u1 + k.iy * u2)
+    # thresholding: rho = rho_c + ∇I1w·u (+ γ u3); the step along ∇I1w is -rho/|∇I1w|²
+    # clamped to ±λθ, which is OpenCV's three cases (|∇I1w|² <= FLT_EPSILON: ±λθ by the sign
+    # of rho, 0 if rho = 0)
+    rho = k.ix * u1
+    rho.add_(k.iy * u2).add_(k.rho_c)
     if use_gamma:
         u3, p31, p32 = st[6:]
-        rho = rho + gamma * u3
-    coef = torch.where(k.grad > _FLT_EPSILON, -rho / k.grad, 0.0)
-    coef = torch.where(rho > k.lg, -l_t, coef)
-    coef = torch.where(rho < -k.lg, l_t, coef)
-    v1 = u1 + coef * k.ix
-    v2 = u2 + coef * k.iy
-    # estimateU: u = v + θ div p, and the squared update
-    n1 = v1 + theta * _divergence(p11, p12)
-    n2 = v2 + theta * _divergence(p21, p22)
-    d1 = n1 - u1
-    d2 = n2 - u2
-    e = d1 * d1 + d2 * d2
-    new = [n1, n2]
+        rho.add_(u3 * gamma)
+    coef = torch.div(rho, k.neg_grad).clamp_(-l_t, l_t)
+    new = [
+        (coef * k.ix).add_(u1).add_(_divergence(p11, p12, w).mul_(theta)),
+        (coef * k.iy).add_(u2).add_(_divergence(p21, p22, w).mul_(theta)),
+    ]
+    olds = [u1, u2]
+    duals = [(p11, p12), (p21, p22)]
     if use_gamma:
-        n3 = (u3 + coef * gamma) + theta * _divergence(p31, p32)
-        d3 = n3 - u3
-        e = e + d3 * d3
-    err = e.sum(dim=(1, 2), dtype=torch.float64)
-    # estimateDualVariables: p = (p + τ/θ ∇u) / (1 + τ/θ |∇u|)
-    ps = [(p11, p12), (p21, p22)] + ([(p31, p32)] if use_gamma else [])
+        new.append((coef * gamma).add_(u3).add_(_divergence(p31, p32, w).mul_(theta)))
+        olds.append(u3)
+        duals.append((p31, p32))
+    e = None
+    for n, o in zip(new, olds, strict=True):
+        d = n - o
+        e = d.mul_(d) if e is None else e.add_(d.mul_(d))
+    assert e is not None
+    err = e.sum(dim=1, dtype=torch.float64)
+    # dual variables: p = (p + τ/θ ∇u) / (1 + τ/θ |∇u|)
+    out = list(new[:2])
     dual: list[torch.Tensor] = []
-    for u, (pa, pb) in zip(new, ps, strict=True):
-        ux, uy = _forward_gradient(u)
-        ng = 1.0 + taut * torch.hypot(ux, uy)
-        dual += [(pa + taut * ux) / ng, (pb + taut * uy) / ng]
+    for n, (pa, pb) in zip(new, duals, strict=True):
+        ux, uy = _forward_gradient(n, h, w)
+        ng = torch.hypot(ux, uy).mul_(taut).add_(1.0)
+        dual += [(ux * taut).add_(pa).div_(ng), (uy * taut).add_(pb).div_(ng)]
+    out += dual[:4]
     if use_gamma:
-        return [n1, n2, *dual[:4], n3, *dual[4:]], err
-    return [n1, n2, *dual], err
+        out += [new[2], *dual[4:]]
+    return out, err
 
 
 def _one_scale(
@@ -253,41 +314,48 @@ def _one_scale(
     prm: TVL1Params,
     iters: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """OpenCV's ``procOneScale`` on a batch; ``u`` = [u1, u2] (+ [u3]); returns the new u.
-    ``iters`` (int64 [B]) counts each pair's inner iterations."""
+    """OpenCV's ``procOneScale`` on a batch ``[B, H, W]``; ``u`` = [u1, u2] (+ [u3]); returns
+    the new u. ``iters`` (int64 [B]) counts each pair's inner iterations."""
     b, h, w = i0.shape
+    n = h * w
     dev = i0.device
     use_gamma = len(u) == 3
-    seps = float(np.float32(prm.epsilon * prm.epsilon * h * w))
-    l_t = _f32(prm.lambda_ * prm.theta)
-    taut = _f32(prm.tau / prm.theta)
-    theta = _f32(prm.theta)
-    gamma = _f32(prm.gamma)
+    seps = float(np.float32(prm.epsilon * prm.epsilon * n))
+    c = (
+        _f32(prm.lambda_ * prm.theta),
+        _f32(prm.theta),
+        _f32(prm.tau / prm.theta),
+        _f32(prm.gamma),
+    )
     inner, outer, med = prm.inner_iterations, prm.outer_iterations, prm.median_filtering
 
     i1x, i1y = _centered_gradient(i1)  # of the unwarped image, once per scale
     images = torch.stack([i1, i1x, i1y], dim=1)
-    base = (
-        torch.arange(w, device=dev, dtype=torch.float32).view(1, 1, w),
-        torch.arange(h, device=dev, dtype=torch.float32).view(1, h, 1),
-    )
-    zeros = torch.zeros_like(i0)
-    # state: u1, u2, p11, p12, p21, p22 (+ u3, p31, p32); p reset once per scale
-    state = [u[0], u[1], zeros, zeros, zeros, zeros]
+    zeros = torch.zeros((b, n), dtype=torch.float32, device=dev)
+    # flat state: u1, u2, p11, p12, p21, p22 (+ u3, p31, p32); p reset once per scale
+    state = [u[0].reshape(b, n), u[1].reshape(b, n), zeros, zeros, zeros, zeros]
     if use_gamma:
-        state += [u[2], zeros, zeros]
+        state += [u[2].reshape(b, n), zeros, zeros]
     for _ in range(prm.warps):
-        warped = _remap_cubic(images, state[0], state[1], base)
+        u1, u2 = state[0].view(b, h, w), state[1].view(b, h, w)
+        warped = _remap_cubic(images, u1, u2)
         i1w, ix, iy = warped[:, 0], warped[:, 1], warped[:, 2]
         grad = ix * ix + iy * iy
-        rho_c = i1w - ix * state[0] - iy * state[1] - i0
-        consts = _Consts(ix, iy, grad, l_t * grad, rho_c)
+        rho_c = i1w - ix * u1 - iy * u2 - i0
+        # see _step: -grad, with a tiny stand-in where OpenCV takes its grad <= FLT_EPSILON branch
+        neg_grad = torch.where(grad > _FLT_EPSILON, -grad, -1e-30)
+        consts = _Consts(*(t.reshape(b, n) for t in (ix, iy, neg_grad, rho_c)))
         idx = torch.arange(b, device=dev)  # the pairs of the working set
         work = state
-        for n in range(outer * inner):
-            if n % inner == 0 and med > 1:
-                work = [_median(work[0], med), _median(work[1], med), *work[2:]]
-            work, err = _step(work, consts, l_t, theta, taut, gamma)
+        for it in range(outer * inner):
+            if med > 1 and it % inner == 0:
+                m = len(idx)
+                work = [
+                    _median(work[0].view(m, h, w), med).view(m, n),
+                    _median(work[1].view(m, h, w), med).view(m, n),
+                    *work[2:],
+                ]
+            work, err = _step(work, consts, (h, w), c)
             iters.index_add_(0, idx, torch.ones_like(idx))
             done = err <= seps
             if bool(done.any()):
@@ -299,7 +367,7 @@ def _one_scale(
                 idx, work, consts = idx[keep], [t[keep] for t in work], consts.select(keep)
         if work:
             state = _write_back(state, work, idx, b)
-    return [state[0], state[1]] + ([state[6]] if use_gamma else [])
+    return [s.view(b, h, w) for s in ([state[0], state[1]] + ([state[6]] if use_gamma else []))]
 
 
 def _write_back(
