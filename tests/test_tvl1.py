@@ -78,10 +78,13 @@ def render_scene(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return frames
 
 
-def real_gray_pairs(n_pairs: int, short: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n_pairs`` consecutive gray frame pairs ``(n, short, ~4/3 short)`` uint8 of a rendered
-    scene after an H.264 round trip (CRF 20, B-frames) — what extraction decodes."""
-    h, w = short, 2 * int(round(short * 2 / 3))
+def real_gray_pairs(
+    n_pairs: int, short: int, seed: int = 0, width: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_pairs`` consecutive gray frame pairs ``(n, short, width)`` uint8 (width ~4/3 short by
+    default) of a rendered scene after an H.264 round trip (CRF 20, B-frames) — what
+    extraction decodes."""
+    h, w = short, width or 2 * int(round(short * 2 / 3))
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "scene.mp4"
         write_mp4(path, render_scene(n_pairs + 1, h, w, seed), 25, None, bframes=2, crf=20)
