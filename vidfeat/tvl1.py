@@ -10,12 +10,15 @@ torch device:
 * pyramid: each level is OpenCV's ``resize(INTER_LINEAR)`` of the previous one at exactly
   ``scale_step`` (pixel-centre convention ``src = (dst + 0.5) / scale_step - 0.5``, edge
   replication, no antialiasing or blur), down to the first level narrower or lower than 16 px,
-  which is dropped;
+  which is dropped. ``cv2.resize`` of float images runs Intel IPP in the opencv-python wheels:
+  the tap fraction is taken in double, and ``a + f (b - a)`` is one fused multiply-add; done
+  the same way here (identical bits when up-sampling, a few 1-ulp pixels when down-sampling);
 * per scale: the centred gradient of the *unwarped* second image (one-sided half differences on
   the border), computed once and warped with the image; the dual variables reset to zero once;
 * per warp: the image and its gradient remapped by cubic convolution (A = -0.75) with a zero
-  border, at the exact map positions (this OpenCV's remap of float maps does not round them to
-  1/32 px; see ``tests/test_tvl1.py``), then ``grad = |∇I1w|²`` and the constant part of rho;
+  border, at the exact map positions (OpenCV 5.0's remap of float maps does not round them to
+  1/32 px, 4.x did; see ``tests/test_tvl1.py``), then ``grad = |∇I1w|²`` and the constant part
+  of rho; its weights agree with OpenCV's to float rounding (~1e-7), not bit for bit;
 * iterations: up to ``outer_iterations`` × ``inner_iterations`` steps (thresholding, divergence
   of p, u update, forward gradient of u, projection of p), a 5×5 (or 3×3) median of u1 and u2
   with replicated border before each group of ``inner_iterations``; the warp ends at the first
@@ -25,6 +28,12 @@ torch device:
 * ``gamma > 0`` adds OpenCV's illumination term u3 (its own dual variables, not median-filtered,
   carried to the finer scale unscaled);
 * the flow is carried to the finer scale by linear resize and multiplied by ``1 / scale_step``.
+
+Within a warp every float operation is OpenCV's, in OpenCV's order (no fused multiply-adds,
+its association at the first column of the divergence, hypot for |∇u|), so one warp gives
+identical bits; the few remaining rounding differences (remap weights, the error summed in
+double rather than in float) grow, like any 1e-4 grey-level change of OpenCV's input does,
+through the stopping rule and the median into ~0.01-0.05 px differences of the final flow.
 
 Batching: all pairs of a chunk run together; a pair whose warp has converged is written back and
 dropped from the working set, so a batch costs the sum of its pairs' iterations, not the slowest
