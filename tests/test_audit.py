@@ -193,3 +193,25 @@ def test_fflstm_linear_readout_is_the_reference_fc1() -> None:
     assert [type(m) for m in head.readout] == [nn.Linear, nn.Linear]
     relu = create_head("fflstm", {"rgb": 4}, 3)
     assert [type(m) for m in relu.readout] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+
+
+def test_timm_state_dict_through_backbone_weights_gives_timms_features(tmp_path: Path) -> None:
+    """A `timm.create_model(name).state_dict()` file through --backbone-weights: TSN's RGB
+    per-segment features are timm's pooled features of each frame with those weights."""
+    import timm
+
+    from vidfeat.nets import create_segment_net
+
+    torch.manual_seed(0)
+    ref = _randomise(timm.create_model("resnet10t", pretrained=False))
+    path = tmp_path / "resnet10t.pth"
+    torch.save(ref.state_dict(), path)
+    net = create_segment_net(
+        "tsn", "resnet10t", num_classes=3, in_chans_per_segment=3, frames=1,
+        backbone_weights=str(path),
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 3, 3, 64, 64)  # [B, T, C, H, W]
+    with torch.no_grad():
+        want = ref.forward_head(ref.forward_features(x.flatten(0, 1)), pre_logits=True)
+        got = net.forward_features(x)
+    assert torch.allclose(got.flatten(0, 1), want, atol=1e-5)
