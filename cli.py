@@ -446,6 +446,14 @@ def _run_options(kw: dict):
     )
 
 
+def _refuse_frames(command: str, why: str) -> None:
+    """-N is shared by every extract command; where N is not the user's to set, passing it is
+    refused rather than ignored."""
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("frames") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError(f"{command} takes no -N/--frames: {why}")
+
+
 def _finish(rep, store_root: Path, set_name: str) -> None:
     click.echo(rep.summary())
     if rep.failed:
@@ -589,6 +597,21 @@ def extract_flow(method: str, short_side: int, bound: float, fields_name: str | 
 @extract.command("rgb")
 @run_options
 @network_options
+@click.option(
+    "--crop-size",
+    type=click.IntRange(min=16),
+    help="Test crop in pixels [default: the run's recorded test crop: the training size for "
+    "vidfeat runs, 256 for the authors' StNet].",
+)
+@click.option(
+    "--grid",
+    type=click.Choice(["centred", "reference"]),
+    default="centred",
+    show_default=True,
+    help="Test frames: centred runs in floor(t*L/T) segments (every modality's grid), or the "
+    "authors' reader (floor(L/T)-frame segments) so an imported authors' network sees "
+    "exactly their frames.",
+)
 def extract_rgb(**kw) -> None:
     """Per-segment RGB features `(T, D)` and clip scores of a trained StNet/TSN (set `rgb`).
 
@@ -599,8 +622,10 @@ def extract_rgb(**kw) -> None:
 
     if kw["checkpoint"] is None:
         raise click.UsageError(
-            "extract rgb needs --checkpoint RUN: train one with `vidfeat train rgb`"
+            "extract rgb needs --checkpoint RUN: train one with `vidfeat train rgb`, or import "
+            "released weights with `vidfeat models import`"
         )
+    _refuse_frames("extract rgb", "frames per segment are the network's (its run records N)")
     rep = extract_rgb_features(
         _videos(kw),
         kw["store_root"],
@@ -611,6 +636,8 @@ def extract_rgb(**kw) -> None:
         device=kw["device"],
         opts=_run_options(kw),
         echo=click.echo,
+        crop_size=kw["crop_size"],
+        grid="test" if kw["grid"] == "centred" else "reference",
     )
     _finish(rep, kw["store_root"], kw["name"] or "rgb")
 
@@ -643,6 +670,7 @@ def extract_audio(pca, embedding, random_init, **kw) -> None:
     """
     from vidfeat.extract.network import extract_audio_features
 
+    _refuse_frames("extract audio", "audio takes one 0.96 s example per segment")
     rep = extract_audio_features(
         _videos(kw),
         kw["store_root"],

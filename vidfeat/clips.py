@@ -54,6 +54,9 @@ class ClipSpec:
     mean: tuple[float, ...] = tuple(IMAGENET_MEAN.tolist())
     std: tuple[float, ...] = tuple(IMAGENET_STD.tolist())
     resize: str = "short-side"
+    # the test-time grid of RGB clips: "test" (centred runs in ⌊t·L/T⌋ segments) or
+    # "reference" (the authors' reader, for their networks; see vidfeat.grid)
+    test_grid: str = "test"
 
     def __post_init__(self) -> None:
         if self.resize not in ("short-side", "fixed-4:3"):
@@ -133,7 +136,7 @@ class RGBClips(_Base):
             raise ConfigError(f"rgb layout must be stnet or tsn (got {layout!r})")
         self.layout = layout
         n = spec.frames if layout == "stnet" else 1
-        self.grid = SegmentGrid(spec.segments, n, "train" if spec.train else "test")
+        self.grid = SegmentGrid(spec.segments, n, "train" if spec.train else spec.test_grid)
 
     def load(self, i: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, dict]:
         rec = self.records[i]

@@ -13,6 +13,12 @@ every grid yields exactly T×span indices, and every index is in ``[0, L-1]``.
 
 Times are in seconds, computed from frame indices and fps: segment t spans
 ``[t·L/T/fps, (t+1)·L/T/fps)``; audio uses the segment centres.
+
+``reference`` mode reproduces the authors' test reader (PaddleCV video ``video_loader``), so an
+imported authors' network sees exactly their frames: segments of ``⌊L/T⌋`` frames, segment t
+from ``t·⌊L/T⌋``, its run at offset ``(⌊L/T⌋ − span) // 2`` (at the segment start when the
+segment is shorter than the run; frame t when ``⌊L/T⌋ = 0``), indices wrapping modulo L.
+The ``⌊t·L/T⌋`` boundaries of the other modes spread the remainder over the video instead.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 
 from vidfeat.errors import ConfigError
 
-Mode = Literal["train", "test"]
+Mode = Literal["train", "test", "reference"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,10 @@ class SegmentGrid:
             raise ConfigError(f"--segments must be >= 1 (got {self.T})")
         if self.N < 1:
             raise ConfigError(f"--frames must be >= 1 (got {self.N})")
-        if self.mode not in ("train", "test"):
-            raise ConfigError(f"grid mode must be 'train' or 'test' (got {self.mode!r})")
+        if self.mode not in ("train", "test", "reference"):
+            raise ConfigError(
+                f"grid mode must be 'train', 'test' or 'reference' (got {self.mode!r})"
+            )
 
     @property
     def span(self) -> int:
@@ -87,6 +95,8 @@ class SegmentGrid:
         if not fps > 0:
             raise ConfigError(f"fps must be > 0 to place segments in time (got {fps})")
         L, T, span = int(num_frames), self.T, self.span
+        if self.mode == "reference":
+            return self._reference(L, fps)
         bounds = np.arange(T + 1, dtype=np.float64) * L / T
         seg_lo = np.floor(bounds[:-1]).astype(np.int64)
         seg_hi = np.maximum(np.floor(bounds[1:]).astype(np.int64), seg_lo + 1)
@@ -111,3 +121,22 @@ class SegmentGrid:
             num_frames=L,
             fps=float(fps),
         )
+
+    def _reference(self, L: int, fps: float) -> GridSample:
+        """The authors' test-time frames (see the module docstring)."""
+        T, span = self.T, self.span
+        avg = L // T
+        t = np.arange(T, dtype=np.int64)
+        if avg >= span:
+            first = (avg - span) // 2 + t * avg
+        elif avg >= 1:
+            first = t * avg
+        else:
+            first = t
+        idx = (first[:, None] + np.arange(span, dtype=np.int64)[None, :]) % L
+        lo = (t * max(avg, 1)).astype(np.float64)
+        start, end = lo / fps, (lo + max(avg, 1)) / fps
+        return GridSample(
+            indices=idx, start=start, end=end, centre=(start + end) / 2.0, num_frames=L,
+            fps=float(fps),
+        )  # fmt: skip

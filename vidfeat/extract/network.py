@@ -272,21 +272,40 @@ class _RunTask(NetworkTask):
 
 class RGBNetwork(_RunTask):
     """An RGB run: frames prepared as the run records (an imported run: the authors' test
-    resize, crop and mean/std; a vidfeat run: its training size and short side)."""
+    resize, crop and mean/std; a vidfeat run: its training size and short side). ``crop_size``
+    overrides the recorded test crop; ``grid="reference"`` takes the authors' test frames."""
 
     modality = "rgb"
 
+    def __init__(self, checkpoint, *, crop_size: int | None = None, grid: str = "test", **kw):
+        super().__init__(checkpoint, **kw)
+        if grid not in ("test", "reference"):
+            raise ConfigError(f"--grid must be centred or reference (got {grid!r})")
+        self.crop_size, self.grid = crop_size, grid
+
     def preprocessing(self):
+        from dataclasses import replace
+
         from vidfeat.models import preprocessing_of
 
         loaded = self.net()
-        return preprocessing_of(loaded.path, loaded.config)
+        pre = preprocessing_of(loaded.path, loaded.config)
+        if self.crop_size is not None:
+            if self.crop_size > pre.short_side:
+                raise ConfigError(
+                    f"--crop-size {self.crop_size} is larger than the run's short side "
+                    f"{pre.short_side}: the crop is taken from the resized frame"
+                )
+            pre = replace(pre, crop=self.crop_size)
+        return pre
 
     def config(self) -> dict:
         pre = self.preprocessing()
         return {
             **super().config(),
+            "size": pre.crop,
             "short_side": pre.short_side,
+            "grid_mode": self.grid,
             "preprocessing_info": pre.as_dict(),  # informational: the run's sha256 fixes it
         }
 
@@ -303,6 +322,7 @@ class RGBNetwork(_RunTask):
             mean=pre.mean,
             std=pre.std,
             resize=pre.resize,
+            test_grid=self.grid,
         )
         return RGBClips(videos, spec, layout=cfg.arch)
 
@@ -310,13 +330,22 @@ class RGBNetwork(_RunTask):
 class FlowNetwork(_RunTask):
     modality = "flow"
 
-    def __init__(self, checkpoint, *, store_root, fields_set: str, fields, **kw) -> None:
+    def __init__(
+        self, checkpoint, *, store_root, fields_set: str, fields, crop_size=None, **kw
+    ) -> None:
         super().__init__(checkpoint, **kw)
         self.store_root, self.fields_set, self.fields = store_root, fields_set, fields
+        self.crop_size = crop_size
+
+    @property
+    def crop(self) -> int:
+        """The test crop: --crop-size, else the training crop the run recorded."""
+        return self.crop_size or self.net().config.size
 
     def config(self) -> dict:
         conf = super().config()
         conf.update(
+            size=self.crop,
             method=self.fields.method.name,
             fields_set=self.fields_set,
             fields_config=self.fields.config(),
@@ -327,7 +356,7 @@ class FlowNetwork(_RunTask):
         from vidfeat.clips import ClipSpec, FlowClips
 
         cfg = self.net().config
-        spec = ClipSpec(self.segments, cfg.frames, cfg.size, cfg.size, train=False)
+        spec = ClipSpec(self.segments, cfg.frames, self.crop, self.crop, train=False)
         return FlowClips(videos, spec, self.store_root, self.fields_set)
 
 
@@ -432,8 +461,17 @@ def extract_rgb_features(
     device: str,
     opts: RunOptions,
     echo: Echo = print,
+    crop_size: int | None = None,
+    grid: str = "test",
 ) -> Report:
-    task = RGBNetwork(checkpoint, segments=segments, batch_size=batch_size, device=device)
+    task = RGBNetwork(
+        checkpoint,
+        segments=segments,
+        batch_size=batch_size,
+        device=device,
+        crop_size=crop_size,
+        grid=grid,
+    )
     task.check_classes(videos)
     return run_extraction(videos, task, store_root, set_name, opts, echo)
 
@@ -454,6 +492,7 @@ def extract_flow_features(
     device: str,
     opts: RunOptions,
     echo: Echo = print,
+    crop_size: int | None = None,
 ) -> Report:
     """The fields first (computed where missing, into ``fields_set``), then the network."""
     task = FlowNetwork(
@@ -464,6 +503,7 @@ def extract_flow_features(
         store_root=store_root,
         fields_set=fields_set,
         fields=None,
+        crop_size=crop_size,
     )
     task.check_classes(videos)
     ex = fields_extractor_for(

@@ -1,0 +1,82 @@
+"""Options of `vidfeat extract rgb|audio` act or are refused: --grid reference takes the
+authors' test frames, --crop-size sets the test crop (recorded in set.json), -N is refused where
+the network's run fixes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from vidfeat.grid import SegmentGrid
+from vidfeat.store import FeatureStore
+
+
+def cli(*args: str | Path) -> tuple[int, str]:
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    return res.exit_code, res.output
+
+
+def authors_test_frames(L: int, T: int, seglen: int) -> list[list[int]]:
+    """PaddleCV video's test-mode `video_loader`, written out as the authors' reader does."""
+    average_dur = int(L / T)
+    out = []
+    for i in range(T):
+        idx = 0
+        if average_dur >= seglen:
+            idx = (average_dur - seglen) // 2 + i * average_dur
+        elif average_dur >= 1:
+            idx += i * average_dur
+        else:
+            idx = i
+        out.append([int(jj % L) for jj in range(idx, idx + seglen)])
+    return out
+
+
+@pytest.mark.parametrize(
+    "L, T, N", [(300, 25, 5), (250, 25, 5), (101, 7, 5), (12, 25, 5), (3, 4, 2)]
+)
+def test_reference_grid_is_the_authors_reader(L: int, T: int, N: int) -> None:
+    g = SegmentGrid(T, N, "reference").sample(L, 25.0)
+    assert g.indices.tolist() == authors_test_frames(L, T, N)
+    assert g.indices.shape == (T, N) and g.start.shape == (T,)
+
+
+@pytest.fixture(scope="module")
+def run(tiny_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "rgb"
+    code, text = cli(
+        "train", "rgb", "--videos", tiny_synth / "train.csv", "--out", out, "--backbone",
+        "resnet10t", "--net-opt", "txb_width=16", "--segments", "2", "--frames", "2", "--size",
+        "32", "--short-side", "48", "--epochs", "1", "--batch-size", "4", "--workers", "0",
+        "--quiet",
+    )  # fmt: skip
+    assert code == 0, text
+    return out
+
+
+def test_grid_and_crop_size_act_and_n_is_refused(run: Path, tiny_synth: Path, tmp_path) -> None:
+    val = tiny_synth / "val.csv"
+    base = ["extract", "rgb", "--checkpoint", run, "--videos", val, "-T", "3", "--quiet",
+            "--workers", "0"]  # fmt: skip
+    assert cli(*base, "--store", tmp_path / "a")[0] == 0
+    code, text = cli(*base, "--store", tmp_path / "b", "--grid", "reference", "--crop-size", "40")
+    assert code == 0, text
+    a = FeatureStore(tmp_path / "a").open_set("rgb")
+    b = FeatureStore(tmp_path / "b").open_set("rgb")
+    assert a.config["size"] == 32 and a.config["grid_mode"] == "test"
+    assert b.config["size"] == 40 and b.config["grid_mode"] == "reference"
+    vid = a.ids()[0]
+    n = int(a.attrs(vid)["num_frames"])
+    assert b.attrs(vid)["frame_indices"].tolist() == authors_test_frames(n, 3, 2)
+    assert not np.allclose(a.features(vid), b.features(vid))
+    code, text = cli(*base, "--store", tmp_path / "c", "-N", "3")
+    assert code != 0 and "takes no -N" in text
+    code, text = cli(*base, "--store", tmp_path / "c", "--crop-size", "64")
+    assert code != 0 and "larger than the run's short side 48" in text
+    code, text = cli("extract", "audio", "--videos", val, "--store", tmp_path / "d", "-N", "2",
+                     "--random-init")  # fmt: skip
+    assert code != 0 and "takes no -N" in text
