@@ -67,7 +67,7 @@ def _segment_net_names() -> list[str]:
     return SEGMENT_NETS.names()
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(context_settings={**CONTEXT, "auto_envvar_prefix": "VIDFEAT"})
 @click.option(
     "--version",
     is_flag=True,
@@ -79,7 +79,9 @@ def _segment_net_names() -> list[str]:
 def main() -> None:
     """Per-segment multi-modal video features (RGB, optical flow, audio) and fusion models.
 
-    Start with `vidfeat data synth OUT` for a dataset that needs no download.
+    Start with `vidfeat data synth OUT` for a dataset that needs no download. Every option can
+    also come from the environment as VIDFEAT_<COMMAND>_<OPTION>, e.g.
+    VIDFEAT_TRAIN_RGB_EPOCHS=5 (an option on the command line wins).
     """
 
 

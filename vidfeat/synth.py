@@ -416,7 +416,7 @@ class SynthReport:
 
 def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> SynthReport:
     """Write the dataset under ``out`` (videos/, train.csv, val.csv, test.csv when
-    ``test_fraction`` > 0, classes.txt, README.txt, synth.json, metadata.csv). Rerunning with
+    ``test_fraction`` > 0, all.csv (their union), classes.txt, README.txt, synth.json, metadata.csv). Rerunning with
     the same options rewrites identical files."""
     import time
 
@@ -461,12 +461,12 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> SynthR
                 **clip.nuisance,
             }
         )
-    for split in splits:
+    for split in (*splits, "all"):  # all.csv: the union of the splits (what one extracts)
         with open(out / f"{split}.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "label", "video_id", "split"])
             for r in rows:
-                if r["split"] == split:
+                if split in ("all", r["split"]):
                     w.writerow([r["path"], r["label"], r["video_id"], r["split"]])
     with open(out / "metadata.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -523,6 +523,7 @@ def _readme(
             if cfg.test_fraction
             else f"Split: train.csv / val.csv (val fraction {cfg.val_fraction:g}, stratified)."
         ),
+        "all.csv lists every video (the union of the splits): extract features with it.",
         f"{without_audio} of {total} videos have no audio track.",
         "",
         "Each class is a triple of cues: the object's colour (appearance, one frame shows it),",
