@@ -416,8 +416,8 @@ class SynthReport:
 
 def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> SynthReport:
     """Write the dataset under ``out`` (videos/, train.csv, val.csv, test.csv when
-    ``test_fraction`` > 0, all.csv (their union), classes.txt, README.txt, synth.json, metadata.csv). Rerunning with
-    the same options rewrites identical files."""
+    ``test_fraction`` > 0, all.csv (their union), classes.txt, README.txt, synth.json,
+    metadata.csv). Rerunning with the same options rewrites identical files."""
     import time
 
     from tqdm import tqdm
