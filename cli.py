@@ -753,7 +753,12 @@ def train_options(f):
         click.option("--epochs", default=30, show_default=True),
         click.option("--batch-size", default=8, show_default=True),
         click.option("--lr", default=0.01, show_default=True),
-        click.option("--momentum", default=0.9, show_default=True),
+        click.option(
+            "--momentum",
+            default=0.9,
+            show_default=True,
+            help="SGD momentum (refused with --optimizer adamw, which has none).",
+        ),
         click.option("--weight-decay", default=1e-4, show_default=True),
         click.option(
             "--optimizer",
@@ -849,6 +854,15 @@ def segment_net_options(f):
 
 def _train(kw: dict, modality: str, **extra) -> None:
     from vidfeat.train import TrainConfig, train
+
+    ctx = click.get_current_context()
+    if kw["optimizer"] != "sgd" and (
+        ctx.get_parameter_source("momentum") is not click.core.ParameterSource.DEFAULT
+    ):
+        raise click.UsageError(
+            f"--momentum applies to --optimizer sgd; {kw['optimizer']} has no momentum "
+            "(its betas are AdamW's defaults)"
+        )
 
     cfg = TrainConfig(
         modality=modality,

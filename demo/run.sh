@@ -147,6 +147,11 @@ stage "6 ensemble" "$OUT/ensemble/table.csv" \
   --members "$RUNS/fuse-txn,$RUNS/fuse-fflstm,$RUNS/fuse-attention-clusters,$RUNS/fuse-itxn" \
   --members "set:rgb,set:tvl1,set:farneback,set:audio"
 
-stage "7 report" "" "$PY" demo/tables.py "$OUT"
+# a contact sheet of one test video: its frames, flow fields, audio windows, feature norms and
+# clip scores (what vidfeat computed for it, for people who would rather look than read)
+SHEET_ID=$(sed -n 2p "$DATA/test.csv" | cut -d, -f3)
+stage "7 contact sheet" "" "$VF" show "$SHEET_ID" --store "$STORE" --out "$OUT/sheet.png"
+
+stage "8 report" "" "$PY" demo/tables.py "$OUT"
 echo
 echo "report: $OUT/report.md"

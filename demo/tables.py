@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -127,6 +128,7 @@ def main(out: Path) -> None:
     lines += table3_fusion(d, single_best)
     lines += ensemble_section(d)
     lines += bars_plot(d)
+    lines += sheet_section(d)
     lines += claims_section(d)
     lines += timings_section(d)
     (out / "report.md").write_text("\n".join(lines))
@@ -279,6 +281,21 @@ def bars_plot(d: Demo) -> list[str]:
     return ["![results](report_bars.png)", ""]
 
 
+def sheet_section(d: Demo) -> list[str]:
+    """The contact sheet the demo drew of one test video (`vidfeat show`), when it exists."""
+    if not (d.out / "sheet.png").exists():
+        return []
+    return [
+        "## What vidfeat computed for one video",
+        "",
+        "`vidfeat show` of a test video: the grid's frames, flow fields, the audio example "
+        "windows, per-segment feature norms and clip scores.",
+        "",
+        "![contact sheet](sheet.png)",
+        "",
+    ]
+
+
 def claims_section(d: Demo) -> list[str]:
     """The paper's claims, each stated whichever way it came out, and the protocol."""
     lines = ["## The paper's claims on this data", ""]
@@ -332,6 +349,12 @@ def update_readme(readme: Path, report: str, out: Path) -> None:
     tables and claims (headings demoted, the plot and the timing table left out)."""
     body = report.split("## Table 1", 1)[1].split("## Time per stage", 1)[0]
     body = ("## Table 1" + body).replace("![results](report_bars.png)\n", "").strip()
+    # the README shows the demo's contact sheet from a committed copy (demo/sheet.png), which
+    # every `--readme` run refreshes: generated, never drawn by hand
+    sheet = out / "sheet.png"
+    if sheet.exists():
+        shutil.copyfile(sheet, readme.parent / "demo" / "sheet.png")
+        body = body.replace("](sheet.png)", "](demo/sheet.png)")
     body = "\n".join(
         "#" + ln if ln.startswith("## ") or ln.startswith("### ") else ln
         for ln in body.splitlines()

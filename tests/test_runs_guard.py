@@ -175,3 +175,16 @@ def test_runs_from_before_the_residual_default_load_as_paper(run: Path, tmp_path
     (old / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert load_trained(old).model.tmb["layer2"].mode == "paper"
     assert load_trained(run).model.tmb["layer2"].mode == "residual"
+
+
+def test_momentum_with_adamw_is_refused_and_resume_names_what_may_change(
+    run: Path, tiny_synth: Path
+) -> None:
+    code, text = cli("train", "rgb", "--videos", tiny_synth / "train.csv", "--out", run, *NET,
+                     *TINY, "--momentum", "0.5")  # fmt: skip
+    assert code != 0 and "--momentum applies to --optimizer sgd" in text
+    code, text = cli("train", "rgb", "--videos", tiny_synth / "train.csv", "--out", run, *NET,
+                     *TINY, "--resume", "--lr", "0.5")  # fmt: skip
+    assert code != 0 and "lr=0.01;" in text and "lr=0.5" in text
+    for flag in ("--epochs", "--workers", "--device", "--no-amp", "--video-root", "--val"):
+        assert flag in text

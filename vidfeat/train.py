@@ -278,6 +278,11 @@ def explicit_net_options(arch: str, modality: str, options: dict, legacy: bool =
 
 def _write_run(cfg: TrainConfig, out: Path, classes: list[str], resume: bool) -> None:
     """Step 2: config.yaml and classes.txt (resuming: after checking the run's own)."""
+    if cfg.init:
+        from vidfeat.provenance import file_sha256
+
+        init = Path(cfg.init)
+        cfg.init_sha256 = file_sha256(init / "best.pt" if init.is_dir() else init)
     if resume:
         old = out / "config.yaml"
         if not old.exists():
@@ -291,14 +296,11 @@ def _write_run(cfg: TrainConfig, out: Path, classes: list[str], resume: bool) ->
         )
         # options not asked again are the run's own; asked ones must agree (checked below)
         cfg.net_options = {**was["net_options"], **cfg.net_options}
+        if cfg.init is None:  # a fine-tuned run resumes without naming its --init again
+            cfg.init, cfg.init_sha256 = was.get("init"), was.get("init_sha256")
         _check_resume(was, asdict(cfg), out)
     else:
         cfg.net_options = explicit_net_options(cfg.arch, cfg.modality, cfg.net_options)
-        if cfg.init:
-            from vidfeat.provenance import file_sha256
-
-            init = Path(cfg.init)
-            cfg.init_sha256 = file_sha256(init / "best.pt" if init.is_dir() else init)
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     write_classes(out / "classes.txt", classes)
 
@@ -517,8 +519,17 @@ def lr_factor(schedule: str, total_steps: int):
     return lambda step: 0.1 ** sum(step >= m for m in milestones)
 
 
-# what may change when a run is resumed: how long, where, on what hardware
-RESUMABLE_CHANGES = {"epochs", "workers", "device", "amp", "video_root", "train", "val", "store"}
+# what may change when a run is resumed, and the flags that set them (the message lists these)
+RESUMABLE_CHANGES = {
+    "epochs": "--epochs",
+    "workers": "--workers",
+    "device": "--device",
+    "amp": "--no-amp",
+    "video_root": "--video-root",
+    "train": "--videos",
+    "val": "--val",
+    "store": "--store",
+}
 
 
 def _check_resume(old: dict, new: dict, out: Path) -> None:
@@ -531,7 +542,8 @@ def _check_resume(old: dict, new: dict, out: Path) -> None:
         now = ", ".join(f"{k}={new.get(k)!r}" for k in diff)
         raise ConfigError(
             f"--resume: {out} was trained with {was}; this run asks {now}. Resume with the "
-            "same options (only --epochs, --workers, --device may change) or use a new --out"
+            f"same options (only {', '.join(RESUMABLE_CHANGES.values())} may change) or use a "
+            "new --out"
         )
 
 
