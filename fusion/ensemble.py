@@ -349,14 +349,15 @@ def run_ensemble(
 ) -> EnsembleReport:
     """Fit and evaluate; writes ENS/ (models, table, out-of-fold scores, bar chart). An ``out``
     that holds other content is refused unless ``overwrite`` (moved aside)."""
-    from vidfeat.plots import plot_bars
 
     if len(member_specs) < 1:
         raise ConfigError("--members needs at least one member")
     if not videos.labelled:
         raise ConfigError(f"{videos.source}: the ensemble is fit on labelled videos")
+    if folds < 2:  # checked here too, so a bad option is named before any output is claimed
+        raise ConfigError(f"--folds must be >= 2 (got {folds})")
     out = Path(out)
-    claim_out_dir(out, overwrite=overwrite, what="ensemble")
+    claim_out_dir(out, overwrite=overwrite, what="an ensemble")
     classes = videos.classes
     members = [load_member(s, store, videos, device) for s in member_specs]
     names = [m.name for m in members]
@@ -374,15 +375,21 @@ def run_ensemble(
         notes.append(
             f"--folds {folds} lowered to {cv.folds}: the rarest class has only {cv.folds} videos"
         )
+    rows = _table_rows(members, mats, cv.oof, y)
+    _save(out, est, members, mats, classes, ids, y, cv, folds, rows, notes)
+    return EnsembleReport(rows, notes, len(ids), cv.folds, out)
+
+
+def _table_rows(members, mats, oof: np.ndarray, y: np.ndarray) -> list[dict]:
+    """Each member, the mean of probabilities and the out-of-fold GBDT, on the same videos."""
     rows = []
-    for m, s in zip(members, mats, strict=True):
-        p1, p5 = _scores(s, y)
+    for m, sc in zip(members, mats, strict=True):
+        p1, p5 = _scores(sc, y)
         rows.append({"model": m.name, "kind": "member", "prec1": p1, "prec5": p5})
     best = max(rows, key=lambda r: r["prec1"])
-    mean = np.mean(mats, axis=0)
-    p1, p5 = _scores(mean, y)
+    p1, p5 = _scores(np.mean(mats, axis=0), y)
     rows.append({"model": "mean of probabilities", "kind": "baseline", "prec1": p1, "prec5": p5})
-    p1, p5 = _scores(cv.oof, y)
+    p1, p5 = _scores(oof, y)
     rows.append(
         {"model": "GBDT ensemble (out-of-fold)", "kind": "ensemble", "prec1": p1, "prec5": p5}
     )
@@ -394,6 +401,15 @@ def run_ensemble(
             "prec5": best["prec5"],
         }
     )
+    return rows
+
+
+def _save(out: Path, est, members, mats, classes, ids, y, cv, folds, rows, notes) -> None:
+    """ENS/: the model fit on every video, the fold models, ensemble.json, the table, the
+    out-of-fold scores and the bar chart."""
+    from vidfeat.plots import plot_bars
+
+    names = [m.name for m in members]
     X = np.concatenate(mats, axis=1)
     final = clone(est).fit(X, np.asarray(classes)[y], classes=classes)
     final.save(out / "model.txt")
@@ -430,7 +446,6 @@ def run_ensemble(
         out / "bars.png",
         title=f"ensemble on {len(ids)} videos ({cv.folds}-fold)",
     )
-    return EnsembleReport(rows, notes, len(ids), cv.folds, out)
 
 
 def write_table(rows: list[dict], out: Path, n: int, folds: int, notes: Sequence[str] = ()) -> None:

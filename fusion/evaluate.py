@@ -99,7 +99,7 @@ def evaluate(
     confusion.png). An earlier evaluation of that name is refused unless ``overwrite``."""
     lr = load_run(run, device=device)
     out = lr.path / f"eval-{name or Path(videos_path).stem}"
-    claim_out_dir(out, overwrite=overwrite, what="evaluation (pick another --name)")
+    claim_out_dir(out, overwrite=overwrite, what="an evaluation (or pick another --name)")
     videos = load_list(videos_path, classes=lr.classes, require_labels=True, video_root=video_root)
     scores, ds = run_scores(lr, store, videos)
     labels = np.asarray(videos.label_indices())

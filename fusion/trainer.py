@@ -322,7 +322,7 @@ def train(
             f"{ctx.world} processes torchrun started"
         )
     if ctx.main:  # rank 0 owns the run folder
-        claim_out_dir(out, resume=resume, overwrite=overwrite, what="fusion run")
+        claim_out_dir(out, resume=resume, overwrite=overwrite, what="a fusion run")
     with processes(cfg.device, ctx) as device:
         return _train(
             cfg,

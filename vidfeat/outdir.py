@@ -25,7 +25,7 @@ def claim_out_dir(
     overwrite: bool = False,
     resume: bool | None = None,
     same: bool = False,
-    what: str = "run",
+    what: str = "a run",
 ) -> Path | None:
     """Make ``out`` ready for a new ``what`` (or a resumed one) and return where old content
     was moved, if anywhere.
@@ -45,7 +45,7 @@ def claim_out_dir(
     if not overwrite:
         fix = "--resume to continue it, or " if resume is not None else ""
         raise ConfigError(
-            f"--out {out} already holds a {what} ({_few(out)}); pass {fix}--overwrite to start "
+            f"--out {out} already holds {what} ({_few(out)}); pass {fix}--overwrite to start "
             f"again (the old content is moved aside to {out.name}.replaced-<time>), or pick "
             "another --out"
         )

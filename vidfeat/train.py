@@ -203,7 +203,7 @@ def train(
     old run is moved aside)."""
     cfg.validate()
     out = Path(out)
-    claim_out_dir(out, resume=resume, overwrite=overwrite, what="training run")
+    claim_out_dir(out, resume=resume, overwrite=overwrite, what="a training run")
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     train_list, val_list, classes = _load_lists(cfg, echo)

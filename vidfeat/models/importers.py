@@ -223,6 +223,61 @@ def _imagenet_names(model, k: int) -> tuple[list[str], str] | None:
     return names, f"timm ImageNetInfo({subset!r})"
 
 
+def _checked_timm_state(name: str, full, src: Path) -> tuple[dict, str]:
+    """The state dict of ``src``, refused unless it is exactly timm ``name``'s with its
+    ImageNet classifier; returns it and the classifier's name."""
+    state = _read_timm_state(src)
+    head = full.pretrained_cfg.get("classifier") or "fc"
+    head = head[0] if isinstance(head, list | tuple) else head
+    own = full.state_dict()
+    missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
+    unexpected = sorted(k for k in state if k not in own)
+    bad = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        raise ConfigError(
+            f"{src} is not a state dict of timm {name!r}: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, mis-shaped {bad[:5]}; pass the weights of this exact model"
+        )
+    if f"{head}.weight" not in state:
+        raise ConfigError(f"{src} has no ImageNet classifier ({head}.weight) to package")
+    return state, head
+
+
+def _timm_preprocessing(name: str, full) -> Preprocessing:
+    """timm's evaluation transform of ``name`` (crop, crop_pct, mean/std, interpolation)."""
+    pcfg = full.pretrained_cfg
+    crop = int(pcfg.get("input_size", (3, 224, 224))[-1])
+    crop_pct = float(pcfg.get("crop_pct") or 0.875)
+    interp = str(pcfg.get("interpolation") or "bilinear")
+    return Preprocessing(
+        short_side=max(crop, math.floor(crop / crop_pct)),  # timm's eval transform
+        crop=crop,
+        mean=tuple(float(v) for v in pcfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(float(v) for v in pcfg.get("std", IMAGENET_STD)),
+        segments=25,  # TSN tests with 25 segments
+        frames=1,
+        interpolation=interp,
+        notes=()
+        if interp == "bilinear"
+        else (f"timm evaluates {name} with {interp} resizing; vidfeat resizes bilinearly",),
+    )
+
+
+def _timm_source(name: str, weights: str | Path | None) -> Path:
+    src = Path(weights) if weights is not None else _timm_weights_file(name)
+    if src is None:
+        raise ConfigError(
+            f"the ImageNet weights of timm model {name!r} are not in the local cache "
+            "(nothing is downloaded). On a machine with network run "
+            f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` and copy "
+            "its Hugging Face cache (HF_HOME) here, or pass --weights FILE with the model's timm "
+            "state dict"
+        )
+    if not src.is_file():
+        raise ConfigError(f"--weights {src}: file not found")
+    return src
+
+
 def import_timm(
     name: str,
     out: str | Path,
@@ -253,53 +308,15 @@ def import_timm(
         )
     full = timm.create_model(name, pretrained=False)
     family_of(full)  # only families the segment networks can run stage by stage
-    src = Path(weights) if weights is not None else _timm_weights_file(name)
-    if src is None:
-        raise ConfigError(
-            f"the ImageNet weights of timm model {name!r} are not in the local cache "
-            "(nothing is downloaded). On a machine with network run "
-            f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` and copy "
-            "its Hugging Face cache (HF_HOME) here, or pass --weights FILE with the model's timm "
-            "state dict"
-        )
-    if not src.is_file():
-        raise ConfigError(f"--weights {src}: file not found")
-    state = _read_timm_state(src)
-    head = full.pretrained_cfg.get("classifier") or "fc"
-    head = head[0] if isinstance(head, list | tuple) else head
-    own = full.state_dict()
-    missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
-    unexpected = sorted(k for k in state if k not in own)
-    bad = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or bad:
-        raise ConfigError(
-            f"{src} is not a state dict of timm {name!r}: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}, mis-shaped {bad[:5]}; pass the weights of this exact model"
-        )
-    if f"{head}.weight" not in state:
-        raise ConfigError(f"{src} has no ImageNet classifier ({head}.weight) to package")
+    src = _timm_source(name, weights)
+    state, head = _checked_timm_state(name, full, src)
     k = int(state[f"{head}.weight"].shape[0])
     if classes is not None:
         names, classes_from = _resolve_classes(classes, None, k, str(src))
     else:
         found = _imagenet_names(full, k)
         names, classes_from = found or _resolve_classes(None, k, k, str(src))
-    pcfg = full.pretrained_cfg
-    crop = int(pcfg.get("input_size", (3, 224, 224))[-1])
-    crop_pct = float(pcfg.get("crop_pct") or 0.875)
-    interp = str(pcfg.get("interpolation") or "bilinear")
-    pre = Preprocessing(
-        short_side=max(crop, math.floor(crop / crop_pct)),  # timm's eval transform
-        crop=crop,
-        mean=tuple(float(v) for v in pcfg.get("mean", IMAGENET_MEAN)),
-        std=tuple(float(v) for v in pcfg.get("std", IMAGENET_STD)),
-        segments=25,  # TSN tests with 25 segments
-        frames=1,
-        interpolation=interp,
-        notes=()
-        if interp == "bilinear"
-        else (f"timm evaluates {name} with {interp} resizing; vidfeat resizes bilinearly",),
-    )
+    pre = _timm_preprocessing(name, full)
     cfg = TrainConfig(
         modality="rgb",
         train="",
@@ -319,6 +336,7 @@ def import_timm(
         if k2.endswith("num_batches_tracked") and k2 not in tsn_state:
             tsn_state[k2] = torch.zeros_like(v)
     net.load_state_dict(tsn_state)  # strict: every tensor filled, every tensor used
+    pcfg = full.pretrained_cfg
     meta = {
         "format": "vidfeat-model/1",
         "origin": "imported",
