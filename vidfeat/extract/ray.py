@@ -11,6 +11,14 @@ skips the videos whose failure an earlier attempt of the chunk already logged (t
 is fsync'ed line by line), so a failure is recorded once. The driver shows one progress bar (per
 finished chunk) and the usual summary and exit code; Ctrl-C cancels the pending tasks.
 
+Where chunks ran: the driver appends one JSON line per finished chunk to the set's
+``ray-<job>.jsonl`` (:func:`ray_log_path`): the chunk, its videos, the Ray node id, the node's
+IP and host name, the worker's pid, the attempt's job name (its shards are
+``part-<attempt>-<k>.h5``) and the chunk's done / skipped / failed counts. A retried chunk's line
+is its last attempt's (``skipped`` counts what earlier attempts had completed); a chunk that
+failed after all its retries has ``node: null`` and the ``error``. The summary line ends with
+"on N Ray nodes".
+
 A local Ray instance (no ``--ray-address``) gets every CPU of the machine, or ``--workers`` CPUs
 when that is given; tasks reserve ``--ray-num-cpus`` each (``--ray-num-gpus``: a network task's
 device is resolved inside the task, on its node). ``--timeout`` applies inside tasks as an alarm
@@ -20,7 +28,10 @@ on this engine: Ray's task, not a vidfeat watchdog, owns the process.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -56,13 +67,23 @@ def logged_failures(set_dir: Path, job: str, chunk: int) -> dict[str, str]:
     }
 
 
-def _node_id() -> str | None:
+def ray_log_path(set_dir: str | Path, job: str) -> Path:
+    """The driver's per-chunk log of a Ray job: where each chunk ran."""
+    return Path(set_dir) / f"ray-{job}.jsonl"
+
+
+def _where() -> dict:
+    """This task's Ray node id and IP, and the host name (provenance only)."""
+    out: dict = {"node": None, "ip": None, "host": socket.gethostname()}
     try:
         import ray
 
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        if ray.is_initialized():
+            out["node"] = ray.get_runtime_context().get_node_id()
+            out["ip"] = ray.util.get_node_ip_address()
     except Exception:  # noqa: BLE001 - provenance only; a chunk never fails for it
-        return None
+        pass
+    return out
 
 
 def extract_chunk(task: Any, job: Job, records: list[VideoRecord], chunk: int) -> dict:
@@ -86,7 +107,8 @@ def extract_chunk(task: Any, job: Job, records: list[VideoRecord], chunk: int) -
         "notes": dict(rep.notes),
         "skipped": sum(r.video_id in done_before for r in records),
         "pid": os.getpid(),
-        "node": _node_id(),
+        "attempt": attempt,
+        **_where(),
     }
 
 
@@ -128,26 +150,40 @@ def run_on_ray(job: Job, task: Any) -> None:
     )(extract_chunk)
     task_ref, job_ref = ray.put(task), ray.put(job)
     pending = {remote.remote(task_ref, job_ref, c, k): (k, c) for k, c in enumerate(chunks)}
-    _collect(ray, pending, job)
+    with open(ray_log_path(job.set_dir, job.name), "a", encoding="utf-8", buffering=1) as log:
+        nodes = _collect(ray, pending, job, log)
+    job.report.where = f"on {len(nodes)} Ray node{'s' if len(nodes) != 1 else ''}"
 
 
-def _collect(ray, pending: dict, job: Job) -> None:
-    """Wait for the chunk tasks, adding their counts to the job's report; a chunk that failed
-    after all its retries counts what its attempts completed and fails the rest."""
+def _log(log: Any, row: dict) -> None:
+    log.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
+
+
+def _collect(ray, pending: dict, job: Job, log: Any) -> set[str]:
+    """Wait for the chunk tasks, adding their counts to the job's report and a line per chunk
+    to ``log``; a chunk that failed after all its retries counts what its attempts completed
+    and fails the rest. Returns the ids of the nodes the chunks ran on."""
     report = job.report
+    nodes: set[str] = set()
     while pending:
         if job.stop_requested:
             for ref in pending:
                 ray.cancel(ref, force=True)
-            return
+            return nodes
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL)
         for ref in ready:
             k, chunk = pending.pop(ref)
             try:
                 res = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - the task failed after all its retries
-                _chunk_failed(job, k, chunk, exc)
+                why = _chunk_failed(job, k, chunk, exc)
+                _log(log, {"chunk": k, "videos": len(chunk), "node": None, "error": why})
                 continue
+            if res.get("node"):
+                nodes.add(res["node"])
+            keys = ("node", "ip", "host", "pid", "attempt", "done", "skipped")
+            row = {"chunk": k, "videos": len(chunk), **{key: res.get(key) for key in keys}}
+            _log(log, {**row, "failed": len(res["failed"])})
             report.done += res["done"]
             report.skipped += res["skipped"]
             for vid, msg in res["failed"]:
@@ -156,10 +192,12 @@ def _collect(ray, pending: dict, job: Job) -> None:
             for note, n in res["notes"].items():
                 report.note(note, n)
             job.progress(len(chunk))
+    return nodes
 
 
-def _chunk_failed(job: Job, k: int, chunk: list[VideoRecord], exc: Exception) -> None:
-    """What the attempts of a dead chunk completed is in the store; the rest is a failure."""
+def _chunk_failed(job: Job, k: int, chunk: list[VideoRecord], exc: Exception) -> str:
+    """What the attempts of a dead chunk completed is in the store; the rest is a failure.
+    Returns the error's last line."""
     done = FeatureSet(job.set_dir).completed_ids()
     logged = logged_failures(job.set_dir, job.name, k)
     why = (str(exc).strip().splitlines() or [""])[-1][:200]
@@ -172,3 +210,4 @@ def _chunk_failed(job: Job, k: int, chunk: list[VideoRecord], exc: Exception) ->
             job.progress(1)
         else:
             job.fail(r, "RayTaskError", f"{r.path}: Ray task failed after retries ({why})")
+    return why
