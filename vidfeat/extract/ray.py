@@ -8,8 +8,11 @@ every node sees. A task whose worker dies is retried by Ray (``max_retries``); t
 asks the store which of its videos are already in completed shards and skips them, and the dead
 attempt's partial shard is never read, so no video is written twice or lost. Likewise the retry
 skips the videos whose failure an earlier attempt of the chunk already logged (the failures file
-is fsync'ed line by line), so a failure is recorded once. The driver shows one progress bar (per
-finished chunk) and the usual summary and exit code; Ctrl-C cancels the pending tasks.
+is fsync'ed line by line), so a failure is recorded once. When the tasks are done, the driver
+removes the partial shards that this job's dead attempts left (a lost node's; one whose writer
+still holds its lock is left alone), so the store verifies without a stale-partial warning. The
+driver shows one progress bar (per finished chunk) and the usual summary and exit code; Ctrl-C
+cancels the pending tasks.
 
 Where chunks ran: the driver appends one JSON line per finished chunk to the set's
 ``ray-<job>.jsonl`` (:func:`ray_log_path`): the chunk, its videos, the Ray node id, the node's
@@ -28,6 +31,7 @@ on this engine: Ray's task, not a vidfeat watchdog, owns the process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -39,7 +43,7 @@ from typing import Any
 from vidfeat.errors import ConfigError
 from vidfeat.extract.job import Job, RunOptions
 from vidfeat.extract.local import POLL, run_local
-from vidfeat.store import FeatureSet, read_failures
+from vidfeat.store import FeatureSet, partial_is_live, read_failures
 from vidfeat.videolist import VideoRecord
 
 
@@ -152,7 +156,24 @@ def run_on_ray(job: Job, task: Any) -> None:
     pending = {remote.remote(task_ref, job_ref, c, k): (k, c) for k, c in enumerate(chunks)}
     with open(ray_log_path(job.set_dir, job.name), "a", encoding="utf-8", buffering=1) as log:
         nodes = _collect(ray, pending, job, log)
+    _remove_dead_partials(job)
     job.report.where = f"on {len(nodes)} Ray node{'s' if len(nodes) != 1 else ''}"
+
+
+def _remove_dead_partials(job: Job) -> list[Path]:
+    """Once every task has ended, a partial shard of this job's attempts is a dead attempt's
+    (its node lost, its worker killed): delete it and its lock file, unless the lock is still
+    held (an attempt on a cut-off node may still be writing). Other jobs' partials are left to
+    their own jobs, or to the next run's cleanup."""
+    removed = []
+    for partial in sorted(Path(job.set_dir).glob(f"part-{job.name}-c*.h5.partial")):
+        if partial_is_live(partial):
+            continue
+        for path in (partial, partial.with_name(partial.name + ".lock")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        removed.append(partial)
+    return removed
 
 
 def _log(log: Any, row: dict) -> None:
