@@ -8,6 +8,7 @@ what it started. Figures are printed (pytest -s)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import psutil
 import pytest
 
@@ -405,3 +407,231 @@ def running_attempts(workers: list[psutil.Process], set_dir: Path) -> list[str]:
             if Path(f.path).parent == set_dir and name.endswith(".h5.partial"):
                 out.append(name[len("part-") : -len(".h5.partial")].rsplit("-", 1)[0])
     return out
+
+
+# --------------------------------------------------------------------------- many jobs, one store
+
+JOBS, MANY = 16, 2000
+CHEAP = ["--method", "farneback", "-T", "1", "-N", "1", "--short-side", "16", "--quiet"]
+CHEAP += ["--workers", "1", "--timeout", "0"]  # in-process: no worker pool to start
+T_EMB, D_EMB = 4, 8
+
+
+class Reader:
+    """A reader beside the writers: opens the set afresh again and again (its index rebuilt from
+    the shards then on disk) and reads every id it lists that it has not read yet in full,
+    features and attrs, or with ``full`` every listed id's features. A completed shard never
+    changes, so a torn or partial shard would show as a new id that does not read."""
+
+    def __init__(self, set_dir: Path, check=None) -> None:
+        self.set_dir, self.check = set_dir, check
+        self.seen: set[str] = set()
+        self.counts: list[int] = []
+
+    def once(self, full: bool = False) -> None:
+        from vidfeat.store import FeatureSet
+
+        with FeatureSet(self.set_dir) as fs:
+            ids = fs.ids()
+            assert self.seen <= set(ids), "an id vanished from the set"
+            for vid in ids:
+                if vid not in self.seen:
+                    arr, attrs = fs.get(vid)
+                    assert arr.size and "written_at" in attrs, vid
+                    self.seen.add(vid)
+                elif full:
+                    arr = fs.features(vid)
+                else:
+                    continue
+                if self.check is not None:
+                    self.check(vid, arr)
+        self.counts.append(len(ids))
+
+
+@pytest.fixture(scope="module")
+def sixteen(clips: list, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """16 concurrent `vidfeat extract flow --shard i/16` jobs over 2,000 ids on one store,
+    while this process opens the set again and again, reading every id it lists."""
+    root = tmp_path_factory.mktemp("sixteen")
+    lst, store = root / "list.csv", root / "store"
+    ids = video_list(lst, clips, MANY)
+    args = ["extract", "flow", "--videos", str(lst), "--store", str(store), *CHEAP]
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [*VIDFEAT, *args, "--shard", f"{i}/{JOBS}", "--shard-videos", "25"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(JOBS)
+    ]
+    reader = Reader(store / SET)
+    try:
+        while any(p.poll() is None for p in procs):
+            if (store / SET / "set.json").exists():
+                reader.once()
+            time.sleep(0.1)
+        outs = [p.communicate() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    took = time.perf_counter() - t0
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out + err
+    return {
+        "store": store, "list": lst, "ids": ids, "seconds": took, "reads": reader.counts,
+        "summaries": [summary(out) for out, _ in outs],
+    }  # fmt: skip
+
+
+def test_sixteen_jobs_on_one_store_lose_and_double_nothing(sixteen: dict) -> None:
+    store, ids = sixteen["store"], sixteen["ids"]
+    done = sum(d for d, _, _ in sixteen["summaries"])
+    assert done == MANY and all(f == 0 for _, _, f in sixteen["summaries"])
+    copies = stored_copies(store / SET)
+    lost, doubled = set(ids) - set(copies), len(copies) - len(set(copies))
+    assert not lost and not doubled and sorted(copies) == sorted(ids)
+    assert not list((store / SET).glob("*.partial*"))
+    reads = sixteen["reads"]
+    assert len(reads) >= 3 and reads == sorted(reads), reads  # the set only grew
+    rep = verify_store(store, expect_ids=set(ids))
+    assert rep.ok and not rep.warnings, (rep.problems, rep.warnings)
+    verify_cli(store, sixteen["list"])
+    print(
+        f"\nmany jobs: {JOBS} concurrent `extract flow --shard i/{JOBS}` processes, {MANY} "
+        f"videos, one store: {sixteen['seconds']:.1f}s wall ({MANY / sixteen['seconds']:.0f} "
+        f"videos/s), {len(list((store / SET).glob('part-*.h5')))} shards; lost {len(lost)}, "
+        f"doubled {doubled}; a reader opened the set {len(reads)} times during the run and read "
+        f"every id it listed in full ({reads[0]} -> {reads[-1]} ids)"
+    )
+
+
+def _seed(text: str) -> int:
+    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big")
+
+
+def emb_of(vid: str, label: str) -> np.ndarray:
+    """The (T, D) features of a video: its class's prototype plus noise seeded by the id."""
+    proto = np.random.default_rng(_seed(label)).normal(0, 1, D_EMB)
+    seed = _seed(vid)
+    return (proto * 1.5 + np.random.default_rng(seed).normal(0, 0.6, (T_EMB, D_EMB))).astype(
+        np.float32
+    )
+
+
+def write_emb(set_dir: str, job: str, rows: list[tuple[str, str]], per_shard: int, pause: float):
+    """Write ``(video id, label)`` rows into the set as job ``job`` (one ShardWriter)."""
+    from vidfeat.store import ShardWriter
+
+    with ShardWriter(set_dir, job, max_videos=per_shard) as w:
+        for vid, label in rows:
+            w.add(vid, emb_of(vid, label), {"label": label})
+            time.sleep(pause)
+
+
+# the appending job: another process with its own ShardWriter, paced to outlast the training
+APPENDER = (
+    "import json, sys; sys.path.insert(0, 'tests'); from test_cluster import write_emb; "
+    "a = json.loads(sys.argv[1]); write_emb(a['dir'], 'appender', a['rows'], 10, a['pause'])"
+)
+
+
+def test_fuse_train_reads_the_store_while_a_job_appends(sixteen: dict, tmp_path: Path) -> None:
+    from vidfeat.store import FeatureSet
+
+    store, lst = sixteen["store"], sixteen["list"]
+    rows = [line.split(",") for line in lst.read_text().splitlines()[1:]]
+    labelled = [(vid, label) for _, label, vid in rows]
+    base, more = labelled[:1500], labelled[1500:]
+    FeatureStore(store).ensure_set(
+        "emb", {"modality": "rgb", "T": T_EMB, "feature_shape": [T_EMB, D_EMB], "dtype": "float32"}
+    )
+    set_dir = store / "emb"
+    write_emb(str(set_dir), "base", base, 100, 0.0)
+    head = "path,label,video_id\n"
+    (tmp_path / "train.csv").write_text(
+        head + "".join(f"{p},{lab},{v}\n" for p, lab, v in rows[:1400])
+    )
+    (tmp_path / "val.csv").write_text(
+        head + "".join(f"{p},{lab},{v}\n" for p, lab, v in rows[1400:1500])
+    )
+    before = FeatureSet(set_dir)
+    assert len(before) == 1500
+    labels = dict(labelled)
+
+    def check(vid: str, arr: np.ndarray) -> None:
+        assert arr.shape == (T_EMB, D_EMB) and np.array_equal(arr, emb_of(vid, labels[vid])), vid
+
+    run = tmp_path / "run"
+    t0 = time.perf_counter()
+    appender = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            APPENDER,
+            json.dumps({"dir": str(set_dir), "rows": more, "pause": 0.015}),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    train = subprocess.Popen(
+        [*VIDFEAT, "fuse", "train", "--store", str(store), "--features", "emb", "--head", "single"]
+        + ["--train", str(tmp_path / "train.csv"), "--val", str(tmp_path / "val.csv")]
+        + ["--out", str(run), "--epochs", "3", "--batch-size", "64", "--no-cache", "--quiet"]
+        + ["--head-opt", "hidden=16", "--device", "cpu"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    reader = Reader(set_dir, check)
+    verified_mid_append = False
+    try:
+        while appender.poll() is None or train.poll() is None:
+            reader.once(full=True)
+            if not verified_mid_append and list(set_dir.glob("part-appender-*.h5")):
+                rep = verify_store(store)  # mid-append: a live partial is a note, not a problem
+                assert rep.ok and not rep.warnings, (rep.problems, rep.warnings)
+                verified_mid_append = appender.poll() is None
+            time.sleep(0.05)
+        a_out, a_err = appender.communicate()
+        t_out, t_err = train.communicate()
+    finally:
+        for p in (appender, train):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    took = time.perf_counter() - t0
+    assert appender.returncode == 0, a_out + a_err
+    assert train.returncode == 0, t_out + t_err
+    assert (run / "best.pt").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    # the training ran while the appender completed shards
+    t_start, t_end = (run / "config.yaml").stat().st_mtime, (run / "last.pt").stat().st_mtime
+    appended = sorted(p.stat().st_mtime for p in set_dir.glob("part-appender-*.h5"))
+    during = sum(t_start <= m <= t_end for m in appended)
+    assert during >= 1, (t_start, t_end, appended)
+    reads = reader.counts
+    assert reads == sorted(reads) and reads[0] >= 1500 and reads[-1] == 2000, reads
+    assert verified_mid_append and len(set(reads)) >= 3, reads  # it read while the set grew
+    # a reader opened before the appends sees them after refresh()
+    assert len(before) == 1500
+    before.refresh()
+    assert before.ids() == sorted(labels) and len(before) == 2000
+    for vid in (more[0][0], more[-1][0]):
+        check(vid, before.features(vid))
+    rep = verify_store(store)
+    assert rep.ok and not rep.warnings, (rep.problems, rep.warnings)
+    print(
+        f"\ntraining while appending: `fuse train` (3 epochs over 1,400 videos, --no-cache) ran "
+        f"while another process appended 500 videos in {len(appended)} shards ({during} "
+        f"completed during training), {took:.1f}s; a reader opened the set {len(reads)} times "
+        f"and read every listed id in full ({reads[0]} -> {reads[-1]} ids), never a partial or "
+        "torn video; "
+        "a reader opened before the appends sees them after refresh()"
+    )
