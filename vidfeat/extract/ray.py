@@ -1,18 +1,20 @@
 """The Ray engine: `vidfeat extract --engine ray`, on one machine or a cluster.
 
-The planned videos are cut into chunks; each chunk is one Ray task that runs the job's task
-(a per-video extractor, or a network with its batched loop) with the local code path on a
+The planned videos are cut into chunks; each chunk is one Ray task that runs the job's task (a
+per-video extractor, or a network with its batched loop) with the local code path on a
 :meth:`~vidfeat.extract.job.Job.chunk` of the job, writing its own shards (job name
 ``<job>-c<chunk>-<attempt>``) into the shared store path, so the store must be on a filesystem
-every node sees. A task whose worker dies is retried by Ray (``max_retries``); the retry first
-asks the store which of its videos are already in completed shards and skips them, and the dead
-attempt's partial shard is never read, so no video is written twice or lost. Likewise the retry
-skips the videos whose failure an earlier attempt of the chunk already logged (the failures file
-is fsync'ed line by line), so a failure is recorded once. When the tasks are done, the driver
-removes the partial shards that this job's dead attempts left (a lost node's; one whose writer
-still holds its lock is left alone), so the store verifies without a stale-partial warning. The
-driver shows one progress bar (per finished chunk) and the usual summary and exit code; Ctrl-C
-cancels the pending tasks.
+every node sees. Tasks get the store and video paths made absolute on the driver (a task runs in
+Ray's working directory, not the driver's), so they must name the same files on every node. A
+task whose worker dies is retried by Ray (``max_retries``); the retry first asks the store which
+of its videos are already in completed shards and skips them, and the dead attempt's partial
+shard is never read, so no video is written twice or lost. Likewise the retry skips the videos
+whose failure an earlier attempt of the chunk already logged (the failures file is fsync'ed line
+by line), so a failure is recorded once. When the tasks are done, the driver removes the partial
+shards that this job's dead attempts left (a lost node's; one whose writer still holds its lock
+is left alone), so the store verifies without a stale-partial warning. The driver shows one
+progress bar (per finished chunk) and the usual summary and exit code; Ctrl-C cancels the
+pending tasks.
 
 Where chunks ran: the driver appends one JSON line per finished chunk to the set's
 ``ray-<job>.jsonl`` (:func:`ray_log_path`): the chunk, its videos, the Ray node id, the node's
@@ -37,6 +39,7 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +145,8 @@ def run_on_ray(job: Job, task: Any) -> None:
     device = str(getattr(task, "device", "cpu"))
     if device.startswith("cuda") and opts.ray_num_gpus <= 0:
         raise ConfigError(f"--device {device} with --engine ray needs --ray-num-gpus > 0")
-    chunks = _chunks(job.todo, opts)
+    shipped = _absolute(job)
+    chunks = _chunks(shipped.todo, opts)
     if not chunks:
         return
     ray = _ray_init(opts)
@@ -152,12 +156,24 @@ def run_on_ray(job: Job, task: Any) -> None:
         max_retries=3,
         retry_exceptions=False,
     )(extract_chunk)
-    task_ref, job_ref = ray.put(task), ray.put(job)
+    task_ref, job_ref = ray.put(task), ray.put(shipped)
     pending = {remote.remote(task_ref, job_ref, c, k): (k, c) for k, c in enumerate(chunks)}
     with open(ray_log_path(job.set_dir, job.name), "a", encoding="utf-8", buffering=1) as log:
         nodes = _collect(ray, pending, job, log)
     _remove_dead_partials(job)
     job.report.where = f"on {len(nodes)} Ray node{'s' if len(nodes) != 1 else ''}"
+
+
+def _absolute(job: Job) -> Job:
+    """The job as its tasks get it: the store and the video paths absolute, as the driver
+    resolves them (``--store store`` or a list of relative paths would otherwise be looked up
+    in each task's own working directory)."""
+    records = [replace(r, path=Path(os.path.abspath(r.path))) for r in job.todo]
+    return replace(
+        job,
+        store_root=Path(os.path.abspath(job.store_root)),
+        videos=replace(job.videos, records=records),
+    )
 
 
 def _remove_dead_partials(job: Job) -> list[Path]:
