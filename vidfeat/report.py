@@ -22,6 +22,7 @@ class Report:
     started: float = field(default_factory=time.perf_counter)
     seconds: float | None = None
     stopped: str | None = None  # why the run ended early (e.g. "interrupted"); None = it finished
+    where: str | None = None  # where the work ran, when it says something (e.g. "on 2 Ray nodes")
 
     def fail(self, video_id: str, message: str) -> None:
         self.failed += 1
@@ -51,4 +52,5 @@ class Report:
         parts = [f"{self.done} done", f"{self.skipped} skipped", f"{self.failed} failed"]
         parts += [f"{n} {what}" for what, n in sorted(self.notes.items())]
         line = f"{self.what}: " + ", ".join(parts) + f" in {self.elapsed:.1f}s"
+        line += f" {self.where}" if self.where else ""
         return line + (f" (stopped: {self.stopped})" if self.stopped else "")

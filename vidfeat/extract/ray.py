@@ -1,15 +1,28 @@
 """The Ray engine: `vidfeat extract --engine ray`, on one machine or a cluster.
 
-The planned videos are cut into chunks; each chunk is one Ray task that runs the job's task
-(a per-video extractor, or a network with its batched loop) with the local code path on a
+The planned videos are cut into chunks; each chunk is one Ray task that runs the job's task (a
+per-video extractor, or a network with its batched loop) with the local code path on a
 :meth:`~vidfeat.extract.job.Job.chunk` of the job, writing its own shards (job name
 ``<job>-c<chunk>-<attempt>``) into the shared store path, so the store must be on a filesystem
-every node sees. A task whose worker dies is retried by Ray (``max_retries``); the retry first
-asks the store which of its videos are already in completed shards and skips them, and the dead
-attempt's partial shard is never read, so no video is written twice or lost. Likewise the retry
-skips the videos whose failure an earlier attempt of the chunk already logged (the failures file
-is fsync'ed line by line), so a failure is recorded once. The driver shows one progress bar (per
-finished chunk) and the usual summary and exit code; Ctrl-C cancels the pending tasks.
+every node sees. Tasks get the store and video paths made absolute on the driver (a task runs in
+Ray's working directory, not the driver's), so they must name the same files on every node. A
+task whose worker dies is retried by Ray (``max_retries``); the retry first asks the store which
+of its videos are already in completed shards and skips them, and the dead attempt's partial
+shard is never read, so no video is written twice or lost. Likewise the retry skips the videos
+whose failure an earlier attempt of the chunk already logged (the failures file is fsync'ed line
+by line), so a failure is recorded once. When the tasks are done, the driver removes the partial
+shards that this job's dead attempts left (a lost node's; one whose writer still holds its lock
+is left alone), so the store verifies without a stale-partial warning. The driver shows one
+progress bar (per finished chunk) and the usual summary and exit code; Ctrl-C cancels the
+pending tasks.
+
+Where chunks ran: the driver appends one JSON line per finished chunk to the set's
+``ray-<job>.jsonl`` (:func:`ray_log_path`): the chunk, its videos, the Ray node id, the node's
+IP and host name, the worker's pid, the attempt's job name (its shards are
+``part-<attempt>-<k>.h5``) and the chunk's done / skipped / failed counts. A retried chunk's line
+is its last attempt's (``skipped`` counts what earlier attempts had completed); a chunk that
+failed after all its retries has ``node: null`` and the ``error``. The summary line ends with
+"on N Ray nodes".
 
 A local Ray instance (no ``--ray-address``) gets every CPU of the machine, or ``--workers`` CPUs
 when that is given; tasks reserve ``--ray-num-cpus`` each (``--ray-num-gpus``: a network task's
@@ -20,15 +33,20 @@ on this engine: Ray's task, not a vidfeat watchdog, owns the process.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
+import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from vidfeat.errors import ConfigError
 from vidfeat.extract.job import Job, RunOptions
 from vidfeat.extract.local import POLL, run_local
-from vidfeat.store import FeatureSet, read_failures
+from vidfeat.store import FeatureSet, partial_is_live, read_failures
 from vidfeat.videolist import VideoRecord
 
 
@@ -56,13 +74,23 @@ def logged_failures(set_dir: Path, job: str, chunk: int) -> dict[str, str]:
     }
 
 
-def _node_id() -> str | None:
+def ray_log_path(set_dir: str | Path, job: str) -> Path:
+    """The driver's per-chunk log of a Ray job: where each chunk ran."""
+    return Path(set_dir) / f"ray-{job}.jsonl"
+
+
+def _where() -> dict:
+    """This task's Ray node id and IP, and the host name (provenance only)."""
+    out: dict = {"node": None, "ip": None, "host": socket.gethostname()}
     try:
         import ray
 
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        if ray.is_initialized():
+            out["node"] = ray.get_runtime_context().get_node_id()
+            out["ip"] = ray.util.get_node_ip_address()
     except Exception:  # noqa: BLE001 - provenance only; a chunk never fails for it
-        return None
+        pass
+    return out
 
 
 def extract_chunk(task: Any, job: Job, records: list[VideoRecord], chunk: int) -> dict:
@@ -86,7 +114,8 @@ def extract_chunk(task: Any, job: Job, records: list[VideoRecord], chunk: int) -
         "notes": dict(rep.notes),
         "skipped": sum(r.video_id in done_before for r in records),
         "pid": os.getpid(),
-        "node": _node_id(),
+        "attempt": attempt,
+        **_where(),
     }
 
 
@@ -116,7 +145,8 @@ def run_on_ray(job: Job, task: Any) -> None:
     device = str(getattr(task, "device", "cpu"))
     if device.startswith("cuda") and opts.ray_num_gpus <= 0:
         raise ConfigError(f"--device {device} with --engine ray needs --ray-num-gpus > 0")
-    chunks = _chunks(job.todo, opts)
+    shipped = _absolute(job)
+    chunks = _chunks(shipped.todo, opts)
     if not chunks:
         return
     ray = _ray_init(opts)
@@ -126,28 +156,71 @@ def run_on_ray(job: Job, task: Any) -> None:
         max_retries=3,
         retry_exceptions=False,
     )(extract_chunk)
-    task_ref, job_ref = ray.put(task), ray.put(job)
+    task_ref, job_ref = ray.put(task), ray.put(shipped)
     pending = {remote.remote(task_ref, job_ref, c, k): (k, c) for k, c in enumerate(chunks)}
-    _collect(ray, pending, job)
+    with open(ray_log_path(job.set_dir, job.name), "a", encoding="utf-8", buffering=1) as log:
+        nodes = _collect(ray, pending, job, log)
+    _remove_dead_partials(job)
+    job.report.where = f"on {len(nodes)} Ray node{'s' if len(nodes) != 1 else ''}"
 
 
-def _collect(ray, pending: dict, job: Job) -> None:
-    """Wait for the chunk tasks, adding their counts to the job's report; a chunk that failed
-    after all its retries counts what its attempts completed and fails the rest."""
+def _absolute(job: Job) -> Job:
+    """The job as its tasks get it: the store and the video paths absolute, as the driver
+    resolves them (``--store store`` or a list of relative paths would otherwise be looked up
+    in each task's own working directory)."""
+    records = [replace(r, path=Path(os.path.abspath(r.path))) for r in job.todo]
+    return replace(
+        job,
+        store_root=Path(os.path.abspath(job.store_root)),
+        videos=replace(job.videos, records=records),
+    )
+
+
+def _remove_dead_partials(job: Job) -> list[Path]:
+    """Once every task has ended, a partial shard of this job's attempts is a dead attempt's
+    (its node lost, its worker killed): delete it and its lock file, unless the lock is still
+    held (an attempt on a cut-off node may still be writing). Other jobs' partials are left to
+    their own jobs, or to the next run's cleanup."""
+    removed = []
+    for partial in sorted(Path(job.set_dir).glob(f"part-{job.name}-c*.h5.partial")):
+        if partial_is_live(partial):
+            continue
+        for path in (partial, partial.with_name(partial.name + ".lock")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        removed.append(partial)
+    return removed
+
+
+def _log(log: Any, row: dict) -> None:
+    log.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
+
+
+def _collect(ray, pending: dict, job: Job, log: Any) -> set[str]:
+    """Wait for the chunk tasks, adding their counts to the job's report and a line per chunk
+    to ``log``; a chunk that failed after all its retries counts what its attempts completed
+    and fails the rest. Returns the ids of the nodes the chunks ran on."""
     report = job.report
+    nodes: set[str] = set()
     while pending:
         if job.stop_requested:
             for ref in pending:
                 ray.cancel(ref, force=True)
-            return
+            return nodes
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL)
         for ref in ready:
             k, chunk = pending.pop(ref)
             try:
                 res = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - the task failed after all its retries
-                _chunk_failed(job, k, chunk, exc)
+                why = _chunk_failed(job, k, chunk, exc)
+                _log(log, {"chunk": k, "videos": len(chunk), "node": None, "error": why})
                 continue
+            if res.get("node"):
+                nodes.add(res["node"])
+            keys = ("node", "ip", "host", "pid", "attempt", "done", "skipped")
+            row = {"chunk": k, "videos": len(chunk), **{key: res.get(key) for key in keys}}
+            _log(log, {**row, "failed": len(res["failed"])})
             report.done += res["done"]
             report.skipped += res["skipped"]
             for vid, msg in res["failed"]:
@@ -156,10 +229,12 @@ def _collect(ray, pending: dict, job: Job) -> None:
             for note, n in res["notes"].items():
                 report.note(note, n)
             job.progress(len(chunk))
+    return nodes
 
 
-def _chunk_failed(job: Job, k: int, chunk: list[VideoRecord], exc: Exception) -> None:
-    """What the attempts of a dead chunk completed is in the store; the rest is a failure."""
+def _chunk_failed(job: Job, k: int, chunk: list[VideoRecord], exc: Exception) -> str:
+    """What the attempts of a dead chunk completed is in the store; the rest is a failure.
+    Returns the error's last line."""
     done = FeatureSet(job.set_dir).completed_ids()
     logged = logged_failures(job.set_dir, job.name, k)
     why = (str(exc).strip().splitlines() or [""])[-1][:200]
@@ -172,3 +247,4 @@ def _chunk_failed(job: Job, k: int, chunk: list[VideoRecord], exc: Exception) ->
             job.progress(1)
         else:
             job.fail(r, "RayTaskError", f"{r.path}: Ray task failed after retries ({why})")
+    return why
