@@ -416,8 +416,9 @@ def _videos(kw: dict):
     from vidfeat.videolist import load_list
 
     videos = load_list(kw["video_list"], video_root=kw["video_root"])
-    for line, path in videos.missing:
-        click.echo(f"missing (line {line}): {path}", err=True)
+    note = videos.missing_note()
+    if note:
+        click.echo(f"note: {note}", err=True)
     return videos
 
 

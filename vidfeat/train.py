@@ -252,6 +252,10 @@ def _load_lists(cfg: TrainConfig, echo) -> tuple[VideoList, VideoList | None, li
         if cfg.val
         else None
     )
+    for vl in (train_list, val_list):
+        note = vl.missing_note() if vl is not None else None
+        if note:
+            echo(f"note: {note}")
     if cfg.modality == "audio":
         train_list, dropped = videos_with_audio(train_list)
         if dropped:

@@ -51,6 +51,19 @@ class VideoList:
     def __len__(self) -> int:
         return len(self.records)
 
+    def missing_note(self, examples: int = 3) -> str | None:
+        """One line about the rows whose video file is absent (a Kinetics list's videos that
+        were never downloaded): they are skipped, not fatal. None when there are none."""
+        if not self.missing:
+            return None
+        n, total = len(self.missing), len(self.missing) + len(self.records)
+        shown = ", ".join(f"line {line}: {p.name}" for line, p in self.missing[:examples])
+        more = f", and {n - examples} more" if n > examples else ""
+        return (
+            f"{n} of {total} rows of {self.source} have no video file and are skipped "
+            f"({shown}{more}); `vidfeat data probe {self.source} --video-root ...` lists them all"
+        )
+
     def __iter__(self):
         return iter(self.records)
 
