@@ -98,9 +98,10 @@ def evaluate(
     """Prec@1/5 and mean class accuracy; writes RUN/eval-<name>/ (scores.csv, per_class.csv,
     confusion.png). An earlier evaluation of that name is refused unless ``overwrite``."""
     lr = load_run(run, device=device)
+    videos = load_list(videos_path, classes=lr.classes, require_labels=True, video_root=video_root)
+    check_store_matches(lr, store)  # a store that cannot be evaluated is named first
     out = lr.path / f"eval-{name or Path(videos_path).stem}"
     claim_out_dir(out, overwrite=overwrite, what="an evaluation (or pick another --name)")
-    videos = load_list(videos_path, classes=lr.classes, require_labels=True, video_root=video_root)
     scores, ds = run_scores(lr, store, videos)
     labels = np.asarray(videos.label_indices())
     res = summarize(scores, labels, len(lr.classes))
