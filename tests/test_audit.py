@@ -57,10 +57,14 @@ def test_txb_layer_order_is_the_released_block() -> None:
     assert torch.allclose(txb(x), _txb_reference(txb, x), atol=1e-12)
 
 
-def test_txb_is_initialised_as_the_authors_code() -> None:
-    """He-uniform (MSRA uniform) conv weights, zero biases, identity BN."""
+def test_stnets_txb_is_initialised_as_the_authors_code() -> None:
+    """He-uniform (MSRA uniform) conv weights, zero biases, identity BN in StNet's TXB."""
+    from vidfeat.nets import create_segment_net
+
     torch.manual_seed(0)
-    txb = TemporalXceptionBlock(512, 256)
+    txb = create_segment_net(
+        "stnet", "resnet10t", num_classes=4, in_chans_per_segment=6, frames=2, txb_width=256
+    ).txb
     for conv in (txb.dw1, txb.pw1, txb.dw2, txb.pw2, txb.skip):
         fan_in = conv.weight[0].numel()
         bound = (6.0 / fan_in) ** 0.5

@@ -275,7 +275,7 @@ class StNet(SegmentNet):
         inflate_first_conv(self.backbone, in_chans_per_segment, frames, mode)
         for stage in self.family.tmb_after:
             self.tmb[stage] = TemporalModelingBlock(_stage_channels(self.backbone, stage), tmb)
-        self.txb = TemporalXceptionBlock(self.backbone_dim, txb_width)
+        self.txb = TemporalXceptionBlock(self.backbone_dim, txb_width, init="authors")
         self.fc = nn.Linear(txb_width, num_classes)
         self.feature_point = feature_point
         self._feature_dim = txb_width if feature_point == "txb" else self.backbone_dim

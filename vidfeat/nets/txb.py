@@ -56,7 +56,12 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
 
 
 class TemporalXceptionBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int = 1024) -> None:
+    """``init="authors"``: He-uniform (MSRA) conv weights and zero biases, as the authors'
+    StNet code (its ``xception``); ``init="torch"``: PyTorch's defaults, what the fusion heads
+    use (a choice: the authors released no fusion-head code, and on small data the heads train
+    better from PyTorch's smaller initial weights)."""
+
+    def __init__(self, in_channels: int, out_channels: int = 1024, init: str = "torch") -> None:
         super().__init__()
         self.bn_in = MaskedBatchNorm1d(in_channels)
         self.dw1 = nn.Conv1d(in_channels, in_channels, 3, padding=1, groups=in_channels)
@@ -70,10 +75,12 @@ class TemporalXceptionBlock(nn.Module):
         for bn in (self.bn_in, self.bn1, self.bn_out):
             nn.init.ones_(bn.weight)
             nn.init.zeros_(bn.bias)
-        # as the authors' code: He-uniform (MSRA, uniform) weights, zero biases
-        for conv in (self.dw1, self.pw1, self.dw2, self.pw2, self.skip):
-            nn.init.kaiming_uniform_(conv.weight, nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
+        if init not in ("authors", "torch"):
+            raise ValueError(f"TXB init must be authors or torch (got {init!r})")
+        if init == "authors":  # He-uniform (MSRA, uniform) weights, zero biases
+            for conv in (self.dw1, self.pw1, self.dw2, self.pw2, self.skip):
+                nn.init.kaiming_uniform_(conv.weight, nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, Cin, T]`` (+ mask ``[B, T]``) → ``[B, Cout, T]``."""
