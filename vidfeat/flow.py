@@ -1,4 +1,5 @@
-"""Optical flow on the segment grid's frame pairs: TV-L1 and Farneback (OpenCV).
+"""Optical flow on the segment grid's frame pairs: TV-L1, Farneback and DIS (OpenCV), RAFT
+(torchvision, :mod:`vidfeat.raft`).
 
 Only the grid's T×N consecutive pairs are computed — never every pair of a video, which is
 what dense per-frame flow dumps of other tools cost. Fields are stored quantised to uint8 with a
@@ -7,7 +8,11 @@ networks without recomputing TV-L1.
 
 Every algorithm parameter is a field of the method's parameter dataclass, with OpenCV's
 defaults and a ``help`` text in its metadata, and becomes one command-line option
-(:func:`method_param_fields`, :func:`option_name`).
+(:func:`method_param_fields`, :func:`option_name`, :func:`param_type`, :func:`param_choices`).
+
+A method computes one pair per ``calc`` call on the CPU (OpenCV), or — a *batched* method —
+defines ``calc_batch`` and gets every pair of a video at once, chunked by its ``batch_size``, on
+its ``device`` (see :class:`FlowMethod`); :func:`flow_on_grid` uses ``calc_batch`` when present.
 
 ``cv2`` is imported inside the functions that need it: the CLI imports this module to build its
 options, and ``vidfeat --help`` must stay fast.
@@ -17,24 +22,63 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from vidfeat.errors import ConfigError
+from vidfeat.flow_quant import (
+    DEFAULT_BOUND,
+    dequantize,
+    quantize,
+    quantize_pair,
+    to_network_input,
+)
 from vidfeat.registry import Registry
-
-DEFAULT_BOUND = 20.0  # px; the TSN / dense_flow convention
 
 # Farneback's `flags`: only the Gaussian window is meaningful here. OPTFLOW_USE_INITIAL_FLOW (4)
 # needs a previous flow field as input, which grid pairs do not have.
 FARNEBACK_GAUSSIAN = 256
 
 
-def _opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors click's argument name
-    return field(default=default, metadata={"help": help})
+def _opt(
+    default: Any,
+    help: str,  # noqa: A002 - mirrors click's argument name
+    *,
+    kind: type | None = None,
+    choices: tuple[str, ...] | None = None,
+    default_text: str | None = None,
+) -> Any:
+    """A parameter field. ``kind``: its type when the default (None: "decided by the method",
+    e.g. by a preset) does not tell; ``choices``: the allowed strings of a ``str`` field;
+    ``default_text``: how the CLI help names the default."""
+    meta: dict[str, Any] = {"help": help}
+    if kind is not None:
+        meta["type"] = kind
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if default_text is not None:
+        meta["default_text"] = default_text
+    return field(default=default, metadata=meta)
+
+
+def param_type(fld: dataclasses.Field) -> type:
+    """The type of a parameter field's values (``int``, ``float``, ``bool`` or ``str``)."""
+    return fld.metadata.get("type") or type(fld.default)
+
+
+def param_choices(fld: dataclasses.Field) -> tuple[str, ...] | None:
+    """The allowed values of a ``str`` parameter field (None for numbers and flags)."""
+    return fld.metadata.get("choices")
+
+
+def param_default_text(fld: dataclasses.Field) -> str:
+    """The default as the CLI help shows it."""
+    return str(fld.metadata.get("default_text", fld.default))
 
 
 @dataclass(frozen=True)
@@ -79,10 +123,23 @@ def option_name(field_name: str) -> str:
 
 
 def _coerce(fld: dataclasses.Field, value: Any) -> Any:
-    """Values come from click (typed) or from a set.json (JSON numbers): accept an integral
-    float for an int field, reject anything that is not a finite number."""
-    kind = type(fld.default)
+    """Values come from click (typed) or from a set.json (JSON numbers, strings, booleans):
+    accept an integral float for an int field, reject anything that is not a finite number
+    (or one of the choices of a string field, or a boolean of a flag). None keeps a default of
+    None ("decided by the method")."""
+    kind = param_type(fld)
     opt = option_name(fld.name)
+    if value is None and fld.default is None:
+        return None
+    choices = param_choices(fld)
+    if choices is not None:
+        if value not in choices:
+            raise ConfigError(f"{opt} must be one of {', '.join(choices)} (got {value!r})")
+        return str(value)
+    if kind is bool:
+        if isinstance(value, bool | np.bool_) or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        raise ConfigError(f"{opt} must be true or false (got {value!r})")
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise ConfigError(f"{opt} must be a number (got {value!r})")
     if not math.isfinite(value):
@@ -97,16 +154,29 @@ def _coerce(fld: dataclasses.Field, value: Any) -> Any:
 class FlowMethod:
     """A configured flow algorithm.
 
-    ``calc(prev, nxt)``: uint8 grayscale ``(H, W)`` × 2 → float32 ``(H, W, 2)`` with
-    ``[..., 0] = dx`` and ``[..., 1] = dy``, such that ``prev[y, x] ≈ nxt[y + dy, x + dx]``.
+    ``calc(prev, nxt)``: uint8 grayscale ``(H, W)`` × 2 (RGB ``(H, W, 3)`` for a method with
+    ``color = True``) → float32 ``(H, W, 2)`` with ``[..., 0] = dx`` and ``[..., 1] = dy``, such
+    that ``prev[y, x] ≈ nxt[y + dy, x + dx]``.
 
-    Picklable (it is shipped to worker processes): only the parameters are pickled and any
-    OpenCV object is rebuilt lazily where it is used. One OpenCV object per thread, so a method
-    may also be shared by threads.
+    A batched method (a network, a GPU port) defines ``calc_batch(prev, nxt)``: uint8
+    ``(B, H, W)`` × 2 (``(B, H, W, 3)`` with ``color``) → float32 ``(B, H, W, 2)`` numpy, pair
+    ``i`` being ``prev[i] → nxt[i]`` as in ``calc``; :func:`flow_on_grid` then hands it every
+    distinct pair of a video, ``batch_size`` pairs per call (None: the method's
+    :meth:`default_batch`). Such a method sets ``uses_torch = True``: ``--device`` and
+    ``--batch-size`` apply to it (:meth:`runtime`), and the thread budget reaches torch too.
+    ``setup()`` runs once per worker process before the first video (load a model there).
+
+    Picklable (it is shipped to worker processes): only the parameters and run-time settings
+    are pickled and any OpenCV object or model is rebuilt lazily where it is used. One OpenCV
+    object per thread, so a method may also be shared by threads.
     """
 
     name: ClassVar[str] = ""
     params_cls: ClassVar[type] = object
+    color: ClassVar[bool] = False  # frames are RGB (H, W, 3), not gray (H, W)
+    uses_torch: ClassVar[bool] = False  # runs on a torch device; --device/--batch-size apply
+    calc_batch: ClassVar[Callable[..., np.ndarray] | None] = None  # batched methods define it
+    out_buffer: ClassVar[bool] = True  # calc writes into a given `out` without reading it
 
     def __init__(self, **params: Any) -> None:
         fields = {f.name: f for f in dataclasses.fields(self.params_cls)}
@@ -118,45 +188,121 @@ class FlowMethod:
                 f"--method {self.name} (its options: "
                 f"{', '.join(option_name(f) for f in fields)})"
             )
-        self.params = self.params_cls(**{k: _coerce(fields[k], v) for k, v in params.items()})
+        p = self.params_cls(**{k: _coerce(fields[k], v) for k, v in params.items()})
+        self.params = self.resolve(p)
         self.validate()
+        self.device: str = "auto"
+        self.batch_size: int | None = None
+        self.weights: str | None = None
         self._local = threading.local()
 
     @classmethod
     def param_fields(cls) -> list[dataclasses.Field]:
         return list(dataclasses.fields(cls.params_cls))
 
+    def resolve(self, params: Any) -> Any:
+        """The parameters with every None ("decided by the method", e.g. by a preset) replaced
+        by the value it stands for, so that :meth:`config` records what runs."""
+        return params
+
     def validate(self) -> None:
         """Raise ConfigError naming the option when a parameter would crash or hang OpenCV or
         silently produce garbage (zero or NaN flow)."""
 
-    def config(self) -> dict[str, int | float]:
+    def config(self) -> dict[str, Any]:
         """The parameters as a JSON-serialisable dict; ``make_method(name, **config())``
         rebuilds an equal method (the store's set.json keeps this next to the method name)."""
         return dataclasses.asdict(self.params)
+
+    def provenance(self) -> dict[str, Any]:
+        """Extra set.json keys of the extractor (e.g. the digest of a network's weights; keys
+        ending in ``_path`` or ``_info`` are informational). Raises ConfigError when the method
+        cannot run (weights missing): this is called before any video is processed."""
+        return {}
+
+    def runtime(
+        self,
+        *,
+        device: str | None = None,
+        batch_size: int | None = None,
+        weights: str | os.PathLike | None = None,
+    ) -> FlowMethod:
+        """Apply run-time settings (they change no value, or only through :meth:`provenance`,
+        so they are not parameters): ``device`` and ``batch_size`` for a method that runs on a
+        torch device, ``weights`` (a state-dict file) for a network. A setting given to a
+        method it does not apply to is refused with the reason. Returns ``self``."""
+        if not self.uses_torch:
+            if device is not None:
+                raise ConfigError(
+                    f"--device does not apply to --method {self.name}: OpenCV computes it on "
+                    "the CPU (each of --workers W processes gets cores/W threads)"
+                )
+            if batch_size is not None:
+                raise ConfigError(
+                    f"--batch-size does not apply to --method {self.name}: OpenCV computes one "
+                    "pair per call; --workers runs videos in parallel"
+                )
+        if weights is not None:
+            raise ConfigError(
+                f"--flow-weights does not apply to --method {self.name}: it has no learned weights"
+            )
+        if device is not None:
+            self.device = str(device)
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+                raise ConfigError(f"--batch-size must be an integer >= 1 (got {batch_size!r})")
+            self.batch_size = int(batch_size)
+        return self
+
+    def setup(self) -> None:
+        """Per-process initialisation before the first video (a network loads its weights)."""
+
+    def default_batch(self, height: int, width: int) -> int:
+        """Pairs per ``calc_batch`` call when ``batch_size`` is None."""
+        return 1
+
+    def _check_frames(self, prev: np.ndarray, nxt: np.ndarray, batch: bool = False) -> None:
+        if prev.dtype != np.uint8 or nxt.dtype != np.uint8:
+            raise ValueError(f"flow needs uint8 frames, got {prev.dtype} and {nxt.dtype}")
+        nd = 2 + batch + self.color
+        if prev.ndim != nd or prev.shape != nxt.shape or (self.color and prev.shape[-1] != 3):
+            what = "RGB (H, W, 3)" if self.color else "grayscale (H, W)"
+            raise ValueError(
+                f"flow needs two {'batches of ' if batch else ''}{what} frames, got "
+                f"{prev.shape}, {nxt.shape}"
+            )
 
     def calc(self, prev: np.ndarray, nxt: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Flow from ``prev`` to ``nxt`` (uint8 ``(H, W)``) → float32 ``(H, W, 2)`` (dx, dy).
 
         ``out``: an optional contiguous float32 ``(H, W, 2)`` buffer to write into.
         """
-        if prev.dtype != np.uint8 or nxt.dtype != np.uint8:
-            raise ValueError(f"flow needs uint8 frames, got {prev.dtype} and {nxt.dtype}")
-        if prev.ndim != 2 or prev.shape != nxt.shape:
-            raise ValueError(
-                f"flow needs two grayscale (H, W) frames, got {prev.shape}, {nxt.shape}"
-            )
+        self._check_frames(prev, nxt)
         return self._calc(prev, nxt, out)
 
     def _calc(self, prev: np.ndarray, nxt: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        raise NotImplementedError
+        if self.calc_batch is None:
+            raise NotImplementedError
+        f = self.calc_batch(prev[None], nxt[None])[0]
+        if out is None:
+            return f
+        out[...] = f
+        return out
 
     def __getstate__(self) -> dict:
-        # cv2 objects and thread-locals do not pickle; the parameters are all we need
-        return {"params": self.params}
+        # cv2 objects, models and thread-locals do not pickle; parameters and settings do
+        return {
+            "params": self.params,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "weights": self.weights,
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.params = state["params"]
+        self.device = state.get("device", "auto")
+        self.batch_size = state.get("batch_size")
+        self.weights = state.get("weights")
         self._local = threading.local()
 
     def __eq__(self, other: object) -> bool:
@@ -283,8 +429,9 @@ class Farneback(FlowMethod):
 
 def method_param_fields(name: str) -> list[dataclasses.Field]:
     """The parameter fields of method ``name``, one command-line option each: the option is
-    :func:`option_name` ``(f.name)``, its type ``type(f.default)``, its help
-    ``f.metadata["help"]``. Unknown name → ConfigError listing the choices."""
+    :func:`option_name` ``(f.name)``, its type :func:`param_type` ``(f)`` (a choice of
+    :func:`param_choices` ``(f)`` for strings), its help ``f.metadata["help"]``. Unknown name →
+    ConfigError listing the choices."""
     return FLOW_METHODS.get(name).param_fields()
 
 
@@ -294,14 +441,33 @@ def make_method(name: str, **params: Any) -> FlowMethod:
     return FLOW_METHODS.get(name)(**params)
 
 
-def configure_worker_threads(n: int = 1) -> None:
-    """Set OpenCV's thread count for this process. Worker processes call it with 1: W workers
-    each running OpenCV's own thread pool on all cores would oversubscribe them."""
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a cgroup's or taskset's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def thread_budget(workers: int) -> int:
+    """Threads for OpenCV and torch in each of ``workers`` processes: ``cores // workers``
+    (at least 1), so W workers share the machine's cores instead of oversubscribing them."""
+    return max(1, available_cores() // max(1, int(workers)))
+
+
+def configure_worker_threads(n: int = 1, *, torch: bool = False) -> None:
+    """Set this process's thread count for OpenCV (and torch's intra-op pool with ``torch``,
+    for methods that run a network): each of W worker processes calls it with its share of
+    the cores (:func:`thread_budget`); W pools of all cores would oversubscribe them."""
     import cv2
 
     if n < 1:
-        raise ValueError(f"OpenCV threads must be >= 1 (got {n})")
+        raise ValueError(f"threads must be >= 1 (got {n})")
     cv2.setNumThreads(int(n))
+    if torch:
+        import torch as _torch
+
+        _torch.set_num_threads(int(n))
 
 
 def to_gray(frames: np.ndarray) -> np.ndarray:
@@ -319,95 +485,130 @@ def to_gray(frames: np.ndarray) -> np.ndarray:
     return out.reshape(frames.shape[:-1])
 
 
+def _grid_pairs(
+    T: int, N: int, indices: np.ndarray | None
+) -> tuple[list[tuple[int, int]], list[tuple[tuple[int, int], tuple[int, int]]]]:
+    """The grid's pairs to compute, in grid order, and the repeats: ``((t, j), (t0, j0))``
+    where pair ``(t, j)`` has the frame indices of the computed pair ``(t0, j0)``."""
+    todo: list[tuple[int, int]] = []
+    repeats: list[tuple[tuple[int, int], tuple[int, int]]] = []
+    seen: dict[tuple[int, int], tuple[int, int]] = {}
+    for t in range(T):
+        for j in range(N):
+            if indices is not None:
+                key = (int(indices[t, j]), int(indices[t, j + 1]))
+                if key in seen:
+                    repeats.append(((t, j), seen[key]))
+                    continue
+                seen[key] = (t, j)
+            todo.append((t, j))
+    return todo, repeats
+
+
 def flow_on_grid(
-    frames: np.ndarray, method: FlowMethod, indices: np.ndarray | None = None
+    frames: np.ndarray,
+    method: FlowMethod,
+    indices: np.ndarray | None = None,
+    *,
+    bound: float | None = None,
+    ready: Callable[[int], Any] | None = None,
 ) -> np.ndarray:
     """Flow of each segment's consecutive pairs, and only those.
 
-    ``frames``: uint8 gray ``(T, N+1, H, W)`` (the grid's frames) → float32
-    ``(T, N, 2, H, W)``; ``[t, j]`` is the flow from ``frames[t, j]`` to ``frames[t, j+1]``,
-    channel 0 = x, 1 = y (the layout the flow networks stack into 2N channels).
+    ``frames``: uint8 gray ``(T, N+1, H, W)`` (the grid's frames; ``(T, N+1, H, W, 3)`` RGB for
+    a method with ``color``) → float32 ``(T, N, 2, H, W)``; ``[t, j]`` is the flow from
+    ``frames[t, j]`` to ``frames[t, j+1]``, channel 0 = x, 1 = y (the layout the flow networks
+    stack into 2N channels). A batched method gets the pairs ``batch_size`` at a time through
+    its ``calc_batch``; the others one by one through ``calc``.
 
     ``indices``: optional int ``(T, N+1)`` frame indices of ``frames`` (the grid's). When
     given, a pair of indices met before (overlapping segments of short videos) is copied, not
     recomputed. Without it every pair is computed.
+
+    ``bound``: quantise each field as soon as it is computed (:func:`quantize_pair`) and return
+    uint8 ``(T, N, 2, H, W)``: ``quantize(flow_on_grid(...), bound)`` without the float grid.
+    ``ready``: optional ``ready(t)``, called with t = 0, 1, ... before segment t's frames are
+    first read; it blocks until they are in ``frames`` (the extractor decodes meanwhile).
     """
-    if frames.ndim != 4 or frames.shape[1] < 2 or frames.dtype != np.uint8:
+    nd = 5 if method.color else 4
+    if (
+        frames.ndim != nd
+        or frames.shape[1] < 2
+        or frames.dtype != np.uint8
+        or (method.color and frames.shape[-1] != 3)
+    ):
+        what = "(T, N+1, H, W, 3) RGB" if method.color else "(T, N+1, H, W)"
         raise ValueError(
-            f"flow_on_grid needs uint8 (T, N+1, H, W) frames with N >= 1, got "
-            f"{frames.dtype} {frames.shape}"
+            f"flow_on_grid needs uint8 {what} frames with N >= 1 for --method {method.name}, "
+            f"got {frames.dtype} {frames.shape}"
         )
-    T, n1, H, W = frames.shape
+    T, n1, H, W = frames.shape[:4]
     if indices is not None and np.shape(indices) != (T, n1):
         raise ValueError(f"indices must have shape {(T, n1)} like the frames, got {indices.shape}")
-    out = np.empty((T, n1 - 1, 2, H, W), dtype=np.float32)
-    buf = np.empty((H, W, 2), dtype=np.float32)  # OpenCV writes here; no allocation per pair
-    seen: dict[tuple[int, int], tuple[int, int]] = {}
-    for t in range(T):
-        for j in range(n1 - 1):
-            if indices is not None:
-                key = (int(indices[t, j]), int(indices[t, j + 1]))
-                if key in seen:
-                    out[t, j] = out[seen[key]]
-                    continue
-                seen[key] = (t, j)
-            f = method.calc(frames[t, j], frames[t, j + 1], buf)
-            # per-channel copies: contiguous writes, far cheaper than one transposed copy
+    q = bound is not None
+    out = np.empty((T, n1 - 1, 2, H, W), dtype=np.uint8 if q else np.float32)
+    work = np.empty((H, W * 2), dtype=np.uint8) if q else None
+    todo, repeats = _grid_pairs(T, n1 - 1, indices)
+    done = -1  # segments up to this one are known to be decoded
+
+    def wait(t: int) -> None:
+        nonlocal done
+        while ready is not None and done < t:
+            done += 1
+            ready(done)
+
+    def put(t: int, j: int, f: np.ndarray) -> None:
+        if q:
+            quantize_pair(f, bound, out[t, j], work)
+        else:  # per-channel copies: contiguous writes, far cheaper than one transposed copy
             out[t, j, 0] = f[..., 0]
             out[t, j, 1] = f[..., 1]
+
+    if method.calc_batch is not None:
+        step = method.batch_size or method.default_batch(H, W)
+        for i in range(0, len(todo), step):
+            chunk = todo[i : i + step]
+            wait(chunk[-1][0])
+            ts = np.array([t for t, _ in chunk])
+            js = np.array([j for _, j in chunk])
+            f = method.calc_batch(frames[ts, js], frames[ts, js + 1])
+            if f.shape != (len(chunk), H, W, 2):
+                raise ValueError(
+                    f"{method.name}: calc_batch returned {f.shape}, not {(len(chunk), H, W, 2)}"
+                )
+            for k, (t, j) in enumerate(chunk):
+                put(t, j, f[k])
+    else:
+        # OpenCV writes into buf: no allocation per pair
+        buf = np.empty((H, W, 2), dtype=np.float32) if method.out_buffer else None
+        for t, j in todo:
+            wait(t)
+            put(t, j, method.calc(frames[t, j], frames[t, j + 1], buf))
+    for (t, j), first in repeats:
+        out[t, j] = out[first]
     return out
 
 
-def _check_bound(bound: float) -> float:
-    if not (isinstance(bound, int | float | np.number) and bound > 0 and math.isfinite(bound)):
-        raise ConfigError(f"--bound must be a finite number > 0 (got {bound!r})")
-    return float(bound)
+# the other methods register on import (RAFT imports torch only when it runs)
+from vidfeat import dis as _dis  # noqa: E402, F401
+from vidfeat import raft as _raft  # noqa: E402, F401
 
-
-_CHUNK = 1 << 20  # values per quantisation chunk: a 4 MiB float buffer stays in cache
-
-
-def quantize(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
-    """Flow in pixels (any shape, float) → uint8 of the same shape (the TSN convention).
-
-    Values are clipped to ``[-bound, bound]`` and mapped linearly, ``-bound`` ↔ 0 and
-    ``+bound`` ↔ 255, rounded to nearest (ties to even). The step is ``2·bound/255``, so
-    ``dequantize(quantize(f))`` is within ``bound/255`` px of ``f`` for ``|f| <= bound``
-    (0.078 px at the default 20). Zero flow maps to 127.5 → 128, i.e. decodes to +bound/255.
-    NaN is stored as zero flow.
-    """
-    bound = _check_bound(bound)
-    scale = np.float32(255.0 / (2.0 * bound))
-    src = np.asarray(flow).reshape(-1)
-    out = np.empty(src.shape, dtype=np.uint8)
-    buf = np.empty(min(_CHUNK, src.size), dtype=np.float32)
-    # chunked and in place: a (25, 5, 2, 256, 340) grid is 87 MB of float32; the naive
-    # expression would allocate four temporaries of that size and run ~5x slower
-    for i in range(0, src.size, _CHUNK):
-        n = min(_CHUNK, src.size - i)
-        t = buf[:n]
-        np.multiply(src[i : i + n], scale, out=t, casting="unsafe")
-        t += np.float32(127.5)
-        np.clip(t, 0.0, 255.0, out=t)
-        np.nan_to_num(t, copy=False, nan=127.5)
-        np.rint(t, out=t)
-        out[i : i + n] = t
-    return out.reshape(np.shape(flow))
-
-
-def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
-    """uint8 from :func:`quantize` → float32 flow in pixels, in ``[-bound, bound]``."""
-    bound = _check_bound(bound)
-    f = q.astype(np.float32)
-    f *= np.float32(2.0 * bound / 255.0)
-    f -= np.float32(bound)
-    return f
-
-
-def to_network_input(q: np.ndarray) -> np.ndarray:
-    """uint8 fields → float32 ``(q - 127.5) / 127.5`` in ``[-1, 1]`` (what the flow networks
-    see; equals ``dequantize(q, bound) / bound`` for any bound)."""
-    f = q.astype(np.float32)
-    f -= np.float32(127.5)
-    f /= np.float32(127.5)
-    return f
+__all__ = [
+    "DEFAULT_BOUND",
+    "FLOW_METHODS",
+    "FlowMethod",
+    "available_cores",
+    "configure_worker_threads",
+    "dequantize",
+    "flow_on_grid",
+    "make_method",
+    "method_param_fields",
+    "option_name",
+    "param_choices",
+    "param_type",
+    "quantize",
+    "quantize_pair",
+    "thread_budget",
+    "to_gray",
+    "to_network_input",
+]

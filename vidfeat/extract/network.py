@@ -454,8 +454,10 @@ def extract_flow_features(
     device: str,
     opts: RunOptions,
     echo: Echo = print,
+    flow_runtime: dict | None = None,
 ) -> Report:
-    """The fields first (computed where missing, into ``fields_set``), then the network."""
+    """The fields first (computed where missing, into ``fields_set``), then the network.
+    ``flow_runtime``: the flow method's run-time settings (see ``fields_extractor_for``)."""
     task = FlowNetwork(
         checkpoint,
         segments=segments,
@@ -475,6 +477,7 @@ def extract_flow_features(
         task.net().config.frames,
         short_side,
         bound,
+        runtime=flow_runtime,
     )
     if ex.grid.T != segments:
         raise ConfigError(
