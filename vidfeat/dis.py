@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from vidfeat.errors import ConfigError
-from vidfeat.flow import FLOW_METHODS, FlowMethod, _at_least, _opt, _positive, option_name
+from vidfeat.flow_base import FLOW_METHODS, FlowMethod, _at_least, _opt, _positive, option_name
 
 # DIS presets: OpenCV's enum values, and what each sets (DISOpticalFlowImpl::setPreset; the
 # tests read them back from OpenCV). The other parameters are the same in every preset.

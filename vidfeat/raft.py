@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from vidfeat.errors import ConfigError
-from vidfeat.flow import FLOW_METHODS, FlowMethod, _at_least, _opt
+from vidfeat.flow_base import FLOW_METHODS, FlowMethod, _at_least, _opt
 
 RAFT_MODELS = ("large", "small")
 # torchvision's weight enums; the first of each is the DEFAULT, the one preferred in the cache
