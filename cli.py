@@ -477,24 +477,47 @@ def _run(extractor, set_name: str, kw: dict) -> None:
 
 
 def flow_method_options(f):
-    """One option per algorithm parameter of every flow method (OpenCV's defaults)."""
-    from vidfeat.flow import FLOW_METHODS, method_param_fields
+    """One option per algorithm parameter of every flow method (OpenCV's defaults), and
+    --flow-weights for the methods that run a network."""
+    from vidfeat.flow import (
+        FLOW_METHODS,
+        method_param_fields,
+        option_name,
+        param_choices,
+        param_default_text,
+        param_type,
+    )
 
-    seen: set[str] = set()
+    owned: dict[str, tuple[str, object]] = {}  # option → (method, field): the first method's
     for name in FLOW_METHODS.names():
         for fld in method_param_fields(name):
-            opt = "--" + fld.name.rstrip("_").replace("_", "-")
-            if opt in seen:
-                continue
-            seen.add(opt)
-            f = click.option(
-                opt,
-                fld.name,
-                type=type(fld.default),
-                default=None,
-                help=f"[{name}] {fld.metadata.get('help', '')} (default {fld.default})",
-            )(f)
+            owned.setdefault(option_name(fld.name), (name, fld))
+    f = click.option(
+        "--flow-weights",
+        type=click.Path(exists=True, dir_okay=False),
+        help="[raft] Weights of the flow network (a state dict file); default: torchvision's "
+        "file in the torch hub cache (nothing is downloaded).",
+    )(f)
+    # click lists options in the reverse order of decoration: reversed, --help shows each
+    # method's options in their declared order, the methods alphabetically
+    for opt, (name, fld) in reversed(owned.items()):
+        choices, kind = param_choices(fld), param_type(fld)
+        f = click.option(
+            opt,
+            fld.name,
+            type=click.Choice(choices) if choices else (click.BOOL if kind is bool else kind),
+            default=None,
+            help=f"[{name}] {fld.metadata.get('help', '')} (default {param_default_text(fld)})",
+        )(f)
     return f
+
+
+def _given(name: str) -> bool:
+    """True when option ``name`` was given (command line or environment), not defaulted."""
+    from click.core import ParameterSource
+
+    src = click.get_current_context().get_parameter_source(name)
+    return src not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
 
 
 def _flow_params(method: str, kw: dict) -> dict:
@@ -559,20 +582,33 @@ def extract_flow(method: str, short_side: int, bound: float, fields_name: str | 
     `(T, N, 2, H, W)`: the input of the flow networks, reusable without recomputing flow.
     With --checkpoint (a `vidfeat train flow` run) the missing fields are computed first, then
     the network's per-segment features `(T, D)` and clip scores go to set `<method>`.
+
+    --method raft runs on --device (default: CUDA when available), --batch-size frame pairs per
+    forward pass (default: all of a video's pairs that fit in memory); the OpenCV methods (dis,
+    farneback, tvl1) refuse both: each of --workers W processes gets cores/W threads instead.
     """
-    from vidfeat.extract.fields import FlowFieldsExtractor
+    from vidfeat.extract.fields import FlowFieldsExtractor, thread_budget_for
     from vidfeat.flow import make_method
 
     params = _flow_params(method, kw)
     fields_set = fields_name or f"{method}-fields"
     checkpoint, batch_size, device = kw.pop("checkpoint"), kw.pop("batch_size"), kw.pop("device")
+    weights = kw.pop("flow_weights")
     if checkpoint is None:
+        # --device and --batch-size act on a method that runs on a torch device (RAFT) and
+        # are refused, with the reason, by a CPU method
+        flow = make_method(method, **params).runtime(
+            device=device if _given("device") else None,
+            batch_size=batch_size if _given("batch_size") else None,
+            weights=weights,
+        )
         extractor = FlowFieldsExtractor(
-            make_method(method, **params),
+            flow,
             segments=kw["segments"],
             frames=kw["frames"],
             short_side=short_side,
             bound=bound,
+            threads=thread_budget_for(_run_options(kw)),
         )
         _run(extractor, kw.pop("name") or fields_set, kw)
     from vidfeat.extract.network import extract_flow_features
@@ -593,6 +629,7 @@ def extract_flow(method: str, short_side: int, bound: float, fields_name: str | 
         device=device,
         opts=_run_options(kw),
         echo=click.echo,
+        flow_runtime={"device": device, "weights": weights},  # --batch-size is the network's
     )
     _finish(rep, kw["store_root"], set_name)
 
@@ -1008,7 +1045,15 @@ def train_flow(method, store_root, fields_name, fields_segments, short_side, bou
     params = _flow_params(method, kw)
     fields_set = fields_name or f"{method}-fields"
     ex = fields_extractor_for(
-        store_root, fields_set, method, params, fields_segments, kw["frames"], short_side, bound
+        store_root,
+        fields_set,
+        method,
+        params,
+        fields_segments,
+        kw["frames"],
+        short_side,
+        bound,
+        runtime={"weights": kw.pop("flow_weights")},
     )
     lists = [kw["train_list"]] + ([kw["val_list"]] if kw["val_list"] is not None else [])
     prepare_training_fields(

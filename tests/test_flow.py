@@ -1,11 +1,15 @@
-"""vidfeat.flow: both methods recover known motion, OpenCV's defaults, grid pairs only,
-quantisation error bounds, option validation, pickling for worker processes."""
+"""vidfeat.flow: the OpenCV methods recover known motion, OpenCV's defaults, grid pairs only,
+quantisation error bounds, option validation, pickling for worker processes; DIS parity with
+OpenCV; RAFT (random weights) shapes and pipeline, its refusal without weights; --device and
+--batch-size per method; the thread budget in worker processes; the fields' compression."""
 
 from __future__ import annotations
 
 import dataclasses
 import pickle
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,10 +24,15 @@ from vidfeat.flow import (
     make_method,
     method_param_fields,
     option_name,
+    param_choices,
+    param_type,
     quantize,
+    thread_budget,
     to_gray,
     to_network_input,
 )
+
+CPU_METHODS = ["dis", "farneback", "tvl1"]  # OpenCV, one pair per call
 
 TVL1_GETTERS = {
     "tau": "getTau",
@@ -70,20 +79,32 @@ def to_u8(*imgs: np.ndarray, noise: float = 0.0, seed: int = 1) -> list[np.ndarr
 #   clean:       tvl1 0.003 / 0.006, farneback 0.000 / 0.006   for (2, -1) / (1.5, 0.5)
 #   noise σ=2:   tvl1 0.012 / 0.018, farneback 0.019 / 0.019
 # A sign or axis swap would give >= 2 px; 0.1 px leaves >= 5x margin for other OpenCV builds.
-@pytest.mark.parametrize("method", ["tvl1", "farneback"])
+#   dis medium:  0.012 / 0.053 (σ=2: 0.014 / 0.050); fast: 0.10 / 0.15; ultrafast: 0.11 / 0.12
+#   (fast and ultrafast stop at 1/4 resolution: finest scale 2)
+@pytest.mark.parametrize(
+    "method, limits",
+    [
+        ("tvl1", (0.1, 0.25)),
+        ("farneback", (0.1, 0.25)),
+        ("dis", (0.25, 0.4)),  # the default preset, fast
+        ("dis:medium", (0.1, 0.25)),
+        ("dis:ultrafast", (0.25, 0.4)),
+    ],
+)
 @pytest.mark.parametrize("shift", [(2.0, -1.0), (1.5, 0.5)])
 @pytest.mark.parametrize("noise", [0.0, 2.0])
 def test_recovers_a_known_translation(
-    method: str, shift: tuple[float, float], noise: float
+    method: str, limits: tuple[float, float], shift: tuple[float, float], noise: float
 ) -> None:
     base = texture()
     a, b = to_u8(base, shifted(base, *shift), noise=noise)
-    flow = make_method(method).calc(a, b)
+    name, _, preset = method.partition(":")
+    flow = (make_method(name, preset=preset) if preset else make_method(name)).calc(a, b)
     assert flow.shape == (128, 128, 2) and flow.dtype == np.float32
     inner = flow[16:-16, 16:-16]
     epe = np.linalg.norm(inner - np.array(shift, dtype=np.float32), axis=-1)
-    assert epe.mean() < 0.1, (method, shift, noise, epe.mean())
-    assert np.percentile(epe, 95) < 0.25, (method, shift, noise, np.percentile(epe, 95))
+    assert epe.mean() < limits[0], (method, shift, noise, epe.mean())
+    assert np.percentile(epe, 95) < limits[1], (method, shift, noise, np.percentile(epe, 95))
 
 
 def test_quantize_round_trip_within_bound_over_255() -> None:
@@ -133,10 +154,12 @@ def test_bad_bound_names_the_option(bound: float) -> None:
 def test_flow_on_grid_computes_exactly_the_grid_pairs() -> None:
     frames = np.stack(to_u8(*(shifted(texture(48), s, 0) for s in range(3))))
     grid = np.stack([frames, frames[::-1]])  # (T=2, N+1=3, H=48, W=48)
-    for name in FLOW_METHODS.names():
+    for name in CPU_METHODS:
         m = make_method(name, nscales=2) if name == "tvl1" else make_method(name)
         out = flow_on_grid(grid, m)
         assert out.shape == (2, 2, 2, 48, 48) and out.dtype == np.float32
+        # quantised as computed: exactly the float grid quantised
+        assert np.array_equal(flow_on_grid(grid, m, bound=20.0), quantize(out, 20.0)), name
         for t in range(2):
             for j in range(2):
                 ref = m.calc(grid[t, j], grid[t, j + 1])
@@ -187,6 +210,8 @@ def test_calc_rejects_bad_frames() -> None:
         m.calc(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32))
     with pytest.raises(ValueError, match="grayscale"):
         m.calc(np.zeros((8, 8), np.uint8), np.zeros((8, 9), np.uint8))
+    with pytest.raises(ValueError, match="RGB"):
+        make_method("raft").calc(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8))
 
 
 def test_defaults_are_opencvs() -> None:
@@ -235,16 +260,22 @@ def test_param_fields_drive_the_cli() -> None:
         assert fields, name
         for f in fields:
             assert f.metadata.get("help"), (name, f.name)
-            assert type(f.default) in (int, float), (name, f.name)
+            assert param_type(f) in (int, float, bool, str), (name, f.name)
+            assert (param_type(f) is str) == (param_choices(f) is not None), (name, f.name)
+            assert f.default is None or isinstance(f.default, param_type(f)), (name, f.name)
     opts = {option_name(f.name) for f in method_param_fields("tvl1")}
     assert {"--lambda", "--inner-iterations", "--median-filtering"} <= opts
-    with pytest.raises(ConfigError, match="farneback, tvl1"):
+    assert param_choices(method_param_fields("dis")[0]) == ("ultrafast", "fast", "medium")
+    # no option is shared by two methods with different meanings
+    every = [option_name(f.name) for n in FLOW_METHODS.names() for f in method_param_fields(n)]
+    assert len(every) == len(set(every))
+    with pytest.raises(ConfigError, match="dis, farneback, raft, tvl1"):
         method_param_fields("lk")
 
 
 def test_registry_names_and_unknown_method() -> None:
-    assert FLOW_METHODS.names() == ["farneback", "tvl1"]
-    with pytest.raises(ConfigError, match="choose one of: farneback, tvl1"):
+    assert FLOW_METHODS.names() == ["dis", "farneback", "raft", "tvl1"]
+    with pytest.raises(ConfigError, match="choose one of: dis, farneback, raft, tvl1"):
         make_method("lk")
 
 
@@ -265,6 +296,19 @@ def test_registry_names_and_unknown_method() -> None:
         ("farneback", {"winsize": 0}, "--winsize must be >= 1"),
         ("farneback", {"poly_sigma": 0}, "--poly-sigma must be > 0"),
         ("farneback", {"flags": 4}, "--flags must be 0 or 256"),
+        ("dis", {"preset": "slow"}, "--preset must be one of ultrafast, fast, medium"),
+        ("dis", {"finest_scale": -1}, "--finest-scale must be >= 0"),
+        ("dis", {"patch_stride": 9}, "--patch-stride must be <= --patch-size"),
+        ("dis", {"patch_stride": 0}, "--patch-stride must be >= 1"),
+        ("dis", {"patch_size": 0}, "--patch-size must be >= 1"),
+        ("dis", {"gradient_descent_iterations": 0}, "--gradient-descent-iterations must be >= 1"),
+        ("dis", {"variational_refinement_epsilon": 0.0}, "--variational-refinement-epsilon"),
+        ("dis", {"variational_refinement_alpha": -1.0}, "--variational-refinement-alpha"),
+        ("dis", {"coarsest_scale": -2}, "--coarsest-scale must be >= -1"),
+        ("dis", {"use_mean_normalization": 2}, "--use-mean-normalization must be true or false"),
+        ("raft", {"model": "huge"}, "--model must be one of large, small"),
+        ("raft", {"num_flow_updates": 0}, "--num-flow-updates must be >= 1"),
+        ("raft", {"tau": 0.1}, "--tau does not apply to --method raft"),
     ],
 )
 def test_bad_options_name_the_option(method: str, params: dict, option: str) -> None:
@@ -282,9 +326,10 @@ def test_config_round_trips_through_json_types() -> None:
     assert again == m and again.config() == m.config()
 
 
-@pytest.mark.parametrize("name", ["tvl1", "farneback"])
+@pytest.mark.parametrize("name", CPU_METHODS)
 def test_pickling_round_trips_and_computes_the_same_flow(name: str) -> None:
-    m = make_method(name, warps=2) if name == "tvl1" else make_method(name, levels=2)
+    params = {"tvl1": {"warps": 2}, "farneback": {"levels": 2}, "dis": {"preset": "medium"}}
+    m = make_method(name, **params[name])
     a, b = to_u8(texture(64), shifted(texture(64), 1, 0))
     ref = m.calc(a, b)  # after use: a live cv2 object must not break pickling
     m2 = pickle.loads(pickle.dumps(m))
@@ -316,11 +361,441 @@ def test_to_gray_matches_opencv() -> None:
 
 
 def test_configure_worker_threads() -> None:
-    before = cv2.getNumThreads()
+    import torch
+
+    before, tbefore = cv2.getNumThreads(), torch.get_num_threads()
     try:
         configure_worker_threads(1)
         assert cv2.getNumThreads() == 1
+        configure_worker_threads(2, torch=True)
+        assert cv2.getNumThreads() == 2 and torch.get_num_threads() == 2
     finally:
         cv2.setNumThreads(before)
+        torch.set_num_threads(tbefore)
     with pytest.raises(ValueError):
         configure_worker_threads(0)
+    cores = thread_budget(1)
+    assert cores >= 1 and thread_budget(2) == max(1, cores // 2) and thread_budget(10**6) == 1
+
+
+# --------------------------------------------------------------------------- DIS
+
+DIS_GETTERS = {
+    "finest_scale": "getFinestScale",
+    "coarsest_scale": "getCoarsestScale",
+    "patch_size": "getPatchSize",
+    "patch_stride": "getPatchStride",
+    "gradient_descent_iterations": "getGradientDescentIterations",
+    "variational_refinement_iterations": "getVariationalRefinementIterations",
+    "variational_refinement_alpha": "getVariationalRefinementAlpha",
+    "variational_refinement_delta": "getVariationalRefinementDelta",
+    "variational_refinement_gamma": "getVariationalRefinementGamma",
+    "variational_refinement_epsilon": "getVariationalRefinementEpsilon",
+    "use_mean_normalization": "getUseMeanNormalization",
+    "use_spatial_propagation": "getUseSpatialPropagation",
+}
+
+
+def moving_grid(T: int = 2, n1: int = 4, size: int = 64, seed: int = 0) -> np.ndarray:
+    """uint8 gray ``(T, n1, size, size)``: a texture moving by a different sub-pixel shift in
+    every frame, with sensor noise (each pair a different motion)."""
+    base = texture(size, seed)
+    shifts = [(0.7 * k, -0.4 * k * (-1) ** k) for k in range(T * n1)]
+    frames = to_u8(*(shifted(base, dx, dy) for dx, dy in shifts), noise=1.5, seed=seed)
+    return np.stack(frames).reshape(T, n1, size, size)
+
+
+@pytest.mark.parametrize("preset", ["ultrafast", "fast", "medium"])
+def test_dis_parameters_are_opencvs_preset_values(preset: str) -> None:
+    from vidfeat.dis import DIS_PRESETS
+
+    cv = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+    p = make_method("dis", preset=preset).params
+    assert {f.name for f in dataclasses.fields(p)} == set(DIS_GETTERS) | {"preset"}
+    for name, getter in DIS_GETTERS.items():
+        assert getattr(p, name) == pytest.approx(getattr(cv, getter)(), rel=1e-6), name
+    # DISOpticalFlow_create() without a preset is FAST: so is the method without one
+    assert make_method("dis") == make_method("dis", preset="fast")
+    assert cv2.DISOpticalFlow_create().getGradientDescentIterations() == 16
+
+
+def test_every_dis_parameter_reaches_opencv() -> None:
+    changed = dict(
+        finest_scale=0,
+        coarsest_scale=3,
+        patch_size=6,
+        patch_stride=2,
+        gradient_descent_iterations=7,
+        variational_refinement_iterations=3,
+        variational_refinement_alpha=10.0,
+        variational_refinement_delta=2.0,
+        variational_refinement_gamma=4.0,
+        variational_refinement_epsilon=0.05,
+        use_mean_normalization=False,
+        use_spatial_propagation=False,
+    )
+    m = make_method("dis", preset="ultrafast", **changed)
+    obj = m.cv_object()
+    for name, getter in DIS_GETTERS.items():
+        assert getattr(obj, getter)() == pytest.approx(changed[name], rel=1e-6), name
+    import json  # the set.json round trip keeps every value, booleans and the preset included
+
+    assert make_method("dis", **json.loads(json.dumps(m.config()))) == m
+
+
+@pytest.mark.parametrize("preset", ["ultrafast", "fast", "medium"])
+def test_dis_parity_with_opencv_on_the_same_pairs(preset: str) -> None:
+    """flow_on_grid (one DIS object reused over the pairs, fields quantised as computed) gives
+    exactly what calling OpenCV directly gives on the same pairs."""
+    from vidfeat.dis import DIS_PRESETS
+
+    grid = moving_grid()
+    cv = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+    ref = np.empty((2, 3, 2, 64, 64), np.float32)
+    for t in range(2):
+        for j in range(3):
+            f = cv.calc(grid[t, j], grid[t, j + 1], None)
+            ref[t, j] = f.transpose(2, 0, 1)
+    m = make_method("dis", preset=preset)
+    assert np.array_equal(flow_on_grid(grid, m), ref)
+    assert np.array_equal(flow_on_grid(grid, m, bound=20.0), quantize(ref, 20.0))
+    # why DIS never gets a reused buffer: OpenCV takes one of the right size as initial flow
+    a, b = grid[0, 1], grid[0, 2]
+    assert not np.array_equal(cv.calc(a, b, ref[0, 0].transpose(1, 2, 0).copy()), ref[0, 1])
+
+
+# --------------------------------------------------------------------------- RAFT
+
+
+@pytest.fixture(scope="module")
+def raft_random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A --flow-weights file of raft_small with random (seeded) weights: for shapes and the
+    pipeline only, its flow means nothing."""
+    import torch
+    from torchvision.models.optical_flow import raft_small
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("raft") / "raft_small_random.pth"
+    torch.save(raft_small(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def empty_hub(tmp_path: Path) -> Iterator[Path]:
+    """torch.hub's cache moved to an empty folder (no torchvision weights in it)."""
+    import torch
+
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        yield tmp_path / "hub"
+    finally:
+        torch.hub.set_dir(old)
+
+
+def one_video(tmp_path: Path, n: int = 20, h: int = 64, w: int = 80) -> Path:
+    """A list of one H.264 video of ``n`` moving frames; returns the list."""
+    from conftest import moving_frames
+    from vidfeat.synth import write_mp4
+
+    video = tmp_path / "v.mp4"
+    write_mp4(video, moving_frames(n, h, w, seed=5), 25, None)
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"path\n{video}\n")
+    return listing
+
+
+def test_raft_refuses_without_weights_naming_both_ways(empty_hub: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    import cli
+
+    for model, file in [
+        ("large", "raft_large_C_T_SKHT_V2-ff5fadd5.pth"),
+        ("small", "raft_small_C_T_V2-01064c6d.pth"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            make_method("raft", model=model).provenance()
+        msg = str(err.value)
+        assert "--flow-weights FILE" in msg and str(empty_hub / "checkpoints" / file) in msg
+        assert "nothing is downloaded" in msg
+    store = tmp_path / "store"
+    r = CliRunner().invoke(
+        cli.main,
+        ["extract", "flow", "--method", "raft", "--videos", str(one_video(tmp_path))]
+        + ["--store", str(store), "--timeout", "0"],
+    )
+    assert r.exit_code != 0 and "needs weights" in r.output and "--flow-weights" in r.output
+    assert not (store / "raft-fields" / "set.json").exists()  # refused before anything ran
+
+
+def test_raft_finds_torchvisions_cache_and_checks_the_file(
+    empty_hub: Path, raft_random_weights: Path
+) -> None:
+    import shutil
+
+    cached = empty_hub / "checkpoints" / "raft_small_C_T_V2-01064c6d.pth"
+    cached.parent.mkdir(parents=True)
+    shutil.copy(raft_random_weights, cached)
+    prov = make_method("raft", model="small").provenance()
+    assert prov["method_weights_path"] == str(cached)
+    import hashlib
+
+    assert prov["method_weights"] == hashlib.sha256(cached.read_bytes()).hexdigest()
+    with pytest.raises(ConfigError, match="does not fit raft_large.*--model small"):
+        make_method("raft").runtime(weights=raft_random_weights).provenance()
+    with pytest.raises(ConfigError, match="no such file"):
+        make_method("raft").runtime(weights=empty_hub / "nope.pth")
+
+
+def test_raft_shapes_batches_and_padding_with_random_weights(raft_random_weights: Path) -> None:
+    m = make_method("raft", model="small", num_flow_updates=2).runtime(
+        weights=raft_random_weights, device="cpu", batch_size=2
+    )
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 36, 44, 3), dtype=np.uint8)
+    rgb = np.stack([cv2.GaussianBlur(f, (0, 0), 2.0) for f in rgb])
+    idx = np.array([[0, 1, 2], [1, 2, 3]])  # pair (1, 2) twice: 3 distinct pairs
+    frames = rgb[idx]  # (T=2, N+1=3, 36, 44, 3): not multiples of 8 (padded, cropped back)
+    calls: list[int] = []
+    batch = m.calc_batch
+    m.calc_batch = lambda a, b: (calls.append(len(a)), batch(a, b))[1]  # type: ignore[method-assign]
+    out = flow_on_grid(frames, m, indices=idx)
+    assert calls == [2, 1]  # --batch-size 2 chunks the video's 3 distinct pairs
+    assert out.shape == (2, 2, 2, 36, 44) and out.dtype == np.float32 and np.isfinite(out).all()
+    assert np.array_equal(out[1, 0], out[0, 1])  # the repeated pair is copied
+    one = m.calc(frames[1, 1], frames[1, 2])  # a single pair: a batch of one
+    assert one.shape == (36, 44, 2)
+    assert np.allclose(one.transpose(2, 0, 1), out[1, 1], atol=1e-3)
+    q = flow_on_grid(frames, m, indices=idx, bound=20.0)
+    assert q.dtype == np.uint8 and np.abs(q.astype(int) - quantize(out, 20.0)).max() <= 1
+    with pytest.raises(ValueError, match=r"\(T, N\+1, H, W, 3\) RGB"):
+        flow_on_grid(frames[..., 0], m)
+
+
+def test_raft_extraction_end_to_end_with_random_weights(
+    raft_random_weights: Path, tmp_path: Path
+) -> None:
+    """`vidfeat extract flow --method raft` decodes RGB, runs batched on --device with
+    --batch-size, stores uint8 fields and records the weights' digest."""
+    import hashlib
+
+    from click.testing import CliRunner
+
+    import cli
+    from vidfeat.store import FeatureStore
+
+    store = tmp_path / "store"
+    args = ["extract", "flow", "--method", "raft", "--model", "small", "--num-flow-updates", "1"]
+    args += ["--flow-weights", str(raft_random_weights), "--device", "cpu", "--batch-size", "3"]
+    args += ["-T", "2", "-N", "2", "--short-side", "64", "--timeout", "0"]
+    args += ["--videos", str(one_video(tmp_path)), "--store", str(store)]
+    r = CliRunner().invoke(cli.main, args)
+    assert r.exit_code == 0, r.output
+    s = FeatureStore(store).open_set("raft-fields")
+    (vid,) = s.ids()
+    f = s.features(vid)
+    assert f.shape == (2, 2, 2, 64, 80) and f.dtype == np.uint8
+    assert s.config["method_params"] == {"model": "small", "num_flow_updates": 1}
+    sha = hashlib.sha256(raft_random_weights.read_bytes()).hexdigest()
+    assert s.config["method_weights"] == sha
+
+
+# --------------------------------------------------------------------------- run-time options
+
+
+@pytest.mark.parametrize("method", CPU_METHODS)
+def test_device_and_batch_size_are_refused_by_cpu_methods(method: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    import cli
+
+    m = make_method(method)
+    with pytest.raises(ConfigError, match=f"--device does not apply to --method {method}: Open"):
+        m.runtime(device="cpu")
+    with pytest.raises(ConfigError, match=f"--batch-size does not apply to --method {method}"):
+        m.runtime(batch_size=8)
+    with pytest.raises(ConfigError, match=f"--flow-weights does not apply to --method {method}"):
+        m.runtime(weights="w.pth")
+    m.runtime()  # nothing given: nothing refused
+    listing = one_video(tmp_path, n=6)
+    for opt in (["--device", "cpu"], ["--batch-size", "8"]):
+        r = CliRunner().invoke(
+            cli.main,
+            ["extract", "flow", "--method", method, "--videos", str(listing)]
+            + ["--store", str(tmp_path / "s"), *opt],
+        )
+        assert r.exit_code != 0 and f"{opt[0]} does not apply to --method {method}" in r.output
+
+
+def test_device_and_batch_size_act_on_raft() -> None:
+    m = make_method("raft")
+    assert m.device == "auto" and m.batch_size is None
+    m.runtime(device="cpu", batch_size=3)
+    m2 = pickle.loads(pickle.dumps(m))  # reach the worker processes
+    assert (m2.device, m2.batch_size) == ("cpu", 3) and m2 == make_method("raft")
+    assert m.config() == {"model": "large", "num_flow_updates": 12}  # not parameters
+    with pytest.raises(ConfigError, match="--batch-size must be an integer >= 1"):
+        m.runtime(batch_size=0)
+    # default: every pair of a video in one forward when it fits (2 GiB on the CPU)
+    assert m.default_batch(64, 80) >= 125 and 1 <= m.default_batch(1080, 1920) < 5
+
+
+# --------------------------------------------------------------------------- thread budget
+
+
+class ThreadsProbe:
+    """Wraps an extractor; records OpenCV's and torch's thread counts where it runs."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.modality = inner, inner.modality
+
+    def config(self) -> dict:
+        return self.inner.config()
+
+    def setup(self) -> None:
+        self.inner.setup()
+
+    def extract(self, record, class_index):
+        import os
+
+        import torch
+
+        res = self.inner.extract(record, class_index)
+        res.attrs.update(
+            cv2_threads=cv2.getNumThreads(), torch_threads=torch.get_num_threads(), pid=os.getpid()
+        )
+        return res
+
+
+def test_thread_budget_reaches_opencv_in_the_worker_process(tmp_path: Path) -> None:
+    import os
+
+    from vidfeat.extract import RunOptions, run_extraction
+    from vidfeat.extract.fields import FlowFieldsExtractor, thread_budget_for
+    from vidfeat.store import FeatureStore
+    from vidfeat.videolist import load_list
+
+    opts = RunOptions(workers=1, timeout=60.0, progress=False)  # one spawned worker process
+    threads = thread_budget_for(opts)
+    assert threads == thread_budget(1) and thread_budget_for(RunOptions(workers=10**6)) == 1
+    assert thread_budget_for(RunOptions(engine="ray", ray_num_cpus=3.0)) == 3
+    ex = FlowFieldsExtractor(
+        make_method("farneback"), segments=2, frames=1, short_side=32, bound=20.0, threads=threads
+    )
+    rep = run_extraction(
+        load_list(one_video(tmp_path, n=6)), ThreadsProbe(ex), tmp_path / "s", "f", opts
+    )
+    assert rep.done == 1
+    s = FeatureStore(tmp_path / "s").open_set("f")
+    attrs = s.attrs(s.ids()[0])
+    assert attrs["pid"] != os.getpid() and attrs["cv2_threads"] == threads
+
+
+def test_thread_budget_reaches_torch_for_a_network_method(raft_random_weights: Path) -> None:
+    import torch
+
+    from vidfeat.extract.fields import FlowFieldsExtractor
+
+    m = make_method("raft", model="small").runtime(weights=raft_random_weights, device="cpu")
+    before, tbefore = cv2.getNumThreads(), torch.get_num_threads()
+    try:
+        FlowFieldsExtractor(m, segments=1, frames=1, short_side=32, bound=20, threads=2).setup()
+        assert cv2.getNumThreads() == 2 and torch.get_num_threads() == 2
+    finally:
+        cv2.setNumThreads(before)
+        torch.set_num_threads(tbefore)
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def test_read_frames_reports_each_frame_as_it_is_decoded(bframe_video) -> None:
+    from vidfeat.decode import read_frames
+
+    seen: list[tuple[int, np.ndarray]] = []
+    out = read_frames(
+        bframe_video[0],
+        [90, 3, 3, 5],
+        short_side=32,
+        gray=True,
+        on_frame=lambda i, f: seen.append((i, f)),
+    )
+    assert [i for i, _ in seen] == [3, 5, 90]  # once per index, in decoding order
+    for i, f in seen:
+        assert np.array_equal(f, out[[90, 3, 3, 5].index(i)])
+
+
+def test_decode_errors_and_flow_errors_cross_the_decoding_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from vidfeat.errors import CorruptVideoError
+    from vidfeat.extract import fields as fields_mod
+    from vidfeat.extract.fields import FlowFieldsExtractor
+    from vidfeat.videolist import VideoRecord
+
+    listing = one_video(tmp_path, n=30)
+    rec = VideoRecord("v", Path(listing.read_text().split()[1]))
+    real = fields_mod.read_frames
+    delivered: list[int] = []
+
+    def failing(path, indices, **kw):  # delivers two frames, then the file turns out broken
+        def first_two(i, f):
+            if len(delivered) == 2:
+                raise CorruptVideoError(path, "broken at frame 7")
+            delivered.append(i)
+            kw["on_frame"](i, f)
+
+        return real(path, indices, **{**kw, "on_frame": first_two})
+
+    ex = FlowFieldsExtractor(
+        make_method("farneback"), segments=3, frames=2, short_side=32, bound=20
+    )
+    monkeypatch.setattr(fields_mod, "read_frames", failing)
+    with pytest.raises(CorruptVideoError, match="broken at frame 7"):
+        ex.extract(rec, None)
+
+    def slow(path, indices, **kw):  # a slow decoder: the flow side fails meanwhile
+        def each(i, f):
+            delivered.append(i)
+            time.sleep(0.05)
+            kw["on_frame"](i, f)
+
+        return real(path, indices, **{**kw, "on_frame": each})
+
+    class Boom(type(make_method("farneback"))):
+        def _calc(self, prev, nxt, out):
+            raise RuntimeError("flow failed")
+
+    delivered.clear()
+    monkeypatch.setattr(fields_mod, "read_frames", slow)
+    ex = FlowFieldsExtractor(Boom(), segments=3, frames=2, short_side=32, bound=20)
+    with pytest.raises(RuntimeError, match="flow failed"):
+        ex.extract(rec, None)
+    assert len(delivered) < 9  # the decoder stopped instead of decoding the rest
+
+
+def test_flow_fields_compress_with_gzip_1_by_default_and_round_trip(tmp_path: Path) -> None:
+    import h5py
+
+    from vidfeat.store import FeatureStore, ShardWriter
+    from vidfeat.store.writer import AUTO_GZIP_LEVEL
+
+    q = flow_on_grid(moving_grid(), make_method("dis"), bound=20.0)
+    fs = FeatureStore(tmp_path)
+    fs.ensure_set("dis-fields", {"modality": "flow-fields"})
+    with ShardWriter(fs.set_dir("dis-fields"), "job") as w:  # compression "auto", the default
+        w.add("v", q, {})
+    found = []
+    for shard in fs.set_dir("dis-fields").glob("*.h5"):
+        with h5py.File(shard) as f:
+            f.visititems(
+                lambda n, o: (
+                    found.append((o.compression, o.compression_opts))
+                    if isinstance(o, h5py.Dataset) and n.endswith("features")
+                    else None
+                )
+            )
+    assert found == [("gzip", 1)] and AUTO_GZIP_LEVEL == 1
+    assert np.array_equal(FeatureStore(tmp_path).open_set("dis-fields").features("v"), q)

@@ -312,6 +312,7 @@ def read_frames(
     gray: bool = False,
     threads: int = 1,
     stats: dict | None = None,
+    on_frame: Callable[[int, np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """Decode the frames at ``indices`` (presentation order, any order, repeats allowed).
 
@@ -321,7 +322,10 @@ def read_frames(
     position and can land past them) or the stream has no usable timestamps, the file is decoded
     sequentially from the start instead. ``threads`` is FFmpeg's decoder thread count (workers
     keep 1). ``stats``, if given, receives ``decoded`` (frames decoded), ``seeks`` and
-    ``sequential`` (1 when the sequential decode ran) counts.
+    ``sequential`` (1 when the sequential decode ran) counts. ``on_frame(index, frame)``, if
+    given, is called once per distinct index as soon as its frame is converted (ascending order
+    within each pass), so a caller in another thread can start on the first frames while the
+    rest decode; an exception it raises stops decoding and propagates.
     """
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     if idx.size == 0:
@@ -346,7 +350,7 @@ def read_frames(
             raise CorruptVideoError(
                 path, f"frame {wanted[-1]} asked, the file holds {index.count} frames"
             )
-        got: dict[int, np.ndarray] = {}
+        got: dict[int, np.ndarray] = {} if on_frame is None else _Reporting(on_frame)
         if index.table is not None:
             _threads(stream, threads)
             try:
@@ -369,6 +373,18 @@ def _threads(stream: av.VideoStream, threads: int) -> None:
 
 
 Convert = Callable[[av.VideoFrame], np.ndarray]
+
+
+class _Reporting(dict):
+    """The decoded-frames dict of :func:`read_frames` that calls ``on_frame`` per new entry."""
+
+    def __init__(self, on_frame: Callable[[int, np.ndarray], None]) -> None:
+        super().__init__()
+        self.on_frame = on_frame
+
+    def __setitem__(self, rank: int, frame: np.ndarray) -> None:
+        super().__setitem__(rank, frame)
+        self.on_frame(rank, frame)
 
 
 class _SeekMiss(Exception):

@@ -10,12 +10,15 @@ Imports decode, grid and flow, and the extraction base; the engines never import
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vidfeat.decode import probe, read_frames
+import numpy as np
+
+from vidfeat.decode import output_size, probe, read_frames
 from vidfeat.errors import ConfigError, TooFewFramesError
 from vidfeat.extract.job import RunOptions
 from vidfeat.extract.worker import Extracted
@@ -24,32 +27,51 @@ from vidfeat.report import Report
 from vidfeat.videolist import VideoList, VideoRecord, base_attrs
 
 
+class _Stopped(Exception):
+    """Raised in the decoding thread's frame callback: the flow side gave up on the video."""
+
+
 class FlowFieldsExtractor:
     """Optical flow on the grid's pairs, stored as uint8 fields ``(T, N, 2, H, W)``.
 
     Only the T×N consecutive pairs of the test-mode grid are computed (never every pair of the
-    video). Frames are decoded as grayscale, resized by FFmpeg to ``short_side``.
+    video). Frames are decoded by FFmpeg straight to grayscale (RGB for a colour method such
+    as RAFT), resized by its scaler to ``short_side``, in a thread that runs while the flow of
+    the segments already decoded is computed; each field is quantised as soon as it is
+    computed. ``threads``: OpenCV's (and torch's, for a network) threads in each process
+    (default 1; :func:`thread_budget` gives each of W workers cores/W).
     """
 
     modality = "flow-fields"
 
     def __init__(
-        self, method, *, segments: int, frames: int, short_side: int, bound: float
+        self,
+        method,
+        *,
+        segments: int,
+        frames: int,
+        short_side: int,
+        bound: float,
+        threads: int | None = None,
     ) -> None:
         if short_side < 16:
             raise ConfigError(f"--short-side must be >= 16 (got {short_side})")
         if not bound > 0:
             raise ConfigError(f"--bound must be > 0 (got {bound})")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1 (got {threads})")
         self.method = method
         self.grid = SegmentGrid(segments, frames, "test", pairs=True)
         self.short_side = short_side
         self.bound = float(bound)
+        self.threads = threads
 
     def config(self) -> dict:
         return {
             "modality": self.modality,
             "method": self.method.name,
             "method_params": self.method.config(),
+            **self.method.provenance(),  # e.g. a network's weights digest (refuses without)
             **self.grid.config(),
             "short_side": self.short_side,
             "quantization": {"dtype": "uint8", "bound": self.bound, "zero": 127.5},
@@ -60,11 +82,10 @@ class FlowFieldsExtractor:
     def setup(self) -> None:
         from vidfeat.flow import configure_worker_threads
 
-        configure_worker_threads(1)
+        configure_worker_threads(self.threads or 1, torch=self.method.uses_torch)
+        self.method.setup()
 
     def extract(self, record: VideoRecord, class_index: int | None) -> Extracted:
-        from vidfeat.flow import flow_on_grid, quantize
-
         info = probe(record.path)
         if info.num_frames < 2:
             # the grid would pair the only frame with itself: zero flow that looks like a still
@@ -74,13 +95,69 @@ class FlowFieldsExtractor:
                 f"needs at least 2 frames for optical flow, the video holds {info.num_frames}",
             )
         grid = self.grid.sample(info.num_frames, info.fps)
-        gray = read_frames(
-            record.path, grid.indices.reshape(-1), short_side=self.short_side, gray=True
-        )
-        gray = gray.reshape(grid.T, self.grid.span, *gray.shape[1:])
-        # pairs repeated by the grid of a short video are computed once
-        fields = quantize(flow_on_grid(gray, self.method, indices=grid.indices), self.bound)
+        fields = self._fields(record.path, info.width, info.height, grid.indices)
         return Extracted(fields, base_attrs(record, class_index, info, grid))
+
+    def _fields(self, path, width: int, height: int, indices: np.ndarray) -> np.ndarray:
+        """uint8 fields of the grid ``indices`` ``(T, N+1)``, decoding in a thread meanwhile.
+
+        Pairs repeated by the grid of a short video are computed once."""
+        from vidfeat.flow import flow_on_grid
+
+        T, n1 = indices.shape
+        w, h = output_size(width, height, short_side=self.short_side)
+        frames = np.empty((T, n1, h, w, 3) if self.method.color else (T, n1, h, w), np.uint8)
+        slots: dict[int, list[tuple[int, int]]] = {}
+        for t in range(T):
+            for j in range(n1):
+                slots.setdefault(int(indices[t, j]), []).append((t, j))
+        missing = [n1] * T  # frames of segment t still to decode
+        cond = threading.Condition()
+        stop = threading.Event()
+        state: dict[str, Any] = {"error": None, "done": False}
+
+        def on_frame(rank: int, frame: np.ndarray) -> None:
+            if stop.is_set():
+                raise _Stopped
+            for t, j in slots[rank]:
+                frames[t, j] = frame  # a shape mismatch raises here and ends the decode
+            with cond:
+                for t, _ in slots[rank]:
+                    missing[t] -= 1
+                cond.notify_all()
+
+        def decode() -> None:
+            try:
+                read_frames(
+                    path,
+                    sorted(slots),
+                    short_side=self.short_side,
+                    gray=not self.method.color,
+                    on_frame=on_frame,
+                )
+            except BaseException as exc:  # noqa: BLE001 - handed to the flow side
+                state["error"] = exc
+            finally:
+                with cond:
+                    state["done"] = True
+                    cond.notify_all()
+
+        def ready(t: int) -> None:
+            with cond:
+                while missing[t] > 0:
+                    if state["error"] is not None:
+                        raise state["error"]
+                    if state["done"]:
+                        raise RuntimeError(f"{path}: decoding ended before segment {t}'s frames")
+                    cond.wait()
+
+        th = threading.Thread(target=decode, name="vidfeat-decode", daemon=True)
+        th.start()
+        try:
+            return flow_on_grid(frames, self.method, indices=indices, bound=self.bound, ready=ready)
+        finally:
+            stop.set()  # the decoder stops at its next frame if the flow side failed
+            th.join(timeout=30.0)
 
 
 def fields_extractor_for(
@@ -92,11 +169,23 @@ def fields_extractor_for(
     frames: int,
     short_side: int,
     bound: float,
+    *,
+    runtime: dict | None = None,
 ) -> FlowFieldsExtractor:
     """The extractor that fills ``fields_set``: rebuilt from its set.json when it exists, so
-    resuming never mixes configurations; otherwise from the given options."""
+    resuming never mixes configurations; otherwise from the given options. ``runtime``: the
+    method's run-time settings (``device``, ``batch_size``, ``weights``; see
+    ``FlowMethod.runtime``) — only those its method takes are applied, since a network's
+    ``--device`` and ``--batch-size`` reach this too."""
     from vidfeat.flow import make_method
     from vidfeat.store import FeatureStore
+
+    def configured(m):
+        rt = {k: v for k, v in (runtime or {}).items() if v is not None}
+        if not m.uses_torch:
+            rt.pop("device", None)
+            rt.pop("batch_size", None)
+        return m.runtime(**rt)
 
     store = FeatureStore(store_root)
     if fields_set in store.sets():
@@ -104,19 +193,37 @@ def fields_extractor_for(
         if c.get("method") != method:
             raise ConfigError(f"set {fields_set!r} holds {c.get('method')} flow, not {method}")
         return FlowFieldsExtractor(
-            make_method(method, **c["method_params"]),
+            configured(make_method(method, **c["method_params"])),
             segments=int(c["T"]),
             frames=int(c["N"]),
             short_side=int(c["short_side"]),
             bound=float(c["quantization"]["bound"]),
         )
     return FlowFieldsExtractor(
-        make_method(method, **params),
+        configured(make_method(method, **params)),
         segments=segments,
         frames=frames,
         short_side=short_side,
         bound=bound,
     )
+
+
+def thread_budget_for(opts: RunOptions) -> int:
+    """Threads per worker for a run: a Ray task's reserved CPUs, else cores // --workers."""
+    from vidfeat.flow import thread_budget
+
+    if opts.engine == "ray":
+        return max(1, int(opts.ray_num_cpus))
+    return thread_budget(opts.workers)
+
+
+def replace_threads(extractor: FlowFieldsExtractor, threads: int) -> FlowFieldsExtractor:
+    """A copy of ``extractor`` with its thread budget set (the caller's stays as it was)."""
+    import copy
+
+    ex = copy.copy(extractor)
+    ex.threads = threads
+    return ex
 
 
 def ensure_flow_fields(
@@ -132,6 +239,8 @@ def ensure_flow_fields(
     from vidfeat.extract import run_extraction
 
     opts = replace(opts, retry_failed=False, limit=None, overwrite=False)
+    if extractor.threads is None:
+        extractor = replace_threads(extractor, thread_budget_for(opts))
     rep = run_extraction(videos, extractor, store_root, fields_set, opts, echo=echo)
     if rep.done:
         echo(f"flow fields: {rep.summary()}")

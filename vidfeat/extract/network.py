@@ -493,8 +493,10 @@ def extract_flow_features(
     opts: RunOptions,
     echo: Echo = print,
     crop_size: int | None = None,
+    flow_runtime: dict | None = None,
 ) -> Report:
-    """The fields first (computed where missing, into ``fields_set``), then the network."""
+    """The fields first (computed where missing, into ``fields_set``), then the network.
+    ``flow_runtime``: the flow method's run-time settings (see ``fields_extractor_for``)."""
     task = FlowNetwork(
         checkpoint,
         segments=segments,
@@ -515,6 +517,7 @@ def extract_flow_features(
         task.net().config.frames,
         short_side,
         bound,
+        runtime=flow_runtime,
     )
     if ex.grid.T != segments:
         raise ConfigError(

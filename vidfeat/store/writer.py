@@ -38,6 +38,10 @@ from vidfeat.store.paths import (
 FLOAT16_FROM = "vidfeat_float16_from"
 _MIB = 1024 * 1024
 _CHUNK_BYTES = _MIB
+# gzip level of --compression auto (integer arrays): on real uint8 flow fields level 1 writes
+# ~1.5x faster than 4 for 18% more bytes (22% of raw vs 19%; lzf: 31%, and slower to read);
+# figures in bench/RESULTS.md (bench_flow_methods)
+AUTO_GZIP_LEVEL = 1
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 _FAILURES_RE = re.compile(r"^failures-(?P<job>.+)\.jsonl$")
@@ -360,7 +364,8 @@ class ShardWriter:
             method = "gzip"
         kw: dict[str, Any] = {"compression": method, "chunks": chunks}
         if method == "gzip":
-            kw["compression_opts"] = self.compression_level
+            auto = self.compression == "auto"
+            kw["compression_opts"] = AUTO_GZIP_LEVEL if auto else self.compression_level
         if a.dtype.itemsize > 1:
             kw["shuffle"] = True  # byte-shuffling makes float/int arrays compress much better
         return g.create_dataset(name, data=a, **kw)
