@@ -572,10 +572,17 @@ def network_options(f):
     help="Flow is clipped to +-bound pixels and stored as uint8.",
 )
 @click.option("--fields-name", help="Set holding the flow fields (default <method>-fields).")
+@click.option(
+    "--crop-size",
+    type=click.IntRange(min=16),
+    help="With --checkpoint: the network's test crop [default: the run's training size].",
+)
 @run_options
 @network_options
 @flow_method_options
-def extract_flow(method: str, short_side: int, bound: float, fields_name: str | None, **kw) -> None:
+def extract_flow(
+    method: str, short_side: int, bound: float, fields_name: str | None, crop_size, **kw
+) -> None:
     """Optical flow on the grid's frame pairs (T x N pairs, never all pairs of a video).
 
     Without --checkpoint the fields themselves are stored as set `<method>-fields`, uint8
@@ -594,6 +601,10 @@ def extract_flow(method: str, short_side: int, bound: float, fields_name: str | 
     fields_set = fields_name or f"{method}-fields"
     checkpoint, batch_size, device = kw.pop("checkpoint"), kw.pop("batch_size"), kw.pop("device")
     weights = kw.pop("flow_weights")
+    if checkpoint is None and crop_size is not None:
+        raise click.UsageError(
+            "--crop-size applies with --checkpoint (the network's crop); fields are stored whole"
+        )
     if checkpoint is None:
         # --device and --batch-size act on a method that runs on a torch device (RAFT) and
         # are refused, with the reason, by a CPU method
@@ -630,6 +641,12 @@ def extract_flow(method: str, short_side: int, bound: float, fields_name: str | 
         opts=_run_options(kw),
         echo=click.echo,
         flow_runtime={"device": device, "weights": weights},  # --batch-size is the network's
+        crop_size=crop_size,
+        given={
+            **{k: v for k, v in (("short_side", short_side), ("bound", bound)) if _given(k)},
+            **({"frames": kw["frames"]} if _given("frames") else {}),
+            **params,  # only the method options given
+        },
     )
     _finish(rep, kw["store_root"], set_name)
 

@@ -80,3 +80,28 @@ def test_grid_and_crop_size_act_and_n_is_refused(run: Path, tiny_synth: Path, tm
     code, text = cli("extract", "audio", "--videos", val, "--store", tmp_path / "d", "-N", "2",
                      "--random-init")  # fmt: skip
     assert code != 0 and "takes no -N" in text
+
+
+def test_flow_options_an_existing_fields_set_fixes_are_refused(tiny_synth: Path, tmp_path) -> None:
+    """The fields set's own options are used: one asked otherwise is refused, naming the stored
+    value and the asked one (a network extraction never silently drops them)."""
+    from vidfeat.errors import ConfigError
+    from vidfeat.extract.fields import fields_extractor_for
+
+    store = tmp_path / "store"
+    val = tiny_synth / "val.csv"
+    code, text = cli("extract", "flow", "--method", "farneback", "--videos", val, "--store",
+                     store, "-T", "2", "-N", "1", "--short-side", "32", "--quiet")  # fmt: skip
+    assert code == 0, text
+    ok = fields_extractor_for(store, "farneback-fields", "farneback", {}, 2, 1, 256, 20.0,
+                              given={"short_side": 32, "frames": 1})  # fmt: skip
+    assert ok.short_side == 32
+    with pytest.raises(ConfigError, match=r"short_side: set has 32, asked 48.*bound: set has 20.0"):
+        fields_extractor_for(store, "farneback-fields", "farneback", {}, 2, 1, 48, 5.0,
+                             given={"short_side": 48, "bound": 5.0})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"levels: set has 3, asked 2"):
+        fields_extractor_for(store, "farneback-fields", "farneback", {"levels": 2}, 2, 1, 32,
+                             20.0, given={"levels": 2})  # fmt: skip
+    code, text = cli("extract", "flow", "--method", "farneback", "--videos", val, "--store",
+                     store, "--crop-size", "32")  # fmt: skip
+    assert code != 0 and "--crop-size applies with --checkpoint" in text

@@ -160,6 +160,27 @@ class FlowFieldsExtractor:
             th.join(timeout=30.0)
 
 
+def _refuse_differing(fields_set: str, stored: dict, given: dict) -> None:
+    """Options given on the command line that the existing fields set fixes otherwise are
+    refused, naming the stored value and the asked one (the set's own values are used)."""
+    have = {
+        "frames": int(stored["N"]),
+        "short_side": int(stored["short_side"]),
+        "bound": float(stored["quantization"]["bound"]),
+        **stored.get("method_params", {}),
+    }
+    diffs = [
+        f"{k}: set has {have[k]!r}, asked {v!r}"
+        for k, v in given.items()
+        if k in have and v is not None and have[k] != v
+    ]
+    if diffs:
+        raise ConfigError(
+            f"flow fields set {fields_set!r} exists with other options ({'; '.join(diffs)}); "
+            "leave those options out to use its fields, or pass --fields-name for a new set"
+        )
+
+
 def fields_extractor_for(
     store_root: str | Path,
     fields_set: str,
@@ -171,6 +192,7 @@ def fields_extractor_for(
     bound: float,
     *,
     runtime: dict | None = None,
+    given: dict | None = None,
 ) -> FlowFieldsExtractor:
     """The extractor that fills ``fields_set``: rebuilt from its set.json when it exists, so
     resuming never mixes configurations; otherwise from the given options. ``runtime``: the
@@ -192,6 +214,7 @@ def fields_extractor_for(
         c = store.open_set(fields_set).config
         if c.get("method") != method:
             raise ConfigError(f"set {fields_set!r} holds {c.get('method')} flow, not {method}")
+        _refuse_differing(fields_set, c, given or {})
         return FlowFieldsExtractor(
             configured(make_method(method, **c["method_params"])),
             segments=int(c["T"]),

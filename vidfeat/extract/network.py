@@ -494,9 +494,12 @@ def extract_flow_features(
     echo: Echo = print,
     crop_size: int | None = None,
     flow_runtime: dict | None = None,
+    given: dict | None = None,
 ) -> Report:
     """The fields first (computed where missing, into ``fields_set``), then the network.
-    ``flow_runtime``: the flow method's run-time settings (see ``fields_extractor_for``)."""
+    ``flow_runtime``: the flow method's run-time settings (see ``fields_extractor_for``);
+    ``given``: the field options the user set (refused where an existing fields set or the
+    network fixes them otherwise)."""
     task = FlowNetwork(
         checkpoint,
         segments=segments,
@@ -508,16 +511,24 @@ def extract_flow_features(
         crop_size=crop_size,
     )
     task.check_classes(videos)
+    frames = task.net().config.frames
+    asked = (given or {}).get("frames")
+    if asked is not None and asked != frames:
+        raise ConfigError(
+            f"-N {asked}: the flow network {checkpoint} reads N={frames} pairs per segment; "
+            "leave -N out (it is the run's)"
+        )
     ex = fields_extractor_for(
         store_root,
         fields_set,
         method,
         params,
         segments,
-        task.net().config.frames,
+        frames,
         short_side,
         bound,
         runtime=flow_runtime,
+        given=given,
     )
     if ex.grid.T != segments:
         raise ConfigError(
