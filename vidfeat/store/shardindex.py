@@ -1,0 +1,181 @@
+"""The per-shard index: what a completed shard holds, readable without opening its groups.
+
+:class:`ShardWriter` stores it as the root attribute ``vidfeat_index`` of every shard, just
+before the shard is closed, fsync'ed and renamed, so a completed shard always carries it. It is
+an attribute rather than a dataset because every root-level name of a shard is a video id (an
+index dataset could clash with an id, and older readers would list it as a video), whereas
+attributes are not group members: readers and tools that do not know the index never see it.
+
+The attribute is a JSON string, column by column, ids sorted::
+
+    {"format": 1, "ids": [...], "offset": [...], "shape": [[T, D], ...], "dtype": ["<f4", ...],
+     "written_at": [...]}
+
+``offset`` is the byte offset of a video's ``features`` array when it is stored contiguous and
+unfiltered (uncompressed numeric features, the default for floats) so readers can ``pread``
+it, else -1; ``shape``/``dtype`` describe ``features`` for every video; ``written_at`` is the
+attr readers use to choose between duplicate copies (null when absent or not a number).
+
+Reading it costs one HDF5 open and one attribute read (~0.4 ms) instead of opening every
+group's dataset (~15 ms for 64 videos). Shards written before the index existed (or whose
+index does not match their root group) are listed by :func:`scan_groups`, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import h5py
+import numpy as np
+
+from vidfeat.store.paths import FEATURES
+
+SHARD_INDEX_ATTR = "vidfeat_index"
+SHARD_INDEX_FORMAT = 1
+
+
+def written_at_value(value: Any) -> float:
+    """The ``written_at`` attr as readers rank copies: a float, ``-inf`` when absent, NaN or
+    not a number (an unreadable copy loses to any readable one)."""
+    if value is None:
+        return -math.inf
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # float() of a 1-element array warns in numpy 2
+            t = float(value)
+    except Exception:  # noqa: BLE001
+        return -math.inf
+    return t if not math.isnan(t) else -math.inf
+
+
+def dataset_layout(ds: h5py.Dataset) -> tuple[int, tuple[int, ...], str]:
+    """``(offset, shape, dtype)`` of a ``features`` dataset; offset -1 unless the array can be
+    read with one ``pread``: contiguous (not chunked, so not compressed or filtered), allocated,
+    numeric and non-empty. Writer, reader scan and verify all use this one rule."""
+    shape = tuple(int(n) for n in ds.shape) if ds.shape is not None else ()
+    dtype = ds.dtype
+    offset = -1
+    if ds.chunks is None and dtype.kind in "fiub" and ds.size:
+        got = ds.id.get_offset()  # None for compact or unallocated storage
+        if got is not None:
+            offset = int(got)
+    return offset, shape, dtype.str
+
+
+@dataclass
+class ShardListing:
+    """What one shard holds: ids (sorted) and per id the layout of ``features``.
+
+    ``offset`` -1 means "read through h5py"; ``shape``/``dtype`` are None when unknown (a
+    video whose ``features`` could not be inspected); ``written_at`` is None when not recorded
+    (scanned shards: it is read from the group only for ids stored in several shards).
+    ``indexed`` tells whether the listing came from the shard's own index.
+    """
+
+    ids: list[str]
+    offset: list[int]
+    shape: list[tuple[int, ...] | None]
+    dtype: list[str | None]
+    written_at: list[float | None]
+    indexed: bool = False
+
+
+def encode_shard_index(entries: dict[str, tuple[int, tuple[int, ...], str, float]]) -> str:
+    """The attribute text for ``{id: (offset, shape, dtype, written_at)}``."""
+    ids = sorted(entries)
+    cols: dict[str, list] = {"offset": [], "shape": [], "dtype": [], "written_at": []}
+    for vid in ids:
+        off, shape, dtype, wat = entries[vid]
+        cols["offset"].append(int(off))
+        cols["shape"].append([int(n) for n in shape])
+        cols["dtype"].append(str(dtype))
+        cols["written_at"].append(float(wat) if math.isfinite(wat) else None)
+    return json.dumps(
+        {"format": SHARD_INDEX_FORMAT, "ids": ids, **cols},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def _valid_dtype(s: object) -> bool:
+    try:
+        return isinstance(s, str) and np.dtype(s).kind in "fiubc"
+    except TypeError:
+        return False
+
+
+def decode_shard_index(text: object) -> ShardListing | None:
+    """The listing an index attribute holds, or None when it is malformed."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not isinstance(text, str):
+        return None
+    try:
+        d = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(d, dict) or d.get("format") != SHARD_INDEX_FORMAT:
+        return None
+    ids, off, shp, dt, wat = (d.get(k) for k in ("ids", "offset", "shape", "dtype", "written_at"))
+    cols = (ids, off, shp, dt, wat)
+    if not all(isinstance(c, list) for c in cols) or len({len(c) for c in cols}) != 1:
+        return None
+    if not all(isinstance(v, str) and v and "/" not in v for v in ids) or len(set(ids)) != len(ids):
+        return None
+    if not all(isinstance(o, int) and not isinstance(o, bool) and o >= -1 for o in off):
+        return None
+    if not all(isinstance(s, list) and all(isinstance(n, int) and n >= 0 for n in s) for s in shp):
+        return None
+    if not all(_valid_dtype(x) for x in dt):
+        return None
+    if not all(w is None or isinstance(w, int | float) for w in wat):
+        return None
+    for o, s, x in zip(off, shp, dt, strict=True):
+        if o >= 0 and (np.dtype(x).kind not in "fiub" or math.prod(s) == 0):
+            return None
+    return ShardListing(
+        ids=ids,
+        offset=off,
+        shape=[tuple(s) for s in shp],
+        dtype=dt,
+        written_at=[float(w) if w is not None else -math.inf for w in wat],
+        indexed=True,
+    )
+
+
+def read_shard_index(f: h5py.File) -> ShardListing | None:
+    """The index stored in an open shard, or None when it has none (written before the index
+    existed), a malformed one, or one not listing as many videos as the root group links
+    (the shard was edited after it was completed): the caller then scans the groups."""
+    try:
+        raw = f.attrs.get(SHARD_INDEX_ATTR)
+    except Exception:  # noqa: BLE001 - an unreadable index is no index
+        return None
+    if raw is None:
+        return None
+    listing = decode_shard_index(raw)
+    if listing is None or len(listing.ids) != len(f):
+        return None
+    return listing
+
+
+def scan_groups(f: h5py.File) -> ShardListing:
+    """The listing of an open shard from its groups (each video's dataset is opened: the
+    slow path for shards without an index)."""
+    ids = sorted(f.keys())
+    out = ShardListing(ids=ids, offset=[], shape=[], dtype=[], written_at=[None] * len(ids))
+    for vid in ids:
+        off, shape, dtype = -1, None, None
+        with contextlib.suppress(Exception):  # that video is read through h5py, which reports
+            ds = f[vid][FEATURES]
+            if isinstance(ds, h5py.Dataset):
+                off, shape, dtype = dataset_layout(ds)
+        out.offset.append(off)
+        out.shape.append(shape)
+        out.dtype.append(dtype)
+    return out
