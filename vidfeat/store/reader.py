@@ -22,7 +22,12 @@ from vidfeat.store.paths import FEATURES, SET_JSON, StoreWarning, _h5open, _read
 from vidfeat.store.setindex import INDEX_FILE as INDEX_FILE
 from vidfeat.store.setindex import INDEX_FORMAT as INDEX_FORMAT
 from vidfeat.store.setindex import LEGACY_INDEX_JSON, SHARD_RE, SetIndex, ShardRec
-from vidfeat.store.shardindex import ShardListing, read_shard_index, scan_groups, written_at_value
+from vidfeat.store.shardindex import (
+    ShardListing,
+    read_shard_index_at,
+    scan_groups,
+    written_at_value,
+)
 from vidfeat.store.writer import _read_attrs, read_failures
 
 INDEX_JSON = LEGACY_INDEX_JSON  # the cache of format 2 (read once when a store has no .index.npz)
@@ -57,8 +62,11 @@ def _shard_files(set_dir: Path) -> list[tuple[str, os.stat_result]]:
 def _scan_shard(path: Path) -> ShardListing:
     """What a completed shard holds: its own index (one attribute) when it has a sound one,
     else a scan of its groups (shards written before shards carried an index)."""
+    listing = read_shard_index_at(path)
+    if listing is not None:
+        return listing
     with _h5open(path, "r") as f:
-        return read_shard_index(f) or scan_groups(f)
+        return scan_groups(f)
 
 
 def _written_at(path: Path, video_id: str) -> float:

@@ -26,12 +26,16 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+from h5py import h5a, h5f, h5g
+from h5py._hl.files import make_fapl  # the fapl h5py.File builds (see _fapl)
 
 from vidfeat.store.paths import FEATURES
 
@@ -110,7 +114,8 @@ def _valid_dtype(s: object) -> bool:
 
 
 def decode_shard_index(text: object) -> ShardListing | None:
-    """The listing an index attribute holds, or None when it is malformed."""
+    """The listing an index attribute holds, or None when it is malformed (validated column
+    by column and per distinct layout: ~15 us for 64 videos)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     if not isinstance(text, str):
@@ -121,47 +126,76 @@ def decode_shard_index(text: object) -> ShardListing | None:
         return None
     if not isinstance(d, dict) or d.get("format") != SHARD_INDEX_FORMAT:
         return None
-    ids, off, shp, dt, wat = (d.get(k) for k in ("ids", "offset", "shape", "dtype", "written_at"))
-    cols = (ids, off, shp, dt, wat)
-    if not all(isinstance(c, list) for c in cols) or len({len(c) for c in cols}) != 1:
+    cols = [d.get(k) for k in ("ids", "offset", "shape", "dtype", "written_at")]
+    if not all(type(c) is list for c in cols) or len({len(c) for c in cols}) != 1:
         return None
-    if not all(isinstance(v, str) and v and "/" not in v for v in ids) or len(set(ids)) != len(ids):
-        return None
-    if not all(isinstance(o, int) and not isinstance(o, bool) and o >= -1 for o in off):
-        return None
-    if not all(isinstance(s, list) and all(isinstance(n, int) and n >= 0 for n in s) for s in shp):
-        return None
-    if not all(_valid_dtype(x) for x in dt):
-        return None
-    if not all(w is None or isinstance(w, int | float) for w in wat):
-        return None
-    for o, s, x in zip(off, shp, dt, strict=True):
-        if o >= 0 and (np.dtype(x).kind not in "fiub" or math.prod(s) == 0):
+    ids, off, shp, dt, wat = cols
+    try:
+        uniq = set(ids)
+        if len(uniq) != len(ids) or "" in uniq or "/" in "".join(ids):
             return None
+        shapes = [tuple(x) for x in shp]
+        layouts = {}
+        for shape, dtype in set(zip(shapes, dt, strict=True)):
+            if not all(type(n) is int and n >= 0 for n in shape) or not _valid_dtype(dtype):
+                return None
+            layouts[shape, dtype] = np.dtype(dtype).kind in "fiub" and math.prod(shape) > 0
+    except TypeError:  # ids or dtypes that are not strings, shapes that are not lists
+        return None
+    if not all(type(o) is int for o in off) or (off and min(off) < -1):
+        return None
+    if not all(layouts.values()):  # a pread offset only for numeric, non-empty arrays
+        for o, shape, dtype in zip(off, shapes, dt, strict=True):
+            if o >= 0 and not layouts[shape, dtype]:
+                return None
+    if not all(w is None or type(w) in (int, float) for w in wat):
+        return None
     return ShardListing(
         ids=ids,
         offset=off,
-        shape=[tuple(s) for s in shp],
+        shape=shapes,
         dtype=dt,
-        written_at=[float(w) if w is not None else -math.inf for w in wat],
+        written_at=[-math.inf if w is None else float(w) for w in wat],
         indexed=True,
     )
 
 
-def read_shard_index(f: h5py.File) -> ShardListing | None:
-    """The index stored in an open shard, or None when it has none (written before the index
-    existed), a malformed one, or one not listing as many videos as the root group links
-    (the shard was edited after it was completed): the caller then scans the groups."""
+_ATTR = SHARD_INDEX_ATTR.encode()
+_FAPL: tuple[int, Any] | None = None
+
+
+def _fapl() -> Any:
+    """The file access properties ``h5py.File(..., locking=False)`` uses (HDF5 refuses to
+    open a file twice in one process with different ones), made once per process."""
+    global _FAPL
+    if _FAPL is None or _FAPL[0] != os.getpid():
+        _FAPL = (os.getpid(), make_fapl(None, locking=False))
+    return _FAPL[1]
+
+
+def read_shard_index_at(path: Path) -> ShardListing | None:
+    """The index stored in the shard at ``path``, or None when it has none (written before
+    the index existed), a malformed one, or one not listing as many videos as the root group
+    links (the shard was edited after it was completed): the caller then scans the groups.
+
+    Read through h5py's low-level API, at half the cost of opening an ``h5py.File``. Raises
+    when the file cannot be opened."""
+    fid = h5f.open(os.fsencode(path), h5f.ACC_RDONLY, fapl=_fapl())
     try:
-        raw = f.attrs.get(SHARD_INDEX_ATTR)
-    except Exception:  # noqa: BLE001 - an unreadable index is no index
-        return None
-    if raw is None:
-        return None
-    listing = decode_shard_index(raw)
-    if listing is None or len(listing.ids) != len(f):
-        return None
-    return listing
+        if not h5a.exists(fid, _ATTR):
+            return None
+        try:
+            buf = np.empty((), dtype=h5py.string_dtype())
+            h5a.open(fid, _ATTR).read(buf)
+            raw = buf[()]
+        except Exception:  # noqa: BLE001 - not a string: no usable index
+            return None
+        listing = decode_shard_index(raw)
+        if listing is None or len(listing.ids) != h5g.open(fid, b"/").get_num_objs():
+            return None
+        return listing
+    finally:
+        fid.close()
 
 
 def scan_groups(f: h5py.File) -> ShardListing:
