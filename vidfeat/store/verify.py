@@ -6,6 +6,11 @@ bytes and failures per set (``vidfeat store info``); ``format_*`` render both as
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import pickle
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +18,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from h5py import h5a, h5d, h5g, h5o
 
 from vidfeat.errors import StoreError
 from vidfeat.store.paths import (
@@ -25,6 +31,7 @@ from vidfeat.store.paths import (
 )
 from vidfeat.store.reader import FeatureSet, _shard_files
 from vidfeat.store.sets import FeatureStore, _fmt_value
+from vidfeat.store.shardindex import SHARD_INDEX_ATTR, decode_shard_index, written_at_value
 from vidfeat.store.writer import FLOAT16_FROM, read_failures
 
 
@@ -71,7 +78,269 @@ def _check_array(a: np.ndarray) -> str | None:
     return " and ".join(parts)
 
 
-def _verify_set(root: Path, name: str, expect_ids: set[str] | None, rep: VerifyReport) -> None:
+_FIX = "delete that shard and run the extraction again (completed videos are skipped)"
+
+
+@dataclass
+class _ShardResult:
+    """What checking one shard found (built in a worker process for large stores)."""
+
+    name: str
+    opened: bool = True
+    ids: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    indexed: bool = False
+    index_wat: dict[str, float] = field(default_factory=dict)
+
+
+class _Dtypes:
+    """numpy dtypes of HDF5 types, converted once per distinct type (h5py's conversion costs
+    more than opening the dataset)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, np.dtype]] = []
+
+    def __call__(self, did: h5d.DatasetID) -> np.dtype:
+        tid = did.get_type()
+        for t, dt in self.seen:
+            if t == tid:  # H5Tequal
+                return dt
+        dt = did.dtype
+        self.seen.append((tid, dt))
+        return dt
+
+
+def _read_array(did: h5d.DatasetID, fd: int | None, offset: int, shape, dtype) -> np.ndarray:
+    if offset >= 0 and fd is not None:
+        n = dtype.itemsize * math.prod(shape)
+        buf = os.pread(fd, n, offset)
+        if len(buf) != n:
+            raise StoreError(f"the file ends {n - len(buf)} bytes before the array does")
+        return np.frombuffer(buf, dtype).reshape(shape)
+    return h5py.Dataset(did)[()]
+
+
+_F = FEATURES.encode()
+
+
+def _check_video(
+    gid: Any, fd: int | None, want: tuple, dtypes: _Dtypes, where: str, out: list[str]
+) -> tuple[int, tuple[int, ...], str] | None:
+    """Check one video group; returns the layout of its features for the index comparison.
+
+    Low-level h5py throughout: on shards of small videos the high-level objects cost 4x the
+    HDF5 work itself, and verify opens every group of the store."""
+    want_shape, want_dtype, storage = want
+    try:
+        did = h5o.open(gid, _F) if isinstance(gid, h5g.GroupID) else None
+    except KeyError:
+        did = None
+    if not isinstance(did, h5d.DatasetID):
+        out.append(f"{where}: no '{FEATURES}' dataset; {_FIX}")
+        return None
+    shape = did.get_space().get_simple_extent_dims() or ()
+    dtype = dtypes(did)
+    offset = -1
+    if dtype.kind in "fiub" and math.prod(shape) > 0:
+        got = did.get_offset()  # None unless contiguous and allocated (never when chunked)
+        offset = -1 if got is None else int(got)
+    if not _shape_ok(shape, want_shape):
+        out.append(
+            f"{where}: features have shape {list(shape)}, set.json says {want_shape}; {_FIX}"
+        )
+    if want_dtype is not None and dtype != np.dtype(want_dtype):
+        narrowed = dtype == np.float16 and (
+            storage == "float16" or h5a.exists(did, FLOAT16_FROM.encode())
+        )
+        if not narrowed:
+            out.append(f"{where}: features are {dtype}, set.json says {want_dtype}; {_FIX}")
+    for dname in [_F] if gid.get_num_objs() == 1 else list(gid):
+        obj = did if dname == _F else h5o.open(gid, dname)
+        if not isinstance(obj, h5d.DatasetID):
+            continue
+        dt = dtype if obj is did else dtypes(obj)
+        if dt.kind in "fc":
+            if obj is did:
+                arr = _read_array(did, fd, offset, shape, dtype)
+            else:
+                arr = h5py.Dataset(obj)[()]
+            bad = _check_array(arr)
+            if bad:
+                out.append(
+                    f"{where}: '{dname.decode()}' holds {bad} values; check the input video "
+                    f"and model, then {_FIX}"
+                )
+    return offset, shape, dtype.str
+
+
+def _verify_shard(set_name: str, d: str, shard: str, want: tuple) -> _ShardResult:
+    """Check every video of one shard against set.json (``want``: feature_shape, dtype,
+    storage_dtype) and the shard's index against its groups."""
+    res = _ShardResult(shard)
+    path = Path(d) / shard
+    try:
+        f = _h5open(path, "r")
+    except Exception as exc:  # noqa: BLE001
+        res.opened = False
+        res.problems.append(f"set {set_name!r}: shard {shard} cannot be opened ({exc}); {_FIX}")
+        return res
+    dtypes = _Dtypes()
+    found: dict[str, tuple[int, tuple[int, ...], str]] = {}
+    with f, contextlib.ExitStack() as stack:
+        fd: int | None = None
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+            stack.callback(os.close, fd)
+        root = h5g.open(f.id, b"/")
+        res.ids = list(f)
+        for vid in res.ids:
+            where = f"set {set_name!r}, video {vid!r} ({shard})"
+            try:
+                lay = _check_video(
+                    h5o.open(root, vid.encode()), fd, want, dtypes, where, res.problems
+                )
+                if lay is not None:
+                    found[vid] = lay
+            except Exception as exc:  # noqa: BLE001 - report and go on with the next video
+                res.problems.append(f"{where}: cannot be read ({exc}); {_FIX}")
+        try:
+            raw = f.attrs.get(SHARD_INDEX_ATTR)
+        except Exception as exc:  # noqa: BLE001
+            raw = f"unreadable: {exc}"
+        if raw is not None:
+            res.indexed = True
+            mismatch = _index_mismatch(raw, res.ids, found, res)
+            if mismatch:
+                res.problems.append(
+                    f"set {set_name!r}: the index of shard {shard} does not match its groups "
+                    f"({mismatch}): the shard was changed after it was completed, or is "
+                    f"corrupt; readers may return wrong arrays: {_FIX}"
+                )
+    return res
+
+
+def _index_mismatch(raw: Any, ids: list[str], found: dict, res: _ShardResult) -> str:
+    """How a shard's index differs from its groups ('' when it matches)."""
+    listing = decode_shard_index(raw)
+    if listing is None:
+        return "it cannot be decoded"
+    res.index_wat = dict(zip(listing.ids, listing.written_at, strict=True))
+    parts = []
+    only_index = set(listing.ids) - set(ids)
+    only_groups = set(ids) - set(listing.ids)
+    if only_index:
+        parts.append(f"ids only in the index: {_few(only_index, 5)}")
+    if only_groups:
+        parts.append(f"ids only in the groups: {_few(only_groups, 5)}")
+    diff = []
+    for vid, off, shape, dtype in zip(
+        listing.ids, listing.offset, listing.shape, listing.dtype, strict=True
+    ):
+        got = found.get(vid)
+        if got is not None and got != (off, shape, dtype):
+            diff.append(
+                f"{vid!r}: offset {off}, shape {list(shape)}, {dtype} in the index but "
+                f"{got[0]}, {list(got[1])}, {got[2]} in the file"
+            )
+    if diff:
+        parts.append(f"{len(diff)} layout(s) differ: " + "; ".join(diff[:3]))
+    return "; ".join(parts)
+
+
+def _verify_shards(tasks: list[tuple[str, str, str, tuple]]) -> list[_ShardResult]:
+    """Check a batch of shards (the unit of work of a worker process)."""
+    return [_verify_shard(*t) for t in tasks]
+
+
+def _workers(n_shards: int, workers: int | None) -> int:
+    if workers is not None:
+        return max(1, int(workers))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    # a worker process costs ~0.5 s to start: only worth it for hundreds of shards
+    return max(1, min(cpus, 8, n_shards // 200))
+
+
+# A worker is a fresh interpreter running this, fed pickled (sys.path, tasks) on stdin: unlike
+# multiprocessing's spawn it never re-imports the caller's __main__ (an unguarded script
+# calling verify_store would run again in each worker), and unlike fork it copies no threads
+# or HDF5 state of the caller.
+_WORKER = (
+    "import pickle, sys\n"
+    "path, tasks = pickle.load(sys.stdin.buffer)\n"
+    "sys.path[:0] = [p for p in path if p not in sys.path]\n"
+    "from vidfeat.store.verify import _verify_shards\n"
+    "sys.stdout.buffer.write(pickle.dumps(_verify_shards(tasks)))\n"
+)
+
+
+def _run(tasks: list[tuple[str, str, str, tuple]], workers: int) -> list[_ShardResult]:
+    """Check shards, in ``workers`` processes when more than one (interleaved shares so
+    each gets alike shards); a share whose worker fails is checked here instead."""
+    workers = min(workers, len(tasks))
+    if workers <= 1:
+        return _verify_shards(tasks)
+    shares = [tasks[i::workers] for i in range(workers)]
+    procs: list[subprocess.Popen | None] = []
+    for share in shares:
+        p = None
+        try:
+            p = subprocess.Popen(
+                [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+            p.stdin.write(pickle.dumps((sys.path, share)))  # type: ignore[union-attr]
+            p.stdin.close()  # type: ignore[union-attr]
+        except OSError:  # cannot start (or it died at once): this process checks the share
+            if p is not None:
+                p.kill()
+                p.wait()
+            p = None
+        procs.append(p)
+    by_name: dict[str, _ShardResult] = {}
+    for p, share in zip(procs, shares, strict=True):
+        got = None
+        if p is not None:
+            data = p.stdout.read()  # type: ignore[union-attr]
+            p.stdout.close()  # type: ignore[union-attr]
+            if p.wait() == 0:
+                with contextlib.suppress(Exception):
+                    got = pickle.loads(data)
+        if got is None:
+            got = _verify_shards(share)
+        by_name.update((r.name, r) for r in got)
+    return [by_name[t[2]] for t in tasks]
+
+
+def _check_duplicate_times(
+    d: Path, name: str, copies: dict[str, list[str]], results: dict, rep: VerifyReport
+) -> None:
+    """The ``written_at`` an index records decides which copy of a duplicated id readers
+    use: check it against the group's attr (duplicates are few; at most 1,000 checked)."""
+    checked = 0
+    for vid, shards in sorted(copies.items()):
+        for shard in shards:
+            r = results[shard]
+            if vid not in r.index_wat or checked >= 1000:
+                continue
+            checked += 1
+            try:
+                with _h5open(d / shard, "r") as f:
+                    t = written_at_value(f[vid].attrs.get("written_at"))
+            except Exception:  # noqa: BLE001 - reported by the main pass
+                continue
+            if t != r.index_wat[vid]:
+                rep.problems.append(
+                    f"set {name!r}: the index of shard {shard} records written_at "
+                    f"{r.index_wat[vid]} for duplicated id {vid!r}, its group has {t}: "
+                    f"readers may pick the wrong copy; {_FIX}"
+                )
+
+
+def _verify_set(
+    root: Path, name: str, expect_ids: set[str] | None, rep: VerifyReport, workers: int | None
+) -> None:
     d = root / name
     counts = {
         "videos": 0,
@@ -81,6 +350,7 @@ def _verify_set(root: Path, name: str, expect_ids: set[str] | None, rep: VerifyR
         "failed": 0,
         "stale_partials": 0,
         "live_partials": 0,
+        "unindexed_shards": 0,
     }
     rep.sets[name] = counts
     try:
@@ -88,56 +358,29 @@ def _verify_set(root: Path, name: str, expect_ids: set[str] | None, rep: VerifyR
     except (StoreError, FileNotFoundError) as exc:
         rep.problems.append(str(exc))
         cfg = {}
-    want_shape = cfg.get("feature_shape")
-    want_dtype = cfg.get("dtype")
-    storage = cfg.get("storage_dtype")
-    fix = "delete that shard and run the extraction again (completed videos are skipped)"
+    want = (cfg.get("feature_shape"), cfg.get("dtype"), cfg.get("storage_dtype"))
+    shards = [n for n, _ in _shard_files(d)]
+    tasks = [(name, str(d), n, want) for n in shards]
+    results = {r.name: r for r in _run(tasks, _workers(len(tasks), workers))}
     copies: dict[str, list[str]] = {}
-    for shard, _ in _shard_files(d):
+    for shard in shards:
+        r = results[shard]
         counts["shards"] += 1
-        try:
-            f = _h5open(d / shard, "r")
-        except Exception as exc:  # noqa: BLE001
-            counts["bad_shards"] += 1
-            rep.problems.append(f"set {name!r}: shard {shard} cannot be opened ({exc}); {fix}")
-            continue
-        with f:
-            for vid in f:
-                copies.setdefault(vid, []).append(shard)
-                where = f"set {name!r}, video {vid!r} ({shard})"
-                try:
-                    g = f[vid]
-                    if not isinstance(g, h5py.Group) or FEATURES not in g:
-                        rep.problems.append(f"{where}: no '{FEATURES}' dataset; {fix}")
-                        continue
-                    ds = g[FEATURES]
-                    if not _shape_ok(ds.shape, want_shape):
-                        rep.problems.append(
-                            f"{where}: features have shape {list(ds.shape)}, set.json says "
-                            f"{want_shape}; {fix}"
-                        )
-                    if want_dtype is not None and ds.dtype != np.dtype(want_dtype):
-                        narrowed = ds.dtype == np.float16 and (
-                            storage == "float16" or FLOAT16_FROM in ds.attrs
-                        )
-                        if not narrowed:
-                            rep.problems.append(
-                                f"{where}: features are {ds.dtype}, set.json says {want_dtype}; "
-                                f"{fix}"
-                            )
-                    for dname, obj in g.items():
-                        if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "fc":
-                            bad = _check_array(obj[()])
-                            if bad:
-                                rep.problems.append(
-                                    f"{where}: '{dname}' holds {bad} values; check the input "
-                                    f"video and model, then {fix}"
-                                )
-                except Exception as exc:  # noqa: BLE001 - report and go on with the next video
-                    rep.problems.append(f"{where}: cannot be read ({exc}); {fix}")
+        counts["bad_shards"] += not r.opened
+        counts["unindexed_shards"] += r.opened and not r.indexed
+        rep.problems.extend(r.problems)
+        for vid in r.ids:
+            copies.setdefault(vid, []).append(shard)
+    if counts["unindexed_shards"]:
+        rep.notes.append(
+            f"set {name!r}: {counts['unindexed_shards']} shard(s) carry no index (written by "
+            "vidfeat before shards did): readers list their groups instead, which is slower "
+            "on the first open"
+        )
     counts["videos"] = len(copies)
     dups = {v: s for v, s in copies.items() if len(s) > 1}
     counts["duplicates"] = len(dups)
+    _check_duplicate_times(d, name, dups, results, rep)
     if dups:
         listing = "; ".join(f"{v!r} in {', '.join(s)}" for v, s in sorted(dups.items())[:10])
         more = f" (+{len(dups) - 10} more)" if len(dups) > 10 else ""
@@ -181,14 +424,21 @@ def _verify_set(root: Path, name: str, expect_ids: set[str] | None, rep: VerifyR
             )
 
 
-def verify_store(root: str | Path, expect_ids: set[str] | None = None) -> VerifyReport:
+def verify_store(
+    root: str | Path, expect_ids: set[str] | None = None, *, workers: int | None = None
+) -> VerifyReport:
     """Open every shard of every set and check it against its set.json.
 
     Problems: unreadable set.json or shards, groups without ``features``, shapes not matching
     ``feature_shape`` (None/-1 = any), dtypes not matching ``dtype`` (float16 is accepted when
     set.json has ``storage_dtype: float16`` or the writer marked the array as narrowed), NaN/Inf
-    in float datasets, and with ``expect_ids`` missing and unexpected ids. Warnings: ids in
-    several shards, stale partials. Notes: live partials, ids that failed and later succeeded.
+    in float datasets, each shard's index not matching its groups (ids, byte offsets, shapes,
+    dtypes; the ``written_at`` of duplicated ids), and with ``expect_ids`` missing and
+    unexpected ids. Warnings: ids in several shards, stale partials. Notes: live partials, ids
+    that failed and later succeeded, shards without an index (written by older versions).
+
+    Shards are checked in ``workers`` processes (default: one per CPU, at most 8, when the
+    store has hundreds of shards; 1 = in this process).
     """
     root = Path(root)
     rep = VerifyReport()
@@ -207,7 +457,7 @@ def verify_store(root: str | Path, expect_ids: set[str] | None = None) -> Verify
     if not names:
         rep.warnings.append(f"store {root} holds no feature sets yet (run vidfeat extract)")
     for name in names:
-        _verify_set(root, name, expect_ids, rep)
+        _verify_set(root, name, expect_ids, rep, workers)
     return rep
 
 
