@@ -21,7 +21,7 @@ from vidfeat.errors import StoreError
 from vidfeat.store.paths import FEATURES, SET_JSON, StoreWarning, _h5open, _read_set_json
 from vidfeat.store.setindex import INDEX_FILE as INDEX_FILE
 from vidfeat.store.setindex import INDEX_FORMAT as INDEX_FORMAT
-from vidfeat.store.setindex import LEGACY_INDEX_JSON, SHARD_RE, SetIndex, ShardRec
+from vidfeat.store.setindex import LEGACY_INDEX_JSON, SHARD_RE, Packed, SetIndex, ShardRec, pack
 from vidfeat.store.shardindex import (
     ShardListing,
     read_shard_index_at,
@@ -134,7 +134,7 @@ class FeatureSet:
                 base = SetIndex.from_legacy_json(self.dir / INDEX_JSON) or SetIndex.empty()
         if len(files) != len(base.shards) or any(n not in base.start for n, _ in files):
             changed = True
-        parts: list[tuple[ShardRec, SetIndex | ShardListing | None]] = []
+        parts: list[tuple[ShardRec, SetIndex | Packed | None]] = []
         for name, st in files:
             old = base.by_name(name) if name in base.start else None
             if old is not None and (old.size, old.mtime_ns) == (st.st_size, st.st_mtime_ns):
@@ -143,7 +143,7 @@ class FeatureSet:
             changed = True
             rec = ShardRec(name, st.st_size, st.st_mtime_ns)
             try:
-                parts.append((rec, _scan_shard(self.dir / name)))
+                parts.append((rec, pack(_scan_shard(self.dir / name))))
             except Exception as exc:  # noqa: BLE001 - one bad shard must not hide the others
                 rec.error = f"{type(exc).__name__}: {exc}"
                 parts.append((rec, None))

@@ -55,6 +55,36 @@ class ShardRec:
     error: str | None = None  # could not be opened
 
 
+@dataclass
+class Packed:
+    """A :class:`ShardListing` as numpy columns, layouts coded into a table of the shard's
+    own (a few hundred bytes per shard instead of python objects per video)."""
+
+    ids: list[str]
+    offset: np.ndarray
+    code: np.ndarray  # into layouts, -1: unknown
+    layouts: list[tuple[tuple[int, ...], str]]
+    wat: np.ndarray  # NaN: not recorded
+    indexed: bool
+
+
+def pack(listing: ShardListing) -> Packed:
+    """The compact form of a listing (made as soon as a shard is read)."""
+    local: dict[tuple[tuple[int, ...], str], int] = {}
+    code = [
+        -1 if shape is None or dtype is None else local.setdefault((shape, dtype), len(local))
+        for shape, dtype in zip(listing.shape, listing.dtype, strict=True)
+    ]
+    return Packed(
+        listing.ids,
+        np.asarray(listing.offset, np.int64),
+        np.asarray(code, np.int32),
+        list(local),
+        np.asarray([math.nan if w is None else w for w in listing.written_at], np.float64),
+        listing.indexed,
+    )
+
+
 class SetIndex:
     """Rows of every copy of every video of a set, grouped by shard (see the module doc)."""
 
@@ -103,9 +133,12 @@ class SetIndex:
     # -- building
 
     @classmethod
-    def assemble(cls, parts: list[tuple[ShardRec, SetIndex | ShardListing | None]]) -> SetIndex:
+    def assemble(
+        cls, parts: list[tuple[ShardRec, SetIndex | Packed | ShardListing | None]]
+    ) -> SetIndex:
         """A new index from shards in name order, each with its rows taken from an existing
-        index (reused unchanged), a fresh listing, or None (an unreadable shard)."""
+        index (reused unchanged), a fresh listing (packed or not), or None (an unreadable
+        shard)."""
         layouts: list[tuple[tuple[int, ...], str]] = []
         codes: dict[tuple[tuple[int, ...], str], int] = {}
         remaps: dict[int, np.ndarray] = {}
@@ -129,26 +162,20 @@ class SetIndex:
                 lays.append(remap[src.layout[r.start : r.stop]])
                 wats.append(src.wat[r.start : r.stop])
                 rec.count = len(r)
-            elif isinstance(src, ShardListing):
-                code = []
-                for shape, dtype in zip(src.shape, src.dtype, strict=True):
-                    if shape is None or dtype is None:
-                        code.append(-1)
-                        continue
-                    key = (tuple(shape), dtype)
-                    c = codes.get(key)
-                    if c is None:
-                        c = codes[key] = len(layouts)
-                        layouts.append(key)
-                    code.append(c)
-                ids.extend(src.ids)
-                offs.append(np.asarray(src.offset, np.int64))
-                lays.append(np.asarray(code, np.int32))
-                wats.append(
-                    np.asarray([math.nan if w is None else w for w in src.written_at], np.float64)
-                )
-                rec.count = len(src.ids)
-                rec.indexed = src.indexed
+            elif isinstance(src, ShardListing | Packed):
+                p = src if isinstance(src, Packed) else pack(src)
+                remap = np.empty(len(p.layouts) + 1, np.int32)
+                remap[-1] = -1
+                for c, lay in enumerate(p.layouts):
+                    remap[c] = codes.setdefault(lay, len(codes))
+                    if remap[c] == len(layouts):
+                        layouts.append(lay)
+                ids.extend(p.ids)
+                offs.append(p.offset)
+                lays.append(remap[p.code])
+                wats.append(p.wat)
+                rec.count = len(p.ids)
+                rec.indexed = p.indexed
             else:
                 rec.count = 0
             shards.append(rec)
