@@ -180,7 +180,7 @@ class FeatureSet:
         self._index = idx
         self._row = row
         self._copies = copies
-        self._ids = sorted(row)
+        self._sorted: list[str] | None = None  # sorted ids, made when first asked for
         self._names = names
         self._stat = {s.name: (s.size, s.mtime_ns) for s in idx.shards}
         self._layouts = [
@@ -301,16 +301,22 @@ class FeatureSet:
 
     # -- public
 
+    @property
+    def _ids(self) -> list[str]:
+        if self._sorted is None:
+            self._sorted = sorted(self._row)
+        return self._sorted
+
     def ids(self) -> list[str]:
         """All video ids of the set, sorted, each once."""
         return list(self._ids)
 
     def completed_ids(self) -> set[str]:
         """Ids present in a completed shard (the resume point)."""
-        return set(self._ids)
+        return set(self._row)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._row)
 
     def __contains__(self, video_id: object) -> bool:
         return isinstance(video_id, str) and video_id in self._row

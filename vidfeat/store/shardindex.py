@@ -173,6 +173,25 @@ def _fapl() -> Any:
     return _FAPL[1]
 
 
+def open_shard(path: Path) -> Any:
+    """A low-level HDF5 file id of a shard, opened read-only as :func:`_h5open` does (close
+    it with ``.close()``)."""
+    return h5f.open(os.fsencode(path), h5f.ACC_RDONLY, fapl=_fapl())
+
+
+def read_index_attr(fid: Any) -> object:
+    """The raw index attribute of an open shard: None when absent, a string (or bytes) as
+    stored, or an object :func:`decode_shard_index` refuses when it cannot be read."""
+    if not h5a.exists(fid, _ATTR):
+        return None
+    try:
+        buf = np.empty((), dtype=h5py.string_dtype())
+        h5a.open(fid, _ATTR).read(buf)
+        return buf[()]
+    except Exception as exc:  # noqa: BLE001 - not a string: no usable index
+        return exc
+
+
 def read_shard_index_at(path: Path) -> ShardListing | None:
     """The index stored in the shard at ``path``, or None when it has none (written before
     the index existed), a malformed one, or one not listing as many videos as the root group
@@ -180,17 +199,10 @@ def read_shard_index_at(path: Path) -> ShardListing | None:
 
     Read through h5py's low-level API, at half the cost of opening an ``h5py.File``. Raises
     when the file cannot be opened."""
-    fid = h5f.open(os.fsencode(path), h5f.ACC_RDONLY, fapl=_fapl())
+    fid = open_shard(path)
     try:
-        if not h5a.exists(fid, _ATTR):
-            return None
-        try:
-            buf = np.empty((), dtype=h5py.string_dtype())
-            h5a.open(fid, _ATTR).read(buf)
-            raw = buf[()]
-        except Exception:  # noqa: BLE001 - not a string: no usable index
-            return None
-        listing = decode_shard_index(raw)
+        raw = read_index_attr(fid)
+        listing = None if raw is None else decode_shard_index(raw)
         if listing is None or len(listing.ids) != h5g.open(fid, b"/").get_num_objs():
             return None
         return listing

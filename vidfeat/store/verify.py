@@ -31,7 +31,12 @@ from vidfeat.store.paths import (
 )
 from vidfeat.store.reader import FeatureSet, _shard_files
 from vidfeat.store.sets import FeatureStore, _fmt_value
-from vidfeat.store.shardindex import SHARD_INDEX_ATTR, decode_shard_index, written_at_value
+from vidfeat.store.shardindex import (
+    decode_shard_index,
+    open_shard,
+    read_index_attr,
+    written_at_value,
+)
 from vidfeat.store.writer import FLOAT16_FROM, read_failures
 
 
@@ -124,19 +129,20 @@ _F = FEATURES.encode()
 
 
 def _check_video(
-    gid: Any, fd: int | None, want: tuple, dtypes: _Dtypes, where: str, out: list[str]
+    root: Any, vid: bytes, children: list[bytes], fd: int | None, ctx: tuple, out: list[str]
 ) -> tuple[int, tuple[int, ...], str] | None:
-    """Check one video group; returns the layout of its features for the index comparison.
+    """Check one video (``children``: the names linked in its group); returns the layout of
+    its features for the index comparison.
 
-    Low-level h5py throughout: on shards of small videos the high-level objects cost 4x the
-    HDF5 work itself, and verify opens every group of the store."""
-    want_shape, want_dtype, storage = want
+    Low-level h5py throughout, each dataset opened by its path: on shards of small videos
+    the high-level objects cost several times the HDF5 work, and verify opens them all."""
+    (want_shape, want_dtype, storage), dtypes, where = ctx
     try:
-        did = h5o.open(gid, _F) if isinstance(gid, h5g.GroupID) else None
+        did = h5o.open(root, vid + b"/" + _F) if _F in children else None
     except KeyError:
         did = None
     if not isinstance(did, h5d.DatasetID):
-        out.append(f"{where}: no '{FEATURES}' dataset; {_FIX}")
+        out.append(f"{where()}: no '{FEATURES}' dataset; {_FIX}")
         return None
     shape = did.get_space().get_simple_extent_dims() or ()
     dtype = dtypes(did)
@@ -146,16 +152,16 @@ def _check_video(
         offset = -1 if got is None else int(got)
     if not _shape_ok(shape, want_shape):
         out.append(
-            f"{where}: features have shape {list(shape)}, set.json says {want_shape}; {_FIX}"
+            f"{where()}: features have shape {list(shape)}, set.json says {want_shape}; {_FIX}"
         )
     if want_dtype is not None and dtype != np.dtype(want_dtype):
         narrowed = dtype == np.float16 and (
             storage == "float16" or h5a.exists(did, FLOAT16_FROM.encode())
         )
         if not narrowed:
-            out.append(f"{where}: features are {dtype}, set.json says {want_dtype}; {_FIX}")
-    for dname in [_F] if gid.get_num_objs() == 1 else list(gid):
-        obj = did if dname == _F else h5o.open(gid, dname)
+            out.append(f"{where()}: features are {dtype}, set.json says {want_dtype}; {_FIX}")
+    for dname in children:
+        obj = did if dname == _F else h5o.open(root, vid + b"/" + dname)
         if not isinstance(obj, h5d.DatasetID):
             continue
         dt = dtype if obj is did else dtypes(obj)
@@ -167,7 +173,7 @@ def _check_video(
             bad = _check_array(arr)
             if bad:
                 out.append(
-                    f"{where}: '{dname.decode()}' holds {bad} values; check the input video "
+                    f"{where()}: '{dname.decode()}' holds {bad} values; check the input video "
                     f"and model, then {_FIX}"
                 )
     return offset, shape, dtype.str
@@ -179,34 +185,46 @@ def _verify_shard(set_name: str, d: str, shard: str, want: tuple) -> _ShardResul
     res = _ShardResult(shard)
     path = Path(d) / shard
     try:
-        f = _h5open(path, "r")
+        fid = open_shard(path)
     except Exception as exc:  # noqa: BLE001
         res.opened = False
         res.problems.append(f"set {set_name!r}: shard {shard} cannot be opened ({exc}); {_FIX}")
         return res
     dtypes = _Dtypes()
     found: dict[str, tuple[int, tuple[int, ...], str]] = {}
-    with f, contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
+        stack.callback(fid.close)
         fd: int | None = None
         with contextlib.suppress(OSError):
             fd = os.open(path, os.O_RDONLY)
             stack.callback(os.close, fd)
-        root = h5g.open(f.id, b"/")
-        res.ids = list(f)
-        for vid in res.ids:
-            where = f"set {set_name!r}, video {vid!r} ({shard})"
+        root = h5g.open(fid, b"/")
+        # every link name of the shard in one call: "vid", "vid/features", "vid/scores", ...
+        names: list[bytes] = []
+        try:
+            root.links.visit(names.append)
+        except Exception:  # noqa: BLE001 - a broken group somewhere: list the videos alone
+            names = list(root)
+        groups: dict[bytes, list[bytes]] = {}
+        for n in names:
+            vid, _, child = n.partition(b"/")
+            kids = groups.setdefault(vid, [])
+            if child and b"/" not in child:
+                kids.append(child)
+        for bvid, children in groups.items():
+            vid = bvid.decode("utf-8", "surrogateescape")
+            res.ids.append(vid)
+
+            def where(vid: str = vid) -> str:
+                return f"set {set_name!r}, video {vid!r} ({shard})"
+
             try:
-                lay = _check_video(
-                    h5o.open(root, vid.encode()), fd, want, dtypes, where, res.problems
-                )
+                lay = _check_video(root, bvid, children, fd, (want, dtypes, where), res.problems)
                 if lay is not None:
                     found[vid] = lay
             except Exception as exc:  # noqa: BLE001 - report and go on with the next video
-                res.problems.append(f"{where}: cannot be read ({exc}); {_FIX}")
-        try:
-            raw = f.attrs.get(SHARD_INDEX_ATTR)
-        except Exception as exc:  # noqa: BLE001
-            raw = f"unreadable: {exc}"
+                res.problems.append(f"{where()}: cannot be read ({exc}); {_FIX}")
+        raw = read_index_attr(fid)
         if raw is not None:
             res.indexed = True
             mismatch = _index_mismatch(raw, res.ids, found, res)
