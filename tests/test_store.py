@@ -19,7 +19,6 @@ import pytest
 
 import vidfeat.store.reader as store_mod
 import vidfeat.store.setindex as setindex_mod
-import vidfeat.store.writer as writer_mod
 from vidfeat.errors import ConfigError, StoreError
 from vidfeat.store import (
     FailureLog,

@@ -117,21 +117,22 @@ def test_completed_shards_carry_an_index_matching_their_groups(tmp_path, monkeyp
         with h5py.File(shard, "r", locking=False) as f:
             scan = scan_groups(f)
             assert idx.ids == scan.ids == sorted(f)
-            assert idx.offset == scan.offset
-            assert idx.shape == scan.shape and idx.dtype == scan.dtype
-            for vid, t in zip(idx.ids, idx.written_at, strict=True):
+            # offsets and layouts as a scan of the groups finds them; written_at as the attrs
+            assert [r[:3] for r in idx.rows()] == [r[:3] for r in scan.rows()]
+            for vid, _, _, t in idx.rows():
                 want = f[vid].attrs["written_at"]
                 assert t == (float(want) if not isinstance(want, str) else -math.inf)
     first = index_of(d / "part-j-0.h5")  # a, b, flow: the third distinct id rotates
+    (a, b, flow) = first.rows()
     assert first.ids == ["a", "b", "flow"]
-    assert first.written_at[0] == 7.0 and first.written_at[2] == -math.inf
-    assert first.offset[0] >= 0 and first.offset[1] >= 0 and first.offset[2] == -1  # gzip
-    assert first.shape == [(4, 8), (5, 8), (4, 2, 3, 3)]
-    assert first.dtype == ["<f4", "<f4", "|u1"]
+    assert a[3] == 7.0 and flow[3] == -math.inf
+    assert a[1] >= 0 and b[1] >= 0 and flow[1] == -1  # gzip: read through h5py
+    assert [a[2], b[2], flow[2]] == [((4, 8), "<f4"), ((5, 8), "<f4"), ((4, 2, 3, 3), "|u1")]
+    assert len(first.layouts) == 3
     second = index_of(d / "part-j-1.h5")
-    assert second.ids == ["c"] and second.shape == [()] and second.offset[0] >= 0
+    assert second.rows()[0][:3] == ("c", second.offset[0], ((), "<f8")) and second.offset[0] >= 0
     half = index_of(d / "part-h-0.h5")
-    assert half.dtype == ["<f2"] and half.offset[0] >= 0
+    assert half.layouts == [((4, 8), "<f2")] and half.offset[0] >= 0
 
 
 def test_opening_reads_the_shards_indexes_not_their_groups(tmp_path, count_scans):
@@ -174,9 +175,11 @@ def test_verify_reports_an_index_that_does_not_match_the_groups(tmp_path, corrup
         if corruption == "offset":
             ix["offset"][1] += 64
         elif corruption == "shape":
-            ix["shape"][0] = [8, 4]
+            ix["layouts"].append([[8, 4], "<f4"])
+            ix["layout"][0] = 1
         elif corruption == "dtype":
-            ix["dtype"][0] = "<i4"
+            ix["layouts"].append([[4, 8], "<i4"])
+            ix["layout"][0] = 1
         elif corruption == "ids":
             ix["ids"][1] = "c"
 
@@ -282,10 +285,7 @@ def test_an_old_index_json_is_reused_not_rescanned(tmp_path, monkeypatch, count_
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
             "ids": lst.ids,
-            "raw": {
-                v: [o, list(s), t]
-                for v, o, s, t in zip(lst.ids, lst.offset, lst.shape, lst.dtype, strict=True)
-            },
+            "raw": {v: [o, list(lay[0]), lay[1]] for v, o, lay, _ in lst.rows()},
         }
     legacy["shards"]["part-old-1.h5"]["mtime_ns"] += 1
     (d / ".index.json").write_text(json.dumps(legacy))
@@ -377,7 +377,8 @@ def test_a_hand_edited_cache_is_ignored_and_rebuilt(tmp_path, damage, count_scan
         elif damage == "layout-code":
             a["layout"] = a["layout"] + 5
         elif damage == "bad-name":
-            meta["shards"][0][0] = "../../etc/passwd"
+            names = a["shard_names"].tobytes().replace(b"part-j-0.h5", b"../../etc/passwd")
+            a["shard_names"] = np.frombuffer(names, np.uint8)
         elif damage == "id":
             a["ids"] = np.frombuffer(a["ids"].tobytes().replace(b"v1", b"a/"), np.uint8)
         a["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from vidfeat.store.paths import _fsync_path, _tmp_name, _write_all
-from vidfeat.store.shardindex import ShardListing
+from vidfeat.store.shardindex import ShardListing, _listing
 
 INDEX_FILE = ".index.npz"
 INDEX_FORMAT = 3  # 3: numpy columns (.index.npz); 2 was .index.json
@@ -55,36 +55,6 @@ class ShardRec:
     error: str | None = None  # could not be opened
 
 
-@dataclass
-class Packed:
-    """A :class:`ShardListing` as numpy columns, layouts coded into a table of the shard's
-    own (a few hundred bytes per shard instead of python objects per video)."""
-
-    ids: list[str]
-    offset: np.ndarray
-    code: np.ndarray  # into layouts, -1: unknown
-    layouts: list[tuple[tuple[int, ...], str]]
-    wat: np.ndarray  # NaN: not recorded
-    indexed: bool
-
-
-def pack(listing: ShardListing) -> Packed:
-    """The compact form of a listing (made as soon as a shard is read)."""
-    local: dict[tuple[tuple[int, ...], str], int] = {}
-    code = [
-        -1 if shape is None or dtype is None else local.setdefault((shape, dtype), len(local))
-        for shape, dtype in zip(listing.shape, listing.dtype, strict=True)
-    ]
-    return Packed(
-        listing.ids,
-        np.asarray(listing.offset, np.int64),
-        np.asarray(code, np.int32),
-        list(local),
-        np.asarray([math.nan if w is None else w for w in listing.written_at], np.float64),
-        listing.indexed,
-    )
-
-
 class SetIndex:
     """Rows of every copy of every video of a set, grouped by shard (see the module doc)."""
 
@@ -103,11 +73,11 @@ class SetIndex:
         self.layout = layout
         self.wat = wat
         self.layouts = layouts
-        starts = np.cumsum([0] + [s.count for s in shards])
-        self.start = {s.name: int(a) for s, a in zip(shards, starts[:-1], strict=True)}
-        self.shard_of_row = np.repeat(
-            np.arange(len(shards), dtype=np.int32), [s.count for s in shards]
-        )
+        counts = [s.count for s in shards]
+        starts = np.cumsum([0, *counts]).tolist()
+        self.start = dict(zip([s.name for s in shards], starts, strict=False))
+        self._pos = {s.name: i for i, s in enumerate(shards)}
+        self.shard_of_row = np.repeat(np.arange(len(shards), dtype=np.int32), counts)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -123,22 +93,12 @@ class SetIndex:
     def by_name(self, shard: str) -> ShardRec:
         return self.shards[self._pos[shard]]
 
-    @property
-    def _pos(self) -> dict[str, int]:
-        pos = self.__dict__.get("_pos_cache")
-        if pos is None:
-            pos = self.__dict__["_pos_cache"] = {s.name: i for i, s in enumerate(self.shards)}
-        return pos
-
     # -- building
 
     @classmethod
-    def assemble(
-        cls, parts: list[tuple[ShardRec, SetIndex | Packed | ShardListing | None]]
-    ) -> SetIndex:
+    def assemble(cls, parts: list[tuple[ShardRec, SetIndex | ShardListing | None]]) -> SetIndex:
         """A new index from shards in name order, each with its rows taken from an existing
-        index (reused unchanged), a fresh listing (packed or not), or None (an unreadable
-        shard)."""
+        index (reused unchanged), a fresh listing, or None (an unreadable shard)."""
         layouts: list[tuple[tuple[int, ...], str]] = []
         codes: dict[tuple[tuple[int, ...], str], int] = {}
         remaps: dict[int, np.ndarray] = {}
@@ -162,20 +122,19 @@ class SetIndex:
                 lays.append(remap[src.layout[r.start : r.stop]])
                 wats.append(src.wat[r.start : r.stop])
                 rec.count = len(r)
-            elif isinstance(src, ShardListing | Packed):
-                p = src if isinstance(src, Packed) else pack(src)
-                remap = np.empty(len(p.layouts) + 1, np.int32)
+            elif isinstance(src, ShardListing):
+                remap = np.empty(len(src.layouts) + 1, np.int32)
                 remap[-1] = -1
-                for c, lay in enumerate(p.layouts):
+                for c, lay in enumerate(src.layouts):
                     remap[c] = codes.setdefault(lay, len(codes))
                     if remap[c] == len(layouts):
                         layouts.append(lay)
-                ids.extend(p.ids)
-                offs.append(p.offset)
-                lays.append(remap[p.code])
-                wats.append(p.wat)
-                rec.count = len(p.ids)
-                rec.indexed = p.indexed
+                ids.extend(src.ids)
+                offs.append(src.offset)
+                lays.append(remap[src.code])
+                wats.append(src.written_at)
+                rec.count = len(src.ids)
+                rec.indexed = src.indexed
             else:
                 rec.count = 0
             shards.append(rec)
@@ -205,13 +164,14 @@ class SetIndex:
         meta = {
             "format": INDEX_FORMAT,
             "dtypes": dtypes,
-            "shards": [
-                [s.name, s.size, s.mtime_ns, s.count, int(s.indexed), s.error] for s in self.shards
-            ],
+            "errors": {s.name: s.error for s in self.shards if s.error is not None},
         }
         dims = [n for shape, _ in self.layouts for n in shape]
+        stat = [(s.size, s.mtime_ns, s.count, int(s.indexed)) for s in self.shards]
         arrays = {
             "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8),
+            "shard_names": np.frombuffer("\0".join(s.name for s in self.shards).encode(), np.uint8),
+            "shard_stat": np.asarray(stat, np.int64).reshape(-1),
             "ids": np.frombuffer("\0".join(self.ids).encode("utf-8"), np.uint8),
             "offset": self.offset.astype(np.int64, copy=False),
             "layout": self.layout.astype(np.int32, copy=False),
@@ -254,6 +214,8 @@ class SetIndex:
     def _from_arrays(cls, a: dict[str, np.ndarray]) -> SetIndex | None:
         want = {
             "meta": np.uint8,
+            "shard_names": np.uint8,
+            "shard_stat": np.int64,
             "ids": np.uint8,
             "offset": np.int64,
             "layout": np.int32,
@@ -267,26 +229,27 @@ class SetIndex:
         meta = json.loads(a["meta"].tobytes().decode("utf-8"))
         if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
             return None
-        dtypes, recs = meta.get("dtypes"), meta.get("shards")
-        if not isinstance(dtypes, list) or not isinstance(recs, list):
+        dtypes, errors = meta.get("dtypes"), meta.get("errors")
+        if not isinstance(dtypes, list) or not isinstance(errors, dict):
             return None
         if not all(isinstance(d, str) and np.dtype(d).kind in "biufc" for d in dtypes):
             return None
-        shards = []
-        for r in recs:
-            if not (isinstance(r, list) and len(r) == 6):
-                return None
-            name, size, mtime, count, indexed, err = r
-            ints = (size, mtime, count, indexed)
-            if (
-                not isinstance(name, str)
-                or not SHARD_RE.match(name)
-                or not all(isinstance(x, int) and not isinstance(x, bool) for x in ints)
-                or count < 0
-                or not (err is None or (isinstance(err, str) and count == 0))
-            ):
-                return None
-            shards.append(ShardRec(name, size, mtime, count, bool(indexed), err))
+        blob = a["shard_names"].tobytes().decode("utf-8")
+        names = blob.split("\0") if blob else []
+        stat = a["shard_stat"]
+        if len(stat) != 4 * len(names) or not all(map(SHARD_RE.match, names)):
+            return None
+        stat = stat.reshape(-1, 4)
+        if ((stat[:, 2] < 0) | (stat[:, 3] < 0) | (stat[:, 3] > 1)).any():
+            return None  # negative counts, "indexed" flags other than 0 and 1
+        if not all(isinstance(e, str) for e in errors.values()) or not set(errors) <= set(names):
+            return None
+        shards = [
+            ShardRec(name, size, mtime, count, bool(indexed), errors.get(name))
+            for name, (size, mtime, count, indexed) in zip(names, stat.tolist(), strict=True)
+        ]
+        if any(s.error is not None and s.count for s in shards):
+            return None
         names = [s.name for s in shards]
         if names != sorted(set(names)):
             return None
@@ -360,22 +323,14 @@ class SetIndex:
                 continue
             raw = c.get("raw") if isinstance(c.get("raw"), dict) else {}
             wat = wat_all.get(name) if isinstance(wat_all.get(name), dict) else {}
-            lst = ShardListing(ids=ids, offset=[], shape=[], dtype=[], written_at=[])
+            rows = []
             for vid in ids:
                 lay = raw.get(vid)
-                if _valid_legacy_layout(lay):
-                    lst.offset.append(lay[0])
-                    lst.shape.append(tuple(lay[1]))
-                    lst.dtype.append(lay[2])
-                else:
-                    lst.offset.append(-1)
-                    lst.shape.append(None)
-                    lst.dtype.append(None)
+                ok = _valid_legacy_layout(lay)
                 t = wat.get(vid, math.nan)
-                lst.written_at.append(
-                    -math.inf if t is None else t if isinstance(t, int | float) else math.nan
-                )
-            parts.append((ShardRec(name, size, mtime), lst))
+                t = -math.inf if t is None else t if isinstance(t, int | float) else math.nan
+                rows.append((lay[0] if ok else -1, (tuple(lay[1]), lay[2]) if ok else None, t))
+            parts.append((ShardRec(name, size, mtime), _listing(ids, rows, indexed=False)))
         return cls.assemble(parts)
 
 
