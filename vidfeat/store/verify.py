@@ -242,7 +242,8 @@ def _index_mismatch(raw: Any, ids: list[str], found: dict, res: _ShardResult) ->
     listing = decode_shard_index(raw)
     if listing is None:
         return "it cannot be decoded"
-    res.index_wat = dict(zip(listing.ids, listing.written_at, strict=True))
+    rows = listing.rows()
+    res.index_wat = {v: w for v, _, _, w in rows}
     parts = []
     only_index = set(listing.ids) - set(ids)
     only_groups = set(ids) - set(listing.ids)
@@ -251,9 +252,7 @@ def _index_mismatch(raw: Any, ids: list[str], found: dict, res: _ShardResult) ->
     if only_groups:
         parts.append(f"ids only in the groups: {_few(only_groups, 5)}")
     diff = []
-    for vid, off, shape, dtype in zip(
-        listing.ids, listing.offset, listing.shape, listing.dtype, strict=True
-    ):
+    for vid, off, (shape, dtype), _ in rows:
         got = found.get(vid)
         if got is not None and got != (off, shape, dtype):
             diff.append(
@@ -509,23 +508,26 @@ def store_info(root: str | Path) -> list[dict]:
             )
             continue
         try:
-            done = fs.completed_ids()
             failed = {r["video_id"] for r in fs.failures()}
-            size = 0
-            for p in d.iterdir():
-                with contextlib.suppress(OSError):
-                    if p.is_file():
-                        size += p.stat().st_size
+            size = partials = 0
+            with os.scandir(d) as it:  # one pass: a set may hold tens of thousands of files
+                for e in it:
+                    with contextlib.suppress(OSError):
+                        if e.is_file():
+                            size += e.stat().st_size
+                            partials += e.name.endswith(".h5.partial") and e.name.startswith(
+                                "part-"
+                            )
             rows.append(
                 {
                     "name": name,
                     "config": fs.config,
-                    "videos": len(done),
+                    "videos": len(fs),
                     "bytes": size,
-                    "shards": len(fs.shards()),
+                    "shards": len(fs._names),  # the completed shards the set was opened with
                     "bad_shards": len(fs.bad_shards()),
-                    "failures": len(failed - done),
-                    "partials": len(list(d.glob("part-*.h5.partial"))),
+                    "failures": sum(v not in fs for v in failed),
+                    "partials": partials,
                     "duplicates": len(fs.duplicates()),
                 }
             )
