@@ -67,6 +67,8 @@ def _shape_ok(shape: tuple[int, ...], want: Any) -> bool:
         return True
     if len(shape) != len(want):
         return False
+    if tuple(want) == shape:
+        return True
     return all(w is None or w == -1 or int(w) == s for s, w in zip(shape, want, strict=True))
 
 
@@ -379,23 +381,30 @@ def _verify_set(
     shards = [n for n, _ in _shard_files(d)]
     tasks = [(name, str(d), n, want) for n in shards]
     results = {r.name: r for r in _run(tasks, _workers(len(tasks), workers))}
-    copies: dict[str, list[str]] = {}
+    done: set[str] = set()
+    multi: set[str] = set()
     for shard in shards:
         r = results[shard]
         counts["shards"] += 1
         counts["bad_shards"] += not r.opened
         counts["unindexed_shards"] += r.opened and not r.indexed
         rep.problems.extend(r.problems)
-        for vid in r.ids:
-            copies.setdefault(vid, []).append(shard)
+        if not done.isdisjoint(r.ids):
+            multi.update(done.intersection(r.ids))
+        done.update(r.ids)
+    copies: dict[str, list[str]] = {}  # the shards of ids stored more than once
+    if multi:
+        for shard in shards:
+            for v in multi.intersection(results[shard].ids):
+                copies.setdefault(v, []).append(shard)
     if counts["unindexed_shards"]:
         rep.notes.append(
             f"set {name!r}: {counts['unindexed_shards']} shard(s) carry no index (written by "
             "vidfeat before shards did): readers list their groups instead, which is slower "
             "on the first open"
         )
-    counts["videos"] = len(copies)
-    dups = {v: s for v, s in copies.items() if len(s) > 1}
+    counts["videos"] = len(done)
+    dups = copies
     counts["duplicates"] = len(dups)
     _check_duplicate_times(d, name, dups, results, rep)
     if dups:
@@ -417,7 +426,6 @@ def _verify_set(
                 "not in the set. The next extraction run removes it (or delete it)"
             )
     failed = {r["video_id"] for r in read_failures(d)}
-    done = set(copies)
     counts["failed"] = len(failed - done)
     both = failed & done
     if both:
