@@ -203,7 +203,7 @@ def child(kind: str, set_dir: Path, arg: str) -> dict:
     raise SystemExit(f"unknown child {kind}")
 
 
-def reads(set_dir: Path, rev: str, n: int = 10_000, rounds: int = 11) -> dict:
+def reads(set_dir: Path, rev: str, n: int = 10_000, rounds: int = 21) -> dict:
     """Random ``features(id)`` reads, this reader vs the baseline's on the same ids (both warm:
     indexes cached, files in the page cache after a first pass), in rounds alternating which
     goes first; the ratio is the median of the rounds' ratios (robust to a machine whose
@@ -213,7 +213,8 @@ def reads(set_dir: Path, rev: str, n: int = 10_000, rounds: int = 11) -> dict:
     new = FeatureSet(set_dir)
     mod = load_baseline(rev)
     old = mod.FeatureSet(set_dir) if mod is not None else None
-    ids = random.Random(0).sample(new.ids(), min(n, len(new)))
+    rng = random.Random(0)
+    ids = rng.sample(new.ids(), n) if len(new) >= n else rng.choices(new.ids(), k=n)
     for i in ids:
         a = new.features(i)
         if old is not None:
@@ -369,6 +370,7 @@ def measure_set(root: Path, name: str, n: int, rev: str, full: bool) -> dict:
         fig["formats"] = run_child("formats", d)
         fig["index_mb"] = fig["formats"]["npz_mb"]
         fig["plan"] = run_child("plan", d, str(n))
+        fig["load_before_verify"] = os.getloadavg()[0]
         fig["verify_s"], out = run_cli("store", "verify", str(root))
         assert "OK: no problems found" in out, out
         fig["verify_out"] = out.strip().splitlines()[0]
@@ -432,7 +434,11 @@ def report(name: str, fig: dict, write_s: float | None, shape: tuple[int, ...]) 
     if "read_ratio" in s:
         row("  reads: this code / today", "read_ratio", s["read_ratio"])
     if "verify_s" in s:
-        row("vidfeat store verify (s)", "verify_s", s["verify_s"])
+        row(
+            f"vidfeat store verify (s) [load {fig['load_before_verify']:.1f}]",
+            "verify_s",
+            s["verify_s"],
+        )
         row("vidfeat store info (s)", "info_s", s["info_s"])
     if "resume_plan_s" in s:
         row(f"resume plan of {fig['videos']:,} ids (s)", "resume_plan_s", s["resume_plan_s"])
@@ -475,6 +481,7 @@ def main() -> None:
         help="concurrent writing jobs (default: 2, or 1 on one CPU)",
     )
     ap.add_argument("--big", action="store_true", help="also 100k videos of 25x2048 (~20 GB)")
+    ap.add_argument("--big-videos", type=int, help="videos of the --big set (default 100,000)")
     ap.add_argument("--baseline", default=BASELINE, help="git revision of today's reader")
     ap.add_argument("--keep", type=Path, help="write the store here and keep it")
     ap.add_argument("--reuse", action="store_true", help="with --keep: measure the store there")
@@ -487,8 +494,9 @@ def main() -> None:
         return
 
     t_all = time.perf_counter()
+    load0 = os.getloadavg()[0]
     n = args.videos or (50_000 if args.quick else 500_000)
-    n_big = 10_000 if args.quick else 100_000
+    n_big = args.big_videos or (10_000 if args.quick else 100_000)
     base = args.keep or Path(tempfile.mkdtemp(prefix="vidfeat-bench-store-"))
     root = base / "store"
     out: dict = {"videos": n, "shard_videos": args.shard_videos, "baseline": args.baseline}
@@ -521,7 +529,8 @@ def main() -> None:
     lines += [
         "",
         f"targets met: {'all' if not misses else 'all but ' + ', '.join(misses)}; "
-        f"bench took {took / 60:.1f} min",
+        f"bench took {took / 60:.1f} min; 1-minute load average {load0:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end, on {len(os.sched_getaffinity(0))} CPUs",
     ]
     out["took_s"] = took
     print("\n".join(lines))

@@ -15,8 +15,9 @@ microseconds through the sqlite3 module (slower than the ``pread`` it precedes) 
 ids (the resume point) no faster.
 
 The cache is untrusted: anything malformed (wrong types, lengths, codes out of range) makes
-:meth:`SetIndex.load` return None and the reader rebuilds it. An offset that is well-formed
-but wrong is caught when reading (a short read is an error, never a short array).
+:meth:`SetIndex.load` return None and the reader rebuilds it; an offset past the end of its
+shard is an error when read (never a short array). ``vidfeat store verify`` checks the
+shards themselves, not this cache.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from vidfeat.store.paths import _fsync_path, _tmp_name, _write_all
-from vidfeat.store.shardindex import ShardListing, _listing
+from vidfeat.store.shardindex import ShardListing, listing_from_rows
 
 INDEX_FILE = ".index.npz"
 INDEX_FORMAT = 3  # 3: numpy columns (.index.npz); 2 was .index.json
@@ -330,7 +331,7 @@ class SetIndex:
                 t = wat.get(vid, math.nan)
                 t = -math.inf if t is None else t if isinstance(t, int | float) else math.nan
                 rows.append((lay[0] if ok else -1, (tuple(lay[1]), lay[2]) if ok else None, t))
-            parts.append((ShardRec(name, size, mtime), _listing(ids, rows, indexed=False)))
+            parts.append((ShardRec(name, size, mtime), listing_from_rows(ids, rows, indexed=False)))
         return cls.assemble(parts)
 
 

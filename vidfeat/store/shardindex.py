@@ -108,7 +108,9 @@ class ShardListing:
         ]
 
 
-def _listing(ids, rows, indexed: bool) -> ShardListing:
+def listing_from_rows(
+    ids: list[str], rows: list[tuple[int, Layout | None, float]], indexed: bool
+) -> ShardListing:
     """A listing from ``(offset, layout or None, written_at)`` per id."""
     codes: dict[Layout, int] = {}
     code = [-1 if lay is None else codes.setdefault(lay, len(codes)) for _, lay, _ in rows]
@@ -271,4 +273,4 @@ def scan_groups(f: h5py.File) -> ShardListing:
                 off, shape, dtype = dataset_layout(ds)
                 lay = (shape, dtype)
         rows.append((off, lay, math.nan))
-    return _listing(ids, rows, indexed=False)
+    return listing_from_rows(ids, rows, indexed=False)
