@@ -181,6 +181,31 @@ def _check_video(
     return offset, shape, dtype.str
 
 
+def _links(root: Any) -> dict[bytes, list[bytes] | Exception]:
+    """The names linked in each video group of a shard (root name -> child names), listed in
+    one HDF5 visit; group by group when the visit fails, the error standing for the list of
+    a group that cannot be listed."""
+    names: list[bytes] = []
+    try:
+        root.links.visit(names.append)  # "vid", "vid/features", "vid/scores", ...
+    except Exception:  # noqa: BLE001 - a broken group somewhere
+        out: dict[bytes, list[bytes] | Exception] = {}
+        for n in root:
+            try:
+                g = h5o.open(root, n)
+                out[n] = list(g) if isinstance(g, h5g.GroupID) else []
+            except Exception as exc:  # noqa: BLE001 - reported for this video
+                out[n] = exc
+        return out
+    groups: dict[bytes, list[bytes] | Exception] = {}
+    for n in names:
+        vid, _, child = n.partition(b"/")
+        kids = groups.setdefault(vid, [])
+        if child and b"/" not in child:
+            kids.append(child)  # type: ignore[union-attr]
+    return groups
+
+
 def _verify_shard(set_name: str, d: str, shard: str, want: tuple) -> _ShardResult:
     """Check every video of one shard against set.json (``want``: feature_shape, dtype,
     storage_dtype) and the shard's index against its groups."""
@@ -201,19 +226,7 @@ def _verify_shard(set_name: str, d: str, shard: str, want: tuple) -> _ShardResul
             fd = os.open(path, os.O_RDONLY)
             stack.callback(os.close, fd)
         root = h5g.open(fid, b"/")
-        # every link name of the shard in one call: "vid", "vid/features", "vid/scores", ...
-        names: list[bytes] = []
-        try:
-            root.links.visit(names.append)
-        except Exception:  # noqa: BLE001 - a broken group somewhere: list the videos alone
-            names = list(root)
-        groups: dict[bytes, list[bytes]] = {}
-        for n in names:
-            vid, _, child = n.partition(b"/")
-            kids = groups.setdefault(vid, [])
-            if child and b"/" not in child:
-                kids.append(child)
-        for bvid, children in groups.items():
+        for bvid, children in _links(root).items():
             vid = bvid.decode("utf-8", "surrogateescape")
             res.ids.append(vid)
 
@@ -221,6 +234,8 @@ def _verify_shard(set_name: str, d: str, shard: str, want: tuple) -> _ShardResul
                 return f"set {set_name!r}, video {vid!r} ({shard})"
 
             try:
+                if isinstance(children, Exception):
+                    raise children
                 lay = _check_video(root, bvid, children, fd, (want, dtypes, where), res.problems)
                 if lay is not None:
                     found[vid] = lay
