@@ -101,6 +101,7 @@ class FeatureSet:
 
     def __init__(self, set_dir: str | Path, *, max_open: int = 32, read_only: bool = False) -> None:
         self.dir = Path(set_dir)
+        self._dir_str = str(self.dir)
         self.name = self.dir.name
         try:
             self.config: dict = _read_set_json(self.dir / SET_JSON, self.name)
@@ -289,7 +290,8 @@ class FeatureSet:
         if fd is not None:
             self._fds.move_to_end(shard)
             return fd
-        fd = os.open(self.dir / shard, os.O_RDONLY)
+        # a str path, not dir / shard: pathlib's parsing is a tenth of a random read
+        fd = os.open(os.path.join(self._dir_str, shard), os.O_RDONLY)
         st = os.fstat(fd)
         if (st.st_size, st.st_mtime_ns) != self._stat.get(shard):
             os.close(fd)
