@@ -434,3 +434,22 @@ def test_refresh_sees_new_shards_and_pickled_sets_read(tmp_path):
     assert clone._fds == {} and clone._handles == {}
     np.testing.assert_array_equal(clone.features("a"), a)
     np.testing.assert_array_equal(clone.get("b")[0], b)
+
+
+def test_verify_finds_nan_and_inf_in_contiguous_arrays_of_any_size_and_dtype(tmp_path):
+    # the raw float features of a shard are checked in one read: small arrays of several
+    # dtypes gathered, big ones one by one; each bad array is reported with its counts
+    d = new_set(tmp_path, config={**CONFIG, "dtype": None, "feature_shape": None})
+    good32, good16 = np.zeros((4, 8), np.float32), np.zeros((4, 8), np.float16)
+    big = np.zeros((4, 2000), np.float32)  # 32 KB: past the gather size
+    videos = {"a": good32, "b": good16, "c": good32.copy(), "d": good16.copy(), "e": big.copy()}
+    videos["c"][1, 1] = np.nan
+    videos["d"][0, :3] = np.inf
+    videos["e"][3, 1999] = -np.inf
+    videos["f"] = big.copy()
+    write(d, "j", videos, compression=None)
+    rep = verify_store(tmp_path)
+    bad = {p.split("video ")[1].split(" ")[0]: p for p in rep.problems}
+    assert sorted(bad) == ["'c'", "'d'", "'e'"], rep.problems
+    assert "holds 1 NaN values" in bad["'c'"] and "holds 3 Inf values" in bad["'d'"]
+    assert "holds 1 Inf values" in bad["'e'"]

@@ -33,8 +33,10 @@ Modules, each importing only those listed above it (no import cycles)::
     setindex    SetIndex: every copy of every video as numpy columns, cached in .index.npz
     reader      FeatureSet: the set index kept current, duplicates, the pread fast path
     sets        set identity (identity, is_informational, config comparison) and FeatureStore
+    shardcheck  checking one shard for verify (videos, NaN/Inf, its index against its groups),
+                in worker processes for large stores
     verify      VerifyReport, verify_store, store_info and their text (format_verify,
-                format_info); checks each shard's index against its groups
+                format_info)
 
 Callers import from ``vidfeat.store``: every public name is re-exported here. The store may
 import only :mod:`vidfeat.errors`, :mod:`vidfeat.provenance`, numpy and h5py (and the standard

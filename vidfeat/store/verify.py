@@ -6,23 +6,13 @@ bytes and failures per set (``vidfeat store info``); ``format_*`` render both as
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import pickle
-import subprocess
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import h5py
-import numpy as np
-from h5py import h5a, h5d, h5g, h5o
 
 from vidfeat.errors import StoreError
 from vidfeat.store.paths import (
-    FEATURES,
     SET_JSON,
     StoreWarning,
     _h5open,
@@ -31,13 +21,9 @@ from vidfeat.store.paths import (
 )
 from vidfeat.store.reader import FeatureSet, _shard_files
 from vidfeat.store.sets import FeatureStore, _fmt_value
-from vidfeat.store.shardindex import (
-    decode_shard_index,
-    open_shard,
-    read_index_attr,
-    written_at_value,
-)
-from vidfeat.store.writer import FLOAT16_FROM, read_failures
+from vidfeat.store.shardcheck import FIX, few, run_checks, workers_for
+from vidfeat.store.shardindex import written_at_value
+from vidfeat.store.writer import read_failures
 
 
 @dataclass
@@ -54,297 +40,6 @@ class VerifyReport:
     def ok(self) -> bool:
         """True when no problem was found."""
         return not self.problems
-
-
-def _few(items, n: int = 10) -> str:
-    items = sorted(items)
-    s = ", ".join(repr(x) for x in items[:n])
-    return s + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
-
-
-def _shape_ok(shape: tuple[int, ...], want: Any) -> bool:
-    if not isinstance(want, list | tuple):
-        return True
-    if len(shape) != len(want):
-        return False
-    if tuple(want) == shape:
-        return True
-    return all(w is None or w == -1 or int(w) == s for s, w in zip(shape, want, strict=True))
-
-
-def _check_array(a: np.ndarray) -> str | None:
-    if a.dtype.kind not in "fc":
-        return None
-    finite = np.isfinite(a)
-    if finite.all():
-        return None
-    n_nan = int(np.isnan(a).sum())
-    n_inf = int(a.size - finite.sum()) - n_nan
-    parts = [f"{n_nan} NaN"] if n_nan else []
-    parts += [f"{n_inf} Inf"] if n_inf else []
-    return " and ".join(parts)
-
-
-_FIX = "delete that shard and run the extraction again (completed videos are skipped)"
-
-
-@dataclass
-class _ShardResult:
-    """What checking one shard found (built in a worker process for large stores)."""
-
-    name: str
-    opened: bool = True
-    ids: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    indexed: bool = False
-    index_wat: dict[str, float] = field(default_factory=dict)
-
-
-class _Dtypes:
-    """numpy dtypes of HDF5 types, converted once per distinct type (h5py's conversion costs
-    more than opening the dataset)."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[Any, np.dtype]] = []
-
-    def __call__(self, did: h5d.DatasetID) -> np.dtype:
-        tid = did.get_type()
-        for t, dt in self.seen:
-            if t == tid:  # H5Tequal
-                return dt
-        dt = did.dtype
-        self.seen.append((tid, dt))
-        return dt
-
-
-def _read_array(did: h5d.DatasetID, fd: int | None, offset: int, shape, dtype) -> np.ndarray:
-    if offset >= 0 and fd is not None:
-        n = dtype.itemsize * math.prod(shape)
-        buf = os.pread(fd, n, offset)
-        if len(buf) != n:
-            raise StoreError(f"the file ends {n - len(buf)} bytes before the array does")
-        return np.frombuffer(buf, dtype).reshape(shape)
-    return h5py.Dataset(did)[()]
-
-
-_F = FEATURES.encode()
-
-
-def _check_video(
-    root: Any, vid: bytes, children: list[bytes], fd: int | None, ctx: tuple, out: list[str]
-) -> tuple[int, tuple[int, ...], str] | None:
-    """Check one video (``children``: the names linked in its group); returns the layout of
-    its features for the index comparison.
-
-    Low-level h5py throughout, each dataset opened by its path: on shards of small videos
-    the high-level objects cost several times the HDF5 work, and verify opens them all."""
-    (want_shape, want_dtype, storage), dtypes, where = ctx
-    try:
-        did = h5o.open(root, vid + b"/" + _F) if _F in children else None
-    except KeyError:
-        did = None
-    if not isinstance(did, h5d.DatasetID):
-        out.append(f"{where()}: no '{FEATURES}' dataset; {_FIX}")
-        return None
-    shape = did.get_space().get_simple_extent_dims() or ()
-    dtype = dtypes(did)
-    offset = -1
-    if dtype.kind in "fiub" and math.prod(shape) > 0:
-        got = did.get_offset()  # None unless contiguous and allocated (never when chunked)
-        offset = -1 if got is None else int(got)
-    if not _shape_ok(shape, want_shape):
-        out.append(
-            f"{where()}: features have shape {list(shape)}, set.json says {want_shape}; {_FIX}"
-        )
-    if want_dtype is not None and dtype != np.dtype(want_dtype):
-        narrowed = dtype == np.float16 and (
-            storage == "float16" or h5a.exists(did, FLOAT16_FROM.encode())
-        )
-        if not narrowed:
-            out.append(f"{where()}: features are {dtype}, set.json says {want_dtype}; {_FIX}")
-    for dname in children:
-        obj = did if dname == _F else h5o.open(root, vid + b"/" + dname)
-        if not isinstance(obj, h5d.DatasetID):
-            continue
-        dt = dtype if obj is did else dtypes(obj)
-        if dt.kind in "fc":
-            if obj is did:
-                arr = _read_array(did, fd, offset, shape, dtype)
-            else:
-                arr = h5py.Dataset(obj)[()]
-            bad = _check_array(arr)
-            if bad:
-                out.append(
-                    f"{where()}: '{dname.decode()}' holds {bad} values; check the input video "
-                    f"and model, then {_FIX}"
-                )
-    return offset, shape, dtype.str
-
-
-def _links(root: Any) -> dict[bytes, list[bytes] | Exception]:
-    """The names linked in each video group of a shard (root name -> child names), listed in
-    one HDF5 visit; group by group when the visit fails, the error standing for the list of
-    a group that cannot be listed."""
-    names: list[bytes] = []
-    try:
-        root.links.visit(names.append)  # "vid", "vid/features", "vid/scores", ...
-    except Exception:  # noqa: BLE001 - a broken group somewhere
-        out: dict[bytes, list[bytes] | Exception] = {}
-        for n in root:
-            try:
-                g = h5o.open(root, n)
-                out[n] = list(g) if isinstance(g, h5g.GroupID) else []
-            except Exception as exc:  # noqa: BLE001 - reported for this video
-                out[n] = exc
-        return out
-    groups: dict[bytes, list[bytes] | Exception] = {}
-    for n in names:
-        vid, _, child = n.partition(b"/")
-        kids = groups.setdefault(vid, [])
-        if child and b"/" not in child:
-            kids.append(child)  # type: ignore[union-attr]
-    return groups
-
-
-def _verify_shard(set_name: str, d: str, shard: str, want: tuple) -> _ShardResult:
-    """Check every video of one shard against set.json (``want``: feature_shape, dtype,
-    storage_dtype) and the shard's index against its groups."""
-    res = _ShardResult(shard)
-    path = Path(d) / shard
-    try:
-        fid = open_shard(path)
-    except Exception as exc:  # noqa: BLE001
-        res.opened = False
-        res.problems.append(f"set {set_name!r}: shard {shard} cannot be opened ({exc}); {_FIX}")
-        return res
-    dtypes = _Dtypes()
-    found: dict[str, tuple[int, tuple[int, ...], str]] = {}
-    with contextlib.ExitStack() as stack:
-        stack.callback(fid.close)
-        fd: int | None = None
-        with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY)
-            stack.callback(os.close, fd)
-        root = h5g.open(fid, b"/")
-        for bvid, children in _links(root).items():
-            vid = bvid.decode("utf-8", "surrogateescape")
-            res.ids.append(vid)
-
-            def where(vid: str = vid) -> str:
-                return f"set {set_name!r}, video {vid!r} ({shard})"
-
-            try:
-                if isinstance(children, Exception):
-                    raise children
-                lay = _check_video(root, bvid, children, fd, (want, dtypes, where), res.problems)
-                if lay is not None:
-                    found[vid] = lay
-            except Exception as exc:  # noqa: BLE001 - report and go on with the next video
-                res.problems.append(f"{where()}: cannot be read ({exc}); {_FIX}")
-        raw = read_index_attr(fid)
-        if raw is not None:
-            res.indexed = True
-            mismatch = _index_mismatch(raw, res.ids, found, res)
-            if mismatch:
-                res.problems.append(
-                    f"set {set_name!r}: the index of shard {shard} does not match its groups "
-                    f"({mismatch}): the shard was changed after it was completed, or is "
-                    f"corrupt; readers may return wrong arrays: {_FIX}"
-                )
-    return res
-
-
-def _index_mismatch(raw: Any, ids: list[str], found: dict, res: _ShardResult) -> str:
-    """How a shard's index differs from its groups ('' when it matches)."""
-    listing = decode_shard_index(raw)
-    if listing is None:
-        return "it cannot be decoded"
-    rows = listing.rows()
-    res.index_wat = {v: w for v, _, _, w in rows}
-    parts = []
-    only_index = set(listing.ids) - set(ids)
-    only_groups = set(ids) - set(listing.ids)
-    if only_index:
-        parts.append(f"ids only in the index: {_few(only_index, 5)}")
-    if only_groups:
-        parts.append(f"ids only in the groups: {_few(only_groups, 5)}")
-    diff = []
-    for vid, off, (shape, dtype), _ in rows:
-        got = found.get(vid)
-        if got is not None and got != (off, shape, dtype):
-            diff.append(
-                f"{vid!r}: offset {off}, shape {list(shape)}, {dtype} in the index but "
-                f"{got[0]}, {list(got[1])}, {got[2]} in the file"
-            )
-    if diff:
-        parts.append(f"{len(diff)} layout(s) differ: " + "; ".join(diff[:3]))
-    return "; ".join(parts)
-
-
-def _verify_shards(tasks: list[tuple[str, str, str, tuple]]) -> list[_ShardResult]:
-    """Check a batch of shards (the unit of work of a worker process)."""
-    return [_verify_shard(*t) for t in tasks]
-
-
-def _workers(n_shards: int, workers: int | None) -> int:
-    if workers is not None:
-        return max(1, int(workers))
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    # a worker process costs ~0.5 s to start: only worth it for hundreds of shards
-    return max(1, min(cpus, 8, n_shards // 200))
-
-
-# A worker is a fresh interpreter running this, fed pickled (sys.path, tasks) on stdin: unlike
-# multiprocessing's spawn it never re-imports the caller's __main__ (an unguarded script
-# calling verify_store would run again in each worker), and unlike fork it copies no threads
-# or HDF5 state of the caller.
-_WORKER = (
-    "import pickle, sys\n"
-    "path, tasks = pickle.load(sys.stdin.buffer)\n"
-    "sys.path[:0] = [p for p in path if p not in sys.path]\n"
-    "from vidfeat.store.verify import _verify_shards\n"
-    "sys.stdout.buffer.write(pickle.dumps(_verify_shards(tasks)))\n"
-)
-
-
-def _run(tasks: list[tuple[str, str, str, tuple]], workers: int) -> list[_ShardResult]:
-    """Check shards, in ``workers`` processes when more than one (interleaved shares so
-    each gets alike shards); a share whose worker fails is checked here instead."""
-    workers = min(workers, len(tasks))
-    if workers <= 1:
-        return _verify_shards(tasks)
-    shares = [tasks[i::workers] for i in range(workers)]
-    procs: list[subprocess.Popen | None] = []
-    for share in shares:
-        p = None
-        try:
-            p = subprocess.Popen(
-                [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-            )
-            p.stdin.write(pickle.dumps((sys.path, share)))  # type: ignore[union-attr]
-            p.stdin.close()  # type: ignore[union-attr]
-        except OSError:  # cannot start (or it died at once): this process checks the share
-            if p is not None:
-                p.kill()
-                p.wait()
-            p = None
-        procs.append(p)
-    by_name: dict[str, _ShardResult] = {}
-    for p, share in zip(procs, shares, strict=True):
-        got = None
-        if p is not None:
-            data = p.stdout.read()  # type: ignore[union-attr]
-            p.stdout.close()  # type: ignore[union-attr]
-            if p.wait() == 0:
-                with contextlib.suppress(Exception):
-                    got = pickle.loads(data)
-        if got is None:
-            got = _verify_shards(share)
-        by_name.update((r.name, r) for r in got)
-    return [by_name[t[2]] for t in tasks]
 
 
 def _check_duplicate_times(
@@ -368,7 +63,7 @@ def _check_duplicate_times(
                 rep.problems.append(
                     f"set {name!r}: the index of shard {shard} records written_at "
                     f"{r.index_wat[vid]} for duplicated id {vid!r}, its group has {t}: "
-                    f"readers may pick the wrong copy; {_FIX}"
+                    f"readers may pick the wrong copy; {FIX}"
                 )
 
 
@@ -395,7 +90,7 @@ def _verify_set(
     want = (cfg.get("feature_shape"), cfg.get("dtype"), cfg.get("storage_dtype"))
     shards = [n for n, _ in _shard_files(d)]
     tasks = [(name, str(d), n, want) for n in shards]
-    results = {r.name: r for r in _run(tasks, _workers(len(tasks), workers))}
+    results = {r.name: r for r in run_checks(tasks, workers_for(len(tasks), workers))}
     done: set[str] = set()
     multi: set[str] = set()
     for shard in shards:
@@ -445,7 +140,7 @@ def _verify_set(
     both = failed & done
     if both:
         rep.notes.append(
-            f"set {name!r}: {len(both)} id(s) failed once and were extracted later: {_few(both)}"
+            f"set {name!r}: {len(both)} id(s) failed once and were extracted later: {few(both)}"
         )
     if expect_ids is not None:
         missing = set(expect_ids) - done
@@ -453,14 +148,14 @@ def _verify_set(
         if missing:
             why = f" ({len(missing & failed)} of them failed: see failures-*.jsonl)"
             rep.problems.append(
-                f"set {name!r}: {len(missing)} expected id(s) missing: {_few(missing)}"
+                f"set {name!r}: {len(missing)} expected id(s) missing: {few(missing)}"
                 f"{why if missing & failed else ''}; run the extraction for this list again "
                 "(add --retry-failed for the failed ones)"
             )
         if unexpected:
             rep.problems.append(
                 f"set {name!r}: {len(unexpected)} id(s) not in the expected list: "
-                f"{_few(unexpected)}; check that --videos is the list this set was extracted from"
+                f"{few(unexpected)}; check that --videos is the list this set was extracted from"
             )
 
 
