@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import vidfeat.store.reader as store_mod
+import vidfeat.store.setindex as setindex_mod
 from vidfeat.errors import ConfigError, StoreError
 from vidfeat.store import (
     FailureLog,
@@ -56,6 +57,27 @@ def write(set_dir: Path, job: str, videos: dict[str, np.ndarray], **kw) -> list[
 
 def leftovers(set_dir: Path) -> list[str]:
     return sorted(p.name for p in set_dir.iterdir() if ".partial" in p.name)
+
+
+INDEX = store_mod.INDEX_FILE  # the set index cache, .index.npz
+
+
+def load_cache(set_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(set_dir / INDEX) as z:
+        return {k: z[k] for k in z.files}
+
+
+def cache_meta(cache: dict[str, np.ndarray]) -> dict:
+    return json.loads(cache["meta"].tobytes())
+
+
+def cache_rows(cache: dict[str, np.ndarray]) -> dict[str, int]:
+    return {v: i for i, v in enumerate(cache["ids"].tobytes().decode().split("\0"))}
+
+
+def save_cache(set_dir: Path, cache: dict[str, np.ndarray]) -> None:
+    with open(set_dir / INDEX, "wb") as fh:
+        np.savez(fh, **cache)
 
 
 # --------------------------------------------------------------------------- round trip
@@ -451,7 +473,7 @@ def test_index_cache_reused_and_rebuilt_on_changes(tmp_path, monkeypatch):
     d = new_set(tmp_path)
     write(d, "a", {"a0": feats(rng), "a1": feats(rng)})
     assert FeatureSet(d).ids() == ["a0", "a1"]
-    assert (d / ".index.json").exists()
+    assert (d / INDEX).exists()
 
     scans: list[str] = []
     real_scan = store_mod._scan_shard
@@ -477,9 +499,9 @@ def test_index_cache_reused_and_rebuilt_on_changes(tmp_path, monkeypatch):
     assert FeatureSet(d).ids() == ["a0", "a1", "a9", "b0"]
     assert scans == ["part-a-0.h5"]
 
-    (d / ".index.json").write_text("{ torn")
+    (d / INDEX).write_text("{ torn")
     assert FeatureSet(d).ids() == ["a0", "a1", "a9", "b0"]
-    assert json.loads((d / ".index.json").read_text())["format"] == store_mod.INDEX_FORMAT
+    assert cache_meta(load_cache(d))["format"] == store_mod.INDEX_FORMAT
 
     shard.unlink()
     assert FeatureSet(d).ids() == ["b0"]
@@ -491,18 +513,30 @@ def test_raw_reads_check_the_shard_and_the_cached_layouts(tmp_path):
     a0, a1 = feats(rng), feats(rng)
     write(d, "a", {"a0": a0, "a1": a1})
     FeatureSet(d)  # writes the index
-    cache = json.loads((d / ".index.json").read_text())
+    cache = load_cache(d)
     shard = d / "part-a-0.h5"
-    assert set(cache["shards"]["part-a-0.h5"]["raw"]) == {"a0", "a1"}
-    # the cache is untrusted: malformed layouts are ignored (h5py reads those videos), and one
-    # pointing past the end of the file is an error, never a short array
-    cache["shards"]["part-a-0.h5"]["raw"] = {"a0": ["0", [4, 8], "<f4"], "a1": [0, [10**8], "<f4"]}
-    (d / ".index.json").write_text(json.dumps(cache))
+    rows = cache_rows(cache)
+    assert set(rows) == {"a0", "a1"} and (cache["offset"] >= 0).all()
+    # the cache is untrusted: a malformed one is ignored (rebuilt from the shards), and an
+    # offset pointing past the end of the file is an error, never a short array
+    bad = {**cache, "offset": cache["offset"].copy()}
+    bad["offset"][rows["a0"]] = -7
+    save_cache(d, bad)
+    fs = FeatureSet(d)
+    np.testing.assert_array_equal(fs.features("a0"), a0)
+    np.testing.assert_array_equal(fs.features("a1"), a1)
+    assert (load_cache(d)["offset"] >= 0).all()  # rebuilt
+    huge = {**cache, "layout": cache["layout"].copy()}
+    huge["lay_ndim"] = np.append(cache["lay_ndim"], np.int16(1))
+    huge["lay_dims"] = np.append(cache["lay_dims"], np.int64(10**8))
+    huge["lay_dtype"] = np.append(cache["lay_dtype"], cache["lay_dtype"][0])
+    huge["layout"][rows["a1"]] = len(cache["lay_ndim"])
+    save_cache(d, huge)
     fs = FeatureSet(d)
     np.testing.assert_array_equal(fs.features("a0"), a0)
     with pytest.raises(StoreError, match="shorter than its index says"):
         fs.features("a1")
-    (d / ".index.json").unlink()
+    (d / INDEX).unlink()
     fs, fresh = FeatureSet(d), FeatureSet(d)
     np.testing.assert_array_equal(fs.features("a1"), a1)
     # a shard replaced behind a reader: one that has it open keeps reading its snapshot (as
@@ -526,10 +560,10 @@ def test_reader_works_when_cache_cannot_be_written(tmp_path, monkeypatch):
     def read_only(*_a, **_k):
         raise PermissionError(13, "Read-only file system")
 
-    monkeypatch.setattr(store_mod, "_atomic_write_json", read_only)
+    monkeypatch.setattr(setindex_mod.SetIndex, "save", read_only)
     fs = FeatureSet(d)
     np.testing.assert_array_equal(fs.get("x")[0], np.ones(3))
-    assert not (d / ".index.json").exists()
+    assert not (d / INDEX).exists()
 
 
 # --------------------------------------------------------------------------- duplicates

@@ -7,7 +7,11 @@ Layout (see DESIGN.md, "Store format")::
     STORE/<set>/part-<job>-<k>.h5.partial       the shard a live (or killed) job is writing
     STORE/<set>/part-<job>-<k>.h5.partial.lock  flock'ed by the writer while the partial is live
     STORE/<set>/failures-<job>.jsonl            one JSON line per failed video
-    STORE/<set>/.index.json                     cache: id -> shard (rebuilt when shards change)
+    STORE/<set>/.index.npz                      cache: id -> shard (updated when shards change)
+
+Each completed shard carries its own index, the root attribute ``vidfeat_index`` (ids, byte
+layout of ``features``, ``written_at``), written before the shard is renamed: opening a set
+reads one attribute per shard instead of every group. Shards written before that are scanned.
 
 Crash safety: a shard is written under a ``.partial`` name, closed, fsync'ed and only then
 renamed (``os.replace``) to its final name, so a kill -9 at any moment leaves every completed
@@ -22,12 +26,17 @@ exactly those.
 
 Modules, each importing only those listed above it (no import cycles)::
 
-    paths   names (video ids, set and job names), fsync / atomic JSON / HDF5-open helpers,
-            reading set.json, partial-shard locks and the cleanup of stale partials
-    writer  ShardWriter, FailureLog and read_failures, the codec of HDF5 attrs
-    reader  FeatureSet: the set index (shard scan, cached byte layouts), the pread fast path
-    sets    set identity (identity, is_informational, config comparison) and FeatureStore
-    verify  VerifyReport, verify_store, store_info and their text (format_verify, format_info)
+    paths       names (video ids, set and job names), fsync / atomic JSON / HDF5-open helpers,
+                reading set.json, partial-shard locks and the cleanup of stale partials
+    shardindex  the index each shard carries: encoding, decoding, the scan of older shards
+    writer      ShardWriter, FailureLog and read_failures, the codec of HDF5 attrs
+    setindex    SetIndex: every copy of every video as numpy columns, cached in .index.npz
+    reader      FeatureSet: the set index kept current, duplicates, the pread fast path
+    sets        set identity (identity, is_informational, config comparison) and FeatureStore
+    shardcheck  checking one shard for verify (videos, NaN/Inf, its index against its groups),
+                in worker processes for large stores
+    verify      VerifyReport, verify_store, store_info and their text (format_verify,
+                format_info)
 
 Callers import from ``vidfeat.store``: every public name is re-exported here. The store may
 import only :mod:`vidfeat.errors`, :mod:`vidfeat.provenance`, numpy and h5py (and the standard
@@ -43,6 +52,7 @@ from vidfeat.store.paths import (
     cleanup_stale_partials,
     partial_is_live,
 )
+from vidfeat.store.reader import INDEX_FILE as INDEX_FILE
 from vidfeat.store.reader import INDEX_FORMAT as INDEX_FORMAT
 from vidfeat.store.reader import INDEX_JSON as INDEX_JSON
 from vidfeat.store.reader import FeatureSet, MissingVideoError
@@ -50,6 +60,7 @@ from vidfeat.store.sets import COMPARED_WHEN_BOTH as COMPARED_WHEN_BOTH
 from vidfeat.store.sets import IMPLICIT_DEFAULTS as IMPLICIT_DEFAULTS
 from vidfeat.store.sets import INFORMATIONAL_SUFFIXES as INFORMATIONAL_SUFFIXES
 from vidfeat.store.sets import FeatureStore, identity, is_informational
+from vidfeat.store.shardindex import SHARD_INDEX_ATTR as SHARD_INDEX_ATTR
 from vidfeat.store.verify import (
     VerifyReport,
     format_info,

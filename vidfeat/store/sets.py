@@ -231,8 +231,9 @@ class FeatureStore:
                 "use --name for a new set or a new store"
             )
 
-    def open_set(self, name: str) -> FeatureSet:
-        """A reader for set ``name``; :class:`StoreError` listing the sets present if absent."""
+    def open_set(self, name: str, *, read_only: bool = False) -> FeatureSet:
+        """A reader for set ``name``; :class:`StoreError` listing the sets present if absent.
+        ``read_only=True``: never write the set's index cache (see :class:`FeatureSet`)."""
         d = self.set_dir(name)
         if not (d / SET_JSON).is_file():
             present = self.sets()
@@ -242,4 +243,4 @@ class FeatureStore:
                 f"extract it first (vidfeat extract ... --store {self.root} --name {name}) "
                 "or pick one of the sets present"
             )
-        return FeatureSet(d)
+        return FeatureSet(d, read_only=read_only)

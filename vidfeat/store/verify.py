@@ -6,17 +6,13 @@ bytes and failures per set (``vidfeat store info``); ``format_*`` render both as
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import h5py
-import numpy as np
 
 from vidfeat.errors import StoreError
 from vidfeat.store.paths import (
-    FEATURES,
     SET_JSON,
     StoreWarning,
     _h5open,
@@ -25,7 +21,9 @@ from vidfeat.store.paths import (
 )
 from vidfeat.store.reader import FeatureSet, _shard_files
 from vidfeat.store.sets import FeatureStore, _fmt_value
-from vidfeat.store.writer import FLOAT16_FROM, read_failures
+from vidfeat.store.shardcheck import FIX, few, run_checks, workers_for
+from vidfeat.store.shardindex import written_at_value
+from vidfeat.store.writer import read_failures
 
 
 @dataclass
@@ -44,34 +42,34 @@ class VerifyReport:
         return not self.problems
 
 
-def _few(items, n: int = 10) -> str:
-    items = sorted(items)
-    s = ", ".join(repr(x) for x in items[:n])
-    return s + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
+def _check_duplicate_times(
+    d: Path, name: str, copies: dict[str, list[str]], results: dict, rep: VerifyReport
+) -> None:
+    """The ``written_at`` an index records decides which copy of a duplicated id readers
+    use: check it against the group's attr (duplicates are few; at most 1,000 checked)."""
+    checked = 0
+    for vid, shards in sorted(copies.items()):
+        for shard in shards:
+            r = results[shard]
+            if vid not in r.index_wat or checked >= 1000:
+                continue
+            checked += 1
+            try:
+                with _h5open(d / shard, "r") as f:
+                    t = written_at_value(f[vid].attrs.get("written_at"))
+            except Exception:  # noqa: BLE001 - reported by the main pass
+                continue
+            if t != r.index_wat[vid]:
+                rep.problems.append(
+                    f"set {name!r}: the index of shard {shard} records written_at "
+                    f"{r.index_wat[vid]} for duplicated id {vid!r}, its group has {t}: "
+                    f"readers may pick the wrong copy; {FIX}"
+                )
 
 
-def _shape_ok(shape: tuple[int, ...], want: Any) -> bool:
-    if not isinstance(want, list | tuple):
-        return True
-    if len(shape) != len(want):
-        return False
-    return all(w is None or w == -1 or int(w) == s for s, w in zip(shape, want, strict=True))
-
-
-def _check_array(a: np.ndarray) -> str | None:
-    if a.dtype.kind not in "fc":
-        return None
-    finite = np.isfinite(a)
-    if finite.all():
-        return None
-    n_nan = int(np.isnan(a).sum())
-    n_inf = int(a.size - finite.sum()) - n_nan
-    parts = [f"{n_nan} NaN"] if n_nan else []
-    parts += [f"{n_inf} Inf"] if n_inf else []
-    return " and ".join(parts)
-
-
-def _verify_set(root: Path, name: str, expect_ids: set[str] | None, rep: VerifyReport) -> None:
+def _verify_set(
+    root: Path, name: str, expect_ids: set[str] | None, rep: VerifyReport, workers: int | None
+) -> None:
     d = root / name
     counts = {
         "videos": 0,
@@ -81,6 +79,7 @@ def _verify_set(root: Path, name: str, expect_ids: set[str] | None, rep: VerifyR
         "failed": 0,
         "stale_partials": 0,
         "live_partials": 0,
+        "unindexed_shards": 0,
     }
     rep.sets[name] = counts
     try:
@@ -88,56 +87,36 @@ def _verify_set(root: Path, name: str, expect_ids: set[str] | None, rep: VerifyR
     except (StoreError, FileNotFoundError) as exc:
         rep.problems.append(str(exc))
         cfg = {}
-    want_shape = cfg.get("feature_shape")
-    want_dtype = cfg.get("dtype")
-    storage = cfg.get("storage_dtype")
-    fix = "delete that shard and run the extraction again (completed videos are skipped)"
-    copies: dict[str, list[str]] = {}
-    for shard, _ in _shard_files(d):
+    want = (cfg.get("feature_shape"), cfg.get("dtype"), cfg.get("storage_dtype"))
+    shards = [n for n, _ in _shard_files(d)]
+    tasks = [(name, str(d), n, want) for n in shards]
+    results = {r.name: r for r in run_checks(tasks, workers_for(len(tasks), workers))}
+    done: set[str] = set()
+    multi: set[str] = set()
+    for shard in shards:
+        r = results[shard]
         counts["shards"] += 1
-        try:
-            f = _h5open(d / shard, "r")
-        except Exception as exc:  # noqa: BLE001
-            counts["bad_shards"] += 1
-            rep.problems.append(f"set {name!r}: shard {shard} cannot be opened ({exc}); {fix}")
-            continue
-        with f:
-            for vid in f:
-                copies.setdefault(vid, []).append(shard)
-                where = f"set {name!r}, video {vid!r} ({shard})"
-                try:
-                    g = f[vid]
-                    if not isinstance(g, h5py.Group) or FEATURES not in g:
-                        rep.problems.append(f"{where}: no '{FEATURES}' dataset; {fix}")
-                        continue
-                    ds = g[FEATURES]
-                    if not _shape_ok(ds.shape, want_shape):
-                        rep.problems.append(
-                            f"{where}: features have shape {list(ds.shape)}, set.json says "
-                            f"{want_shape}; {fix}"
-                        )
-                    if want_dtype is not None and ds.dtype != np.dtype(want_dtype):
-                        narrowed = ds.dtype == np.float16 and (
-                            storage == "float16" or FLOAT16_FROM in ds.attrs
-                        )
-                        if not narrowed:
-                            rep.problems.append(
-                                f"{where}: features are {ds.dtype}, set.json says {want_dtype}; "
-                                f"{fix}"
-                            )
-                    for dname, obj in g.items():
-                        if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "fc":
-                            bad = _check_array(obj[()])
-                            if bad:
-                                rep.problems.append(
-                                    f"{where}: '{dname}' holds {bad} values; check the input "
-                                    f"video and model, then {fix}"
-                                )
-                except Exception as exc:  # noqa: BLE001 - report and go on with the next video
-                    rep.problems.append(f"{where}: cannot be read ({exc}); {fix}")
-    counts["videos"] = len(copies)
-    dups = {v: s for v, s in copies.items() if len(s) > 1}
+        counts["bad_shards"] += not r.opened
+        counts["unindexed_shards"] += r.opened and not r.indexed
+        rep.problems.extend(r.problems)
+        if not done.isdisjoint(r.ids):
+            multi.update(done.intersection(r.ids))
+        done.update(r.ids)
+    copies: dict[str, list[str]] = {}  # the shards of ids stored more than once
+    if multi:
+        for shard in shards:
+            for v in multi.intersection(results[shard].ids):
+                copies.setdefault(v, []).append(shard)
+    if counts["unindexed_shards"]:
+        rep.notes.append(
+            f"set {name!r}: {counts['unindexed_shards']} shard(s) carry no index (written by "
+            "vidfeat before shards did): readers list their groups instead, which is slower "
+            "on the first open"
+        )
+    counts["videos"] = len(done)
+    dups = copies
     counts["duplicates"] = len(dups)
+    _check_duplicate_times(d, name, dups, results, rep)
     if dups:
         listing = "; ".join(f"{v!r} in {', '.join(s)}" for v, s in sorted(dups.items())[:10])
         more = f" (+{len(dups) - 10} more)" if len(dups) > 10 else ""
@@ -157,12 +136,11 @@ def _verify_set(root: Path, name: str, expect_ids: set[str] | None, rep: VerifyR
                 "not in the set. The next extraction run removes it (or delete it)"
             )
     failed = {r["video_id"] for r in read_failures(d)}
-    done = set(copies)
     counts["failed"] = len(failed - done)
     both = failed & done
     if both:
         rep.notes.append(
-            f"set {name!r}: {len(both)} id(s) failed once and were extracted later: {_few(both)}"
+            f"set {name!r}: {len(both)} id(s) failed once and were extracted later: {few(both)}"
         )
     if expect_ids is not None:
         missing = set(expect_ids) - done
@@ -170,25 +148,32 @@ def _verify_set(root: Path, name: str, expect_ids: set[str] | None, rep: VerifyR
         if missing:
             why = f" ({len(missing & failed)} of them failed: see failures-*.jsonl)"
             rep.problems.append(
-                f"set {name!r}: {len(missing)} expected id(s) missing: {_few(missing)}"
+                f"set {name!r}: {len(missing)} expected id(s) missing: {few(missing)}"
                 f"{why if missing & failed else ''}; run the extraction for this list again "
                 "(add --retry-failed for the failed ones)"
             )
         if unexpected:
             rep.problems.append(
                 f"set {name!r}: {len(unexpected)} id(s) not in the expected list: "
-                f"{_few(unexpected)}; check that --videos is the list this set was extracted from"
+                f"{few(unexpected)}; check that --videos is the list this set was extracted from"
             )
 
 
-def verify_store(root: str | Path, expect_ids: set[str] | None = None) -> VerifyReport:
+def verify_store(
+    root: str | Path, expect_ids: set[str] | None = None, *, workers: int | None = None
+) -> VerifyReport:
     """Open every shard of every set and check it against its set.json.
 
     Problems: unreadable set.json or shards, groups without ``features``, shapes not matching
     ``feature_shape`` (None/-1 = any), dtypes not matching ``dtype`` (float16 is accepted when
     set.json has ``storage_dtype: float16`` or the writer marked the array as narrowed), NaN/Inf
-    in float datasets, and with ``expect_ids`` missing and unexpected ids. Warnings: ids in
-    several shards, stale partials. Notes: live partials, ids that failed and later succeeded.
+    in float datasets, each shard's index not matching its groups (ids, byte offsets, shapes,
+    dtypes; the ``written_at`` of duplicated ids), and with ``expect_ids`` missing and
+    unexpected ids. Warnings: ids in several shards, stale partials. Notes: live partials, ids
+    that failed and later succeeded, shards without an index (written by older versions).
+
+    Shards are checked in ``workers`` processes (default: one per CPU, at most 8, when the
+    store has hundreds of shards; 1 = in this process).
     """
     root = Path(root)
     rep = VerifyReport()
@@ -207,7 +192,7 @@ def verify_store(root: str | Path, expect_ids: set[str] | None = None) -> Verify
     if not names:
         rep.warnings.append(f"store {root} holds no feature sets yet (run vidfeat extract)")
     for name in names:
-        _verify_set(root, name, expect_ids, rep)
+        _verify_set(root, name, expect_ids, rep, workers)
     return rep
 
 
@@ -241,23 +226,26 @@ def store_info(root: str | Path) -> list[dict]:
             )
             continue
         try:
-            done = fs.completed_ids()
             failed = {r["video_id"] for r in fs.failures()}
-            size = 0
-            for p in d.iterdir():
-                with contextlib.suppress(OSError):
-                    if p.is_file():
-                        size += p.stat().st_size
+            size = partials = 0
+            with os.scandir(d) as it:  # one pass: a set may hold tens of thousands of files
+                for e in it:
+                    with contextlib.suppress(OSError):
+                        if e.is_file():
+                            size += e.stat().st_size
+                            partials += e.name.endswith(".h5.partial") and e.name.startswith(
+                                "part-"
+                            )
             rows.append(
                 {
                     "name": name,
                     "config": fs.config,
-                    "videos": len(done),
+                    "videos": len(fs),
                     "bytes": size,
-                    "shards": len(fs.shards()),
+                    "shards": len(fs._names),  # the completed shards the set was opened with
                     "bad_shards": len(fs.bad_shards()),
-                    "failures": len(failed - done),
-                    "partials": len(list(d.glob("part-*.h5.partial"))),
+                    "failures": sum(v not in fs for v in failed),
+                    "partials": partials,
                     "duplicates": len(fs.duplicates()),
                 }
             )

@@ -33,6 +33,12 @@ from vidfeat.store.paths import (
     _write_all,
     check_video_id,
 )
+from vidfeat.store.shardindex import (
+    SHARD_INDEX_ATTR,
+    dataset_layout,
+    encode_shard_index,
+    written_at_value,
+)
 
 # dataset attr marking arrays the writer narrowed to float16 (value: the original dtype)
 FLOAT16_FROM = "vidfeat_float16_from"
@@ -45,6 +51,10 @@ AUTO_GZIP_LEVEL = 1
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 _FAILURES_RE = re.compile(r"^failures-(?P<job>.+)\.jsonl$")
+
+# Tests set this to False to write shards exactly as vidfeat did before shards carried their
+# index (``vidfeat.store.shardindex``); production code never changes it.
+_WRITE_SHARD_INDEX = True
 
 
 # --------------------------------------------------------------------------- attrs
@@ -137,6 +147,10 @@ class ShardWriter:
     ``float16=True`` stores float32/float64 ``features`` as float16 (integers and ``extra``
     arrays are untouched; values beyond the float16 range are refused rather than turned into
     Inf).
+
+    Each shard carries its index (ids, byte layout of ``features``, ``written_at``: see
+    :mod:`vidfeat.store.shardindex`), written as a root attribute before the shard is closed,
+    so readers list a completed shard without opening its groups.
     """
 
     def __init__(
@@ -181,6 +195,7 @@ class ShardWriter:
         self._lock_fd: int | None = None
         self._next_k = 0
         self._pending: list[str] = []
+        self._index: dict[str, tuple[int, tuple[int, ...], str, float]] = {}
         self._bytes = 0
         self._written: list[str] = []
         self._shards: list[Path] = []
@@ -243,6 +258,7 @@ class ShardWriter:
         if video_id in f:
             del f[video_id]
             self._pending.remove(video_id)
+            self._index.pop(video_id, None)
         try:
             g = f.create_group(video_id)
             ds = self._write_dataset(g, FEATURES, feats)
@@ -252,6 +268,8 @@ class ShardWriter:
                 self._write_dataset(g, name, a)
             for k, v in enc.items():
                 g.attrs[k] = v
+            # HDF5 never moves raw data once allocated: the offset is final
+            layout = dataset_layout(ds)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 if video_id in f:
@@ -263,6 +281,7 @@ class ShardWriter:
                 ) from exc
             raise
         self._pending.append(video_id)
+        self._index[video_id] = (*layout, written_at_value(enc["written_at"]))
         self._bytes += feats.nbytes + sum(a.nbytes for a in extras.values())
         _checkpoint("after-add")
         if len(self._pending) >= self.max_videos or self._bytes >= self.max_bytes:
@@ -276,7 +295,14 @@ class ShardWriter:
         assert partial is not None and final is not None
         self._file = None
         try:
-            f.close()
+            try:
+                if self._pending and _WRITE_SHARD_INDEX:
+                    # part of the shard: written before the close, fsync and rename below
+                    f.attrs[SHARD_INDEX_ATTR] = encode_shard_index(
+                        {v: self._index[v] for v in self._pending}
+                    )
+            finally:
+                f.close()
             if not self._pending:
                 with contextlib.suppress(FileNotFoundError):
                     partial.unlink()
@@ -300,6 +326,7 @@ class ShardWriter:
             ) from exc
         finally:
             self._pending = []
+            self._index = {}
             self._bytes = 0
             self._partial = self._final = None
             self._release_lock()
