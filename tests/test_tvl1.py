@@ -317,3 +317,31 @@ def test_rejects_bad_input():
         tvl1_flow(x, x, dataclasses.replace(TVL1Params(), scale_step=1.0))
     with pytest.raises(ValueError):
         tvl1_pairs(np.zeros((1, 16, 16), np.float32), np.zeros((1, 16, 16), np.float32))
+
+
+def test_tvl1_torch_is_a_flow_method_with_the_same_fields(tiny_synth, tmp_path) -> None:
+    """`extract flow --method tvl1-torch` stores fields in the same format as OpenCV's TV-L1
+    and agrees with them; --device and --batch-size act on it."""
+    import numpy as np
+    from click.testing import CliRunner
+
+    from cli import main
+    from vidfeat.store import FeatureStore
+
+    base = ["extract", "flow", "--videos", str(tiny_synth / "val.csv"), "--store",
+            str(tmp_path / "s"), "-T", "2", "-N", "1", "--short-side", "32", "--quiet"]  # fmt: skip
+    res = CliRunner().invoke(main, [*base, "--method", "tvl1"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(
+        main, [*base, "--method", "tvl1-torch", "--device", "cpu", "--batch-size", "2"]
+    )
+    assert res.exit_code == 0, res.output
+    store = FeatureStore(tmp_path / "s")
+    a, b = store.open_set("tvl1-fields"), store.open_set("tvl1-torch-fields")
+    assert a.config["method_params"] == b.config["method_params"]
+    assert a.config["quantization"] == b.config["quantization"]
+    for vid in a.ids():
+        qa, qb = a.features(vid), b.features(vid)
+        assert qa.shape == qb.shape and qa.dtype == qb.dtype == np.uint8
+        diff = np.abs(qa.astype(int) - qb.astype(int))
+        assert np.mean(diff <= 1) > 0.97, np.bincount(diff.ravel())

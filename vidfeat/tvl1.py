@@ -50,7 +50,7 @@ import functools
 import numpy as np
 import torch
 
-from vidfeat.flow import TVL1Params
+from vidfeat.flow_base import TVL1Params
 
 __all__ = ["tvl1_flow", "tvl1_pairs", "default_chunk", "MIN_LEVEL_SIZE"]
 
