@@ -33,6 +33,7 @@ on this engine: Ray's task, not a vidfeat watchdog, owns the process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -45,7 +46,7 @@ from typing import Any
 from vidfeat.errors import ConfigError
 from vidfeat.extract.job import Job, RunOptions
 from vidfeat.extract.local import POLL, run_local
-from vidfeat.store import FeatureSet, cleanup_stale_partials, read_failures
+from vidfeat.store import FeatureSet, partial_is_live, read_failures
 from vidfeat.videolist import VideoRecord
 
 
@@ -176,12 +177,25 @@ def _absolute(job: Job) -> Job:
 
 
 def _remove_dead_partials(job: Job) -> list[Path]:
-    """Once every task has ended, a partial shard whose writer is gone is a dead attempt's
-    (its node lost, its worker killed): the store's own stale-partial cleanup deletes it and
-    its lock file, and a lock file left without its partial (an attempt killed right after a
-    rename), while partials whose lock is still held (an attempt on a cut-off node may still be
-    writing) stay."""
-    return cleanup_stale_partials(job.set_dir)
+    """Once every task has ended, a partial shard of this job's attempts is a dead attempt's
+    (its node lost, its worker killed): delete it and its lock file, unless the lock is still
+    held (an attempt on a cut-off node may still be writing); and a lock file of this job left
+    without its partial (an attempt killed right after renaming a shard). Other jobs' partials
+    are left to their own jobs, or to the next run's cleanup."""
+    removed = []
+    for partial in sorted(Path(job.set_dir).glob(f"part-{job.name}-c*.h5.partial")):
+        if partial_is_live(partial):
+            continue
+        for path in (partial, partial.with_name(partial.name + ".lock")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        removed.append(partial)
+    for lock in sorted(Path(job.set_dir).glob(f"part-{job.name}-c*.h5.partial.lock")):
+        partial = lock.with_name(lock.name[: -len(".lock")])
+        if not partial.exists() and not partial_is_live(partial):
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+    return removed
 
 
 def _log(log: Any, row: dict) -> None:
