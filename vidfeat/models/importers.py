@@ -184,23 +184,9 @@ def _timm_weights_file(name: str) -> Path | None:
 
 
 def _read_timm_state(path: Path) -> dict:
-    import torch
+    from vidfeat.nets.backbones import read_state_dict
 
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle payloads, corrupt or foreign files
-        raise ConfigError(f"{path}: not a loadable plain state dict ({exc})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ConfigError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return read_state_dict(path, "--weights")
 
 
 def _imagenet_names(model, k: int) -> tuple[list[str], str] | None:

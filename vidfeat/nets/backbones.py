@@ -193,10 +193,13 @@ def _names(keys: list[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, flag: str = "--backbone-weights") -> dict[str, torch.Tensor]:
+    """A plain state dict from a ``.pth``/``.pt`` (``weights_only``: a pickle payload is
+    refused, never run) or ``.safetensors`` file; training checkpoints' ``state_dict`` /
+    ``model`` wrappers and DataParallel's ``module.`` prefix are undone. Errors name ``flag``."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--backbone-weights {p}: file not found")
+        raise ConfigError(f"{flag} {p}: file not found")
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -205,15 +208,12 @@ def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle payloads, corrupt or foreign files
-        raise ConfigError(
-            f"--backbone-weights {p}: not a loadable plain state dict ({exc})"
-        ) from None
-    # Training checkpoints often wrap the weights; DataParallel prefixes them.
+        raise ConfigError(f"{flag} {p}: not a loadable plain state dict ({exc})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise ConfigError(f"--backbone-weights {p}: holds a {type(state).__name__}, not a dict")
+        raise ConfigError(f"{flag} {p}: holds a {type(state).__name__}, not a dict")
     return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
@@ -224,7 +224,7 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> WeightsReport:
     unexpected keys are logged by name; a file sharing no key with the backbone, or any shape
     mismatch (another architecture, an already inflated conv1), raises :class:`ConfigError`.
     """
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     head = model.pretrained_cfg.get("classifier") or "fc"
     heads = tuple(f"{h}." for h in ((head,) if isinstance(head, str) else head))
     ignored = sorted(k for k in state if k.startswith(heads))
