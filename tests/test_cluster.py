@@ -664,6 +664,7 @@ def test_fuse_train_reads_the_store_while_a_job_appends(sixteen: dict, tmp_path:
         t_out, t_err = train.communicate()
         assert appender is not None, t_out + t_err
         a_out, a_err = appender.communicate()
+        reader.once(full=True)  # after the last shard: the loop's last read may precede it
     finally:
         for p in (appender, train):
             if p is not None and p.poll() is None:
