@@ -95,6 +95,28 @@ def test_resize_on_decode(bframe_video) -> None:
     assert gray.shape == (1, 32, 40) and gray.dtype == np.uint8
 
 
+def test_resized_frames_are_ffmpegs_scaler_pixels_for_pixel(bframe_video) -> None:
+    """Decoding reuses one FFmpeg scaler for all frames of a call: the pixels are exactly what
+    PyAV's per-frame conversion gives (gray and RGB, resized)."""
+    import av
+
+    path, _ = bframe_video
+    want = {3: None, 47: None, 118: None}
+    with av.open(str(path)) as c:
+        for k, frame in enumerate(c.decode(video=0)):
+            if k in want:
+                want[k] = frame
+                if k == 118:
+                    for fmt, gray in (("gray", True), ("rgb24", False)):
+                        got = read_frames(path, list(want), short_side=36, gray=gray)
+                        for g, f in zip(got, want.values(), strict=True):
+                            ref = f.to_ndarray(
+                                format=fmt, width=44, height=36, interpolation="BILINEAR"
+                            )  # 80x64 to short side 36: width rounded to even
+                            assert np.array_equal(g, ref), fmt
+                    break
+
+
 def test_audio_is_mono_float_at_the_requested_rate(media_dir: Path) -> None:
     path = media_dir / "stereo.mp4"
     write_mp4(
