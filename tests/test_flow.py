@@ -191,6 +191,46 @@ def test_flow_on_grid_reuses_repeated_index_pairs() -> None:
         flow_on_grid(grid, m, indices=idx[:2])
 
 
+def test_flow_on_grid_on_threads_gives_the_same_fields() -> None:
+    """Pairs computed at once on several threads (a worker's thread budget): the same fields,
+    each segment handed over only once ``ready`` says its frames are there."""
+    grid = moving_grid(T=3, n1=4, size=48)
+    for name in CPU_METHODS:
+        m = make_method(name, nscales=2) if name == "tvl1" else make_method(name)
+        one = flow_on_grid(grid, m, bound=20.0)
+        asked: list[int] = []
+        many = flow_on_grid(grid, m, bound=20.0, threads=3, ready=asked.append)
+        assert np.array_equal(one, many), name
+        assert asked == [0, 1, 2]
+    with pytest.raises(ValueError, match="threads"):
+        flow_on_grid(grid, make_method("dis"), threads=0)
+
+
+def test_flow_on_grid_on_threads_stops_at_the_first_error() -> None:
+    grid = moving_grid(T=4, n1=4, size=32)
+    started: list[tuple[int, int]] = []
+
+    class FailsOnSegment1(type(make_method("farneback"))):
+        def _calc(self, prev, nxt, out):
+            started.append((0, 0))
+            if np.array_equal(prev, grid[1, 0]):
+                raise RuntimeError("pair failed")
+            return super()._calc(prev, nxt, out)
+
+    with pytest.raises(RuntimeError, match="pair failed"):
+        flow_on_grid(grid, FailsOnSegment1(), threads=2)
+    # segment 0's 3 pairs, the failing one, at most the other thread's pair in flight: the
+    # remaining pairs never start
+    assert 4 <= len(started) <= 6
+
+    def ready(t: int) -> None:  # the decoder failed before segment 2's frames
+        if t == 2:
+            raise OSError("decode failed")
+
+    with pytest.raises(OSError, match="decode failed"):
+        flow_on_grid(grid, make_method("farneback"), threads=2, ready=ready)
+
+
 @pytest.mark.parametrize(
     "frames",
     [
@@ -646,8 +686,23 @@ def test_device_and_batch_size_act_on_raft() -> None:
 # --------------------------------------------------------------------------- thread budget
 
 
+_CALC_THREADS: set[int] = set()
+
+
+class ThreadRecordingFarneback(type(make_method("farneback"))):
+    """Farneback that notes which thread computed each pair."""
+
+    def _calc(self, prev, nxt, out):
+        import time
+
+        _CALC_THREADS.add(threading.get_ident())
+        time.sleep(0.005)  # a pair takes a while, as on real frames: the next one goes elsewhere
+        return super()._calc(prev, nxt, out)
+
+
 class ThreadsProbe:
-    """Wraps an extractor; records OpenCV's and torch's thread counts where it runs."""
+    """Wraps an extractor; records OpenCV's and torch's thread counts where it runs, and how
+    many threads computed the flow pairs."""
 
     def __init__(self, inner) -> None:
         self.inner, self.modality = inner, inner.modality
@@ -663,14 +718,20 @@ class ThreadsProbe:
 
         import torch
 
+        _CALC_THREADS.clear()
         res = self.inner.extract(record, class_index)
         res.attrs.update(
-            cv2_threads=cv2.getNumThreads(), torch_threads=torch.get_num_threads(), pid=os.getpid()
+            cv2_threads=cv2.getNumThreads(),
+            torch_threads=torch.get_num_threads(),
+            pid=os.getpid(),
+            flow_threads=len(_CALC_THREADS),
         )
         return res
 
 
-def test_thread_budget_reaches_opencv_in_the_worker_process(tmp_path: Path) -> None:
+def test_thread_budget_goes_to_pairs_in_the_worker_process(tmp_path: Path) -> None:
+    """An OpenCV method spends the worker's budget on pairs computed at once (one OpenCV thread
+    each: Farneback and DIS gain nothing from OpenCV's own threads)."""
     import os
 
     from vidfeat.extract import RunOptions, run_extraction
@@ -679,19 +740,21 @@ def test_thread_budget_reaches_opencv_in_the_worker_process(tmp_path: Path) -> N
     from vidfeat.videolist import load_list
 
     opts = RunOptions(workers=1, timeout=60.0, progress=False)  # one spawned worker process
-    threads = thread_budget_for(opts)
-    assert threads == thread_budget(1) and thread_budget_for(RunOptions(workers=10**6)) == 1
+    assert thread_budget_for(opts) == thread_budget(1)
+    assert thread_budget_for(RunOptions(workers=10**6)) == 1
     assert thread_budget_for(RunOptions(engine="ray", ray_num_cpus=3.0)) == 3
+    threads = 2  # what one worker gets on a 2-core machine (set here: CI may have more cores)
     ex = FlowFieldsExtractor(
-        make_method("farneback"), segments=2, frames=1, short_side=32, bound=20.0, threads=threads
+        ThreadRecordingFarneback(), segments=4, frames=3, short_side=32, bound=20, threads=threads
     )
     rep = run_extraction(
-        load_list(one_video(tmp_path, n=6)), ThreadsProbe(ex), tmp_path / "s", "f", opts
+        load_list(one_video(tmp_path, n=16)), ThreadsProbe(ex), tmp_path / "s", "f", opts
     )
     assert rep.done == 1
     s = FeatureStore(tmp_path / "s").open_set("f")
     attrs = s.attrs(s.ids()[0])
-    assert attrs["pid"] != os.getpid() and attrs["cv2_threads"] == threads
+    assert attrs["pid"] != os.getpid() and attrs["cv2_threads"] == 1
+    assert attrs["flow_threads"] == threads
 
 
 def test_thread_budget_reaches_torch_for_a_network_method(raft_random_weights: Path) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -255,6 +256,7 @@ def flow_on_grid(
     *,
     bound: float | None = None,
     ready: Callable[[int], Any] | None = None,
+    threads: int = 1,
 ) -> np.ndarray:
     """Flow of each segment's consecutive pairs, and only those.
 
@@ -272,6 +274,9 @@ def flow_on_grid(
     uint8 ``(T, N, 2, H, W)``: ``quantize(flow_on_grid(...), bound)`` without the float grid.
     ``ready``: optional ``ready(t)``, called with t = 0, 1, ... before segment t's frames are
     first read; it blocks until they are in ``frames`` (the extractor decodes meanwhile).
+    ``threads``: pairs computed at once by a pair-by-pair (OpenCV) method, each on its own
+    thread and OpenCV object (OpenCV's calls release the GIL; Farneback and DIS gain nothing
+    from OpenCV's own threads at these sizes, so a worker's thread budget goes to pairs).
     """
     nd = 5 if method.color else 4
     if (
@@ -288,9 +293,10 @@ def flow_on_grid(
     T, n1, H, W = frames.shape[:4]
     if indices is not None and np.shape(indices) != (T, n1):
         raise ValueError(f"indices must have shape {(T, n1)} like the frames, got {indices.shape}")
+    if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1 (got {threads!r})")
     q = bound is not None
     out = np.empty((T, n1 - 1, 2, H, W), dtype=np.uint8 if q else np.float32)
-    work = np.empty((H, W * 2), dtype=np.uint8) if q else None
     todo, repeats = _grid_pairs(T, n1 - 1, indices)
     done = -1  # segments up to this one are known to be decoded
 
@@ -300,8 +306,13 @@ def flow_on_grid(
             done += 1
             ready(done)
 
+    scratch = threading.local()  # per thread: OpenCV's output buffer, quantisation's work
+
     def put(t: int, j: int, f: np.ndarray) -> None:
         if q:
+            work = getattr(scratch, "work", None)
+            if work is None:
+                work = scratch.work = np.empty((H, W * 2), dtype=np.uint8)
             quantize_pair(f, bound, out[t, j], work)
         else:  # per-channel copies: contiguous writes, far cheaper than one transposed copy
             out[t, j, 0] = f[..., 0]
@@ -322,14 +333,59 @@ def flow_on_grid(
             for k, (t, j) in enumerate(chunk):
                 put(t, j, f[k])
     else:
-        # OpenCV writes into buf: no allocation per pair
-        buf = np.empty((H, W, 2), dtype=np.float32) if method.out_buffer else None
-        for t, j in todo:
-            wait(t)
+
+        def one(t: int, j: int) -> None:
+            buf = getattr(scratch, "buf", None)  # OpenCV writes into it: no allocation per pair
+            if buf is None and method.out_buffer:
+                buf = scratch.buf = np.empty((H, W, 2), dtype=np.float32)
             put(t, j, method.calc(frames[t, j], frames[t, j + 1], buf))
+
+        n = min(int(threads), len(todo))
+        if n <= 1:
+            for t, j in todo:
+                wait(t)
+                one(t, j)
+        else:
+            _on_threads(todo, wait, one, n)
     for (t, j), first in repeats:
         out[t, j] = out[first]
     return out
+
+
+def _on_threads(
+    todo: list[tuple[int, int]],
+    wait: Callable[[int], None],
+    one: Callable[[int, int], None],
+    n: int,
+) -> None:
+    """Run ``one(t, j)`` for every pair on ``n`` threads, handing segment t's pairs over once
+    ``wait(t)`` returns. After the first error no further pair starts, and it is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    failed: list[BaseException] = []
+
+    def guarded(t: int, j: int) -> None:
+        if failed:
+            return
+        try:
+            one(t, j)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failed.append(exc)
+
+    with ThreadPoolExecutor(n, thread_name_prefix="vidfeat-flow") as pool:
+        futures = []
+        try:
+            for t, j in todo:
+                if failed:
+                    break
+                wait(t)
+                futures.append(pool.submit(guarded, t, j))
+        finally:
+            if failed or len(futures) < len(todo):  # an error here or in a pair: stop early
+                for f in futures:
+                    f.cancel()
+    if failed:
+        raise failed[0]
 
 
 # the other methods register on import (RAFT imports torch only when it runs)

@@ -38,8 +38,9 @@ class FlowFieldsExtractor:
     video). Frames are decoded by FFmpeg straight to grayscale (RGB for a colour method such
     as RAFT), resized by its scaler to ``short_side``, in a thread that runs while the flow of
     the segments already decoded is computed; each field is quantised as soon as it is
-    computed. ``threads``: OpenCV's (and torch's, for a network) threads in each process
-    (default 1; :func:`thread_budget` gives each of W workers cores/W).
+    computed. ``threads``: the worker's thread budget (default 1; :func:`thread_budget` gives
+    each of W workers cores/W): pairs computed at once by an OpenCV method (one OpenCV thread
+    each), torch's threads for a network.
     """
 
     modality = "flow-fields"
@@ -82,7 +83,10 @@ class FlowFieldsExtractor:
     def setup(self) -> None:
         from vidfeat.flow import configure_worker_threads
 
-        configure_worker_threads(self.threads or 1, torch=self.method.uses_torch)
+        # an OpenCV method spends the budget on pairs (flow_on_grid's threads), one OpenCV
+        # thread each; torch runs a network's batches on all of them
+        torch = self.method.uses_torch
+        configure_worker_threads((self.threads or 1) if torch else 1, torch=torch)
         self.method.setup()
 
     def extract(self, record: VideoRecord, class_index: int | None) -> Extracted:
@@ -154,7 +158,14 @@ class FlowFieldsExtractor:
         th = threading.Thread(target=decode, name="vidfeat-decode", daemon=True)
         th.start()
         try:
-            return flow_on_grid(frames, self.method, indices=indices, bound=self.bound, ready=ready)
+            return flow_on_grid(
+                frames,
+                self.method,
+                indices=indices,
+                bound=self.bound,
+                ready=ready,
+                threads=self.threads or 1,
+            )
         finally:
             stop.set()  # the decoder stops at its next frame if the flow side failed
             th.join(timeout=30.0)
