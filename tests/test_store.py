@@ -161,6 +161,43 @@ def test_round_trip_features_extra_attrs(tmp_path, compression, float16):
     fs.close()
 
 
+@pytest.mark.parametrize("level", [1, 6])
+def test_multi_chunk_gzip_arrays_read_back_exactly_by_any_hdf5_reader(tmp_path, level, monkeypatch):
+    """Arrays of several chunks are deflated on a thread pool and written chunk by chunk: h5py
+    (any HDF5 reader) reads exactly the array back, through the standard gzip (+ shuffle)
+    filters, including a last chunk that the array only partly fills."""
+    from vidfeat.store import writer as writer_mod
+
+    rng = np.random.default_rng(3)
+    fields = rng.integers(100, 156, size=(7, 5, 2, 256, 300), dtype=np.uint8)  # 768 KB rows
+    floats = rng.standard_normal((5000, 300)).astype(np.float32)  # 873-row chunks, edge of 635
+    ints = rng.integers(-(2**40), 2**40, size=(3000, 64))  # int64: shuffle over 8 bytes
+    real, deflated = writer_mod._write_deflated, []
+
+    def counting(ds, a, rows, lvl):
+        deflated.append(ds.name)
+        return real(ds, a, rows, lvl)
+
+    monkeypatch.setattr(writer_mod, "_write_deflated", counting)
+    d = new_set(tmp_path)
+    with ShardWriter(d, "job", compression="gzip", compression_level=level) as w:
+        w.add("fields", fields, {})
+        w.add("floats", floats, {}, extra={"ints": ints})
+    assert deflated == ["/fields/features", "/floats/features", "/floats/ints"]  # in parallel
+    (shard,) = w.shards
+    with h5py.File(shard) as f:
+        for name, want in (("fields/features", fields), ("floats/features", floats)):
+            ds = f[name]
+            assert ds.compression == "gzip" and ds.compression_opts == level
+            assert ds.shuffle == (want.dtype.itemsize > 1)
+            assert ds.chunks[0] < want.shape[0]  # several chunks
+            assert ds.dtype == want.dtype and np.array_equal(ds[...], want)
+        assert np.array_equal(f["floats/ints"][...], ints) and f["floats/ints"].shuffle
+    fs = FeatureStore(tmp_path).open_set("rgb")
+    assert np.array_equal(fs.features("fields"), fields)
+    assert np.array_equal(fs.features("floats"), floats)
+
+
 @pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "../x", "a\x00b"])
 def test_invalid_ids_rejected_and_writer_still_usable(tmp_path, bad):
     d = new_set(tmp_path)

@@ -14,6 +14,8 @@ import re
 import socket
 import time
 import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,44 @@ def _read_attrs(obj: h5py.Group) -> dict:
 
 
 # --------------------------------------------------------------------------- writer
+
+
+_deflate_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool)
+
+
+def _deflate_chunk(a: np.ndarray, start: int, rows: int, level: int) -> bytes:
+    """Rows ``start:start+rows`` of ``a`` as HDF5's shuffle (for items over 1 byte) + deflate
+    filters store one chunk: zlib's format at ``level``, an edge chunk padded to full size
+    with the fill value 0. zlib releases the GIL, so chunks deflate in parallel threads."""
+    part = np.ascontiguousarray(a[start : start + rows])
+    if len(part) < rows:
+        part = np.concatenate([part, np.zeros((rows - len(part),) + a.shape[1:], a.dtype)])
+    raw = part.view(np.uint8).reshape(-1)
+    if a.dtype.itemsize > 1:  # the shuffle filter: byte k of every item, then byte k+1, ...
+        raw = raw.reshape(-1, a.dtype.itemsize).T
+    return zlib.compress(np.ascontiguousarray(raw).data, level)
+
+
+def _write_deflated(ds: h5py.Dataset, a: np.ndarray, rows: int, level: int) -> None:
+    """Fill the chunked, deflate-filtered ``ds`` (chunks of ``rows`` rows) with ``a``, the
+    chunks compressed on a pool of one thread per core and written with
+    ``write_direct_chunk``; readers see exactly what ``ds[...] = a`` would have stored."""
+    global _deflate_pool
+    if _deflate_pool is None or _deflate_pool[0] != os.getpid():  # a forked child: its own
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        pool = ThreadPoolExecutor(max(1, cores), thread_name_prefix="vidfeat-deflate")
+        _deflate_pool = (os.getpid(), pool)
+    starts = range(0, a.shape[0], rows)
+    zero = (0,) * (a.ndim - 1)
+    for start, data in zip(
+        starts,
+        _deflate_pool[1].map(lambda k: _deflate_chunk(a, k, rows, level), starts),
+        strict=True,
+    ):
+        ds.id.write_direct_chunk((start, *zero), data)
 
 
 def _checkpoint(name: str) -> None:
@@ -395,6 +435,12 @@ class ShardWriter:
             kw["compression_opts"] = AUTO_GZIP_LEVEL if auto else self.compression_level
         if a.dtype.itemsize > 1:
             kw["shuffle"] = True  # byte-shuffling makes float/int arrays compress much better
+        if method == "gzip" and chunks[0] < a.shape[0]:
+            # several chunks (a video's flow fields): deflated on all cores, then written as
+            # they are; HDF5's own filter pipeline would deflate them one by one
+            ds = g.create_dataset(name, shape=a.shape, dtype=a.dtype, **kw)
+            _write_deflated(ds, a, chunks[0], kw["compression_opts"])
+            return ds
         return g.create_dataset(name, data=a, **kw)
 
     def _existing_k(self) -> int:
