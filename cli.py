@@ -35,6 +35,32 @@ SEED = click.option(
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 
 
+def _given(name: str) -> bool:
+    """True when option ``name`` was given (command line or environment), not defaulted."""
+    from click.core import ParameterSource
+
+    src = click.get_current_context().get_parameter_source(name)
+    return src not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def _video_root_applies(video_root, *lists) -> None:
+    """--video-root resolves the ids of a Kinetics CSV to files below it; with lists that name
+    their files (paths relative to the list) it would change nothing, so it is refused."""
+    if video_root is None:
+        return
+    from vidfeat.videolist import list_format
+
+    formats = {str(p): list_format(p) for p in lists if p is not None}
+    if not formats:
+        raise click.UsageError("--video-root applies only with --videos (it resolves that list)")
+    if not any(f in ("kinetics", None) for f in formats.values()):  # None: the loader says why
+        raise click.UsageError(
+            f"--video-root applies to a Kinetics CSV (its ids resolve to files below the root); "
+            f"{', '.join(formats)} names its files (relative to the list's folder): leave "
+            "--video-root out"
+        )
+
+
 class RegistryChoice(click.Choice):
     """``click.Choice`` over a registry's names, read when first needed: ``vidfeat --help``
     stays instant while the choices stay the registry's own (a new entry needs no CLI edit)."""
@@ -165,6 +191,7 @@ def data_probe(video_list: Path, video_root: Path | None, quiet: bool) -> None:
     """
     from vidfeat.probe import probe_list
 
+    _video_root_applies(video_root, video_list)
     rep = probe_list(video_list, video_root=video_root, echo=click.echo, quiet=quiet)
     click.echo(rep.summary())
     if rep.failed:
@@ -204,6 +231,7 @@ def store_verify_cmd(root: Path, videos: Path | None, video_root: Path | None) -
     from vidfeat.store import format_verify, verify_store
     from vidfeat.videolist import load_list
 
+    _video_root_applies(video_root, videos)
     expect = set(load_list(videos, video_root=video_root).ids()) if videos else None
     rep = verify_store(root, expect_ids=expect)
     click.echo(format_verify(rep))
@@ -276,6 +304,7 @@ def store_export_cmd(
     from vidfeat.export import export_set
     from vidfeat.videolist import load_list
 
+    _video_root_applies(video_root, videos)
     ids = load_list(videos, video_root=video_root).ids() if videos else None
     rep = export_set(
         root,
@@ -415,6 +444,7 @@ def run_options(f):
 def _videos(kw: dict):
     from vidfeat.videolist import load_list
 
+    _video_root_applies(kw["video_root"], kw["video_list"])
     videos = load_list(kw["video_list"], video_root=kw["video_root"])
     note = videos.missing_note()
     if note:
@@ -422,9 +452,24 @@ def _videos(kw: dict):
     return videos
 
 
+RAY_OPTIONS = {
+    "ray_address": "--ray-address",
+    "ray_num_cpus": "--ray-num-cpus",
+    "ray_num_gpus": "--ray-num-gpus",
+    "chunk_videos": "--chunk-videos",
+}
+
+
 def _run_options(kw: dict):
     from vidfeat.extract import RunOptions, parse_shard
 
+    if kw["engine"] != "ray":
+        ray_only = [flag for name, flag in RAY_OPTIONS.items() if _given(name)]
+        if ray_only:
+            raise click.UsageError(
+                f"{', '.join(ray_only)} apply to --engine ray (this run's engine is "
+                f"{kw['engine']}): add --engine ray, or leave them out"
+            )
     return RunOptions(
         workers=1 if kw["workers"] is None else kw["workers"],
         ray_local_cpus=kw["workers"],  # None: a local Ray instance takes the machine's CPUs
@@ -455,6 +500,17 @@ def _refuse_frames(command: str, why: str) -> None:
     ctx = click.get_current_context()
     if ctx.get_parameter_source("frames") is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError(f"{command} takes no -N/--frames: {why}")
+
+
+def _refuse_timeout_in_process(kw: dict) -> None:
+    """A network extraction bounds a batch's decode in its DataLoader workers; with
+    --workers 0 the clips decode in this process, where no --timeout can act."""
+    if kw["workers"] == 0 and kw["timeout"] > 0 and _given("timeout"):
+        raise click.UsageError(
+            f"--timeout {kw['timeout']:g} bounds the decode of a batch in a DataLoader worker; "
+            "with --workers 0 the clips decode in this process, where nothing can bound them: "
+            "pass --workers 1 or more, or leave --timeout out"
+        )
 
 
 def _finish(rep, store_root: Path, set_name: str) -> None:
@@ -510,14 +566,6 @@ def flow_method_options(f):
             help=f"[{name}] {fld.metadata.get('help', '')} (default {param_default_text(fld)})",
         )(f)
     return f
-
-
-def _given(name: str) -> bool:
-    """True when option ``name`` was given (command line or environment), not defaulted."""
-    from click.core import ParameterSource
-
-    src = click.get_current_context().get_parameter_source(name)
-    return src not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
 
 
 def _flow_params(method: str, kw: dict) -> dict:
@@ -606,6 +654,21 @@ def extract_flow(
             "--crop-size applies with --checkpoint (the network's crop); fields are stored whole"
         )
     if checkpoint is None:
+        if kw["name"] and fields_name and kw["name"] != fields_name:
+            raise click.UsageError(
+                f"without --checkpoint the flow fields are the set: --name {kw['name']} and "
+                f"--fields-name {fields_name} both name it; give one"
+            )
+        if kw["float16"]:
+            raise click.UsageError(
+                "--float16 narrows float features; flow fields are stored as uint8 (with "
+                "--checkpoint it narrows the network's features)"
+            )
+        if kw["engine"] == "ray" and kw["ray_address"] and _given("workers"):
+            raise click.UsageError(
+                "--workers sizes a local Ray instance; with --ray-address the cluster runs the "
+                "tasks: reserve CPUs per task with --ray-num-cpus instead"
+            )
         # --device and --batch-size act on a method that runs on a torch device (RAFT) and
         # are refused, with the reason, by a CPU method
         flow = make_method(method, **params).runtime(
@@ -624,6 +687,7 @@ def extract_flow(
         _run(extractor, kw.pop("name") or fields_set, kw)
     from vidfeat.extract.network import extract_flow_features
 
+    _refuse_timeout_in_process(kw)
     set_name = kw.pop("name") or method
     rep = extract_flow_features(
         _videos(kw),
@@ -683,6 +747,7 @@ def extract_rgb(**kw) -> None:
             "released weights with `vidfeat models import`"
         )
     _refuse_frames("extract rgb", "frames per segment are the network's (its run records N)")
+    _refuse_timeout_in_process(kw)
     rep = extract_rgb_features(
         _videos(kw),
         kw["store_root"],
@@ -712,7 +777,7 @@ def extract_rgb(**kw) -> None:
     type=click.Choice(["pre-relu", "post-relu"]),
     default="pre-relu",
     show_default=True,
-    help="VGGish embedding point (see README).",
+    help="VGGish embedding point (see README); a `train audio` run's is its own.",
 )
 @click.option(
     "--random-init",
@@ -728,13 +793,14 @@ def extract_audio(pca, embedding, random_init, **kw) -> None:
     from vidfeat.extract.network import extract_audio_features
 
     _refuse_frames("extract audio", "audio takes one 0.96 s example per segment")
+    _refuse_timeout_in_process(kw)
     rep = extract_audio_features(
         _videos(kw),
         kw["store_root"],
         set_name=kw["name"] or "audio",
         checkpoint=kw["checkpoint"],
         pca=pca,
-        embedding=embedding,
+        embedding=embedding if _given("embedding") else None,  # a run's is its own
         random_init=random_init,
         segments=kw["segments"],
         batch_size=kw["batch_size"],
@@ -761,6 +827,7 @@ def show(video_id: str, store: str, videos: str | None, video_root: str | None, 
     """A contact sheet of one video: frames, flow fields, audio, feature norms, clip scores."""
     from vidfeat.show import contact_sheet
 
+    _video_root_applies(video_root, videos)
     res = contact_sheet(store, video_id, out, videos, video_root=video_root)
     click.echo(res.summary())
 
@@ -907,10 +974,15 @@ def segment_net_options(f):
     return f
 
 
-def _train(kw: dict, modality: str, **extra) -> None:
-    from vidfeat.train import TrainConfig, train
-
+def _check_train(kw: dict) -> None:
+    """The refusals of the options every `train` command shares (before any work)."""
     ctx = click.get_current_context()
+    _video_root_applies(kw["video_root"], kw["train_list"], kw["val_list"])
+    if kw["test_segments"] is not None and kw["val_list"] is None:
+        raise click.UsageError(
+            "--test-segments sets the segments of validation, and there is none: add --val "
+            "LIST, or leave --test-segments out"
+        )
     if kw["optimizer"] != "sgd" and (
         ctx.get_parameter_source("momentum") is not click.core.ParameterSource.DEFAULT
     ):
@@ -919,6 +991,11 @@ def _train(kw: dict, modality: str, **extra) -> None:
             "(its betas are AdamW's defaults)"
         )
 
+
+def _train(kw: dict, modality: str, **extra) -> None:
+    from vidfeat.train import TrainConfig, train
+
+    _check_train(kw)
     cfg = TrainConfig(
         modality=modality,
         train=str(kw["train_list"]),
@@ -1059,8 +1136,13 @@ def train_flow(method, store_root, fields_name, fields_segments, short_side, bou
     from vidfeat.extract.fields import fields_extractor_for, prepare_training_fields
     from vidfeat.videolist import load_list
 
+    _check_train(kw)
+    net = _segment_extra(kw)  # its refusals (--init, --net-opt) before the fields are computed
     params = _flow_params(method, kw)
     fields_set = fields_name or f"{method}-fields"
+    # an existing fields set fixes these: one asked otherwise is refused, naming both values
+    # (not -N: the network may read fewer pairs per segment than the set holds)
+    given = {k: v for k, v in (("short_side", short_side), ("bound", bound)) if _given(k)}
     ex = fields_extractor_for(
         store_root,
         fields_set,
@@ -1070,8 +1152,16 @@ def train_flow(method, store_root, fields_name, fields_segments, short_side, bou
         kw["frames"],
         short_side,
         bound,
-        runtime={"weights": kw.pop("flow_weights")},
+        # --device reaches a method that runs on a torch device (RAFT); a CPU method drops it
+        runtime={"weights": kw.pop("flow_weights"), "device": kw["device"]},
+        given={**given, **params},
     )
+    if _given("fields_segments") and ex.grid.T != fields_segments:
+        raise click.UsageError(
+            f"--fields-segments {fields_segments}: set {fields_set!r} holds fields on a "
+            f"T={ex.grid.T} grid; leave --fields-segments out to train on them, or pass "
+            "--fields-name for a new set"
+        )
     lists = [kw["train_list"]] + ([kw["val_list"]] if kw["val_list"] is not None else [])
     prepare_training_fields(
         [load_list(lst, video_root=kw["video_root"]) for lst in lists],
@@ -1089,7 +1179,7 @@ def train_flow(method, store_root, fields_name, fields_segments, short_side, bou
         method=method,
         fields_set=fields_set,
         short_side=ex.short_side,
-        **_segment_extra(kw),
+        **net,
     )
 
 
@@ -1118,6 +1208,11 @@ def train_audio(width: float, vggish_weights: str | None, embedding: str, **kw) 
 
     Videos without an audio track are left out of training (and counted).
     """
+    if kw["no_flip"]:
+        raise click.UsageError(
+            "train audio takes no --no-flip: log-mel examples are never flipped (flips are "
+            "an image augmentation of rgb and flow)"
+        )
     _train(
         kw,
         "audio",
@@ -1216,8 +1311,14 @@ def fuse_train(**kw) -> None:
     from fusion.dist import is_main_process
     from fusion.trainer import FuseConfig, train
 
+    _video_root_applies(kw["video_root"], kw["train_list"], kw["val_list"])
     head_options = _parse_head_options(kw["head_opt"])
     if kw["dropout"] is not None:
+        if head_options.get("dropout", kw["dropout"]) != kw["dropout"]:
+            raise click.UsageError(
+                f"--dropout {kw['dropout']} and --head-opt dropout={head_options['dropout']} "
+                "set the same option; give one"
+            )
         head_options["dropout"] = kw["dropout"]
     cfg = FuseConfig(
         store=kw["store"],
@@ -1274,6 +1375,7 @@ def fuse_eval(run, store, videos, name, device, video_root, overwrite) -> None:
     """Prec@1, Prec@5, mean class accuracy; per-video scores, per-class CSV, confusion PNG."""
     from fusion.evaluate import evaluate
 
+    _video_root_applies(video_root, videos)
     res = evaluate(
         run, store, videos, device=device, name=name, video_root=video_root, overwrite=overwrite
     )
@@ -1296,6 +1398,7 @@ def fuse_predict(run, store, videos, out, device, video_root) -> None:
     """Per-video class scores and top-5 labels for a list (labelled or not)."""
     from fusion.evaluate import predict
 
+    _video_root_applies(video_root, videos)
     n = predict(run, store, videos, out, device=device, video_root=video_root)
     click.echo(f"predict: {n} videos -> {out}")
 
@@ -1305,6 +1408,26 @@ def fuse_predict(run, store, videos, out, device, video_root) -> None:
 
 def _members(values: tuple[str, ...]) -> list[str]:
     return [m.strip() for v in values for m in v.split(",") if m.strip()]
+
+
+def _member_options_apply(specs: list[str], store: str | None) -> None:
+    """--store serves fusion-run and set: members, --device runs fusion-run members: given
+    for members that use neither (score files), they are refused."""
+    from fusion.ensemble import member_kind
+
+    if not specs:
+        return  # no members known here: the command names the problem
+    kinds = {member_kind(m) for m in specs}
+    if store is not None and not kinds & {"run", "set", None}:  # None: load_member says why
+        raise click.UsageError(
+            "--store serves fusion-run and set:NAME members; these members are score files "
+            "(they carry their scores): leave --store out"
+        )
+    if _given("device") and not kinds & {"run", None}:
+        raise click.UsageError(
+            "--device runs the heads of fusion-run members; these members are score files or "
+            "stored scores (nothing runs): leave --device out"
+        )
 
 
 @main.group(invoke_without_command=True)
@@ -1376,6 +1499,17 @@ def ensemble(
     out-of-fold scores and a bar chart to --out.
     """
     if ctx.invoked_subcommand is not None:
+        before = [
+            p.opts[0]
+            for p in ctx.command.params
+            if ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if before:
+            raise click.UsageError(
+                f"{', '.join(before)} given before `{ctx.invoked_subcommand}` fit an ensemble "
+                f"and do not apply to `ensemble {ctx.invoked_subcommand}`; its own options go "
+                f"after the word {ctx.invoked_subcommand}"
+            )
         return
     from fusion.ensemble import GBDTStacker, format_table, run_ensemble
     from vidfeat.videolist import load_list
@@ -1383,6 +1517,8 @@ def ensemble(
     for name, val in (("--members", members), ("--videos", videos), ("--out", out)):
         if not val:
             raise click.UsageError(f"{name} is required")
+    _video_root_applies(video_root, videos)
+    _member_options_apply(_members(members), store)
     est = GBDTStacker(
         num_leaves=num_leaves,
         learning_rate=learning_rate,
@@ -1426,9 +1562,11 @@ def ensemble(
 @VIDEO_ROOT
 def ensemble_predict(ens, members, store, videos, out, device, video_root) -> None:
     """Score new videos with a fitted ensemble (class scores + top-5 labels, CSV)."""
-    from fusion.ensemble import predict_ensemble
+    from fusion.ensemble import fitted_members, predict_ensemble
     from vidfeat.videolist import load_list
 
+    _video_root_applies(video_root, videos)
+    _member_options_apply(_members(members) or fitted_members(ens), store)
     vl = load_list(videos, video_root=video_root)
     report = predict_ensemble(ens, store, vl, out, _members(members) or None, device)
     for note in report.notes:

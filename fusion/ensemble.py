@@ -204,12 +204,30 @@ def _run_member(p: Path, store: str | Path, videos: VideoList, device: str) -> M
     return Member(p.name, str(p), scores, lr.classes, notes, hint)
 
 
+def member_kind(spec: str) -> str | None:
+    """What a member spec names: ``set`` (stored clip scores), ``run`` (a fusion run folder),
+    ``scores`` (a score file), or None (nothing: :func:`load_member` says so)."""
+    if spec.startswith("set:"):
+        return "set"
+    p = Path(spec)
+    return "run" if p.is_dir() else "scores" if p.is_file() else None
+
+
+def fitted_members(ens: str | Path) -> list[str]:
+    """The member specs an ensemble folder was fit on ([] when it is none)."""
+    try:
+        return list(json.loads((Path(ens) / "ensemble.json").read_text())["members"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def load_member(
     spec: str, store: str | Path | None, videos: VideoList, device: str = "auto"
 ) -> Member:
     """Scores of one member for (at least) the videos of the list."""
     p = Path(spec)
-    if spec.startswith("set:"):
+    kind = member_kind(spec)
+    if kind == "set":
         if store is None:
             raise ConfigError(f"member {spec}: stored scores need --store")
         from vidfeat.store import FeatureStore
@@ -230,11 +248,11 @@ def load_member(
                 if s is not None:
                     scores[vid] = np.asarray(s, dtype=np.float64)
         return Member(spec[4:], spec, scores, list(classes))
-    if p.is_dir():
+    if kind == "run":
         if store is None:
             raise ConfigError(f"member {spec}: a fusion run needs --store to score the videos")
         return _run_member(p, store, videos, device)
-    if p.is_file():
+    if kind == "scores":
         with open(p, newline="") as fh:
             rows = list(csv.DictReader(fh))
         if not rows or "video_id" not in rows[0]:

@@ -277,6 +277,13 @@ def _refuse_not_td(store: FeatureStore, fs: FeatureSet, shape: Sequence, dtype: 
     )
 
 
+def _refuse_flatten(fs: FeatureSet, shape) -> None:
+    raise ConfigError(
+        f"--flatten applies to sets of more than (T, D) per video; set {fs.name!r} holds "
+        f"{tuple(shape)} (T, D) features already: export it without --flatten"
+    )
+
+
 def _as_td(arr: np.ndarray, flatten: bool) -> np.ndarray:
     if arr.ndim == 2:
         pass
@@ -444,20 +451,25 @@ def _ids_to_export(
     flatten: bool,
 ) -> list[str]:
     """The ids to export (missing ones go to ``rep.missing``) after the refusals: not
-    ``(T, D)`` without ``flatten``, ``with_scores`` on a set without scores."""
+    ``(T, D)`` without ``flatten``, ``flatten`` on a ``(T, D)`` set, ``with_scores`` on a set
+    without scores."""
     shape = fs.config.get("feature_shape")
     if isinstance(shape, list) and (len(shape) < 2 or (len(shape) > 2 and not flatten)):
         _refuse_not_td(st, fs, shape, fs.config.get("dtype"))
+    if flatten and isinstance(shape, list) and len(shape) == 2:
+        _refuse_flatten(fs, shape)
     if video_ids is None:
         ids = fs.ids()
     else:
         ids = list(dict.fromkeys(video_ids))
         rep.missing = [v for v in ids if v not in fs]
         ids = [v for v in ids if v in fs]
-    if not isinstance(shape, list) and ids and not flatten:
+    if not isinstance(shape, list) and ids:
         first = fs.features(ids[0])
-        if first.ndim != 2:
+        if first.ndim != 2 and not flatten:
             _refuse_not_td(st, fs, first.shape, first.dtype)
+        if first.ndim == 2 and flatten:
+            _refuse_flatten(fs, first.shape)
     if with_scores and ids and fs.get_extra(ids[0], SCORES) is None:
         raise ConfigError(
             f"set {fs.name!r} stores no clip scores (its network had no classifier head, e.g. "

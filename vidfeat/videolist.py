@@ -129,12 +129,12 @@ def load_list(
     first = next((ln for ln in lines if ln.strip()), None)
     if first is None:
         raise ListError(path, None, "the video list is empty")
-    header = [h.strip().lower() for h in next(csv.reader([first]))]
-    if "youtube_id" in header:
+    fmt, header = _detect(first)
+    if fmt == "kinetics":
         vl = _read_kinetics(path, text, video_root)
-    elif "path" in header:
+    elif fmt == "csv":
         vl = _read_generic(path, text)
-    elif len(header) > 1:
+    elif fmt == "unknown":
         raise ListError(
             path,
             1,
@@ -171,6 +171,28 @@ def load_list(
     else:
         vl.classes = found
     return vl
+
+
+def _detect(first: str) -> tuple[str, list[str]]:
+    """The format of a list from its first line: kinetics, csv, text, or unknown (columns
+    that are neither), and the header cells."""
+    header = [h.strip().lower() for h in next(csv.reader([first]))]
+    if "youtube_id" in header:
+        return "kinetics", header
+    if "path" in header:
+        return "csv", header
+    return ("unknown" if len(header) > 1 else "text"), header
+
+
+def list_format(path: str | Path) -> str | None:
+    """The format :func:`load_list` reads ``path`` as (kinetics, csv, text or unknown); None
+    when it cannot be read (loading it names the problem)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return None
+    first = next((ln for ln in text.splitlines() if ln.strip()), None)
+    return None if first is None else _detect(first)[0]
 
 
 def _check_duplicates(path: Path, records: list[VideoRecord]) -> None:

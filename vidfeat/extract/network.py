@@ -362,11 +362,13 @@ class FlowNetwork(_RunTask):
 
 class AudioNetwork(_RunTask):
     """A `vidfeat train audio` run, or the raw VGGish embedding (``checkpoint`` = VGGish
-    weights, optionally with the AudioSet PCA postprocess; no classifier, no clip scores)."""
+    weights, optionally with the AudioSet PCA postprocess; no classifier, no clip scores).
+    ``embedding``: the raw VGGish's embedding point (None: pre-relu); a run has its own, and
+    one asked otherwise is refused."""
 
     modality = "audio"
 
-    def __init__(self, checkpoint, *, pca, embedding: str, random_init: bool, **kw) -> None:
+    def __init__(self, checkpoint, *, pca, embedding: str | None, random_init: bool, **kw) -> None:
         super().__init__(checkpoint, **kw)
         self.pca, self.embedding, self.random_init = pca, embedding, random_init
         self.is_run = checkpoint is not None and _is_run(Path(checkpoint))
@@ -380,9 +382,17 @@ class AudioNetwork(_RunTask):
         conf: dict = {"modality": "audio", "T": self.segments, "N": 1, "grid_mode": "test"}
         if self.is_run:
             conf.update(super().config())
-            conf.update(embedding=self.net().model.vggish.embedding, random_init=False)
+            trained = self.net().model.vggish.embedding
+            if self.embedding is not None and self.embedding != trained:
+                raise ConfigError(
+                    f"--embedding {self.embedding}: the run {self.checkpoint} was trained with "
+                    f"embedding {trained}; leave --embedding out (it is the run's)"
+                )
+            conf.update(embedding=trained, random_init=False)
             return conf
-        conf.update(model="vggish", embedding=self.embedding, random_init=bool(self.random_init))
+        conf.update(
+            model="vggish", embedding=self.raw_embedding, random_init=bool(self.random_init)
+        )
         if self.checkpoint is not None:
             conf["checkpoint_path"] = str(self.checkpoint)
             conf["checkpoint_sha256"] = file_sha256(self.checkpoint)
@@ -397,12 +407,16 @@ class AudioNetwork(_RunTask):
         conf["dtype"] = "float32"
         return conf
 
+    @property
+    def raw_embedding(self) -> str:
+        return self.embedding or "pre-relu"
+
     def _vggish(self):
         """The raw VGGish with its weights, and the PCA postprocess (loaded once)."""
         if self._net is None:
             from vidfeat.audio import PCAPostprocess, VGGish, load_vggish_weights
 
-            vggish = VGGish(embedding=self.embedding)
+            vggish = VGGish(embedding=self.raw_embedding)
             if self.checkpoint is not None:
                 load_vggish_weights(vggish, self.checkpoint)
             post = PCAPostprocess.from_file(self.pca) if self.pca is not None else None
@@ -550,7 +564,7 @@ def extract_audio_features(
     set_name: str,
     checkpoint,
     pca,
-    embedding: str,
+    embedding: str | None,
     random_init: bool,
     segments: int,
     batch_size: int,
@@ -561,7 +575,8 @@ def extract_audio_features(
     """VGGish features on the grid. ``checkpoint``: VGGish weights (a state dict file, e.g.
     ``vggish-10086976.pth``) or a ``vidfeat train audio`` run (folder or a checkpoint in one);
     the run's network also stores clip scores. ``pca`` (raw VGGish only): the AudioSet
-    postprocess, stored dequantised as float32 (the YouTube-8M mapping)."""
+    postprocess, stored dequantised as float32 (the YouTube-8M mapping). ``embedding``: the
+    raw VGGish's embedding point (None: pre-relu); with a run, None or the run's own."""
     from vidfeat.audio import require_weights
 
     warning = require_weights(checkpoint, random_init)
