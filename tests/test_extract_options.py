@@ -105,3 +105,30 @@ def test_flow_options_an_existing_fields_set_fixes_are_refused(tiny_synth: Path,
     code, text = cli("extract", "flow", "--method", "farneback", "--videos", val, "--store",
                      store, "--crop-size", "32")  # fmt: skip
     assert code != 0 and "--crop-size applies with --checkpoint" in text
+
+
+def test_float16_of_network_features_never_reaches_the_uint8_fields_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`extract flow --checkpoint --float16` stores the network's features as float16; the
+    fields set it fills first keeps its uint8 identity, so a later run without --float16 can
+    use the same fields."""
+    import vidfeat.extract as extract_mod
+    from vidfeat.extract import RunOptions
+    from vidfeat.extract.fields import FlowFieldsExtractor, ensure_flow_fields
+    from vidfeat.flow import make_method
+    from vidfeat.report import Report
+    from vidfeat.videolist import VideoList
+
+    seen = []
+    monkeypatch.setattr(
+        extract_mod,
+        "run_extraction",
+        lambda videos, ex, root, name, opts, echo: seen.append(opts) or Report(),
+    )
+    ex = FlowFieldsExtractor(make_method("dis"), segments=2, frames=1, short_side=32, bound=20)
+    opts = RunOptions(float16=True, limit=3, retry_failed=True, overwrite=True, progress=False)
+    videos = VideoList(tmp_path / "l.csv", [], [], "generic")
+    ensure_flow_fields(videos, tmp_path, "dis-fields", ex, opts, echo=lambda s: None)
+    (got,) = seen
+    assert not got.float16 and got.limit is None and not got.retry_failed and not got.overwrite

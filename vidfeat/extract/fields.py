@@ -269,10 +269,12 @@ def ensure_flow_fields(
     echo: Callable[[str], Any] = print,
 ) -> Report:
     """Compute the fields of the videos not yet in ``fields_set`` (resumable). The caller's
-    ``--retry-failed``, ``--limit`` and ``--overwrite`` apply to its own set, not to this one."""
+    ``--retry-failed``, ``--limit``, ``--overwrite`` and ``--float16`` apply to its own set, not
+    to this one."""
     from vidfeat.extract import run_extraction
 
-    opts = replace(opts, retry_failed=False, limit=None, overwrite=False)
+    # --float16 is the network features' storage: the uint8 fields are stored as they are
+    opts = replace(opts, retry_failed=False, limit=None, overwrite=False, float16=False)
     if extractor.threads is None:
         extractor = replace_threads(extractor, thread_budget_for(opts))
     rep = run_extraction(videos, extractor, store_root, fields_set, opts, echo=echo)
