@@ -46,9 +46,10 @@ from vidfeat.store.shardindex import (
 FLOAT16_FROM = "vidfeat_float16_from"
 _MIB = 1024 * 1024
 _CHUNK_BYTES = _MIB
-# gzip level of --compression auto (integer arrays): on real uint8 flow fields level 1 writes
-# ~1.5x faster than 4 for 18% more bytes (22% of raw vs 19%; lzf: 31%, and slower to read);
-# figures in bench/RESULTS.md (bench_flow_methods)
+# gzip level recorded for --compression auto (integer arrays), whose chunks ISA-L deflates at
+# its level 1 (zlib's level 1 without it): on real uint8 flow fields that writes 13-22% of the
+# raw bytes for a quarter of zlib level 1's CPU (lzf: 18-31%, and slower to read); figures in
+# bench/RESULTS.md (bench_flow_methods, section 4)
 AUTO_GZIP_LEVEL = 1
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -121,23 +122,36 @@ def _read_attrs(obj: h5py.Group) -> dict:
 _deflate_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool)
 
 
-def _deflate_chunk(a: np.ndarray, start: int, rows: int, level: int) -> bytes:
+try:  # Intel's ISA-L deflate: the same zlib format, 4-5x less CPU than zlib's level 1
+    from isal import isal_zlib as _isal_zlib
+except ImportError:  # pragma: no cover - a platform without its wheel: zlib writes the same
+    _isal_zlib = None
+
+
+def _deflate_chunk(a: np.ndarray, start: int, rows: int, level: int, fast: bool) -> bytes:
     """Rows ``start:start+rows`` of ``a`` as HDF5's shuffle (for items over 1 byte) + deflate
-    filters store one chunk: zlib's format at ``level``, an edge chunk padded to full size
-    with the fill value 0. zlib releases the GIL, so chunks deflate in parallel threads."""
+    filters store one chunk: zlib's format at ``level`` (``fast``: ISA-L's level 1 when it is
+    installed, which compresses flow fields a little better than zlib's level 1), an edge
+    chunk padded to full size with the fill value 0. Both release the GIL, so chunks deflate
+    in parallel threads."""
     part = np.ascontiguousarray(a[start : start + rows])
     if len(part) < rows:
         part = np.concatenate([part, np.zeros((rows - len(part),) + a.shape[1:], a.dtype)])
     raw = part.view(np.uint8).reshape(-1)
     if a.dtype.itemsize > 1:  # the shuffle filter: byte k of every item, then byte k+1, ...
         raw = raw.reshape(-1, a.dtype.itemsize).T
-    return zlib.compress(np.ascontiguousarray(raw).data, level)
+    data = np.ascontiguousarray(raw).data
+    if fast and _isal_zlib is not None:
+        return _isal_zlib.compress(data, 1)
+    return zlib.compress(data, level)
 
 
-def _write_deflated(ds: h5py.Dataset, a: np.ndarray, rows: int, level: int) -> None:
+def _write_deflated(
+    ds: h5py.Dataset, a: np.ndarray, rows: int, level: int, fast: bool = False
+) -> None:
     """Fill the chunked, deflate-filtered ``ds`` (chunks of ``rows`` rows) with ``a``, the
-    chunks compressed on a pool of one thread per core and written with
-    ``write_direct_chunk``; readers see exactly what ``ds[...] = a`` would have stored."""
+    chunks compressed (:func:`_deflate_chunk`) on a pool of one thread per core and written
+    with ``write_direct_chunk``; readers see exactly what ``ds[...] = a`` would have stored."""
     global _deflate_pool
     if _deflate_pool is None or _deflate_pool[0] != os.getpid():  # a forked child: its own
         try:
@@ -150,7 +164,7 @@ def _write_deflated(ds: h5py.Dataset, a: np.ndarray, rows: int, level: int) -> N
     zero = (0,) * (a.ndim - 1)
     for start, data in zip(
         starts,
-        _deflate_pool[1].map(lambda k: _deflate_chunk(a, k, rows, level), starts),
+        _deflate_pool[1].map(lambda k: _deflate_chunk(a, k, rows, level, fast), starts),
         strict=True,
     ):
         ds.id.write_direct_chunk((start, *zero), data)
@@ -181,7 +195,9 @@ class ShardWriter:
     shrinks several-fold; float features uncompressed: CNN features barely compress — lzf
     keeps 87% of the bytes, gzip 71% — while contiguous arrays read 3x faster, with one
     ``pread`` past HDF5, see :meth:`FeatureSet.features`), ``"gzip"``
-    (``compression_level`` 0-9), ``"lzf"`` or None.
+    (``compression_level`` 0-9, zlib's), ``"lzf"`` or None. Gzip chunks are deflated by
+    vidfeat on a thread per core (at auto by ISA-L, 4-5x cheaper than zlib's level 1) into
+    the standard gzip filter's format, so any HDF5 reader reads them.
     ``min_free_mb``: stop with a clear error (completing the current shard) when the disk has
     less than this much free space left.
     ``float16=True`` stores float32/float64 ``features`` as float16 (integers and ``extra``
@@ -430,18 +446,17 @@ class ShardWriter:
                 return g.create_dataset(name, data=a)
             method = "gzip"
         kw: dict[str, Any] = {"compression": method, "chunks": chunks}
-        if method == "gzip":
-            auto = self.compression == "auto"
-            kw["compression_opts"] = AUTO_GZIP_LEVEL if auto else self.compression_level
         if a.dtype.itemsize > 1:
             kw["shuffle"] = True  # byte-shuffling makes float/int arrays compress much better
-        if method == "gzip" and chunks[0] < a.shape[0]:
-            # several chunks (a video's flow fields): deflated on all cores, then written as
-            # they are; HDF5's own filter pipeline would deflate them one by one
-            ds = g.create_dataset(name, shape=a.shape, dtype=a.dtype, **kw)
-            _write_deflated(ds, a, chunks[0], kw["compression_opts"])
-            return ds
-        return g.create_dataset(name, data=a, **kw)
+        if method != "gzip":
+            return g.create_dataset(name, data=a, **kw)
+        # deflated here, chunks on all cores (ISA-L's deflate at auto: the gzip level a user
+        # names is zlib's), and written as they are: the standard gzip filter reads them back
+        auto = self.compression == "auto"
+        kw["compression_opts"] = AUTO_GZIP_LEVEL if auto else self.compression_level
+        ds = g.create_dataset(name, shape=a.shape, dtype=a.dtype, **kw)
+        _write_deflated(ds, a, chunks[0], kw["compression_opts"], fast=auto)
+        return ds
 
     def _existing_k(self) -> int:
         pat = re.compile(rf"^part-{re.escape(self.job)}-(\d+)\.h5(\.partial(\.lock)?)?$")
