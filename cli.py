@@ -1285,7 +1285,8 @@ def _parse_head_options(pairs: tuple[str, ...], flag: str = "--head-opt") -> dic
     "--early-stop",
     default=0,
     show_default=True,
-    help="Stop after this many epochs without a better val Prec@1 (0: never).",
+    help="Stop after this many epochs without a better val Prec@1 (without --val: a lower "
+    "train loss, which also picks best.pt; 0: never).",
 )
 @click.option("--no-augment", is_flag=True, help="No random temporal subsampling.")
 @click.option("--no-cache", is_flag=True, help="Read from HDF5 every epoch.")

@@ -76,7 +76,7 @@ class FuseConfig:
     weight_decay: float = 1e-4
     optimizer: str = "adamw"  # adam | adamw
     schedule: str = "cosine"  # cosine | step (x0.1 at 1/3 and 2/3, the paper's habit)
-    early_stop: int = 0  # stop after this many epochs without a better val Prec@1 (0 = never)
+    early_stop: int = 0  # epochs without a better val Prec@1 (no val: train loss); 0 = never
     augment: bool = True  # random temporal subsampling of training sequences
     cache: bool = True  # read each split into memory once (the synthetic sets fit easily)
     workers: int = 0  # DataLoader worker processes
