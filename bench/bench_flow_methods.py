@@ -235,7 +235,7 @@ def bare_on_threads(m, pairs, threads: int) -> float:
     return time.perf_counter() - t0
 
 
-def whole_process(clip: Path, tmp: Path, quick: bool) -> dict:
+def whole_process(clip: Path, tmp: Path, quick: bool, only: set[str] | None = None) -> dict:
     """Whole `vidfeat extract flow` processes vs the bare calls on the same pairs, per method:
     the clip alone (start-up included) and a job of ``K`` copies of it."""
     K = 2 if quick else 8
@@ -260,6 +260,7 @@ def whole_process(clip: Path, tmp: Path, quick: bool) -> dict:
     raft_args = ["--method", "raft", "--model", "small", "--flow-weights", str(w)]
     raft_args += ["--device", "cpu"]
     plans.append(("raft:small", raft_args, 2 if quick else 25, 128 if quick else 256, 1, False))
+    plans = [p for p in plans if only is None or p[0] in only]
     res: dict[str, dict] = {}
     for name, args, t_seg, short, rounds, with_job in plans:
         m, _ = make(name, tmp)
@@ -414,6 +415,9 @@ def main() -> int:
     ap.add_argument("--video", type=Path, help="a real H.264 clip (default: see the docstring)")
     ap.add_argument("--quick", action="store_true", help="fewer pairs and rounds (a smoke run)")
     ap.add_argument("--sections", default="speed,agreement,whole,compression,dense")
+    ap.add_argument(
+        "--whole-methods", help="section 3 for these only (default: farneback,dis,tvl1,raft:small)"
+    )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     a = ap.parse_args()
     sections = set(a.sections.split(","))
@@ -459,7 +463,8 @@ def main() -> int:
                 f"  {'method':10s} videos x pairs  size   bare sum  on {thread_budget(1)} thr "
                 "    pool   ratio   1 proc   ratio  pool/thr    cpu"
             )
-            figures["whole"] = whole_process(clip, tmp, a.quick)
+            only = set(a.whole_methods.split(",")) if a.whole_methods else None
+            figures["whole"] = whole_process(clip, tmp, a.quick, only)
             print(
                 f"  target: the {k}-video job of the default command <= 1.10x the bare sum, for "
                 "farneback and dis (the clip alone carries the ~1 s start-up of two processes)"

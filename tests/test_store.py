@@ -166,22 +166,23 @@ def test_multi_chunk_gzip_arrays_read_back_exactly_by_any_hdf5_reader(tmp_path, 
     """Arrays of several chunks are deflated on a thread pool and written chunk by chunk: h5py
     (any HDF5 reader) reads exactly the array back, through the standard gzip (+ shuffle)
     filters, including a last chunk that the array only partly fills."""
+    from vidfeat.store import deflate as deflate_mod
     from vidfeat.store import writer as writer_mod
 
     rng = np.random.default_rng(3)
     fields = rng.integers(100, 156, size=(7, 5, 2, 256, 300), dtype=np.uint8)  # 768 KB rows
     floats = rng.standard_normal((5000, 300)).astype(np.float32)  # 873-row chunks, edge of 635
     ints = rng.integers(-(2**40), 2**40, size=(3000, 64))  # int64: shuffle over 8 bytes
-    real, deflated = writer_mod._write_deflated, []
+    real, deflated = writer_mod.write_deflated, []
 
-    def counting(ds, a, rows, lvl, fast=False):
-        deflated.append(ds.name)
-        return real(ds, a, rows, lvl, fast)
+    def counting(g, name, d):
+        deflated.append(f"{g.name}/{name}")
+        return real(g, name, d)
 
-    monkeypatch.setattr(writer_mod, "_write_deflated", counting)
+    monkeypatch.setattr(writer_mod, "write_deflated", counting)
     d = new_set(tmp_path)
     auto = level == "auto"  # ISA-L's deflate for integer arrays; floats stay uncompressed
-    assert writer_mod._isal_zlib is not None  # a dependency: auto's speed depends on it
+    assert deflate_mod._isal_zlib is not None  # a dependency: auto's speed depends on it
     comp = {"compression": "auto"} if auto else {"compression": "gzip", "compression_level": level}
     with ShardWriter(d, "job", **comp) as w:
         w.add("fields", fields, {})
@@ -205,6 +206,37 @@ def test_multi_chunk_gzip_arrays_read_back_exactly_by_any_hdf5_reader(tmp_path, 
     fs = FeatureStore(tmp_path).open_set("rgb")
     assert np.array_equal(fs.features("fields"), fields)
     assert np.array_equal(fs.features("floats"), floats)
+
+
+def test_a_workers_deflated_fields_are_stored_as_they_are(tmp_path):
+    """An extraction worker deflates integer features under the job's compression before they
+    cross the pipe (5-8x fewer bytes); the writer stores them as they are, and refuses ones
+    deflated under another rule than its own."""
+    import pickle
+
+    from vidfeat.store.deflate import Deflated, deflate_for_store
+
+    rng = np.random.default_rng(5)
+    fields = np.full((6, 5, 2, 128, 300), 127, np.uint8)  # still background, a moving patch
+    fields[..., 40:80, 100:160] = rng.integers(100, 156, size=(6, 5, 2, 40, 60))
+    floats = rng.standard_normal((6, 64)).astype(np.float32)
+    d = deflate_for_store(fields, "auto")
+    assert isinstance(d, Deflated) and d.nbytes == fields.nbytes
+    assert len(pickle.dumps(d)) < fields.nbytes / 3  # what crosses the pipe
+    assert deflate_for_store(floats, "auto") is floats  # the writer may narrow floats itself
+    assert deflate_for_store(fields, None) is fields and deflate_for_store(fields, "lzf") is fields
+    set_dir = new_set(tmp_path)
+    with ShardWriter(set_dir, "job") as w:  # compression "auto"
+        w.add("v", pickle.loads(pickle.dumps(d)), {"label": "x"})
+        with pytest.raises(StoreError, match="deflate_for_store"):  # zlib level 4, not auto's
+            w.add("g", deflate_for_store(fields[:1], "gzip"), {})
+    with pytest.raises(StoreError, match="deflate_for_store"):
+        with ShardWriter(set_dir, "job2", compression=None) as w2:
+            w2.add("v", d, {})
+    fs = FeatureStore(tmp_path).open_set("rgb")
+    assert fs.ids() == ["v"]
+    assert np.array_equal(fs.features("v"), fields)
+
 
 
 @pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "../x", "a\x00b"])

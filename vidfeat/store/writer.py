@@ -14,8 +14,6 @@ import re
 import socket
 import time
 import warnings
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,14 @@ import h5py
 import numpy as np
 
 from vidfeat.errors import ConfigError, StoreError
+from vidfeat.store.deflate import (  # noqa: F401 - AUTO_GZIP_LEVEL: re-exported
+    AUTO_GZIP_LEVEL,
+    GZIP_LEVEL,
+    Deflated,
+    deflate,
+    layout,
+    write_deflated,
+)
 from vidfeat.store.paths import (
     FEATURES,
     StoreWarning,
@@ -45,12 +51,6 @@ from vidfeat.store.shardindex import (
 # dataset attr marking arrays the writer narrowed to float16 (value: the original dtype)
 FLOAT16_FROM = "vidfeat_float16_from"
 _MIB = 1024 * 1024
-_CHUNK_BYTES = _MIB
-# gzip level recorded for --compression auto (integer arrays), whose chunks ISA-L deflates at
-# its level 1 (zlib's level 1 without it): on real uint8 flow fields that writes 13-22% of the
-# raw bytes for a quarter of zlib level 1's CPU (lzf: 18-31%, and slower to read); figures in
-# bench/RESULTS.md (bench_flow_methods, section 4)
-AUTO_GZIP_LEVEL = 1
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 _FAILURES_RE = re.compile(r"^failures-(?P<job>.+)\.jsonl$")
@@ -119,57 +119,6 @@ def _read_attrs(obj: h5py.Group) -> dict:
 # --------------------------------------------------------------------------- writer
 
 
-_deflate_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool)
-
-
-try:  # Intel's ISA-L deflate: the same zlib format, 4-5x less CPU than zlib's level 1
-    from isal import isal_zlib as _isal_zlib
-except ImportError:  # pragma: no cover - a platform without its wheel: zlib writes the same
-    _isal_zlib = None
-
-
-def _deflate_chunk(a: np.ndarray, start: int, rows: int, level: int, fast: bool) -> bytes:
-    """Rows ``start:start+rows`` of ``a`` as HDF5's shuffle (for items over 1 byte) + deflate
-    filters store one chunk: zlib's format at ``level`` (``fast``: ISA-L's level 1 when it is
-    installed, which compresses flow fields a little better than zlib's level 1), an edge
-    chunk padded to full size with the fill value 0. Both release the GIL, so chunks deflate
-    in parallel threads."""
-    part = np.ascontiguousarray(a[start : start + rows])
-    if len(part) < rows:
-        part = np.concatenate([part, np.zeros((rows - len(part),) + a.shape[1:], a.dtype)])
-    raw = part.view(np.uint8).reshape(-1)
-    if a.dtype.itemsize > 1:  # the shuffle filter: byte k of every item, then byte k+1, ...
-        raw = raw.reshape(-1, a.dtype.itemsize).T
-    data = np.ascontiguousarray(raw).data
-    if fast and _isal_zlib is not None:
-        return _isal_zlib.compress(data, 1)
-    return zlib.compress(data, level)
-
-
-def _write_deflated(
-    ds: h5py.Dataset, a: np.ndarray, rows: int, level: int, fast: bool = False
-) -> None:
-    """Fill the chunked, deflate-filtered ``ds`` (chunks of ``rows`` rows) with ``a``, the
-    chunks compressed (:func:`_deflate_chunk`) on a pool of one thread per core and written
-    with ``write_direct_chunk``; readers see exactly what ``ds[...] = a`` would have stored."""
-    global _deflate_pool
-    if _deflate_pool is None or _deflate_pool[0] != os.getpid():  # a forked child: its own
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cores = os.cpu_count() or 1
-        pool = ThreadPoolExecutor(max(1, cores), thread_name_prefix="vidfeat-deflate")
-        _deflate_pool = (os.getpid(), pool)
-    starts = range(0, a.shape[0], rows)
-    zero = (0,) * (a.ndim - 1)
-    for start, data in zip(
-        starts,
-        _deflate_pool[1].map(lambda k: _deflate_chunk(a, k, rows, level, fast), starts),
-        strict=True,
-    ):
-        ds.id.write_direct_chunk((start, *zero), data)
-
-
 def _checkpoint(name: str) -> None:
     """A named moment in the life of a shard; does nothing.
 
@@ -217,7 +166,7 @@ class ShardWriter:
         max_videos: int = 64,
         max_mb: float = 256.0,
         compression: str | None = "auto",
-        compression_level: int = 4,
+        compression_level: int = GZIP_LEVEL,
         float16: bool = False,
         min_free_mb: float = 64.0,
     ) -> None:
@@ -272,11 +221,12 @@ class ShardWriter:
     def add(
         self,
         video_id: str,
-        features: np.ndarray,
+        features: np.ndarray | Deflated,
         attrs: dict,
         extra: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """Store one video: dataset ``features``, optional ``extra`` datasets, group attrs.
+        """Store one video: dataset ``features`` (an array, or a worker's :class:`Deflated` one),
+        optional ``extra`` datasets, group attrs.
 
         Attrs may be str, int, float, bool, numpy scalars/arrays, lists of numbers or strings;
         None values are omitted. ``written_at`` (unix time) is added when absent; readers use it
@@ -415,7 +365,11 @@ class ShardWriter:
 
     # -- internals
 
-    def _prepare_features(self, video_id: str, features: np.ndarray) -> tuple[np.ndarray, Any]:
+    def _prepare_features(
+        self, video_id: str, features: np.ndarray | Deflated
+    ) -> tuple[np.ndarray | Deflated, Any]:
+        if isinstance(features, Deflated):  # integers (deflate_for_store): never narrowed
+            return features, None
         a = np.asarray(features)
         if a.dtype.kind not in "biufc":
             raise StoreError(
@@ -432,31 +386,22 @@ class ShardWriter:
             return a.astype(np.float16), str(a.dtype)
         return a, None
 
-    def _write_dataset(self, g: h5py.Group, name: str, a: np.ndarray) -> h5py.Dataset:
-        if a.ndim == 0 or a.size == 0 or self.compression is None:
+    def _write_dataset(self, g: h5py.Group, name: str, a: np.ndarray | Deflated) -> h5py.Dataset:
+        lay = layout(a.shape, np.dtype(a.dtype), self.compression, self.compression_level)
+        if isinstance(a, Deflated):  # a worker deflated it: stored as it is, if by our rule
+            if a.layout != lay:
+                raise StoreError(
+                    f"{name}: deflated as {a.layout}, this writer stores it as {lay}; deflate "
+                    "with the writer's compression (deflate_for_store)"
+                )
+            return write_deflated(g, name, a)
+        if lay.method is None:
             return g.create_dataset(name, data=a)
-        if a.nbytes <= _CHUNK_BYTES:
-            chunks = a.shape
-        else:  # whole rows along the first (time) axis, about 1 MiB per chunk
-            row = max(1, a.nbytes // a.shape[0])
-            chunks = (max(1, min(a.shape[0], _CHUNK_BYTES // row)),) + a.shape[1:]
-        method = self.compression
-        if method == "auto":
-            if a.dtype.kind in "fc":  # float features: stored as they are (see the docstring)
-                return g.create_dataset(name, data=a)
-            method = "gzip"
-        kw: dict[str, Any] = {"compression": method, "chunks": chunks}
-        if a.dtype.itemsize > 1:
-            kw["shuffle"] = True  # byte-shuffling makes float/int arrays compress much better
-        if method != "gzip":
-            return g.create_dataset(name, data=a, **kw)
-        # deflated here, chunks on all cores (ISA-L's deflate at auto: the gzip level a user
-        # names is zlib's), and written as they are: the standard gzip filter reads them back
-        auto = self.compression == "auto"
-        kw["compression_opts"] = AUTO_GZIP_LEVEL if auto else self.compression_level
-        ds = g.create_dataset(name, shape=a.shape, dtype=a.dtype, **kw)
-        _write_deflated(ds, a, chunks[0], kw["compression_opts"], fast=auto)
-        return ds
+        if lay.method == "gzip":  # deflated here, chunks on all cores (vidfeat.store.deflate)
+            return write_deflated(g, name, deflate(a, lay))
+        return g.create_dataset(
+            name, data=a, chunks=lay.chunks, compression=lay.method, shuffle=lay.shuffle
+        )
 
     def _existing_k(self) -> int:
         pat = re.compile(rf"^part-{re.escape(self.job)}-(\d+)\.h5(\.partial(\.lock)?)?$")
