@@ -238,7 +238,6 @@ def test_a_workers_deflated_fields_are_stored_as_they_are(tmp_path):
     assert np.array_equal(fs.features("v"), fields)
 
 
-
 @pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "../x", "a\x00b"])
 def test_invalid_ids_rejected_and_writer_still_usable(tmp_path, bad):
     d = new_set(tmp_path)
