@@ -2,7 +2,8 @@
 
 Workers decode and compute; the parent alone writes shards. One writer per job keeps shard
 files few and large, a crashing worker can never leave a half-written shard, and the arrays
-cross the process boundary once (a pipe copy, small next to decoding + flow/network compute).
+cross the process boundary once (a pipe copy; integer arrays the store gzips, i.e. flow
+fields, already deflated by the worker, so 5-8x fewer bytes and the parent only writes).
 
 Workers are plain processes, each fed one video at a time through its own pipe (not a
 ``ProcessPoolExecutor``, whose one shared queue hides which worker holds which video). So the
