@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vidfeat.synth import SynthConfig, generate, write_mp4
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Every test starts with one torch intra-op thread in this process (the test's own
+    processes and workers keep theirs). The suite's tensors are tiny: a second thread only adds
+    synchronisation, which on a busy 2-core machine costs more than the arithmetic (training
+    steps 10-40x slower). A test that sets threads itself still does; the count is restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def moving_frames(n: int, h: int = 64, w: int = 80, seed: int = 0) -> np.ndarray:
