@@ -381,31 +381,36 @@ def dense_vs_grid(clip: Path, tmp: Path, rounds: int) -> dict:
     import bench_extract_flow as bef
 
     bef.THREADS = thread_budget(1)
-    configure_worker_threads(bef.THREADS)
+    configure_worker_threads(1)  # dense and bare calls: one OpenCV thread, as dense_flow
     jpgs = tmp / "jpg"
     jpgs.mkdir(exist_ok=True)
-    runs: dict[str, list[float]] = {"grid": [], "dense": [], "bare": []}
-    for r in range(rounds):  # interleaved, the order rotating: noise hits all three alike
-        for k in range(3):
-            which = ("grid", "dense", "bare")[(k + r) % 3]
-            if which == "grid":
+    runs: dict[str, list[float]] = {"grid": [], "grid1": [], "dense": [], "bare": []}
+    order = ("grid", "dense", "bare", "grid1")
+    for r in range(rounds):  # interleaved, the order rotating: noise hits all alike
+        for k in range(len(order)):
+            which = order[(k + r) % len(order)]
+            if which.startswith("grid"):  # grid1: vidfeat on one thread, as the peers run
+                bef.THREADS = 1 if which == "grid1" else thread_budget(1)
                 shutil.rmtree(tmp / "dense-store", ignore_errors=True)
-                runs["grid"].append(
+                runs[which].append(
                     bef.time_vidfeat(clip, "farneback", 25, 5, 256, tmp / "dense-store")
                 )
             elif which == "dense":
                 runs["dense"].append(bef.time_dense(clip, "farneback", 256, jpgs))
             else:
                 runs["bare"].append(bef.bare_calc(clip, "farneback", 25, 5, 256))
-    grid, dense, bare = (statistics.median(runs[k]) for k in ("grid", "dense", "bare"))
-    print(f"  dense all-pairs + JPEG  {dense:7.2f} s")
+    grid, grid1, dense, bare = (statistics.median(runs[k]) for k in runs)
+    print(f"  dense all-pairs + JPEG  {dense:7.2f} s   (one thread, as dense_flow runs)")
     print(f"  vidfeat grid pairs      {grid:7.2f} s   dense/vidfeat {dense / grid:5.2f}x (>= 1.85)")
+    print(f"    on one thread         {grid1:7.2f} s   dense/vidfeat {dense / grid1:5.2f}x")
     print(f"  bare calc sum           {bare:7.2f} s   vidfeat/bare  {grid / bare:5.3f}x")
     return {
         "dense_s": dense,
         "grid_s": grid,
+        "grid_one_thread_s": grid1,
         "bare_s": bare,
         "dense_over_grid": dense / grid,
+        "dense_over_grid_one_thread": dense / grid1,
         "rounds": runs,
     }
 
