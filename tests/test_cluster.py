@@ -31,7 +31,8 @@ import pytest
 from vidfeat.store import FeatureStore, verify_store
 from vidfeat.synth import SynthConfig, generate
 
-pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+# one xdist group: the Ray clusters of this module and test_engines never run at once
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 REPO = Path(__file__).parents[1]
 VIDFEAT = [sys.executable, "-c", "from cli import main; main()"]

@@ -17,6 +17,8 @@ from vidfeat.store import FeatureStore, verify_store
 from vidfeat.videolist import load_list
 
 ray = pytest.importorskip("ray")
+# one xdist group: the Ray clusters of this module and test_cluster never run at once
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 class DiesOnce(FlowFieldsExtractor):
