@@ -21,13 +21,13 @@ options, and ``vidfeat --help`` must stay fast.
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from vidfeat.cores import available_cores
 from vidfeat.errors import ConfigError
 from vidfeat.flow_base import (  # noqa: F401 - re-exported: the public API lives here
     FARNEBACK_GAUSSIAN,
@@ -183,14 +183,6 @@ def make_method(name: str, **params: Any) -> FlowMethod:
     """A configured method; parameters not given keep OpenCV's defaults. Unknown method,
     parameter of another method or invalid value → ConfigError naming the option."""
     return FLOW_METHODS.get(name)(**params)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a cgroup's or taskset's)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def thread_budget(workers: int) -> int:

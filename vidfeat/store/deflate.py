@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from vidfeat.cores import available_cores
 from vidfeat.errors import StoreError
 
 _CHUNK_BYTES = 1024 * 1024
@@ -88,11 +89,7 @@ _pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked chi
 def _threads() -> ThreadPoolExecutor:
     global _pool
     if _pool is None or _pool[0] != os.getpid():
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cores = os.cpu_count() or 1
-        pool = ThreadPoolExecutor(max(1, cores), thread_name_prefix="vidfeat-deflate")
+        pool = ThreadPoolExecutor(available_cores(), thread_name_prefix="vidfeat-deflate")
         _pool = (os.getpid(), pool)
     return _pool[1]
 

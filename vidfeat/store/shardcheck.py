@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 from h5py import h5a, h5d, h5g, h5o
 
+from vidfeat.cores import available_cores
 from vidfeat.store.paths import FEATURES
 from vidfeat.store.shardindex import decode_shard_index, open_shard, read_index_attr
 from vidfeat.store.writer import FLOAT16_FROM
@@ -329,10 +330,7 @@ def verify_shards(tasks: list[tuple[str, str, str, tuple]]) -> list[ShardResult]
 def workers_for(n_shards: int, workers: int | None) -> int:
     if workers is not None:
         return max(1, int(workers))
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
+    cpus = available_cores()
     # a worker process costs ~0.5 s to start: only worth it for hundreds of shards
     return max(1, min(cpus, 8, n_shards // 200))
 
