@@ -201,7 +201,7 @@ def run_cli(listing: Path, store: Path, args: list[str], pool: bool = True) -> t
     (``pool``) one worker process computes while the parent writes; else one process does
     everything (``--timeout 0``)."""
     shutil.rmtree(store, ignore_errors=True)
-    cmd = [sys.executable, "-c", "import cli; cli.main()", "extract", "flow", "-q"]
+    cmd = [sys.executable, "-c", "import vidfeat.cli; cli.main()", "extract", "flow", "-q"]
     cmd += ["--videos", str(listing), "--store", str(store), "--workers", "1"]
     cmd += [] if pool else ["--timeout", "0"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

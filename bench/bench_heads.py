@@ -45,8 +45,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fusion.data import FusionDataset
-from fusion.heads import HEADS, create_head
+from vidfeat.fusion.data import FusionDataset
+from vidfeat.fusion.heads import HEADS, create_head
 from vidfeat.store import FeatureStore, ShardWriter
 from vidfeat.videolist import VideoList, load_list
 

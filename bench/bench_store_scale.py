@@ -325,7 +325,7 @@ def run_cli(*args: str) -> tuple[float, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
     res = subprocess.run(
-        [sys.executable, "-c", "import sys; from cli import main; sys.exit(main())", *args],
+        [sys.executable, "-c", "import sys; from vidfeat.cli import main; sys.exit(main())", *args],
         capture_output=True,
         text=True,
         env=env,

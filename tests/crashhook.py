@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(USAGE)
     sys.path.insert(0, str(ROOT))  # this checkout's cli and vidfeat, as `python -c` in ROOT
     arm(argv[0])
-    from cli import main as cli_main
+    from vidfeat.cli import main as cli_main
 
     cli_main(args=argv[2:], prog_name="vidfeat")
 

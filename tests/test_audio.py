@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from scipy.signal import chirp, get_window
 
-from cli import main
+from vidfeat.cli import main
 from conftest import moving_frames
 from vidfeat.audio import (
     EXAMPLE_SAMPLES,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion.heads import create_head
+from vidfeat.fusion.heads import create_head
 from vidfeat.nets.txb import TemporalXceptionBlock
 
 

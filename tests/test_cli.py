@@ -7,7 +7,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from vidfeat.cli import main
 from vidfeat import __version__
 
 

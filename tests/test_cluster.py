@@ -35,7 +35,7 @@ from vidfeat.synth import SynthConfig, generate
 pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 REPO = Path(__file__).parents[1]
-VIDFEAT = [sys.executable, "-c", "from cli import main; main()"]
+VIDFEAT = [sys.executable, "-c", "from vidfeat.cli import main; main()"]
 RAY_CLI = Path(sys.executable).with_name("ray")
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 FLOW = ["--method", "farneback", "-T", "2", "-N", "1", "--short-side", "32", "--quiet"]

@@ -129,7 +129,7 @@ def test_without_ray_the_message_says_how_to_install(
 ) -> None:
     from click.testing import CliRunner
 
-    from cli import main
+    from vidfeat.cli import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     res = CliRunner().invoke(

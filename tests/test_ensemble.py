@@ -16,8 +16,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from cli import main
-from fusion.ensemble import GBDTStacker
+from vidfeat.cli import main
+from vidfeat.fusion.ensemble import GBDTStacker
 from vidfeat.store import FeatureStore, ShardWriter
 
 K = 4

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import vidfeat.export as export_mod
-from cli import main
+from vidfeat.cli import main
 from vidfeat.errors import ConfigError
 from vidfeat.export import FORMATS, export_set, export_stem
 from vidfeat.store import FeatureStore, ShardWriter

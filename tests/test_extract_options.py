@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from vidfeat.cli import main
 from vidfeat.grid import SegmentGrid
 from vidfeat.store import FeatureStore
 

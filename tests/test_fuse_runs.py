@@ -16,8 +16,8 @@ import torch
 from click.testing import CliRunner
 from test_fusion import write_set
 
-from cli import main
-from fusion.data import FusionDataset
+from vidfeat.cli import main
+from vidfeat.fusion.data import FusionDataset
 
 K = 4
 REPO = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def test_torchrun_two_cpu_processes_match_one_process(store, tmp_path: Path) -> 
     s, train, val = store
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "cli", "fuse", "train", "--store", str(s), "--train", str(train)]
+    cmd += ["-m", "vidfeat", "fuse", "train", "--store", str(s), "--train", str(train)]
     cmd += ["--val", str(val), "--features", "a,b", "--out", str(two), "--batch-size", "16"]
     cmd += ["--quiet", *opts]
     proc = subprocess.run(

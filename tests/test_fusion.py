@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import _head_names, main
-from fusion.data import FusionDataset, nearest_index
+from vidfeat.cli import _head_names, main
+from vidfeat.fusion.data import FusionDataset, nearest_index
 from vidfeat.errors import ConfigError
 from vidfeat.store import FeatureStore, ShardWriter
 from vidfeat.videolist import load_list
@@ -283,6 +283,6 @@ def test_explicit_cuda_without_cuda_is_an_error_not_a_silent_cpu_run() -> None:
 
 
 def test_cli_head_choices_match_the_registry() -> None:
-    from fusion.heads import HEADS
+    from vidfeat.fusion.heads import HEADS
 
     assert _head_names() == HEADS.names()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusion.heads import HEADS, create_head
+from vidfeat.fusion.heads import HEADS, create_head
 from vidfeat.errors import ConfigError
 from vidfeat.nets.txb import MaskedBatchNorm1d, TemporalXceptionBlock, masked_max
 

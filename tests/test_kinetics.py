@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from vidfeat.cli import main
 from vidfeat.store import FeatureStore
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import yaml
 from click.testing import CliRunner
 
-from cli import main
+from vidfeat.cli import main
 from vidfeat import load_model
 from vidfeat.errors import ConfigError
 from vidfeat.models import import_paddle, import_timm, preprocessing_of

@@ -29,8 +29,8 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-import cli as cli_module
-from cli import main
+import vidfeat.cli as cli_module
+from vidfeat.cli import main
 
 
 class Handoff(Exception):
@@ -487,7 +487,7 @@ def segment_net_checks(**over: Any) -> dict[str, list[Check]]:
 # --------------------------------------------------------------------------- per command
 
 CMDS: dict[tuple[str, ...], Cmd] = {
-    (): Cmd((), "cli.main"),
+    (): Cmd((), "vidfeat.cli.main"),
     ("data", "synth"): Cmd(("{out}/ds",), "vidfeat.synth.generate"),
     ("data", "probe"): Cmd(("{train}",), "vidfeat.probe.probe_list"),
     ("store", "verify"): Cmd(("{store}",), "vidfeat.store.verify_store"),
@@ -538,22 +538,22 @@ CMDS: dict[tuple[str, ...], Cmd] = {
             "--out",
             "{out}/fuse",
         ),
-        "fusion.trainer.train",
+        "vidfeat.fusion.trainer.train",
     ),  # fmt: skip
     ("fuse", "eval"): Cmd(
-        ("--run", "{run}", "--store", "{store}", "--videos", "{train}"), "fusion.evaluate.evaluate"
+        ("--run", "{run}", "--store", "{store}", "--videos", "{train}"), "vidfeat.fusion.evaluate.evaluate"
     ),
     ("fuse", "predict"): Cmd(
         ("--run", "{run}", "--store", "{store}", "--videos", "{train}", "--out", "{out}/p.csv"),
-        "fusion.evaluate.predict",
+        "vidfeat.fusion.evaluate.predict",
     ),
     ("ensemble",): Cmd(
         ("--members", "{scores}", "--videos", "{train}", "--out", "{out}/ens"),
-        "fusion.ensemble.run_ensemble",
+        "vidfeat.fusion.ensemble.run_ensemble",
     ),
     ("ensemble", "predict"): Cmd(
         ("--ensemble", "{ens}", "--videos", "{train}", "--out", "{out}/e.csv"),
-        "fusion.ensemble.predict_ensemble",
+        "vidfeat.fusion.ensemble.predict_ensemble",
     ),
     ("models", "import", "paddle-stnet"): Cmd(
         ("{weights}", "--out", "{out}/imp"), "vidfeat.models.import_paddle"

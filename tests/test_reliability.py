@@ -25,7 +25,7 @@ from vidfeat.synth import SynthConfig, generate, write_mp4
 
 pytestmark = pytest.mark.reliability
 
-VIDFEAT = [sys.executable, "-c", "from cli import main; main()"]
+VIDFEAT = [sys.executable, "-c", "from vidfeat.cli import main; main()"]
 # the command line with a crash point armed: ``[*CRASHHOOK, "<point>:<n>:stop", "--", *args]``
 CRASHHOOK = [sys.executable, str(Path(__file__).with_name("crashhook.py"))]
 FAST = ["--method", "farneback", "-T", "2", "-N", "1", "--short-side", "32", "--quiet"]
@@ -239,7 +239,7 @@ MEASURED = [
     "    c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
     "    sys.stderr.write(f'\\npeak-rss-kib {s} {c}\\n')\n"
     "atexit.register(peak)\n"
-    "from cli import main\n"
+    "from vidfeat.cli import main\n"
     "main()",
 ]
 
@@ -516,8 +516,8 @@ class _Payload:
 
 
 def test_fusion_run_refuses_a_pickle_payload_checkpoint(tmp_path: Path) -> None:
-    from fusion.evaluate import load_run
-    from fusion.heads import create_head
+    from vidfeat.fusion.evaluate import load_run
+    from vidfeat.fusion.heads import create_head
     from vidfeat.errors import ConfigError
 
     pwned = tmp_path / "pwned"

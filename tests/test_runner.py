@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from vidfeat.cli import main
 from vidfeat.errors import ConfigError
 from vidfeat.extract.fields import FlowFieldsExtractor
 from vidfeat.extract.job import in_shard, parse_shard
@@ -485,7 +485,7 @@ def test_ctrl_c_prints_the_summary_keeps_shards_and_resumes(
     args = ["extract", "flow", "--method", "farneback", "--videos", str(lst), "--store"]
     args += [str(store), "--shard-videos", "4", *FAST]
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from cli import main; main()", *args],
+        [sys.executable, "-c", "from vidfeat.cli import main; main()", *args],
         cwd=Path(__file__).parents[1],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

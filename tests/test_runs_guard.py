@@ -16,7 +16,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from cli import main
+from vidfeat.cli import main
 from vidfeat.train import load_trained
 
 TINY = ["--segments", "2", "--frames", "2", "--size", "32", "--short-side", "40", "--epochs", "1",

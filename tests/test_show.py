@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from matplotlib.image import imread
 
-from cli import main
+from vidfeat.cli import main
 from vidfeat.show import SheetResult, contact_sheet, flow_to_rgb
 from vidfeat.store import FeatureStore, ShardWriter
 
@@ -108,7 +108,7 @@ def test_video_without_audio_shows_the_marker(world: dict, tmp_path: Path) -> No
 
 def test_cli_prints_one_line(world: dict, tmp_path: Path) -> None:
     vid = next(iter(world["loud"].values()))
-    out = tmp_path / "sub" / "cli.png"
+    out = tmp_path / "sub" / "vidfeat.cli.png"
     res = _invoke("show", vid, "--store", str(world["store"]), "--out", str(out))
     assert res.exit_code == 0, res.output
     lines = res.output.strip().splitlines()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import main
+from vidfeat.cli import main
 from vidfeat.store import FeatureStore
 from vidfeat.train import load_trained
 

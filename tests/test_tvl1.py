@@ -325,7 +325,7 @@ def test_tvl1_torch_is_a_flow_method_with_the_same_fields(tiny_synth, tmp_path) 
     import numpy as np
     from click.testing import CliRunner
 
-    from cli import main
+    from vidfeat.cli import main
     from vidfeat.store import FeatureStore
 
     base = ["extract", "flow", "--videos", str(tiny_synth / "val.csv"), "--store",

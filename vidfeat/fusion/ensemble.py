@@ -190,7 +190,7 @@ class Member:
 
 def _run_member(p: Path, store: str | Path, videos: VideoList, device: str) -> Member:
     """A fusion run's scores for the list's videos present in at least one of its sets."""
-    from fusion.evaluate import load_run, run_scores
+    from vidfeat.fusion.evaluate import load_run, run_scores
 
     lr = load_run(p, device=device)
     sub = VideoList(videos.source, videos.records, lr.classes, videos.format)
@@ -524,7 +524,7 @@ def predict_ensemble(
     est = GBDTStacker.load(ens / meta.get("model", "model.txt"), classes)
     X = np.concatenate(mats, axis=1)
     p = est.predict_proba(X)
-    from fusion.evaluate import write_scores_csv
+    from vidfeat.fusion.evaluate import write_scores_csv
 
     write_scores_csv(Path(out), ids, p, classes, None, top=5)
     return PredictReport(len(ids), [n for m in members for n in m.notes])

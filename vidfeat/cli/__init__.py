@@ -1236,7 +1236,7 @@ def fuse() -> None:
 
 
 def _head_names() -> list[str]:
-    from fusion.heads import HEADS
+    from vidfeat.fusion.heads import HEADS
 
     return HEADS.names()
 
@@ -1309,8 +1309,8 @@ def fuse_train(**kw) -> None:
     """Train a fusion head on feature sets of a store; keeps the best epoch by val Prec@1.
 
     Under torchrun (one process per GPU, or gloo on CPU) --batch-size is the global batch."""
-    from fusion.dist import is_main_process
-    from fusion.trainer import FuseConfig, train
+    from vidfeat.fusion.dist import is_main_process
+    from vidfeat.fusion.trainer import FuseConfig, train
 
     _video_root_applies(kw["video_root"], kw["train_list"], kw["val_list"])
     head_options = _parse_head_options(kw["head_opt"])
@@ -1374,7 +1374,7 @@ def fuse_train(**kw) -> None:
 )
 def fuse_eval(run, store, videos, name, device, video_root, overwrite) -> None:
     """Prec@1, Prec@5, mean class accuracy; per-video scores, per-class CSV, confusion PNG."""
-    from fusion.evaluate import evaluate
+    from vidfeat.fusion.evaluate import evaluate
 
     _video_root_applies(video_root, videos)
     res = evaluate(
@@ -1397,7 +1397,7 @@ def fuse_eval(run, store, videos, name, device, video_root, overwrite) -> None:
 @VIDEO_ROOT
 def fuse_predict(run, store, videos, out, device, video_root) -> None:
     """Per-video class scores and top-5 labels for a list (labelled or not)."""
-    from fusion.evaluate import predict
+    from vidfeat.fusion.evaluate import predict
 
     _video_root_applies(video_root, videos)
     n = predict(run, store, videos, out, device=device, video_root=video_root)
@@ -1414,7 +1414,7 @@ def _members(values: tuple[str, ...]) -> list[str]:
 def _member_options_apply(specs: list[str], store: str | None) -> None:
     """--store serves fusion-run and set: members, --device runs fusion-run members: given
     for members that use neither (score files), they are refused."""
-    from fusion.ensemble import member_kind
+    from vidfeat.fusion.ensemble import member_kind
 
     if not specs:
         return  # no members known here: the command names the problem
@@ -1512,7 +1512,7 @@ def ensemble(
                 f"after the word {ctx.invoked_subcommand}"
             )
         return
-    from fusion.ensemble import GBDTStacker, format_table, run_ensemble
+    from vidfeat.fusion.ensemble import GBDTStacker, format_table, run_ensemble
     from vidfeat.videolist import load_list
 
     for name, val in (("--members", members), ("--videos", videos), ("--out", out)):
@@ -1563,7 +1563,7 @@ def ensemble(
 @VIDEO_ROOT
 def ensemble_predict(ens, members, store, videos, out, device, video_root) -> None:
     """Score new videos with a fitted ensemble (class scores + top-5 labels, CSV)."""
-    from fusion.ensemble import fitted_members, predict_ensemble
+    from vidfeat.fusion.ensemble import fitted_members, predict_ensemble
     from vidfeat.videolist import load_list
 
     _video_root_applies(video_root, videos)
@@ -1684,7 +1684,3 @@ def models_info(run: Path, as_json: bool) -> None:
 
 
 main.add_command(models)
-
-
-if __name__ == "__main__":
-    main()

@@ -17,8 +17,8 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fusion.data import FusionDataset, load_norm, set_fingerprint
-from fusion.trainer import FuseConfig, build_head, load_state, predict_scores
+from vidfeat.fusion.data import FusionDataset, load_norm, set_fingerprint
+from vidfeat.fusion.trainer import FuseConfig, build_head, load_state, predict_scores
 from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError
 from vidfeat.metrics import confusion_matrix, summarize
@@ -61,7 +61,7 @@ def load_run(run: str | Path, *, device: str = "auto", checkpoint: str = "best.p
 
 def check_store_matches(lr: LoadedRun, store: str | Path) -> None:
     """Refuse a store whose feature sets differ from those the run was trained on."""
-    from fusion.data import open_sets
+    from vidfeat.fusion.data import open_sets
     from vidfeat.store import identity
 
     sets = open_sets(store, lr.config.features)

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from fusion.heads.base import HEADS, FusionHead, key
+from vidfeat.fusion.heads.base import HEADS, FusionHead, key
 
 
 class Cluster(nn.Module):

@@ -14,7 +14,7 @@ one file per head registers itself there. May import torch and vidfeat's shared 
 layers (``vidfeat.nets.txb``); never the trainer or the CLI.
 """
 
-from fusion.heads import attention_clusters, fflstm, itxn, single, txn  # noqa: F401 (register)
-from fusion.heads.base import HEADS, FusionHead, create_head, key
+from vidfeat.fusion.heads import attention_clusters, fflstm, itxn, single, txn  # noqa: F401 (register)
+from vidfeat.fusion.heads.base import HEADS, FusionHead, create_head, key
 
 __all__ = ["HEADS", "FusionHead", "create_head", "key"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.heads.base import HEADS, FusionHead, key
+from vidfeat.fusion.heads.base import HEADS, FusionHead, key
 from vidfeat.errors import ConfigError
 from vidfeat.nets.txb import TemporalXceptionBlock, masked_max
 

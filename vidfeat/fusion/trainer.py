@@ -42,8 +42,8 @@ import yaml
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
-from fusion.data import FusionDataset, load_norm, save_norm, set_fingerprint
-from fusion.dist import (
+from vidfeat.fusion.data import FusionDataset, load_norm, save_norm, set_fingerprint
+from vidfeat.fusion.dist import (
     DistContext,
     all_sum,
     any_rank,
@@ -117,7 +117,7 @@ def _to(batch: dict, device: torch.device) -> tuple[dict, dict, torch.Tensor]:
 
 
 def build_head(cfg: FuseConfig, dims: dict[str, int], num_classes: int) -> nn.Module:
-    from fusion.heads import create_head
+    from vidfeat.fusion.heads import create_head
 
     return create_head(cfg.head, dims, num_classes, **cfg.head_options)
 
@@ -173,7 +173,7 @@ def _sha256(path: str | Path | None) -> str | None:
 
 
 def _head_options(head: str, options: dict) -> dict:
-    from fusion.heads import HEADS
+    from vidfeat.fusion.heads import HEADS
 
     return {**HEADS.get(head).default_options(), **options}
 

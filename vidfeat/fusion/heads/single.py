@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.heads.base import HEADS, FusionHead
+from vidfeat.fusion.heads.base import HEADS, FusionHead
 from vidfeat.errors import ConfigError
 from vidfeat.nets.txb import masked_mean
 
