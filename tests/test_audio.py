@@ -14,7 +14,6 @@ import torch
 from click.testing import CliRunner
 from scipy.signal import chirp, get_window
 
-from vidfeat.cli import main
 from conftest import moving_frames
 from vidfeat.audio import (
     EXAMPLE_SAMPLES,
@@ -26,6 +25,7 @@ from vidfeat.audio import (
     load_vggish_weights,
     log_mel,
 )
+from vidfeat.cli import main
 from vidfeat.decode import read_audio
 from vidfeat.errors import ConfigError
 from vidfeat.store import FeatureStore, verify_store

@@ -7,8 +7,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from vidfeat.cli import main
 from vidfeat import __version__
+from vidfeat.cli import main
 
 
 def all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

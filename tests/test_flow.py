@@ -554,7 +554,7 @@ def one_video(tmp_path: Path, n: int = 20, h: int = 64, w: int = 80) -> Path:
 def test_raft_refuses_without_weights_naming_both_ways(empty_hub: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    import vidfeat.cli
+    from vidfeat import cli
 
     for model, file in [
         ("large", "raft_large_C_T_SKHT_V2-ff5fadd5.pth"),
@@ -627,7 +627,7 @@ def test_raft_extraction_end_to_end_with_random_weights(
 
     from click.testing import CliRunner
 
-    import vidfeat.cli
+    from vidfeat import cli
     from vidfeat.store import FeatureStore
 
     store = tmp_path / "store"
@@ -653,7 +653,7 @@ def test_raft_extraction_end_to_end_with_random_weights(
 def test_device_and_batch_size_are_refused_by_cpu_methods(method: str, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    import vidfeat.cli
+    from vidfeat import cli
 
     m = make_method(method)
     with pytest.raises(ConfigError, match=f"--device does not apply to --method {method}: Open"):

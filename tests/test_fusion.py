@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from vidfeat.cli import _head_names, main
-from vidfeat.fusion.data import FusionDataset, nearest_index
 from vidfeat.errors import ConfigError
+from vidfeat.fusion.data import FusionDataset, nearest_index
 from vidfeat.store import FeatureStore, ShardWriter
 from vidfeat.videolist import load_list
 

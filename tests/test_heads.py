@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidfeat.fusion.heads import HEADS, create_head
 from vidfeat.errors import ConfigError
+from vidfeat.fusion.heads import HEADS, create_head
 from vidfeat.nets.txb import MaskedBatchNorm1d, TemporalXceptionBlock, masked_max
 
 DIMS = {"rgb": 16, "audio": 24}

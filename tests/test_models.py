@@ -29,8 +29,8 @@ import torch.nn.functional as F
 import yaml
 from click.testing import CliRunner
 
-from vidfeat.cli import main
 from vidfeat import load_model
+from vidfeat.cli import main
 from vidfeat.errors import ConfigError
 from vidfeat.models import import_paddle, import_timm, preprocessing_of
 from vidfeat.nets.backbones import count_parameters

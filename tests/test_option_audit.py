@@ -541,7 +541,8 @@ CMDS: dict[tuple[str, ...], Cmd] = {
         "vidfeat.fusion.trainer.train",
     ),  # fmt: skip
     ("fuse", "eval"): Cmd(
-        ("--run", "{run}", "--store", "{store}", "--videos", "{train}"), "vidfeat.fusion.evaluate.evaluate"
+        ("--run", "{run}", "--store", "{store}", "--videos", "{train}"),
+        "vidfeat.fusion.evaluate.evaluate",
     ),
     ("fuse", "predict"): Cmd(
         ("--run", "{run}", "--store", "{store}", "--videos", "{train}", "--out", "{out}/p.csv"),

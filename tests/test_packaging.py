@@ -60,9 +60,7 @@ def test_wheel_installs_the_single_top_level_name_vidfeat(wheel: Path) -> None:
     assert "vidfeat = vidfeat.cli:main" in entry_points
 
 
-def test_installed_wheel_works_beside_a_users_cli_and_fusion(
-    wheel: Path, tmp_path: Path
-) -> None:
+def test_installed_wheel_works_beside_a_users_cli_and_fusion(wheel: Path, tmp_path: Path) -> None:
     env_dir = tmp_path / "env"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     bindir = env_dir / "bin"
@@ -85,7 +83,9 @@ def test_installed_wheel_works_beside_a_users_cli_and_fusion(
     user = tmp_path / "notebooks"
     (user / "fusion").mkdir(parents=True)
     (user / "cli.py").write_text("raise SystemExit('the user cli.py was imported')\n")
-    (user / "fusion" / "__init__.py").write_text("raise SystemExit('the user fusion was imported')\n")
+    (user / "fusion" / "__init__.py").write_text(
+        "raise SystemExit('the user fusion was imported')\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
 
     def run(*argv: str | Path) -> str:

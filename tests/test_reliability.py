@@ -516,9 +516,9 @@ class _Payload:
 
 
 def test_fusion_run_refuses_a_pickle_payload_checkpoint(tmp_path: Path) -> None:
+    from vidfeat.errors import ConfigError
     from vidfeat.fusion.evaluate import load_run
     from vidfeat.fusion.heads import create_head
-    from vidfeat.errors import ConfigError
 
     pwned = tmp_path / "pwned"
     run = tmp_path / "run"

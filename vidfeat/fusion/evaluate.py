@@ -17,10 +17,10 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vidfeat.fusion.data import FusionDataset, load_norm, set_fingerprint
-from vidfeat.fusion.trainer import FuseConfig, build_head, load_state, predict_scores
 from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError
+from vidfeat.fusion.data import FusionDataset, load_norm, set_fingerprint
+from vidfeat.fusion.trainer import FuseConfig, build_head, load_state, predict_scores
 from vidfeat.metrics import confusion_matrix, summarize
 from vidfeat.outdir import claim_out_dir
 from vidfeat.plots import plot_confusion

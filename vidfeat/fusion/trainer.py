@@ -42,6 +42,7 @@ import yaml
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
+from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.fusion.data import FusionDataset, load_norm, save_norm, set_fingerprint
 from vidfeat.fusion.dist import (
     DistContext,
@@ -52,7 +53,6 @@ from vidfeat.fusion.dist import (
     share,
     stop_requested,
 )
-from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.metrics import summarize
 from vidfeat.outdir import claim_out_dir
 from vidfeat.plots import plot_curves

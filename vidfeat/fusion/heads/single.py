@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vidfeat.fusion.heads.base import HEADS, FusionHead
 from vidfeat.errors import ConfigError
+from vidfeat.fusion.heads.base import HEADS, FusionHead
 from vidfeat.nets.txb import masked_mean
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vidfeat.fusion.heads.base import HEADS, FusionHead, key
 from vidfeat.errors import ConfigError
+from vidfeat.fusion.heads.base import HEADS, FusionHead, key
 from vidfeat.nets.txb import TemporalXceptionBlock, masked_max
 
 
