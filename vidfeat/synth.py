@@ -414,46 +414,36 @@ class SynthReport:
     test: int = 0
 
 
-def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> SynthReport:
-    """Write the dataset under ``out`` (videos/, train.csv, val.csv, test.csv when
-    ``test_fraction`` > 0, all.csv (their union), classes.txt, README.txt, synth.json,
-    metadata.csv). Rerunning with the same options rewrites identical files."""
-    import time
+def _split_of(i: int, cfg: SynthConfig) -> str:
+    """The last n_test videos of each class are test, the n_val before them validation:
+    stratified and deterministic."""
+    n_val, n_test = cfg.split_sizes()
+    if i >= cfg.per_class - n_test:
+        return "test"
+    if i >= cfg.per_class - n_test - n_val:
+        return "val"
+    return "train"
 
+
+def _render_all(out: Path, cfg: SynthConfig, design: list, progress: bool) -> list[dict]:
+    """Render and encode every video under ``out/videos``; one metadata row per video."""
     from tqdm import tqdm
 
-    cfg.validate()
-    t0 = time.perf_counter()
-    out = Path(out)
-    vdir = out / "videos"
-    vdir.mkdir(parents=True, exist_ok=True)
-    design = class_design(cfg.classes)
-    n_val, n_test = cfg.split_sizes()
-    splits = ["train", "val"] + (["test"] if n_test else [])
     rows: list[dict] = []
     jobs = [(k, i) for k in design for i in range(cfg.per_class)]
-    bar = tqdm(jobs, desc="synth", unit="video", disable=not progress)
-    for klass, i in bar:
+    for klass, i in tqdm(jobs, desc="synth", unit="video", disable=not progress):
         number = klass.index * cfg.per_class + i
         rng = np.random.default_rng([cfg.seed, number])
         clip = render_clip(klass, cfg, rng)
         vid = f"{klass.name}_{i:03d}"
         rel = f"videos/{vid}.mp4"
         write_mp4(out / rel, clip.frames, cfg.fps, clip.audio, bframes=0)
-        # the last n_test of each class are test, the n_val before them validation: stratified
-        # and deterministic
-        if i >= cfg.per_class - n_test:
-            split = "test"
-        elif i >= cfg.per_class - n_test - n_val:
-            split = "val"
-        else:
-            split = "train"
         rows.append(
             {
                 "video_id": vid,
                 "path": rel,
                 "label": klass.name,
-                "split": split,
+                "split": _split_of(i, cfg),
                 "colour": klass.colour,
                 "motion": klass.motion,
                 "sound": klass.sound,
@@ -461,7 +451,12 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> SynthR
                 **clip.nuisance,
             }
         )
-    for split in (*splits, "all"):  # all.csv: the union of the splits (what one extracts)
+    return rows
+
+
+def _write_lists(out: Path, rows: list[dict], splits: list[str]) -> None:
+    """One list per split, ``all.csv`` (their union: what one extracts) and metadata.csv."""
+    for split in (*splits, "all"):
         with open(out / f"{split}.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "label", "video_id", "split"])
@@ -472,10 +467,25 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> SynthR
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+
+
+def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> SynthReport:
+    """Write the dataset under ``out`` (videos/, train.csv, val.csv, test.csv when
+    ``test_fraction`` > 0, all.csv (their union), classes.txt, README.txt, synth.json,
+    metadata.csv). Rerunning with the same options rewrites identical files."""
+    import time
+
+    cfg.validate()
+    t0 = time.perf_counter()
+    out = Path(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    design = class_design(cfg.classes)
+    _, n_test = cfg.split_sizes()
+    rows = _render_all(out, cfg, design, progress)
+    _write_lists(out, rows, ["train", "val"] + (["test"] if n_test else []))
     (out / "classes.txt").write_text("".join(k.name + "\n" for k in design))
     without_audio = sum(not r["has_audio"] for r in rows)
-    frac = without_audio / len(rows)
-    ceil = ceilings(design, frac)
+    ceil = ceilings(design, without_audio / len(rows))
     meta = {
         "config": asdict(cfg),
         "classes": [asdict(k) for k in design],
