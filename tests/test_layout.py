@@ -4,6 +4,7 @@ contents, and the dependency direction holds (see README "Layout")."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,85 @@ def test_no_file_over_700_lines(pkg: str) -> None:
     assert long == {}
 
 
+def _option_lines(fn: ast.AST) -> set[int]:
+    """The lines of ``fn`` inside option declarations (``click.option(...)``,
+    ``click.argument(...)``): an option table is long by nature, and each entry is one
+    declaration, not logic."""
+    lines: set[int] = set()
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in ("option", "argument") and isinstance(node.func.value, ast.Name):
+                if node.func.value.id == "click":
+                    lines.update(range(node.lineno, node.end_lineno + 1))
+    return lines
+
+
+def test_no_function_over_80_lines() -> None:
+    """A function reads on one screen; option tables aside (their declarations don't count)."""
+    long = {}
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = set(range(node.lineno, node.end_lineno + 1)) - _option_lines(node)
+                if len(body) > 80:
+                    long[f"{name}.{node.name}"] = len(body)
+    assert long == {}
+
+
+def _imported(tree: ast.AST) -> list[tuple[str, str]]:
+    """(module, name) of every ``from module import name`` at any depth (absolute imports);
+    ``import a.b`` gives (a.b, "")."""
+    out: list[tuple[str, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, "") for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out += [(node.module, a.name) for a in node.names]
+    return out
+
+
+def test_only_the_command_line_imports_click() -> None:
+    """The library raises vidfeat's own errors; only vidfeat.cli turns them into click's."""
+    users = {
+        name
+        for name, path in _modules().items()
+        if not name.startswith("vidfeat.cli")
+        for module, _ in _imported(ast.parse(path.read_text()))
+        if module.split(".")[0] == "click"
+    }
+    assert users == set()
+
+
+def _package_of(module: str, mods: dict[str, Path]) -> str:
+    return module if mods[module].name == "__init__.py" else module.rpartition(".")[0]
+
+
+def test_no_private_name_crosses_a_package() -> None:
+    """``from vidfeat.a import _x`` is fine inside package a, never from outside it."""
+    mods = _modules()
+    crossing = []
+    for name, path in mods.items():
+        here = _package_of(name, mods)
+        for module, imported in _imported(ast.parse(path.read_text())):
+            if not module.startswith("vidfeat") or module == "vidfeat._version":
+                continue
+            target = f"{module}.{imported}" if f"{module}.{imported}" in mods else module
+            owner = _package_of(target, mods) if target in mods else module
+            private = [p for p in target.split(".") if p.startswith("_") and p[:2] != "__"]
+            if imported.startswith("_") and imported[:2] != "__" and target == module:
+                private.append(imported)
+            if private and owner != here:
+                crossing.append(f"{name}: from {module} import {imported}")
+    assert crossing == []
+
+
 def test_every_package_says_what_lives_there() -> None:
+    """Each package's docstring names every module and subpackage it holds."""
     for init in [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("__init__.py")]:
         doc = ast.get_docstring(ast.parse(init.read_text()))
-        assert doc and len(doc) > 80, f"{init.relative_to(ROOT)} needs a package docstring"
+        where = init.relative_to(ROOT)
+        assert doc and len(doc) > 80, f"{where} needs a package docstring"
+        children = [f.stem for f in init.parent.glob("*.py") if not f.stem.startswith("_")]
+        children += [d.name for d in init.parent.iterdir() if (d / "__init__.py").is_file()]
+        unnamed = sorted(c for c in children if not re.search(rf"\b{re.escape(c)}\b", doc))
+        assert unnamed == [], f"{where}'s docstring does not name {unnamed}"

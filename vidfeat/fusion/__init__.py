@@ -9,5 +9,6 @@
 
 Imports: modules here may import ``vidfeat.*`` and each other along
 data, heads, dist -> trainer -> evaluate -> ensemble (never the other way round); never
-``cli`` (the command line imports fusion, not the reverse).
+``vidfeat.cli`` (the command line imports fusion, not the reverse), and nothing outside
+``vidfeat.cli`` imports fusion.
 """

@@ -1,6 +1,12 @@
 """Segment networks (StNet, TSN on timm backbones) and the temporal layers shared with the
 fusion heads.
 
+    backbones  timm backbones split into stages, conv1 inflation for 3N / 2N input channels
+    segment    StNet and TSN, the ``SEGMENT_NETS`` registry, ``create_segment_net``
+    txb        the temporal Xception block (StNet's head and the TXN fusion heads)
+    paddle     the authors' PaddlePaddle ``.pdparams`` files: a restricted reader and the strict
+               mapping of their names onto StNet and TSN
+
 The segment-network names are imported lazily, so ``vidfeat.nets.txb`` (used by the fusion
 heads) does not pull in timm.
 """

@@ -1,6 +1,6 @@
 """The HDF5 feature store: sets, shards, failure logs, a cached index, verification.
 
-Layout (see DESIGN.md, "Store format")::
+Layout (the README's "The feature store" says what each attr means)::
 
     STORE/<set>/set.json                        the configuration every video of the set shares
     STORE/<set>/part-<job>-<k>.h5               completed shards, one HDF5 group per video id
@@ -26,6 +26,8 @@ exactly those.
 
 Modules, each importing only those listed above it (no import cycles)::
 
+    deflate     the one layout rule for chunks and filters; gzip chunks deflated on threads
+                (ISA-L) for the writer and for extraction workers
     paths       names (video ids, set and job names), fsync / atomic JSON / HDF5-open helpers,
                 reading set.json, partial-shard locks and the cleanup of stale partials
     shardindex  the index each shard carries: encoding, decoding, the scan of older shards

@@ -10,7 +10,10 @@ and an all-zero mask row; every head then ignores it (never NaN). Each head clas
 options with defaults in ``default_options()``; the trainer saves them with the run.
 
 Layout: ``base`` holds :class:`FusionHead`, the ``HEADS`` registry and :func:`create_head`;
-one file per head registers itself there. May import torch and vidfeat's shared temporal
+one file per head registers itself there: ``txn`` (temporal Xception, early or late fusion),
+``itxn`` (early + per-modality late fusion), ``fflstm`` (Fast-Forward LSTM),
+``attention_clusters`` (Attention Clusters with shifting), ``single`` (one modality, the
+baseline). May import torch and vidfeat's shared temporal
 layers (``vidfeat.nets.txb``); never the trainer or the CLI.
 """
 
