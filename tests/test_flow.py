@@ -453,7 +453,7 @@ def moving_grid(T: int = 2, n1: int = 4, size: int = 64, seed: int = 0) -> np.nd
 
 @pytest.mark.parametrize("preset", ["ultrafast", "fast", "medium"])
 def test_dis_parameters_are_opencvs_preset_values(preset: str) -> None:
-    from vidfeat.dis import DIS_PRESETS
+    from vidfeat.flow.dis_flow import DIS_PRESETS
 
     cv = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
     p = make_method("dis", preset=preset).params
@@ -493,7 +493,7 @@ def test_every_dis_parameter_reaches_opencv() -> None:
 def test_dis_parity_with_opencv_on_the_same_pairs(preset: str) -> None:
     """flow_on_grid (one DIS object reused over the pairs, fields quantised as computed) gives
     exactly what calling OpenCV directly gives on the same pairs."""
-    from vidfeat.dis import DIS_PRESETS
+    from vidfeat.flow.dis_flow import DIS_PRESETS
 
     grid = moving_grid()
     cv = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
