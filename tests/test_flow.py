@@ -325,6 +325,34 @@ def test_registry_names_and_unknown_method() -> None:
         make_method("lk")
 
 
+def test_the_package_registers_every_method_without_cv2_or_torch() -> None:
+    """``import vidfeat.flow`` (what the CLI does to build its options) registers every method
+    and imports neither OpenCV nor torch; torch comes with the first tvl1-torch or RAFT run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vidfeat.flow as f; "
+        "print(f.FLOW_METHODS.names(), 'cv2' in sys.modules, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("]")[1].split() == ["False", "False"], out.stdout
+    assert "'tvl1-torch'" in out.stdout and "'raft'" in out.stdout
+
+
+def test_the_package_docstring_names_its_modules() -> None:
+    """Every module of vidfeat/flow is named in the package's docstring, and none is named
+    after a standard-library module (``dis``)."""
+    import sys
+
+    import vidfeat.flow
+
+    modules = sorted(p.stem for p in Path(vidfeat.flow.__file__).parent.glob("[!_]*.py"))
+    assert {"base", "on_grid", "opencv", "quant", "raft", "tvl1_torch"} <= set(modules)
+    assert [m for m in modules if f"``{m}``" not in (vidfeat.flow.__doc__ or "")] == []
+    assert [m for m in modules if m in sys.stdlib_module_names] == []
+
+
 @pytest.mark.parametrize(
     "method, params, option",
     [
