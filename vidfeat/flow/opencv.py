@@ -3,7 +3,8 @@ OpenCV contrib ``optflow``) and Farneback (``--method farneback``, OpenCV core `
 with its parameter dataclass beside it.
 
 :class:`TVL1Params` is also the parameter set of the PyTorch port
-(:class:`~vidfeat.flow.tvl1_torch.TVL1Torch`): one set of options, one set of defaults.
+(:class:`~vidfeat.flow.tvl1_torch.TVL1Torch`): one set of options, one set of defaults. DIS,
+OpenCV's too, has a module of its own for its presets (:mod:`~vidfeat.flow.dis_flow`).
 
 ``cv2`` is imported inside the methods that need it: the CLI imports :mod:`vidfeat.flow` to
 build its options, and ``vidfeat --help`` must stay fast.
