@@ -90,7 +90,7 @@ class Bare:
             )
             self.calc = lambda a, b: obj.calc(a, b, None)
         elif name == "dis":
-            from vidfeat.dis import DIS_PRESETS
+            from vidfeat.flow.dis_flow import DIS_PRESETS
 
             dis = cv2.DISOpticalFlow_create(DIS_PRESETS[p.preset])  # the preset's values
             self.calc = lambda a, b: dis.calc(a, b, None)

@@ -1,4 +1,4 @@
-"""PyTorch Dual TV-L1 (vidfeat.tvl1) vs OpenCV's DualTVL1OpticalFlow: accuracy and speed.
+"""PyTorch Dual TV-L1 (vidfeat.flow.tvl1_torch) vs OpenCV's DualTVL1OpticalFlow: accuracy and speed.
 
 1. accuracy, default parameters, on real clips (photographs moved by a panning / zooming /
    rotating camera with moving objects, H.264-encoded with PyAV and decoded; the scenes of
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_tvl1 import cv_flow, real_gray_pairs  # noqa: E402 - the tests' real clips
 
 from vidfeat.flow import TVL1Params  # noqa: E402
-from vidfeat.tvl1 import tvl1_flow  # noqa: E402
+from vidfeat.flow.tvl1_torch import tvl1_flow  # noqa: E402
 
 W, H = 340, 256
 

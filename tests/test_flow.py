@@ -325,6 +325,34 @@ def test_registry_names_and_unknown_method() -> None:
         make_method("lk")
 
 
+def test_the_package_registers_every_method_without_cv2_or_torch() -> None:
+    """``import vidfeat.flow`` (what the CLI does to build its options) registers every method
+    and imports neither OpenCV nor torch; torch comes with the first tvl1-torch or RAFT run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vidfeat.flow as f; "
+        "print(f.FLOW_METHODS.names(), 'cv2' in sys.modules, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("]")[1].split() == ["False", "False"], out.stdout
+    assert "'tvl1-torch'" in out.stdout and "'raft'" in out.stdout
+
+
+def test_the_package_docstring_names_its_modules() -> None:
+    """Every module of vidfeat/flow is named in the package's docstring, and none is named
+    after a standard-library module (``dis``)."""
+    import sys
+
+    import vidfeat.flow
+
+    modules = sorted(p.stem for p in Path(vidfeat.flow.__file__).parent.glob("[!_]*.py"))
+    assert {"base", "on_grid", "opencv", "quant", "raft", "tvl1_torch"} <= set(modules)
+    assert [m for m in modules if f"``{m}``" not in (vidfeat.flow.__doc__ or "")] == []
+    assert [m for m in modules if m in sys.stdlib_module_names] == []
+
+
 @pytest.mark.parametrize(
     "method, params, option",
     [
@@ -453,7 +481,7 @@ def moving_grid(T: int = 2, n1: int = 4, size: int = 64, seed: int = 0) -> np.nd
 
 @pytest.mark.parametrize("preset", ["ultrafast", "fast", "medium"])
 def test_dis_parameters_are_opencvs_preset_values(preset: str) -> None:
-    from vidfeat.dis import DIS_PRESETS
+    from vidfeat.flow.dis_flow import DIS_PRESETS
 
     cv = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
     p = make_method("dis", preset=preset).params
@@ -493,7 +521,7 @@ def test_every_dis_parameter_reaches_opencv() -> None:
 def test_dis_parity_with_opencv_on_the_same_pairs(preset: str) -> None:
     """flow_on_grid (one DIS object reused over the pairs, fields quantised as computed) gives
     exactly what calling OpenCV directly gives on the same pairs."""
-    from vidfeat.dis import DIS_PRESETS
+    from vidfeat.flow.dis_flow import DIS_PRESETS
 
     grid = moving_grid()
     cv = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])

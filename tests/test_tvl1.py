@@ -1,4 +1,4 @@
-"""vidfeat.tvl1 (PyTorch Dual TV-L1) against OpenCV's ``DualTVL1OpticalFlow``, on CPU only.
+"""vidfeat.flow.tvl1_torch (PyTorch TV-L1) against OpenCV's ``DualTVL1OpticalFlow``, on CPU only.
 
 Frames are real: photographs (scikit-learn's sample images) moved by a panning, zooming,
 rotating camera with two independently moving textured objects, encoded to H.264 with PyAV and
@@ -22,8 +22,15 @@ import pytest
 import torch
 
 from vidfeat.flow import TVL1Params
+from vidfeat.flow.tvl1_torch import (
+    _median,
+    _remap_cubic,
+    _resize_linear,
+    _solve,
+    tvl1_flow,
+    tvl1_pairs,
+)
 from vidfeat.synth import write_mp4
-from vidfeat.tvl1 import _median, _remap_cubic, _resize_linear, _solve, tvl1_flow, tvl1_pairs
 
 # --------------------------------------------------------------------------- real clips
 

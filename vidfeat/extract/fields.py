@@ -38,9 +38,9 @@ class FlowFieldsExtractor:
     video). Frames are decoded by FFmpeg straight to grayscale (RGB for a colour method such
     as RAFT), resized by its scaler to ``short_side``, in a thread that runs while the flow of
     the segments already decoded is computed; each field is quantised as soon as it is
-    computed. ``threads``: the worker's thread budget (default 1; :func:`thread_budget` gives
-    each of W workers cores/W): pairs computed at once by an OpenCV method (one OpenCV thread
-    each), torch's threads for a network.
+    computed. ``threads``: the worker's thread budget (default 1; the run's engine gives each
+    worker its share, :func:`thread_budget_for`): pairs computed at once by an OpenCV method
+    (one OpenCV thread each), torch's threads for a network.
     """
 
     modality = "flow-fields"
@@ -243,12 +243,11 @@ def fields_extractor_for(
 
 
 def thread_budget_for(opts: RunOptions) -> int:
-    """Threads per worker for a run: a Ray task's reserved CPUs, else cores // --workers."""
-    from vidfeat.flow import thread_budget
+    """Threads per worker for a run, as its engine gives them (a local worker's share of the
+    cores, a Ray task's reserved CPUs): :meth:`~vidfeat.extract.Engine.threads_per_worker`."""
+    from vidfeat.extract import engine_for
 
-    if opts.engine == "ray":
-        return max(1, int(opts.ray_num_cpus))
-    return thread_budget(opts.workers)
+    return engine_for(opts).threads_per_worker(opts)
 
 
 def replace_threads(extractor: FlowFieldsExtractor, threads: int) -> FlowFieldsExtractor:

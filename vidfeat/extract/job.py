@@ -119,8 +119,6 @@ def check_options(opts: RunOptions) -> None:
         raise ConfigError(f"--limit must be >= 0 (got {opts.limit})")
     if not opts.timeout >= 0:
         raise ConfigError(f"--timeout must be >= 0 seconds, 0 for no limit (got {opts.timeout})")
-    if opts.engine not in ("local", "ray"):
-        raise ConfigError(f"--engine must be local or ray (got {opts.engine!r})")
 
 
 # --------------------------------------------------------------------------- class index

@@ -24,6 +24,9 @@ runs in this process (no bound, no isolation; handy under a debugger or profiler
 
 A network job (batched forward passes, ``run_local(job)``) runs its own loop: see
 :mod:`vidfeat.extract.network`.
+
+:class:`LocalEngine` is this engine as :func:`~vidfeat.extract.run_extraction` runs it, and
+owns its resources: each of the W workers gets ``cores // W`` threads.
 """
 
 from __future__ import annotations
@@ -42,14 +45,27 @@ from multiprocessing.connection import wait as wait_any
 from multiprocessing.context import SpawnContext
 from typing import Any
 
+from vidfeat.cores import cores_per_worker
 from vidfeat.errors import ConfigError, VidfeatError
-from vidfeat.extract.job import Job
+from vidfeat.extract.job import Job, RunOptions
 from vidfeat.extract.worker import Extractor, record_outcome, timeout_failure, work
 from vidfeat.stop import ignore_stop_signals
 from vidfeat.store.deflate import deflate_for_store
 from vidfeat.videolist import VideoRecord
 
 POLL = 0.2  # seconds: how soon the parent notices a stop request while every worker is busy
+
+
+class LocalEngine:
+    """``--engine local``: the job's videos on this machine, in ``--workers`` W processes."""
+
+    def run(self, job: Job, task: Any) -> None:
+        run_local(job, task)
+
+    def threads_per_worker(self, opts: RunOptions) -> int:
+        """``cores // W`` (at least 1): the W workers share the machine's cores instead of
+        oversubscribing them."""
+        return cores_per_worker(opts.workers)
 
 
 def run_local(job: Job, task: Any, *, in_process: bool = False) -> None:

@@ -29,6 +29,9 @@ when that is given; tasks reserve ``--ray-num-cpus`` each (``--ray-num-gpus``: a
 device is resolved inside the task, on its node). ``--timeout`` applies inside tasks as an alarm
 (a video that overruns fails as ``Timeout``); a call that never returns to Python is not bounded
 on this engine: Ray's task, not a vidfeat watchdog, owns the process.
+
+:class:`RayEngine` is this engine as :func:`~vidfeat.extract.run_extraction` runs it, and owns
+its resources: a task's videos get the ``--ray-num-cpus`` CPUs it reserves.
 """
 
 from __future__ import annotations
@@ -48,6 +51,18 @@ from vidfeat.extract.job import Job, RunOptions
 from vidfeat.extract.local import POLL, run_local
 from vidfeat.store import FeatureSet, partial_is_live, read_failures
 from vidfeat.videolist import VideoRecord
+
+
+class RayEngine:
+    """``--engine ray``: the job's videos in chunks, one Ray task each (:func:`run_on_ray`)."""
+
+    def run(self, job: Job, task: Any) -> None:
+        run_on_ray(job, task)
+
+    def threads_per_worker(self, opts: RunOptions) -> int:
+        """The CPUs a Ray task reserves (``--ray-num-cpus``, whole, at least 1): the task runs
+        its chunk's videos one after another in its own process, on those CPUs."""
+        return max(1, int(opts.ray_num_cpus))
 
 
 def _import_ray():

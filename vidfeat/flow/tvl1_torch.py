@@ -1,4 +1,5 @@
-"""Dual TV-L1 optical flow in PyTorch: a batched port of OpenCV's ``DualTVL1OpticalFlow``.
+"""Dual TV-L1 optical flow in PyTorch: a batched port of OpenCV's ``DualTVL1OpticalFlow``, and
+``--method tvl1-torch`` (:class:`TVL1Torch`), the flow method that runs it.
 
 The algorithm, its parameters (:class:`vidfeat.flow.TVL1Params`, OpenCV's defaults) and the
 numerical details that decide agreement with OpenCV follow ``modules/optflow/src/tvl1flow.cpp``
@@ -40,19 +41,44 @@ dropped from the working set, so a batch costs the sum of its pairs' iterations,
 pair's count times the batch size, and each pair gets exactly the iterations OpenCV gives it
 (its result does not depend on the rest of the batch). ``chunk`` bounds the memory.
 
-Imports: torch and numpy only (OpenCV is used in the tests and the benchmark, never here).
+The method, :class:`TVL1Torch`, is OpenCV's ``tvl1`` with this solver in place of OpenCV's:
+same parameters, defaults and fields, every pair of a video in one batch, on ``--device``.
+
+Imports: numpy, and torch on first use (:class:`_LazyTorch`): :mod:`vidfeat.flow` imports this
+module to register ``tvl1-torch``, and ``vidfeat --help`` must not import torch. OpenCV is used
+in the tests and the benchmark, never here.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from vidfeat.flow_base import TVL1Params
+from vidfeat.flow.base import FlowMethod
+from vidfeat.flow.opencv import TVL1, TVL1Params
 
-__all__ = ["tvl1_flow", "tvl1_pairs", "default_chunk", "MIN_LEVEL_SIZE"]
+__all__ = ["TVL1Torch", "tvl1_flow", "tvl1_pairs", "default_chunk", "MIN_LEVEL_SIZE"]
+
+
+class _LazyTorch:
+    """Stands in for the ``torch`` module until the solver first runs. The first attribute read
+    imports torch and puts the module itself in this name's place, so from then on the solver
+    looks torch up directly, at no cost."""
+
+    def __getattr__(self, name: str) -> Any:
+        global torch
+        import torch as module
+
+        torch = module
+        return getattr(module, name)
+
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = _LazyTorch()
 
 MIN_LEVEL_SIZE = 16  # OpenCV stops the pyramid at the first level narrower or lower than this
 _CUBIC_A = -0.75  # OpenCV's cubic convolution constant (interpolateCubic)
@@ -523,3 +549,26 @@ def tvl1_pairs(
         tb = torch.from_numpy(b[i : i + step]).to(dev)
         out[i : i + step] = tvl1_flow(ta, tb, params, chunk=step).cpu().numpy()
     return out
+
+
+# --------------------------------------------------------------------------- the method
+
+
+class TVL1Torch(TVL1):
+    """The same Dual TV-L1, in PyTorch (:func:`tvl1_pairs`): every pair of a video in one
+    batch, on CUDA when present (``--device``), converged pairs leaving the batch. Same
+    parameters, defaults and fields as ``tvl1``; agrees with OpenCV's to ~0.02 px mean."""
+
+    name = "tvl1-torch"
+    uses_torch = True
+    out_buffer = False
+
+    def default_batch(self, height: int, width: int) -> int:
+        return default_chunk(height, width, _device(self.device))
+
+    def calc_batch(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        """uint8 gray ``(B, H, W)`` × 2 → float32 ``(B, H, W, 2)`` (dx, dy)."""
+        self._check_frames(prev, nxt, batch=True)
+        return tvl1_pairs(prev, nxt, self.params, device=self.device, batch=self.batch_size)
+
+    _calc = FlowMethod._calc  # one pair: a batch of one (not TVL1's OpenCV call)

@@ -1,10 +1,14 @@
-"""The flow method interface: :class:`FlowMethod`, the :data:`FLOW_METHODS` registry, parameter
-fields (:func:`_opt`, :func:`param_type`, :func:`option_name`, validation helpers) and the
-parameter sets of OpenCV's TV-L1 and Farneback (TV-L1's is also the torch port's).
+"""The flow method interface: :class:`FlowMethod` and its parameter fields.
 
-Every method module imports this, never :mod:`vidfeat.flow`: ``flow`` imports the method
-modules to register them (``import vidfeat.dis``, ``import vidfeat.raft``), so a method module
-importing ``flow`` would make an import circle. Import the public API from :mod:`vidfeat.flow`.
+A method's parameters are a frozen dataclass whose fields are made by :func:`_opt`: each carries
+OpenCV's (or the method's) default and a ``help`` text, and becomes one command-line option
+(:func:`option_name`, :func:`param_type`, :func:`param_choices`, :func:`param_default_text`).
+Values from click or from a set.json are checked against the field (:func:`_coerce`), and
+:func:`_positive` / :func:`_at_least` are the validation helpers the methods share.
+
+The method modules (:mod:`~vidfeat.flow.opencv`, :mod:`~vidfeat.flow.tvl1_torch`,
+:mod:`~vidfeat.flow.dis_flow`, :mod:`~vidfeat.flow.raft`) subclass :class:`FlowMethod`; the
+registry that names them is :data:`vidfeat.flow.FLOW_METHODS`.
 """
 
 from __future__ import annotations
@@ -14,17 +18,12 @@ import math
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from vidfeat.errors import ConfigError
-from vidfeat.registry import Registry
-
-# Farneback's `flags`: only the Gaussian window is meaningful here. OPTFLOW_USE_INITIAL_FLOW (4)
-# needs a previous flow field as input, which grid pairs do not have.
-FARNEBACK_GAUSSIAN = 256
 
 
 def _opt(
@@ -61,41 +60,6 @@ def param_choices(fld: dataclasses.Field) -> tuple[str, ...] | None:
 def param_default_text(fld: dataclasses.Field) -> str:
     """The default as the CLI help shows it."""
     return str(fld.metadata.get("default_text", fld.default))
-
-
-@dataclass(frozen=True)
-class TVL1Params:
-    """``cv2.optflow.DualTVL1OpticalFlow`` parameters, with OpenCV's defaults (read back from a
-    default-constructed object in the tests). ``useInitialFlow`` is left out: every grid pair is
-    computed from scratch."""
-
-    tau: float = _opt(0.25, "time step of the numerical scheme")
-    lambda_: float = _opt(0.15, "weight of the data term (smaller: smoother flow)")
-    theta: float = _opt(0.3, "tightness of the coupling of the two sub-problems")
-    nscales: int = _opt(5, "number of pyramid scales (more: larger motions)")
-    warps: int = _opt(5, "warpings per scale")
-    epsilon: float = _opt(0.01, "stopping threshold of the inner iterations (0: run them all)")
-    inner_iterations: int = _opt(30, "maximum inner iterations per warping")
-    outer_iterations: int = _opt(10, "outer iterations (scheme updates) per warping")
-    scale_step: float = _opt(0.8, "pyramid downscaling factor between scales, in (0, 1)")
-    gamma: float = _opt(0.0, "weight of the illumination-variation term (0: off)")
-    median_filtering: int = _opt(5, "median filter size applied to the flow: 1 (off), 3 or 5")
-
-
-@dataclass(frozen=True)
-class FarnebackParams:
-    """``cv2.calcOpticalFlowFarneback`` parameters. The function has no defaults of its own;
-    these are OpenCV's documented example values (tutorial / samples/python/opt_flow.py)."""
-
-    pyr_scale: float = _opt(0.5, "pyramid scale between levels, in (0, 1)")
-    levels: int = _opt(3, "pyramid levels including the full-size image")
-    winsize: int = _opt(15, "averaging window size (larger: more robust, blurrier)")
-    iterations: int = _opt(3, "iterations per pyramid level")
-    poly_n: int = _opt(5, "pixel neighbourhood of the polynomial expansion (typically 5 or 7)")
-    poly_sigma: float = _opt(
-        1.2, "Gaussian sigma of the polynomial expansion (1.1 for 5, 1.5 for 7)"
-    )
-    flags: int = _opt(0, f"0, or {FARNEBACK_GAUSSIAN} for a Gaussian instead of a box window")
 
 
 def option_name(field_name: str) -> str:
@@ -309,6 +273,3 @@ def _at_least(p: Any, lo: int, *names: str) -> None:
         v = getattr(p, n)
         if v < lo:
             raise ConfigError(f"{option_name(n)} must be >= {lo} (got {v})")
-
-
-FLOW_METHODS: Registry[type[FlowMethod]] = Registry("flow method")

@@ -12,8 +12,8 @@ file names of ``Raft_Large_Weights`` / ``Raft_Small_Weights``); without either t
 refuses, naming both ways. The set records the weights' SHA-256, so a resumed set never mixes
 weights.
 
-torch and torchvision are imported only when the method is configured or run: this module is
-imported by :mod:`vidfeat.flow` to register the method and build its CLI options.
+torch and torchvision are imported only when the method is configured or run: :mod:`vidfeat.flow`
+imports this module to register the method, and the CLI builds its options from it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from vidfeat.errors import ConfigError
-from vidfeat.flow_base import FLOW_METHODS, FlowMethod, _at_least, _opt
+from vidfeat.flow.base import FlowMethod, _at_least, _opt
 
 RAFT_MODELS = ("large", "small")
 # torchvision's weight enums; the first of each is the DEFAULT, the one preferred in the cache
@@ -75,7 +75,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@FLOW_METHODS.register("raft")
 class RAFT(FlowMethod):
     """torchvision's RAFT (``raft_large`` / ``raft_small``), batched, on a torch device."""
 

@@ -1,5 +1,6 @@
 """DIS optical flow (Dense Inverse Search, Kroeger et al. 2016; OpenCV core ``video``): the
-fast CPU method, registered as ``--method dis`` when :mod:`vidfeat.flow` is imported.
+fast CPU method, ``--method dis``. (The module is not named ``dis``: that is the standard
+library's disassembler.)
 
 A preset (``ultrafast``, ``fast`` — OpenCV's default — or ``medium``) and every tunable of
 ``cv2.DISOpticalFlow`` as parameters; the four a preset sets default to the preset's values and
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vidfeat.errors import ConfigError
-from vidfeat.flow_base import FLOW_METHODS, FlowMethod, _at_least, _opt, _positive, option_name
+from vidfeat.flow.base import FlowMethod, _at_least, _opt, _positive, option_name
 
 # DIS presets: OpenCV's enum values, and what each sets (DISOpticalFlowImpl::setPreset; the
 # tests read them back from OpenCV). The other parameters are the same in every preset.
@@ -88,7 +89,6 @@ class DISParams:
     )
 
 
-@FLOW_METHODS.register("dis")
 class DIS(FlowMethod):
     """Dense Inverse Search (Kroeger et al. 2016; OpenCV core ``video``): the fast CPU
     method. Its OpenCV object is created once per process/thread and reused; it is always

@@ -1,194 +1,37 @@
-"""Optical flow on the segment grid's frame pairs: TV-L1, Farneback and DIS (OpenCV), RAFT
-(torchvision, :mod:`vidfeat.raft`).
+"""Flow on the segment grid's frame pairs, and the thread budget of the process computing it.
 
-Only the grid's T×N consecutive pairs are computed — never every pair of a video, which is
-what dense per-frame flow dumps of other tools cost. Fields are stored quantised to uint8 with a
-bound (the TSN convention: ±20 px ↔ 0..255), which keeps them small and reusable by the flow
-networks without recomputing TV-L1.
+:func:`flow_on_grid` computes only the grid's T×N consecutive pairs — never every pair of a
+video, which is what dense per-frame flow dumps of other tools cost — and quantises each field
+as soon as it is computed. A pair-by-pair (OpenCV) method gets the pairs on the worker's
+threads, a batched method (:meth:`~vidfeat.flow.base.FlowMethod.calc_batch`) every pair of a
+video at once, chunked by its ``batch_size``.
 
-Every algorithm parameter is a field of the method's parameter dataclass, with OpenCV's
-defaults and a ``help`` text in its metadata, and becomes one command-line option
-(:func:`method_param_fields`, :func:`option_name`, :func:`param_type`, :func:`param_choices`).
+:func:`thread_budget` is each of W worker processes' share of the cores, and
+:func:`configure_worker_threads` gives it to OpenCV (and torch); :func:`to_gray` is OpenCV's
+RGB → gray conversion of the frames.
 
-A method computes one pair per ``calc`` call on the CPU (OpenCV), or — a *batched* method —
-defines ``calc_batch`` and gets every pair of a video at once, chunked by its ``batch_size``, on
-its ``device`` (see :class:`FlowMethod`); :func:`flow_on_grid` uses ``calc_batch`` when present.
-
-``cv2`` is imported inside the functions that need it: the CLI imports this module to build its
-options, and ``vidfeat --help`` must stay fast.
+``cv2`` is imported inside the functions that need it: the CLI imports :mod:`vidfeat.flow` to
+build its options, and ``vidfeat --help`` must stay fast.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from vidfeat.cores import available_cores
-from vidfeat.errors import ConfigError
-from vidfeat.flow_base import (  # noqa: F401 - re-exported: the public API lives here
-    FARNEBACK_GAUSSIAN,
-    FLOW_METHODS,
-    FarnebackParams,
-    FlowMethod,
-    TVL1Params,
-    _at_least,
-    _positive,
-    option_name,
-    param_choices,
-    param_default_text,
-    param_type,
-)
-from vidfeat.flow_quant import (
-    DEFAULT_BOUND,
-    dequantize,
-    quantize,
-    quantize_pair,
-    to_network_input,
-)
-
-
-@FLOW_METHODS.register("tvl1")
-class TVL1(FlowMethod):
-    """Dual TV-L1 (Zach et al. 2007; OpenCV contrib ``optflow``). Slow (~0.1-0.5 s per
-    340×256 pair): its OpenCV object is created once per process/thread and reused."""
-
-    name = "tvl1"
-    params_cls = TVL1Params
-
-    def validate(self) -> None:
-        p = self.params
-        # theta = 0 gives NaN flow, negative tau/lambda/theta diverge: none raise in OpenCV
-        _positive(p, "tau", "lambda_", "theta")
-        # 0 scales trips an OpenCV assertion; 0 warps/iterations silently return zero flow
-        _at_least(p, 1, "nscales", "warps", "inner_iterations", "outer_iterations")
-        if p.epsilon < 0:
-            raise ConfigError(f"--epsilon must be >= 0 (got {p.epsilon})")
-        if p.gamma < 0:
-            raise ConfigError(f"--gamma must be >= 0 (got {p.gamma})")
-        if not 0 < p.scale_step < 1:
-            raise ConfigError(
-                f"--scale-step must be in (0, 1) (got {p.scale_step}); "
-                "for a single scale use --nscales 1"
-            )
-        # OpenCV median-blurs the float flow, which supports only kernel sizes 3 and 5
-        if p.median_filtering not in (0, 1, 3, 5):
-            raise ConfigError(
-                f"--median-filtering must be 1 (off), 3 or 5 (got {p.median_filtering})"
-            )
-
-    def cv_object(self) -> Any:
-        """This thread's ``cv2.optflow.DualTVL1OpticalFlow``, created on first use."""
-        obj = getattr(self._local, "cv", None)
-        if obj is None:
-            import cv2
-
-            p = self.params
-            obj = cv2.optflow.DualTVL1OpticalFlow_create(
-                tau=p.tau,
-                lambda_=p.lambda_,
-                theta=p.theta,
-                nscales=p.nscales,
-                warps=p.warps,
-                epsilon=p.epsilon,
-                innnerIterations=p.inner_iterations,  # sic: OpenCV's spelling
-                outerIterations=p.outer_iterations,
-                scaleStep=p.scale_step,
-                gamma=p.gamma,
-                medianFiltering=p.median_filtering,
-                useInitialFlow=False,
-            )
-            self._local.cv = obj
-        return obj
-
-    def _calc(self, prev: np.ndarray, nxt: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        return self.cv_object().calc(prev, nxt, out)
-
-
-@FLOW_METHODS.register("tvl1-torch")
-class TVL1Torch(TVL1):
-    """The same Dual TV-L1, in PyTorch (:mod:`vidfeat.tvl1`): every pair of a video in one
-    batch, on CUDA when present (``--device``), converged pairs leaving the batch. Same
-    parameters, defaults and fields as ``tvl1``; agrees with OpenCV's to ~0.02 px mean."""
-
-    name = "tvl1-torch"
-    uses_torch = True
-    out_buffer = False
-
-    def default_batch(self, height: int, width: int) -> int:
-        from vidfeat.tvl1 import _device, default_chunk
-
-        return default_chunk(height, width, _device(self.device))
-
-    def calc_batch(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
-        """uint8 gray ``(B, H, W)`` × 2 → float32 ``(B, H, W, 2)`` (dx, dy)."""
-        from vidfeat.tvl1 import tvl1_pairs
-
-        self._check_frames(prev, nxt, batch=True)
-        return tvl1_pairs(prev, nxt, self.params, device=self.device, batch=self.batch_size)
-
-    _calc = FlowMethod._calc  # one pair: a batch of one (not TVL1's OpenCV call)
-
-
-@FLOW_METHODS.register("farneback")
-class Farneback(FlowMethod):
-    """Farneback (2003) polynomial-expansion flow (OpenCV core ``video``); fast."""
-
-    name = "farneback"
-    params_cls = FarnebackParams
-
-    def validate(self) -> None:
-        p = self.params
-        if not 0 < p.pyr_scale < 1:
-            raise ConfigError(f"--pyr-scale must be in (0, 1) (got {p.pyr_scale})")
-        # winsize 0 gives NaN, iterations/poly_n 0 give zero flow, silently
-        _at_least(p, 1, "levels", "winsize", "iterations", "poly_n")
-        _positive(p, "poly_sigma")
-        if p.flags not in (0, FARNEBACK_GAUSSIAN):
-            raise ConfigError(
-                f"--flags must be 0 or {FARNEBACK_GAUSSIAN} (OPTFLOW_FARNEBACK_GAUSSIAN) "
-                f"(got {p.flags}); OPTFLOW_USE_INITIAL_FLOW does not apply to grid pairs"
-            )
-
-    def _calc(self, prev: np.ndarray, nxt: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        import cv2
-
-        p = self.params
-        return cv2.calcOpticalFlowFarneback(
-            prev,
-            nxt,
-            out,
-            p.pyr_scale,
-            p.levels,
-            p.winsize,
-            p.iterations,
-            p.poly_n,
-            p.poly_sigma,
-            p.flags,
-        )
-
-
-def method_param_fields(name: str) -> list[dataclasses.Field]:
-    """The parameter fields of method ``name``, one command-line option each: the option is
-    :func:`option_name` ``(f.name)``, its type :func:`param_type` ``(f)`` (a choice of
-    :func:`param_choices` ``(f)`` for strings), its help ``f.metadata["help"]``. Unknown name →
-    ConfigError listing the choices."""
-    return FLOW_METHODS.get(name).param_fields()
-
-
-def make_method(name: str, **params: Any) -> FlowMethod:
-    """A configured method; parameters not given keep OpenCV's defaults. Unknown method,
-    parameter of another method or invalid value → ConfigError naming the option."""
-    return FLOW_METHODS.get(name)(**params)
+from vidfeat.cores import cores_per_worker
+from vidfeat.flow.base import FlowMethod
+from vidfeat.flow.quant import quantize_pair
 
 
 def thread_budget(workers: int) -> int:
     """Threads for OpenCV and torch in each of ``workers`` processes: ``cores // workers``
-    (at least 1), so W workers share the machine's cores instead of oversubscribing them."""
-    return max(1, available_cores() // max(1, int(workers)))
+    (at least 1), so W workers share the machine's cores instead of oversubscribing them
+    (:func:`vidfeat.cores.cores_per_worker`, the local engine's rule)."""
+    return cores_per_worker(workers)
 
 
 def configure_worker_threads(n: int = 1, *, torch: bool = False) -> None:
@@ -378,28 +221,3 @@ def _on_threads(
                     f.cancel()
     if failed:
         raise failed[0]
-
-
-# the other methods register on import (RAFT imports torch only when it runs)
-import vidfeat.dis  # noqa: E402, F401
-import vidfeat.raft  # noqa: E402, F401
-
-__all__ = [
-    "DEFAULT_BOUND",
-    "FLOW_METHODS",
-    "FlowMethod",
-    "available_cores",
-    "configure_worker_threads",
-    "dequantize",
-    "flow_on_grid",
-    "make_method",
-    "method_param_fields",
-    "option_name",
-    "param_choices",
-    "param_type",
-    "quantize",
-    "quantize_pair",
-    "thread_budget",
-    "to_gray",
-    "to_network_input",
-]
