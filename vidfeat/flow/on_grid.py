@@ -113,6 +113,43 @@ def flow_on_grid(
     thread and OpenCV object (OpenCV's calls release the GIL; Farneback and DIS gain nothing
     from OpenCV's own threads at these sizes, so a worker's thread budget goes to pairs).
     """
+    _check_inputs(frames, method, indices, threads)
+    T, n1, H, W = frames.shape[:4]
+    sink = _Fields((T, n1 - 1, H, W), bound)
+    todo, repeats = _grid_pairs(T, n1 - 1, indices)
+    done = -1  # segments up to this one are known to be decoded
+
+    def wait(t: int) -> None:
+        nonlocal done
+        while ready is not None and done < t:
+            done += 1
+            ready(done)
+
+    if method.calc_batch is not None:
+        _batched(method, frames, todo, wait, sink.put)
+    else:
+
+        def one(t: int, j: int) -> None:
+            buf = getattr(sink.scratch, "buf", None)  # OpenCV writes into it: no allocation
+            if buf is None and method.out_buffer:
+                buf = sink.scratch.buf = np.empty((H, W, 2), dtype=np.float32)
+            sink.put(t, j, method.calc(frames[t, j], frames[t, j + 1], buf))
+
+        n = min(int(threads), len(todo))
+        if n <= 1:
+            for t, j in todo:
+                wait(t)
+                one(t, j)
+        else:
+            _on_threads(todo, wait, one, n)
+    for (t, j), first in repeats:
+        sink.out[t, j] = sink.out[first]
+    return sink.out
+
+
+def _check_inputs(
+    frames: np.ndarray, method: FlowMethod, indices: np.ndarray | None, threads: int
+) -> None:
     nd = 5 if method.color else 4
     if (
         frames.ndim != nd
@@ -125,66 +162,57 @@ def flow_on_grid(
             f"flow_on_grid needs uint8 {what} frames with N >= 1 for --method {method.name}, "
             f"got {frames.dtype} {frames.shape}"
         )
-    T, n1, H, W = frames.shape[:4]
+    T, n1 = frames.shape[:2]
     if indices is not None and np.shape(indices) != (T, n1):
         raise ValueError(f"indices must have shape {(T, n1)} like the frames, got {indices.shape}")
     if isinstance(threads, bool) or int(threads) != threads or threads < 1:
         raise ValueError(f"threads must be an integer >= 1 (got {threads!r})")
-    q = bound is not None
-    out = np.empty((T, n1 - 1, 2, H, W), dtype=np.uint8 if q else np.float32)
-    todo, repeats = _grid_pairs(T, n1 - 1, indices)
-    done = -1  # segments up to this one are known to be decoded
 
-    def wait(t: int) -> None:
-        nonlocal done
-        while ready is not None and done < t:
-            done += 1
-            ready(done)
 
-    scratch = threading.local()  # per thread: OpenCV's output buffer, quantisation's work
+class _Fields:
+    """Where the pairs' flow goes: ``(T, N, 2, H, W)`` float32, or uint8 fields quantised as
+    each pair arrives (``bound``). ``scratch`` holds each thread's own buffers."""
 
-    def put(t: int, j: int, f: np.ndarray) -> None:
-        if q:
-            work = getattr(scratch, "work", None)
+    def __init__(self, shape: tuple[int, int, int, int], bound: float | None) -> None:
+        T, n, H, W = shape
+        self.bound = bound
+        self.out = np.empty((T, n, 2, H, W), dtype=np.float32 if bound is None else np.uint8)
+        self.scratch = threading.local()  # per thread: OpenCV's output, quantisation's work
+
+    def put(self, t: int, j: int, f: np.ndarray) -> None:
+        if self.bound is not None:
+            work = getattr(self.scratch, "work", None)
             if work is None:
-                work = scratch.work = np.empty((H, W * 2), dtype=np.uint8)
-            quantize_pair(f, bound, out[t, j], work)
+                H, W = f.shape[:2]
+                work = self.scratch.work = np.empty((H, W * 2), dtype=np.uint8)
+            quantize_pair(f, self.bound, self.out[t, j], work)
         else:  # per-channel copies: contiguous writes, far cheaper than one transposed copy
-            out[t, j, 0] = f[..., 0]
-            out[t, j, 1] = f[..., 1]
+            self.out[t, j, 0] = f[..., 0]
+            self.out[t, j, 1] = f[..., 1]
 
-    if method.calc_batch is not None:
-        step = method.batch_size or method.default_batch(H, W)
-        for i in range(0, len(todo), step):
-            chunk = todo[i : i + step]
-            wait(chunk[-1][0])
-            ts = np.array([t for t, _ in chunk])
-            js = np.array([j for _, j in chunk])
-            f = method.calc_batch(frames[ts, js], frames[ts, js + 1])
-            if f.shape != (len(chunk), H, W, 2):
-                raise ValueError(
-                    f"{method.name}: calc_batch returned {f.shape}, not {(len(chunk), H, W, 2)}"
-                )
-            for k, (t, j) in enumerate(chunk):
-                put(t, j, f[k])
-    else:
 
-        def one(t: int, j: int) -> None:
-            buf = getattr(scratch, "buf", None)  # OpenCV writes into it: no allocation per pair
-            if buf is None and method.out_buffer:
-                buf = scratch.buf = np.empty((H, W, 2), dtype=np.float32)
-            put(t, j, method.calc(frames[t, j], frames[t, j + 1], buf))
-
-        n = min(int(threads), len(todo))
-        if n <= 1:
-            for t, j in todo:
-                wait(t)
-                one(t, j)
-        else:
-            _on_threads(todo, wait, one, n)
-    for (t, j), first in repeats:
-        out[t, j] = out[first]
-    return out
+def _batched(
+    method: FlowMethod,
+    frames: np.ndarray,
+    todo: list[tuple[int, int]],
+    wait: Callable[[int], None],
+    put: Callable[[int, int, np.ndarray], None],
+) -> None:
+    """A batched method's pairs, ``batch_size`` at a time through its ``calc_batch``."""
+    H, W = frames.shape[2:4]
+    step = method.batch_size or method.default_batch(H, W)
+    for i in range(0, len(todo), step):
+        chunk = todo[i : i + step]
+        wait(chunk[-1][0])
+        ts = np.array([t for t, _ in chunk])
+        js = np.array([j for _, j in chunk])
+        f = method.calc_batch(frames[ts, js], frames[ts, js + 1])
+        if f.shape != (len(chunk), H, W, 2):
+            raise ValueError(
+                f"{method.name}: calc_batch returned {f.shape}, not {(len(chunk), H, W, 2)}"
+            )
+        for k, (t, j) in enumerate(chunk):
+            put(t, j, f[k])
 
 
 def _on_threads(
