@@ -112,7 +112,8 @@ def atomic_write(path: str | Path, *, mode: int = 0o666) -> Iterator[BinaryIO]:
     path = Path(path)
     fd, tmp = open_temp_beside(path, mode)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        # the file object of that descriptor, named by its path (open() calls the opener once)
+        with open(tmp, "wb", opener=lambda _path, _flags: fd) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
