@@ -42,8 +42,8 @@ import yaml
 from vidfeat.clips import ClipSpec, RGBClips
 from vidfeat.extract import RunOptions
 from vidfeat.extract.network import extract_rgb_features
+from vidfeat.models import TrainConfig, build_model, load_trained
 from vidfeat.synth import SynthConfig, generate
-from vidfeat.train import TrainConfig, build_model, load_trained
 from vidfeat.videolist import VideoList, load_list, write_classes
 
 TARGET = 0.85

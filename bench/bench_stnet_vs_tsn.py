@@ -51,8 +51,9 @@ import numpy as np
 import torch
 
 from vidfeat.device import resolve_device
+from vidfeat.models import TrainConfig, load_trained
 from vidfeat.synth import SynthClass, SynthConfig, class_design, generate, load_ceilings
-from vidfeat.train import TrainConfig, build_dataset, load_trained, make_loader, predict, train
+from vidfeat.train import build_dataset, make_loader, predict, train
 from vidfeat.videolist import load_list
 
 ARCHS = ("stnet", "tsn")

@@ -83,7 +83,8 @@ def test_network_extraction_on_ray_matches_local(
     """`extract rgb --checkpoint RUN --engine ray`: every chunk task loads the network and runs
     the batched local extraction on its videos; the store equals a local run's."""
     from vidfeat.extract.network import extract_rgb_features
-    from vidfeat.train import TrainConfig, train
+    from vidfeat.models import TrainConfig
+    from vidfeat.train import train
 
     run = tmp_path / "run"
     cfg = TrainConfig(

@@ -486,7 +486,7 @@ def tiny_run(tmp_path_factory) -> Path:
     """A vidfeat StNet run folder as `vidfeat train rgb` writes it (untrained weights)."""
     from dataclasses import asdict
 
-    from vidfeat.train import TrainConfig, build_model
+    from vidfeat.models import TrainConfig, build_model
     from vidfeat.videolist import write_classes
 
     run = tmp_path_factory.mktemp("runs") / "tiny"

@@ -238,7 +238,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     fs.ensure_set("f", {"modality": "rgb", "T": 2, "feature_shape": [2, 3], "dtype": "float32"})
     with ShardWriter(fs.set_dir("f"), "fixture") as w:
         w.add("a", np.zeros((2, 3), np.float32), {"label": "x"})
-    run_cfg = {"modality": "rgb", "arch": "stnet", "backbone": "resnet50", "frames": 5}
+    # a run's config.yaml as vidfeat.models reads it (every run records modality, train, val)
+    run_cfg = {"modality": "rgb", "train": "train.csv", "val": None, "arch": "stnet",
+               "backbone": "resnet50", "frames": 5}  # fmt: skip
     for name in ("run", "run2"):
         (d / name).mkdir()
         (d / name / "config.yaml").write_text(yaml.safe_dump({**run_cfg, "net_options": {}}))

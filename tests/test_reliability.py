@@ -492,7 +492,7 @@ def test_untrusted_checkpoints_and_ids(tmp_path: Path) -> None:
         "modality: rgb\ntrain: x.csv\nval: null\nbackbone: resnet10t\n"
     )
     (run / "classes.txt").write_text("a\nb\n")
-    from vidfeat.train import load_trained
+    from vidfeat.models import load_trained
 
     with pytest.raises(ConfigError, match="refused"):
         load_trained(run)

@@ -17,7 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 from vidfeat.cli import main
-from vidfeat.train import load_trained
+from vidfeat.models import load_trained
 
 TINY = ["--segments", "2", "--frames", "2", "--size", "32", "--short-side", "40", "--epochs", "1",
         "--batch-size", "4", "--workers", "0", "--optimizer", "adamw", "--quiet"]  # fmt: skip

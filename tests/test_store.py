@@ -539,7 +539,7 @@ def test_concurrent_ensure_set(tmp_path):
         else:  # exactly one config wins; the others are refused, nobody crashes
             assert sorted(outcomes) == ["ok"] + ["refused"] * (procs_n - 1), (n, outcomes)
     assert len(FeatureStore(tmp_path).sets()) == len(names)
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(".*.tmp-*"))
 
 
 # --------------------------------------------------------------------------- index cache

@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from vidfeat.cli import main
+from vidfeat.models import load_trained
 from vidfeat.store import FeatureStore
-from vidfeat.train import load_trained
 
 
 def tiny(epochs: int = 2) -> list[str]:
@@ -240,7 +240,8 @@ def test_train_and_extract_flow(tiny_synth: Path, tmp_path: Path) -> None:
 
 def test_persistent_workers_draw_new_augmentations_every_epoch(tiny_synth: Path) -> None:
     """Workers keep their own dataset copy; the epoch must reach them with each index."""
-    from vidfeat.train import TrainConfig, build_dataset, make_loader
+    from vidfeat.models import TrainConfig
+    from vidfeat.train import build_dataset, make_loader
     from vidfeat.videolist import load_list
 
     cfg = TrainConfig(

@@ -4,13 +4,16 @@ Everything up to stored features lives here; what learns from stored features li
 ``fusion``. The packages, from the command line down:
 
 - ``extract``: extraction over a video list (jobs, engines, flow fields, network features);
-- ``train``: end-to-end training of a modality network on videos;
-- ``models``: import, load (:func:`load_model`) and describe runs, the authors' released
+- ``train``, ``schedule``: the training loop of a modality network on videos; the
+  learning-rate schedule both trainers share;
+- ``models``: the run folder (its config, building and loading its network, its
+  preprocessing); import, load (:func:`load_model`) and describe runs, the authors' released
   weights included;
 - ``store``: the HDF5 feature store, a writer/reader pair;
 - ``nets``, ``audio``, ``flow``: segment networks, VGGish, optical-flow methods;
 - ``clips``, ``decode``, ``grid``, ``videolist``, ``synth``: videos in, clips out;
-- ``errors``, ``provenance``, ``registry``, ``report``, ``stop``: shared by all of them.
+- ``errors``, ``outdir``, ``provenance``, ``registry``, ``report``, ``stop``: shared by all
+  of them (``outdir``: output folders and :func:`~vidfeat.outdir.atomic_write`).
 
 Dependencies point down that list, never up and never in a circle; nothing here imports
 ``fusion`` or the CLI.

@@ -32,6 +32,18 @@ class ConfigError(VidfeatError):
     """Invalid options or a configuration that does not match stored data."""
 
 
+class RunError(ConfigError):
+    """A folder given as a run is not one, or its ``config.yaml`` is not a run's config (the
+    message names the file and, where one is at fault, the key)."""
+
+    def __init__(
+        self, path: str | Path, key: str | None, message: str, *, flag: str | None = None
+    ) -> None:
+        super().__init__(f"{flag + ' ' if flag else ''}{path}: {message}")
+        self.path = str(path)
+        self.key = key
+
+
 class StoreError(VidfeatError):
     """The feature store is unreadable, inconsistent or cannot be written."""
 

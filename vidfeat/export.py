@@ -33,11 +33,12 @@ share a file. A stem longer than 200 characters is cut and ends in ``~`` + 16 he
 id's sha256 (``~`` appears nowhere else). The mapping is case-sensitive: on a case-insensitive
 filesystem ids differing only in case would clash. ``manifest.csv`` maps ids to files anyway.
 
-Resume: every file is written under ``.<name>.tmp-<pid>-<hex>``, fsync'ed and renamed, so a
-file with its final name is complete; leftover temp files of dead processes are deleted at
-the start. A file already present is skipped unless the store's copy of the video was written
-after it (re-extracted: ``written_at`` attr newer than the file) or ``overwrite``. The manifest
-is rewritten complete at the end. One export per folder at a time.
+Resume: every file is written under ``.<name>.tmp-<pid>-<hex>``, fsync'ed and renamed
+(:func:`vidfeat.outdir.atomic_write`), so a file with its final name is complete; leftover temp
+files of dead processes are deleted at the start. A file already present is skipped unless the
+store's copy of the video was written after it (re-extracted: ``written_at`` attr newer than the
+file) or ``overwrite``. The manifest is rewritten complete at the end. One export per folder at
+a time.
 """
 
 from __future__ import annotations
@@ -48,18 +49,17 @@ import hashlib
 import io
 import json
 import os
-import re
-import secrets
 import string
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from vidfeat.errors import ConfigError, StoreError
+from vidfeat.outdir import atomic_write, remove_stale_temps, write_atomic
 from vidfeat.store import FeatureSet, FeatureStore, check_video_id
 
 __all__ = ["FORMATS", "ExportReport", "export_set", "export_stem"]
@@ -74,7 +74,6 @@ EXPORT_FORMAT = 1  # version of export.json
 _SAFE = frozenset(string.ascii_letters + string.digits + "-_.+=@")
 _RESERVED_STEMS = frozenset({"manifest", "export", "missing"})
 _MAX_STEM = 200  # + ".scores.npy" and the temp-file decoration stays under 255 bytes
-_TMP_RE = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
 _IDENTITY = ("set", "format", "set_json_sha256", "with_scores", "flatten")
 
 
@@ -153,41 +152,6 @@ class ExportReport:
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temp file in the same folder: fsync, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "xb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_tmp(out: Path) -> None:
-    for p in out.iterdir():
-        m = _TMP_RE.match(p.name)
-        if m and not _pid_alive(int(m["pid"])):
-            with contextlib.suppress(OSError):
-                p.unlink()
-
-
 def _csv_bytes(arr: np.ndarray) -> bytes:
     buf = io.StringIO()
     header = ",".join(f"f{j}" for j in range(arr.shape[1]))
@@ -238,11 +202,8 @@ def _prepare_out(out: Path, ident: dict, overwrite: bool) -> None:
             )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmp(out)
-        _atomic_write(
-            out / EXPORT_JSON,
-            lambda fh: fh.write(json.dumps(ident, indent=2, sort_keys=True).encode() + b"\n"),
-        )
+        remove_stale_temps(out)
+        write_atomic(out / EXPORT_JSON, json.dumps(ident, indent=2, sort_keys=True) + "\n")
     except OSError as exc:
         raise StoreError(f"cannot write to --out {out} ({exc}); check the path") from exc
 
@@ -346,15 +307,17 @@ class _Exporter:
         data, scores_path = self.files(vid)
         try:
             if self.fmt == "npy":
-                _atomic_write(data, lambda fh: np.save(fh, feats, allow_pickle=False))
+                with atomic_write(data) as fh:
+                    np.save(fh, feats, allow_pickle=False)
             elif self.fmt == "npz":
                 arrays = {"features": feats} | ({SCORES: sc} if sc is not None else {})
-                _atomic_write(data, lambda fh: np.savez(fh, **arrays))
+                with atomic_write(data) as fh:
+                    np.savez(fh, **arrays)
             else:
-                body = _csv_bytes(feats)
-                _atomic_write(data, lambda fh: fh.write(body))
+                write_atomic(data, _csv_bytes(feats))
             if scores_path is not None and sc is not None:
-                _atomic_write(scores_path, lambda fh: np.save(fh, sc, allow_pickle=False))
+                with atomic_write(scores_path) as fh:
+                    np.save(fh, sc, allow_pickle=False)
         except OSError as exc:
             raise StoreError(
                 f"cannot write {data.name} in --out {self.out} ({exc}); check free space and "
@@ -486,10 +449,10 @@ def _finish(out: Path, header: list[str], rows: list[list], missing: list[str]) 
     w.writerows(rows)
     body = buf.getvalue().encode("utf-8")
     try:
-        _atomic_write(out / MANIFEST, lambda fh: fh.write(body))
+        write_atomic(out / MANIFEST, body)
         if missing:
             text = "".join(v + "\n" for v in missing).encode("utf-8", "surrogatepass")
-            _atomic_write(out / MISSING_TXT, lambda fh: fh.write(text))
+            write_atomic(out / MISSING_TXT, text)
         else:
             with contextlib.suppress(FileNotFoundError):
                 (out / MISSING_TXT).unlink()

@@ -5,12 +5,26 @@ folder is taken; a folder that holds a run (or other content) is refused with a 
 ``--resume`` (continue it, where the command can) and ``--overwrite`` (start again). Only with
 ``--overwrite`` is the old content moved aside, to ``<out>.replaced-<time>`` beside it (a rename:
 instant, and nothing is lost until the user deletes it).
+
+Files inside such folders are written whole or not at all (:func:`atomic_write`): a temporary
+beside the target, created exclusively under an unpredictable name that follows no symlink,
+fsync'ed, then renamed over the target (``os.replace``). A crash at any moment leaves the old
+file or the new one, never a torn one; the temporary of a killed process is named
+``.<name>.tmp-<pid>-<hex>``, and :func:`remove_stale_temps` deletes those whose process is gone.
+Every atomic write of vidfeat goes through here: checkpoints of both trainers, exports, the
+store's JSON and index files, contact sheets.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from vidfeat.errors import ConfigError
 
@@ -63,3 +77,78 @@ def _few(out: Path, n: int = 3) -> str:
     names = sorted(p.name for p in out.iterdir())
     more = f", … {len(names) - n} more" if len(names) > n else ""
     return ", ".join(names[:n]) + more
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+_TEMP_RE = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{8,16}$")
+_NAME_KEEP = 100  # characters of the target's name kept in its temporary's (names <= 255 bytes)
+
+
+def open_temp_beside(path: str | Path, mode: int = 0o666) -> tuple[int, Path]:
+    """A new, empty temporary file in ``path``'s folder, open for writing: its descriptor and
+    its path. Created with ``O_EXCL | O_NOFOLLOW`` under a random name (never an existing file
+    or a planted symlink); ``mode`` is filtered by the umask, as for any new file."""
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name[:_NAME_KEEP]}.tmp-{os.getpid()}-{secrets.token_hex(8)}")
+        try:
+            return os.open(tmp, flags, mode), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, *, mode: int = 0o666) -> Iterator[BinaryIO]:
+    """Write ``path`` whole or not at all: yields a binary file (a temporary beside ``path``);
+    when the block ends it is flushed, fsync'ed and renamed over ``path``. On any error,
+    including KeyboardInterrupt, the temporary is removed and ``path`` is as it was::
+
+        with atomic_write(run / "best.pt") as fh:
+            torch.save(state, fh)
+    """
+    path = Path(path)
+    fd, tmp = open_temp_beside(path, mode)
+    try:
+        # the file object of that descriptor, named by its path (open() calls the opener once)
+        with open(tmp, "wb", opener=lambda _path, _flags: fd) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_atomic(path: str | Path, data: bytes | str, *, mode: int = 0o666) -> None:
+    """:func:`atomic_write` of ``data`` (text is written as UTF-8)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    with atomic_write(path, mode=mode) as fh:
+        fh.write(data)
+
+
+def remove_stale_temps(folder: str | Path) -> None:
+    """Delete the temporaries of :func:`atomic_write` in ``folder`` left by processes that are
+    gone (killed mid-write); those of live processes stay."""
+    for p in Path(folder).iterdir():
+        m = _TEMP_RE.match(p.name)
+        if m and not _pid_alive(int(m["pid"])):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

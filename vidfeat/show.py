@@ -26,7 +26,6 @@ no pyplot state) and written atomically (temporary file, fsync, rename).
 from __future__ import annotations
 
 import difflib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from vidfeat.errors import ConfigError, StoreError
+from vidfeat.outdir import atomic_write
 
 MAX_THUMBS = 12  # thumbnails in the frame strip
 FLOW_SEGMENTS = 4  # segments shown per flow-fields set
@@ -397,16 +397,8 @@ def _check_out(out: str | Path) -> Path:
 
 def _save_atomic(fig, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(out) as fh:
+        fig.savefig(fh, format="png", dpi=100)
 
 
 def contact_sheet(

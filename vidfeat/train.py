@@ -1,6 +1,6 @@
-"""End-to-end training of a modality network (RGB / flow / audio) on labelled videos.
+"""The training loop of a modality network (RGB / flow / audio) on labelled videos.
 
-The run folder contract (shared by `vidfeat train rgb|flow|audio`):
+The run folder it writes (its format, config and loading belong to :mod:`vidfeat.models`):
 
     RUN/config.yaml     everything needed to rebuild the model and its input pipeline
     RUN/classes.txt     the class index
@@ -11,7 +11,9 @@ The run folder contract (shared by `vidfeat train rgb|flow|audio`):
 
 SGD with momentum and a step schedule (x0.1 at 1/3 and 2/3 of training) by default, as in the
 paper. On CUDA: mixed precision (bf16 where supported, else fp16 with a scaler) and
-channels_last. Ctrl-C saves ``last.pt`` before stopping.
+channels_last. Ctrl-C saves ``last.pt`` before stopping. Checkpoints and ``config.yaml`` are
+written atomically (:func:`vidfeat.outdir.atomic_write`): a crash mid-save leaves the previous
+``best.pt`` / ``last.pt`` whole.
 """
 
 from __future__ import annotations
@@ -31,101 +33,15 @@ from torch.utils.data import DataLoader
 from vidfeat.device import amp_dtype, resolve_device
 from vidfeat.errors import ConfigError
 from vidfeat.metrics import summarize
-from vidfeat.outdir import claim_out_dir
+from vidfeat.models.build import build_model, load_trained
+from vidfeat.models.config import TrainConfig, explicit_net_options, read_run_config
+from vidfeat.models.folder import resolve_run
+from vidfeat.outdir import atomic_write, claim_out_dir, remove_stale_temps, write_atomic
 from vidfeat.plots import plot_curves
+from vidfeat.schedule import lr_factor
 from vidfeat.videolist import VideoList, load_list, read_classes, write_classes
 
-
-@dataclass
-class TrainConfig:
-    modality: str  # rgb | flow | audio
-    train: str
-    val: str | None
-    arch: str = "stnet"  # stnet | tsn (rgb, flow); audio: vggish
-    backbone: str = "resnet50"
-    segments: int = 7  # T in training (the paper: 7)
-    test_segments: int = 7  # T for validation during training
-    frames: int = 5  # N
-    size: int = 224
-    short_side: int = 256
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    optimizer: str = "sgd"  # sgd | adamw
-    # step: x0.1 at 1/3 and 2/3 of the steps (the paper); cosine: smooth decay to 0, kinder to
-    # short runs (a step schedule spends 2/3 of a 12-epoch run at lr/10 or lower)
-    schedule: str = "step"
-    flip: bool = True  # horizontal flips in training (--no-flip when a mirror changes the class)
-    pretrained: bool = False
-    backbone_weights: str | None = None
-    net_options: dict = field(default_factory=dict)
-    store: str | None = None  # flow: where the <method>-fields set lives
-    method: str | None = None  # flow method
-    fields_set: str | None = None
-    workers: int = 2
-    device: str = "auto"
-    amp: bool = True  # only on CUDA
-    seed: int = 0
-    video_root: str | None = None
-    vggish_weights: str | None = None  # audio: initialise from VGGish weights
-    width: float = 1.0  # audio: VGG width multiplier
-    # fine-tuning: every weight of this run's network but the classifier (kept when the class
-    # lists are equal); its best.pt sha256 is recorded beside it
-    init: str | None = None
-    init_sha256: str | None = None
-
-    def validate(self) -> None:
-        checks = [
-            ("--epochs", self.epochs, 1),
-            ("--batch-size", self.batch_size, 1),
-            ("--segments", self.segments, 1),
-            ("--frames", self.frames, 1),
-            ("--workers", self.workers, 0),
-        ]
-        for name, v, lo in checks:
-            if v < lo:
-                raise ConfigError(f"{name} must be >= {lo} (got {v})")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0 (got {self.lr})")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"--optimizer must be sgd or adamw (got {self.optimizer})")
-        if self.schedule not in ("step", "cosine"):
-            raise ConfigError(f"--schedule must be step or cosine (got {self.schedule})")
-
-
-# --------------------------------------------------------------------------- model + data
-
-
-def in_channels(cfg: TrainConfig) -> int:
-    if cfg.modality == "rgb":
-        return 3 * cfg.frames if cfg.arch == "stnet" else 3
-    if cfg.modality == "flow":
-        return 2 * cfg.frames
-    return 1
-
-
-def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    if cfg.modality == "audio":
-        from vidfeat.audio import VGGish, VGGishTSN, load_vggish_weights
-
-        net = VGGish(width=cfg.width, **cfg.net_options)
-        if cfg.vggish_weights:
-            load_vggish_weights(net, cfg.vggish_weights)
-        return VGGishTSN(net, num_classes)
-    from vidfeat.nets import create_segment_net
-
-    return create_segment_net(
-        cfg.arch,
-        cfg.backbone,
-        num_classes,
-        in_chans_per_segment=in_channels(cfg),
-        frames=cfg.frames,
-        pretrained=cfg.pretrained,
-        backbone_weights=cfg.backbone_weights,
-        **cfg.net_options,
-    )
+# --------------------------------------------------------------------------- data
 
 
 def build_dataset(cfg: TrainConfig, videos: VideoList, train: bool, segments: int | None = None):
@@ -204,6 +120,7 @@ def train(
     cfg.validate()
     out = Path(out)
     claim_out_dir(out, resume=resume, overwrite=overwrite, what="a training run")
+    remove_stale_temps(out)  # half-written checkpoints of a killed run
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     train_list, val_list, classes = _load_lists(cfg, echo)
@@ -266,27 +183,12 @@ def _load_lists(cfg: TrainConfig, echo) -> tuple[VideoList, VideoList | None, li
     return train_list, val_list, classes
 
 
-def explicit_net_options(arch: str, modality: str, options: dict, legacy: bool = False) -> dict:
-    """Every ``--net-opt`` of a segment network with its value, so a run folder says exactly
-    which network it holds even when a default changes. ``legacy``: the options of a run
-    written before StNet's TMB default became ``residual`` (it records no ``tmb``: ``paper``)."""
-    if modality == "audio":
-        return dict(options)
-    from vidfeat.nets import SEGMENT_NETS
-
-    defaults = SEGMENT_NETS.get(arch).option_defaults()
-    if legacy and arch == "stnet" and "tmb" not in options:
-        defaults["tmb"] = "paper"
-    return {**defaults, **options}
-
-
 def _write_run(cfg: TrainConfig, out: Path, classes: list[str], resume: bool) -> None:
     """Step 2: config.yaml and classes.txt (resuming: after checking the run's own)."""
     if cfg.init:
         from vidfeat.provenance import file_sha256
 
-        init = Path(cfg.init)
-        cfg.init_sha256 = file_sha256(init / "best.pt" if init.is_dir() else init)
+        cfg.init_sha256 = file_sha256(resolve_run(cfg.init, flag="--init").checkpoint)
     if resume:
         old = out / "config.yaml"
         if not old.exists():
@@ -294,7 +196,7 @@ def _write_run(cfg: TrainConfig, out: Path, classes: list[str], resume: bool) ->
         classes_old = read_classes(out / "classes.txt")
         if classes_old != classes:
             raise ConfigError(f"--resume: the class index of {out} differs from this list's")
-        was = yaml.safe_load(old.read_text())
+        was = asdict(read_run_config(old))
         was["net_options"] = explicit_net_options(
             was["arch"], was["modality"], was.get("net_options") or {}, legacy=True
         )
@@ -305,7 +207,7 @@ def _write_run(cfg: TrainConfig, out: Path, classes: list[str], resume: bool) ->
         _check_resume(was, asdict(cfg), out)
     else:
         cfg.net_options = explicit_net_options(cfg.arch, cfg.modality, cfg.net_options)
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    write_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     write_classes(out / "classes.txt", classes)
 
 
@@ -331,7 +233,7 @@ class _Fit:
     bad_ids: set[int] = field(default_factory=set)  # unreadable videos, reported once
 
     def save_last(self) -> None:
-        torch.save(
+        _save_checkpoint(
             {
                 "model": self.model.state_dict(),
                 "optimizer": self.opt.state_dict(),
@@ -340,6 +242,12 @@ class _Fit:
             },
             self.out / "last.pt",
         )
+
+
+def _save_checkpoint(obj: dict, path: Path) -> None:
+    """``torch.save`` whole or not at all: a kill mid-save leaves the previous file intact."""
+    with atomic_write(path) as fh:
+        torch.save(obj, fh)
 
 
 def _build(
@@ -495,7 +403,7 @@ def _record(fit: _Fit, row: dict) -> None:
     key = row.get("val_prec1", row["train_prec1"])
     if not fit.best or key > fit.best["key"]:
         fit.best = {"key": key, **row}
-        torch.save(fit.model.state_dict(), fit.out / "best.pt")
+        _save_checkpoint(fit.model.state_dict(), fit.out / "best.pt")
     fit.epoch += 1
     fit.save_last()
 
@@ -511,16 +419,6 @@ def _epoch_line(row: dict) -> str:
         )
         + f" ({row['seconds']:.0f}s)"
     )
-
-
-def lr_factor(schedule: str, total_steps: int):
-    """The learning-rate multiplier as a function of the optimiser step (for ``LambdaLR``; the
-    fusion trainer's ``lr_at`` too): cosine decay to 0, or x0.1 at 1/3 and 2/3 of the steps."""
-    total = max(1, total_steps)
-    if schedule == "cosine":
-        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    milestones = (total // 3, 2 * total // 3)
-    return lambda step: 0.1 ** sum(step >= m for m in milestones)
 
 
 # what may change when a run is resumed, and the flags that set them (the message lists these)
@@ -565,48 +463,3 @@ def videos_with_audio(videos: VideoList) -> tuple[VideoList, int]:
             keep.add(r.video_id)  # unreadable: let the loader report it
     sub = videos.subset(keep)
     return sub, len(videos) - len(sub)
-
-
-# --------------------------------------------------------------------------- runs
-
-
-@dataclass
-class LoadedNet:
-    path: Path
-    config: TrainConfig
-    classes: list[str]
-    model: nn.Module
-    checkpoint: Path
-    sha256: str
-
-
-def load_trained(checkpoint: str | Path, device: torch.device | None = None) -> LoadedNet:
-    """A run folder (uses its best.pt) or a checkpoint file inside one."""
-    from vidfeat.provenance import file_sha256
-
-    p = Path(checkpoint)
-    run, ckpt = (p, p / "best.pt") if p.is_dir() else (p.parent, p)
-    if not (run / "config.yaml").exists():
-        raise ConfigError(
-            f"{checkpoint}: not a vidfeat training run (no config.yaml beside it); "
-            "pass the --out folder of `vidfeat train`"
-        )
-    cfg = TrainConfig(**yaml.safe_load((run / "config.yaml").read_text()))
-    classes = read_classes(run / "classes.txt")
-    cfg.pretrained, cfg.backbone_weights, cfg.vggish_weights = False, None, None
-    cfg.net_options = explicit_net_options(cfg.arch, cfg.modality, cfg.net_options, legacy=True)
-    model = build_model(cfg, len(classes))
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"{ckpt} not found") from None
-    except Exception as exc:  # noqa: BLE001 - pickle payloads, corrupt files
-        raise ConfigError(f"{ckpt}: refused, not a plain state dict ({exc})") from None
-    if "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # a last.pt
-    model.load_state_dict(state)
-    model.eval()
-    if device is not None:
-        model.to(device)
-    sha = file_sha256(ckpt)
-    return LoadedNet(run, cfg, classes, model, ckpt, sha)

@@ -24,6 +24,7 @@ from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.extract import run_extraction
 from vidfeat.extract.fields import ensure_flow_fields, fields_extractor_for
 from vidfeat.extract.job import Job, RunOptions
+from vidfeat.models.folder import is_run
 from vidfeat.provenance import file_sha256
 from vidfeat.report import Report
 from vidfeat.stop import ignore_stop_signals
@@ -227,7 +228,7 @@ class _RunTask(NetworkTask):
 
     def net(self):
         if self._net is None:
-            from vidfeat.train import load_trained
+            from vidfeat.models.build import load_trained
 
             self._net = load_trained(self.checkpoint)
             modality = self._net.config.modality
@@ -371,7 +372,7 @@ class AudioNetwork(_RunTask):
     def __init__(self, checkpoint, *, pca, embedding: str | None, random_init: bool, **kw) -> None:
         super().__init__(checkpoint, **kw)
         self.pca, self.embedding, self.random_init = pca, embedding, random_init
-        self.is_run = checkpoint is not None and _is_run(Path(checkpoint))
+        self.is_run = checkpoint is not None and is_run(checkpoint)
         if self.is_run and pca is not None:
             raise ConfigError(
                 "--pca applies to the original VGGish embeddings, not to a trained network's; "
@@ -439,11 +440,6 @@ class AudioNetwork(_RunTask):
         from vidfeat.clips import AudioClips, ClipSpec
 
         return AudioClips(videos, ClipSpec(self.segments, 1, 16, 16, train=False))
-
-
-def _is_run(p: Path) -> bool:
-    """A `vidfeat train` run folder, or a checkpoint file inside one."""
-    return (p / "config.yaml").is_file() if p.is_dir() else (p.parent / "config.yaml").is_file()
 
 
 def _embedding_only(vggish):

@@ -29,7 +29,6 @@ alone writes the run folder, validates and shows progress.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -54,11 +53,11 @@ from vidfeat.fusion.dist import (
     stop_requested,
 )
 from vidfeat.metrics import summarize
-from vidfeat.outdir import claim_out_dir
+from vidfeat.outdir import atomic_write, claim_out_dir, remove_stale_temps, write_atomic
 from vidfeat.plots import plot_curves
 from vidfeat.provenance import file_sha256
+from vidfeat.schedule import lr_factor
 from vidfeat.stop import StopSignals, ignore_stop_signals
-from vidfeat.train import lr_factor
 from vidfeat.videolist import load_list, read_classes, write_classes
 
 
@@ -284,16 +283,15 @@ def _open_run(
         save_norm(out / "norm.npz", norm)
         write_classes(out / "classes.txt", classes)
         (out / "metrics.jsonl").write_text("")
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    (out / "feature_sets.json").write_text(json.dumps(now, indent=2, default=str))
+    write_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    write_atomic(out / "feature_sets.json", json.dumps(now, indent=2, default=str))
     return _RunStart(norm, state, history)
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    # a kill during the write leaves the previous last.pt intact
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _save_checkpoint(obj: dict, path: Path) -> None:
+    # a kill during the write leaves the previous best.pt / last.pt intact
+    with atomic_write(path) as fh:
+        torch.save(obj, fh)
 
 
 # --------------------------------------------------------------------------- training
@@ -323,6 +321,7 @@ def train(
         )
     if ctx.main:  # rank 0 owns the run folder
         claim_out_dir(out, resume=resume, overwrite=overwrite, what="a fusion run")
+        remove_stale_temps(out)  # half-written checkpoints of a killed run
     with processes(cfg.device, ctx) as device:
         return _train(
             cfg,
@@ -591,7 +590,7 @@ class _Loop:
             key = row.get("val_prec1", -row["train_loss"])
             if not self.best or key > self.best["_key"]:
                 self.best = {**row, "_key": key}
-                torch.save(self.model.state_dict(), self.out / "best.pt")
+                _save_checkpoint(self.model.state_dict(), self.out / "best.pt")
                 self.since_best = 0
             else:
                 self.since_best += 1
@@ -606,7 +605,7 @@ class _Loop:
     def save_last(
         self, epoch: int, step: int, sums: list[float], stopped_early: bool = False
     ) -> None:
-        _save_atomic(
+        _save_checkpoint(
             {
                 "model": self.model.state_dict(),
                 "optimizer": self.opt.state_dict(),

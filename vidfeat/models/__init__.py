@@ -1,21 +1,36 @@
-"""Runs as models: import released weights as run folders, load any run, describe it.
+"""The run folder: its config, building and loading its network, its preprocessing, importing
+released weights as runs, and describing any run.
 
 A run folder (``vidfeat train``'s ``--out``) holds ``config.yaml`` (rebuilds the network and its
 input pipeline), ``classes.txt`` and ``best.pt``. An *imported* run is the same folder plus
 ``model.json``: where the weights came from (file, sha256, importer, the Paddle → vidfeat tensor
 map) and the preprocessing the weights were trained and tested with, which extraction follows.
-So every command that takes a run (``extract rgb --checkpoint RUN``, ``models info RUN``)
-takes an imported one.
+So every command that takes a run (``extract rgb --checkpoint RUN``, ``models info RUN``,
+``train --init RUN``) takes an imported one. This package owns the format; the training loop
+(:mod:`vidfeat.train`) writes runs through it and nothing here imports the loop.
 
-- :func:`import_paddle` — the authors' PaddlePaddle ``STNET.pdparams`` / ``TSN.pdparams``
-  (PaddlePaddle/models, ``PaddleCV/video``), mapped name for name by :mod:`vidfeat.nets.paddle`.
-- :func:`import_timm` — a 2D timm ImageNet classifier packaged as a TSN run (its classifier as
-  the TSN fc), offline: from the local timm / Hugging Face cache or a state-dict file.
-- :func:`load_model` — the network of any run (trained or imported) or ``.pdparams`` file, in
-  eval mode: ``model(x)`` → logits ``[B, K]`` for ``x [B, T, C, H, W]``;
+Modules, each importing only those listed above it:
+
+- :mod:`~vidfeat.models.config` — :class:`TrainConfig` (what ``config.yaml`` holds),
+  :func:`explicit_net_options`, and :func:`read_run_config`, which refuses, naming the file and
+  the key, a ``config.yaml`` that is no run's (:class:`~vidfeat.errors.RunError`).
+- :mod:`~vidfeat.models.folder` — the one rule "a run folder, or a checkpoint inside one":
+  :func:`resolve_run` → :class:`RunFolder` (folder, checkpoint, config); :func:`init_options`,
+  what ``train --init RUN`` takes from the run.
+- :mod:`~vidfeat.models.build` — :func:`build_model` from a config; :func:`load_trained`, a
+  run's config, classes and network with its weights.
+- :mod:`~vidfeat.models.runs` — the recorded test preprocessing (:func:`preprocessing_of`,
+  the paper's :data:`PAPER_STNET` / :data:`PAPER_TSN`) and writing an imported run.
+- :mod:`~vidfeat.models.importers` — :func:`import_paddle`, the authors' PaddlePaddle
+  ``STNET.pdparams`` / ``TSN.pdparams`` (PaddlePaddle/models, ``PaddleCV/video``), mapped name
+  for name by :mod:`vidfeat.nets.paddle`; :func:`import_timm`, a 2D timm ImageNet classifier
+  packaged as a TSN run (its classifier as the TSN fc), offline: from the local timm / Hugging
+  Face cache or a state-dict file.
+- this module — :func:`load_model`, the network of any run (trained or imported) or
+  ``.pdparams`` file, in eval mode: ``model(x)`` → logits ``[B, K]`` for ``x [B, T, C, H, W]``;
   ``model.forward_features(x)`` → ``[B, T, D]`` (what extraction stores);
-  ``model.forward_head(f)`` → logits from those features.
-- :func:`describe_run` — what ``vidfeat models info`` prints.
+  ``model.forward_head(f)`` → logits from those features; :func:`describe_run`, what
+  ``vidfeat models info`` prints.
 
 The released StNet, checked layer by layer against ``stnet_res_model.py`` (identical on the
 release/1.7, 1.8 and 2.0-beta branches; line numbers below are release/1.8): ResNet-50, conv1
@@ -68,13 +83,20 @@ from pathlib import Path
 from typing import Any
 
 from vidfeat.errors import ConfigError
+from vidfeat.models.build import LoadedNet, build_model, in_channels, load_trained
+from vidfeat.models.config import (
+    TrainConfig,
+    config_from_mapping,
+    explicit_net_options,
+    read_run_config,
+)
+from vidfeat.models.folder import RunFolder, find_run, init_options, is_run, resolve_run
 from vidfeat.models.importers import _paddle_network, import_paddle, import_timm
 from vidfeat.models.runs import (
     PAPER_STNET,
     PAPER_TSN,
     ImportReport,
     Preprocessing,
-    _read_config,
     _read_model_json,
     _sha256,
     preprocessing_of,
@@ -87,12 +109,25 @@ __all__ = [
     "PAPER_STNET",
     "PAPER_TSN",
     "ImportReport",
+    "LoadedNet",
     "Preprocessing",
+    "RunFolder",
+    "TrainConfig",
+    "build_model",
+    "config_from_mapping",
     "describe_run",
+    "explicit_net_options",
+    "find_run",
     "import_paddle",
     "import_timm",
+    "in_channels",
+    "init_options",
+    "is_run",
     "load_model",
+    "load_trained",
     "preprocessing_of",
+    "read_run_config",
+    "resolve_run",
 ]
 
 # --------------------------------------------------------------------------- loading
@@ -128,8 +163,6 @@ def load_model(run_or_file: str | Path, device: str | Any = "cpu"):
     else:
         if not p.exists():
             raise ConfigError(f"{p}: no such run folder or file")
-        from vidfeat.train import load_trained
-
         loaded = load_trained(p)
         net, classes = loaded.model, loaded.classes
         pre = preprocessing_of(loaded.path, loaded.config)
@@ -146,9 +179,8 @@ def describe_run(run: str | Path) -> dict:
     where the weights came from."""
     from vidfeat.nets.backbones import count_parameters
 
-    run = Path(run)
-    run = run if run.is_dir() else run.parent
-    cfg = _read_config(run)
+    folder = resolve_run(run)
+    run, cfg = folder.dir, folder.config
     model = load_model(run)
     meta = _read_model_json(run) or {}
     buffers = sum(

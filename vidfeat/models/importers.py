@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vidfeat._version import __version__
 from vidfeat.errors import ConfigError
+from vidfeat.models.config import TrainConfig
 from vidfeat.models.runs import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -34,8 +35,6 @@ PADDLE_ARCHES = {"paddle-stnet": "stnet", "paddle-tsn": "tsn"}
 
 def _paddle_config(info, pre: Preprocessing):
     """The run config of the authors' network and their training recipe (configs/*.yaml)."""
-    from vidfeat.train import TrainConfig
-
     if info.arch == "stnet":
         # stnet.yaml: seg_num 7 (train), 60 epochs, batch 128, crop 224 in training
         recipe = dict(segments=7, epochs=60, batch_size=128)
@@ -283,7 +282,6 @@ def import_timm(
 
     from vidfeat.nets.backbones import count_parameters, family_of
     from vidfeat.nets.segment import create_segment_net
-    from vidfeat.train import TrainConfig
 
     out = Path(out)
     _check_out(out)

@@ -1,5 +1,6 @@
-"""Run folders of vidfeat.models: the recorded preprocessing, writing an imported run, and
-the shared bits of provenance. Imports nothing of vidfeat.models."""
+"""Run folders of vidfeat.models: the recorded preprocessing of a run, writing an imported run,
+and the shared bits of provenance. Imports only :mod:`vidfeat.models.config` and
+:mod:`vidfeat.models.folder` of vidfeat.models."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import yaml
-
 from vidfeat._version import __version__
 from vidfeat.errors import ConfigError
+from vidfeat.models.config import CONFIG_YAML, TrainConfig, read_run_config
+from vidfeat.models.folder import locate_run
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +96,16 @@ PAPER_TSN = Preprocessing(
 )
 
 
-def preprocessing_of(run: str | Path, config: Any = None) -> Preprocessing:
-    """The test preprocessing of a run: recorded in ``model.json`` (imported runs), else what
-    ``vidfeat train`` used (its short side and crop, ImageNet mean/std, aspect kept)."""
-    run = Path(run)
-    run = run if run.is_dir() else run.parent
+def preprocessing_of(run: str | Path, config: TrainConfig | None = None) -> Preprocessing:
+    """The test preprocessing of a run (its folder or a checkpoint in one): recorded in
+    ``model.json`` (imported runs), else what ``vidfeat train`` used (its short side and crop,
+    ImageNet mean/std, aspect kept). ``config``: the run's, when the caller has read it."""
+    run, _ = locate_run(run)
     meta = _read_model_json(run)
     if meta and isinstance(meta.get("preprocessing"), dict):
         return Preprocessing.from_dict(meta["preprocessing"])
     if config is None:
-        config = _read_config(run)
+        config = read_run_config(run / CONFIG_YAML)
     tsn_rgb = config.arch == "tsn" and config.modality == "rgb"
     return Preprocessing(
         short_side=int(config.short_side),
@@ -123,18 +123,6 @@ def _read_model_json(run: Path) -> dict | None:
         return json.loads(p.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{p}: unreadable ({exc}); re-import the run") from None
-
-
-def _read_config(run: Path):
-    from vidfeat.train import TrainConfig
-
-    p = run / "config.yaml"
-    if not p.is_file():
-        raise ConfigError(
-            f"{run}: not a vidfeat run (no config.yaml); pass the --out folder of `vidfeat "
-            "train` or `vidfeat models import`"
-        )
-    return TrainConfig(**yaml.safe_load(p.read_text()))
 
 
 # --------------------------------------------------------------------------- writing runs
@@ -197,6 +185,7 @@ def _resolve_classes(
 
 def _write_run(out: Path, cfg: Any, classes: list[str], state: dict, meta: dict) -> None:
     import torch
+    import yaml
 
     from vidfeat.videolist import write_classes
 
@@ -215,6 +204,7 @@ def _sha256(path: Path) -> str:
 
 
 def _versions() -> dict:
+    import numpy as np
     import timm
     import torch
 

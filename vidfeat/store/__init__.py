@@ -28,8 +28,8 @@ Modules, each importing only those listed above it (no import cycles)::
 
     deflate     the one layout rule for chunks and filters; gzip chunks deflated on threads
                 (ISA-L) for the writer and for extraction workers
-    paths       names (video ids, set and job names), fsync / atomic JSON / HDF5-open helpers,
-                reading set.json, partial-shard locks and the cleanup of stale partials
+    paths       names (video ids, set and job names), fsync / temporary set.json / HDF5-open
+                helpers, reading set.json, partial-shard locks and the cleanup of stale partials
     shardindex  the index each shard carries: encoding, decoding, the scan of older shards
     writer      ShardWriter, FailureLog and read_failures, the codec of HDF5 attrs
     setindex    SetIndex: every copy of every video as numpy columns, cached in .index.npz

@@ -1,7 +1,7 @@
 """Names, small file helpers and partial-shard locks: the bottom layer of the store.
 
 Shared by the writer, the reader, the set registry and verification: checks of video ids, set
-and job names; fsync, atomic JSON writes and opening HDF5 files without HDF5's own locks;
+and job names; fsync, the temporary ``set.json`` and opening HDF5 files without HDF5's own locks;
 reading a set's ``set.json``; and the ``flock``-ed ``.lock`` sidecars that tell the partial
 shard of a live job from one a killed job left behind (:func:`partial_is_live`,
 :func:`cleanup_stale_partials`). Imports no other module of :mod:`vidfeat.store`.
@@ -15,13 +15,13 @@ import fcntl
 import json
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any
 
 import h5py
 
 from vidfeat.errors import ConfigError, StoreError
+from vidfeat.outdir import open_temp_beside
 
 SET_JSON = "set.json"
 FEATURES = "features"
@@ -96,20 +96,21 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
 def _write_json_tmp(path: Path, obj: Any) -> Path:
-    """Write ``obj`` to a fresh temp file next to ``path`` (fsync'ed); return the temp path."""
-    tmp = _tmp_name(path)
+    """Write ``obj`` to a fresh temp file next to ``path`` (fsync'ed); return the temp path
+    (``ensure_set`` links it to ``path``, which fails if another process got there first)."""
     data = (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd, tmp = open_temp_beside(path, 0o644)
     try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return tmp
 
 
@@ -118,16 +119,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = _write_json_tmp(path, obj)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _h5open(path: Path, mode: str) -> h5py.File:

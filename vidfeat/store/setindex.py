@@ -23,11 +23,9 @@ shards themselves, not this cache.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
-import os
 import re
 import zipfile
 from dataclasses import dataclass
@@ -35,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vidfeat.store.paths import _fsync_path, _tmp_name, _write_all
+from vidfeat.outdir import atomic_write
+from vidfeat.store.paths import _fsync_path
 from vidfeat.store.shardindex import ShardListing, listing_from_rows
 
 INDEX_FILE = ".index.npz"
@@ -184,19 +183,8 @@ class SetIndex:
         }
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        tmp = _tmp_name(path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            try:
-                _write_all(fd, buf.getbuffer())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path, mode=0o644) as fh:
+            fh.write(buf.getbuffer())
         _fsync_path(path.parent, directory=True)
 
     @classmethod

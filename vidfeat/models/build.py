@@ -1,0 +1,92 @@
+"""The network of a run: :func:`build_model` from its config, and :func:`load_trained`, the
+whole run (config, classes, network with its weights) from its folder or a checkpoint in one.
+
+Imports torch only inside the functions, so importing :mod:`vidfeat.models` stays light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vidfeat.errors import ConfigError
+from vidfeat.models.config import TrainConfig, explicit_net_options
+from vidfeat.models.folder import resolve_run
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def in_channels(cfg: TrainConfig) -> int:
+    """Input channels per segment: a StNet super-image of N RGB frames (3N), one RGB frame
+    (TSN), N flow pairs (2N), one log-mel example (1)."""
+    if cfg.modality == "rgb":
+        return 3 * cfg.frames if cfg.arch == "stnet" else 3
+    if cfg.modality == "flow":
+        return 2 * cfg.frames
+    return 1
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """The network ``cfg`` describes, with ``num_classes`` outputs (initial weights: random,
+    or the backbone / VGGish weights ``cfg`` names)."""
+    if cfg.modality == "audio":
+        from vidfeat.audio import VGGish, VGGishTSN, load_vggish_weights
+
+        net = VGGish(width=cfg.width, **cfg.net_options)
+        if cfg.vggish_weights:
+            load_vggish_weights(net, cfg.vggish_weights)
+        return VGGishTSN(net, num_classes)
+    from vidfeat.nets import create_segment_net
+
+    return create_segment_net(
+        cfg.arch,
+        cfg.backbone,
+        num_classes,
+        in_chans_per_segment=in_channels(cfg),
+        frames=cfg.frames,
+        pretrained=cfg.pretrained,
+        backbone_weights=cfg.backbone_weights,
+        **cfg.net_options,
+    )
+
+
+@dataclass
+class LoadedNet:
+    path: Path  # the run folder
+    config: TrainConfig
+    classes: list[str]
+    model: nn.Module  # in eval mode
+    checkpoint: Path
+    sha256: str  # of the checkpoint file
+
+
+def load_trained(checkpoint: str | Path, device: torch.device | None = None) -> LoadedNet:
+    """A run folder (uses its best.pt) or a checkpoint file inside one (``last.pt`` too)."""
+    import torch
+
+    from vidfeat.provenance import file_sha256
+    from vidfeat.videolist import read_classes
+
+    run = resolve_run(checkpoint)
+    cfg, ckpt = run.config, run.checkpoint
+    classes = read_classes(run.dir / "classes.txt")
+    cfg.pretrained, cfg.backbone_weights, cfg.vggish_weights = False, None, None
+    cfg.net_options = explicit_net_options(cfg.arch, cfg.modality, cfg.net_options, legacy=True)
+    model = build_model(cfg, len(classes))
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"{ckpt} not found") from None
+    except Exception as exc:  # noqa: BLE001 - pickle payloads, corrupt files
+        raise ConfigError(f"{ckpt}: refused, not a plain state dict ({exc})") from None
+    if "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a last.pt
+    model.load_state_dict(state)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    sha = file_sha256(ckpt)
+    return LoadedNet(run.dir, cfg, classes, model, ckpt, sha)

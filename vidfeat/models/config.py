@@ -1,0 +1,207 @@
+"""The run's config: :class:`TrainConfig`, what ``RUN/config.yaml`` holds, and its reader.
+
+``config.yaml`` is everything needed to rebuild a run's network and its input pipeline, written
+by ``vidfeat train`` and ``vidfeat models import``. :func:`read_run_config` reads one back and
+refuses, naming the file and the key, what no vidfeat wrote: a YAML syntax error, a document
+that is not a mapping, missing keys, unknown keys (a newer vidfeat's), values of the wrong type.
+Imports neither torch nor the training loop (the command line builds its options from here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vidfeat._version import __version__
+from vidfeat.errors import ConfigError, RunError
+
+CONFIG_YAML = "config.yaml"
+MODALITIES = ("rgb", "flow", "audio")
+_MAX_BYTES = 1 << 20  # a run's config is about 1 KB; anything near this is not one
+
+
+@dataclass
+class TrainConfig:
+    modality: str  # rgb | flow | audio
+    train: str
+    val: str | None
+    arch: str = "stnet"  # stnet | tsn (rgb, flow); audio: vggish
+    backbone: str = "resnet50"
+    segments: int = 7  # T in training (the paper: 7)
+    test_segments: int = 7  # T for validation during training
+    frames: int = 5  # N
+    size: int = 224
+    short_side: int = 256
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    optimizer: str = "sgd"  # sgd | adamw
+    # step: x0.1 at 1/3 and 2/3 of the steps (the paper); cosine: smooth decay to 0, kinder to
+    # short runs (a step schedule spends 2/3 of a 12-epoch run at lr/10 or lower)
+    schedule: str = "step"
+    flip: bool = True  # horizontal flips in training (--no-flip when a mirror changes the class)
+    pretrained: bool = False
+    backbone_weights: str | None = None
+    net_options: dict = field(default_factory=dict)
+    store: str | None = None  # flow: where the <method>-fields set lives
+    method: str | None = None  # flow method
+    fields_set: str | None = None
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = True  # only on CUDA
+    seed: int = 0
+    video_root: str | None = None
+    vggish_weights: str | None = None  # audio: initialise from VGGish weights
+    width: float = 1.0  # audio: VGG width multiplier
+    # fine-tuning: every weight of this run's network but the classifier (kept when the class
+    # lists are equal); its best.pt sha256 is recorded beside it
+    init: str | None = None
+    init_sha256: str | None = None
+
+    def validate(self) -> None:
+        checks = [
+            ("--epochs", self.epochs, 1),
+            ("--batch-size", self.batch_size, 1),
+            ("--segments", self.segments, 1),
+            ("--frames", self.frames, 1),
+            ("--workers", self.workers, 0),
+        ]
+        for name, v, lo in checks:
+            if v < lo:
+                raise ConfigError(f"{name} must be >= {lo} (got {v})")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0 (got {self.lr})")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"--optimizer must be sgd or adamw (got {self.optimizer})")
+        if self.schedule not in ("step", "cosine"):
+            raise ConfigError(f"--schedule must be step or cosine (got {self.schedule})")
+
+
+def explicit_net_options(arch: str, modality: str, options: dict, legacy: bool = False) -> dict:
+    """Every ``--net-opt`` of a segment network with its value, so a run folder says exactly
+    which network it holds even when a default changes. ``legacy``: the options of a run
+    written before StNet's TMB default became ``residual`` (it records no ``tmb``: ``paper``)."""
+    if modality == "audio":
+        return dict(options)
+    from vidfeat.nets import SEGMENT_NETS
+
+    defaults = SEGMENT_NETS.get(arch).option_defaults()
+    if legacy and arch == "stnet" and "tmb" not in options:
+        defaults["tmb"] = "paper"
+    return {**defaults, **options}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_run_config(path: str | Path) -> TrainConfig:
+    """The :class:`TrainConfig` of a run's ``config.yaml`` at ``path``. Keys a run of an older
+    vidfeat does not record take their defaults. Raises :class:`RunError` (naming ``path`` and
+    the key) for anything that is not a run config."""
+    return config_from_mapping(read_run_mapping(path), path)
+
+
+def read_run_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping of a run's ``config.yaml``, as written (no defaults filled in), checked as
+    :func:`read_run_config` checks it."""
+    import yaml
+
+    path = Path(path)
+    try:
+        if path.stat().st_size > _MAX_BYTES:
+            raise RunError(
+                path, None, f"{path.stat().st_size} bytes, too large to be a run's config"
+            )
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunError(path, None, f"unreadable ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RunError(path, None, f"not valid YAML ({where}{problem})") from None
+    except RecursionError:
+        raise RunError(path, None, "nested too deeply to be a run's config") from None
+    if not isinstance(data, dict):
+        held = _KINDS.get(type(data).__name__, f"a {type(data).__name__}")
+        raise RunError(path, None, f"holds {held}, not a mapping of key: value")
+    check_run_mapping(data, path)
+    return data
+
+
+def config_from_mapping(data: dict, path: str | Path = CONFIG_YAML) -> TrainConfig:
+    """A :class:`TrainConfig` of a mapping read from ``path`` (checked first)."""
+    check_run_mapping(data, path)
+    return TrainConfig(**{**data, "net_options": data.get("net_options") or {}})
+
+
+def check_run_mapping(data: dict, path: str | Path = CONFIG_YAML) -> None:
+    """Refuse a mapping that :class:`TrainConfig` cannot take: unknown keys, missing required
+    keys, values of the wrong type, an unknown modality. Each error names ``path`` and the key."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise RunError(
+            path,
+            unknown[0],
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+            f"not a setting of vidfeat {__version__}'s runs (written by a newer vidfeat? "
+            "upgrade vidfeat to read it)",
+        )
+    required = [n for n, f in fields.items() if _required(f)]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise RunError(
+            path,
+            missing[0],
+            f"missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+            f"(every run records {', '.join(required)}); pass the --out folder of `vidfeat "
+            "train` or `vidfeat models import`",
+        )
+    for k, v in data.items():
+        want = _TYPES.get(str(fields[k].type))
+        if want is not None and not _is(v, want):
+            raise RunError(path, k, f"{k} must be {want[0]} (got {_short(v)})")
+    if data["modality"] not in MODALITIES:
+        raise RunError(
+            path,
+            "modality",
+            f"modality must be one of {', '.join(MODALITIES)} (got {_short(data['modality'])})",
+        )
+
+
+_KINDS = {"NoneType": "nothing", "str": "a single string", "list": "a list", "int": "a number"}
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+# the annotations of TrainConfig's fields (strings: `from __future__ import annotations`) and
+# what a value read from YAML must be; a field of another annotation is not checked here
+_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
+    "str": ("a string", (str,)),
+    "str | None": ("a string or null", (str, type(None))),
+    "int": ("an integer", (int,)),
+    "float": ("a number", (int, float)),
+    "bool": ("true or false", (bool,)),
+    "dict": ("a mapping", (dict, type(None))),  # null: none set (read as {})
+}
+
+
+def _is(value: Any, want: tuple[str, tuple[type, ...]]) -> bool:
+    types = want[1]
+    if isinstance(value, bool) and bool not in types:  # YAML's true is no integer here
+        return False
+    return isinstance(value, types)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
