@@ -1,7 +1,8 @@
 """Flow fields: optical flow on the grid's frame pairs, stored as uint8 ``(T, N, 2, H, W)``.
 
 :class:`FlowFieldsExtractor` is the per-video task of ``vidfeat extract flow`` (and the first
-step of flow features with a network: :func:`ensure_flow_fields`). :func:`fields_extractor_for`
+step of flow features with a network: :func:`ensure_flow_fields`); :func:`extract_flow_fields`
+is the use case of ``vidfeat extract flow`` without a network. :func:`fields_extractor_for`
 rebuilds the extractor of an existing fields set from its set.json, so resuming never mixes
 configurations; :func:`prepare_training_fields` fills the fields a flow network trains on.
 
@@ -281,6 +282,44 @@ def ensure_flow_fields(
     if rep.done:
         echo(f"flow fields: {rep.summary()}")
     return rep
+
+
+def extract_flow_fields(
+    videos: VideoList,
+    store_root: str | Path,
+    *,
+    method: str,
+    params: dict,
+    set_name: str,
+    segments: int,
+    frames: int,
+    short_side: int,
+    bound: float,
+    opts: RunOptions,
+    runtime: dict | None = None,
+    echo: Callable[[str], Any] = print,
+) -> Report:
+    """``vidfeat extract flow`` without a network: the flow fields of the grid's pairs are
+    the set ``set_name``, uint8 ``(T, N, 2, H, W)`` (resumable, like every extraction).
+
+    ``params``: the method's parameters (the others keep OpenCV's defaults); ``runtime``: the
+    run-time settings the user gave (``device``, ``batch_size``, ``weights``; see
+    ``FlowMethod.runtime``), which a method they do not apply to refuses with the reason (a CPU
+    method has no device). Each worker gets its share of the cores (:func:`thread_budget_for`).
+    """
+    from vidfeat.extract import run_extraction
+    from vidfeat.flow import make_method
+
+    flow = make_method(method, **params).runtime(**(runtime or {}))
+    extractor = FlowFieldsExtractor(
+        flow,
+        segments=segments,
+        frames=frames,
+        short_side=short_side,
+        bound=bound,
+        threads=thread_budget_for(opts),
+    )
+    return run_extraction(videos, extractor, store_root, set_name, opts, echo=echo)
 
 
 def prepare_training_fields(
