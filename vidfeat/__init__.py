@@ -10,7 +10,8 @@ Everything up to stored features lives here; what learns from stored features li
 - ``store``: the HDF5 feature store, a writer/reader pair;
 - ``nets``, ``audio``, ``flow``: segment networks, VGGish, optical-flow methods;
 - ``clips``, ``decode``, ``grid``, ``videolist``, ``synth``: videos in, clips out;
-- ``errors``, ``provenance``, ``registry``, ``report``, ``stop``: shared by all of them.
+- ``errors``, ``params``, ``provenance``, ``registry``, ``report``, ``stop``: shared by all of
+  them (``params``: configuration fields that declare their own command-line option).
 
 Dependencies point down that list, never up and never in a circle; nothing here imports
 ``fusion`` or the CLI.
