@@ -2,7 +2,7 @@
 
 The options of ``TrainConfig`` are generated from its fields (groups ``train``, ``net`` and
 ``audio``); every command hands a ``TrainConfig`` to :func:`vidfeat.train.train`. ``train
-flow`` first fills the flow fields it trains on (``prepare_training_fields``).
+flow`` first fills the flow fields it trains on (``flow_training_fields``).
 """
 
 from __future__ import annotations
@@ -206,41 +206,30 @@ def train_rgb(short_side: int, **kw: Any) -> None:
 @flow_method_options
 def train_flow(method: str, store_root: Path, fields_name: str | None, **kw: Any) -> None:
     """A flow network on stored flow fields; fields missing from the store are computed first."""
-    from vidfeat.extract.fields import fields_extractor_for, prepare_training_fields
+    from vidfeat.extract.fields import flow_training_fields
     from vidfeat.videolist import load_list
 
     check_train(kw)
     net = segment_extra(kw)  # its refusals (--init, --net-opt) before the fields are computed
     params = flow_params(method, kw)
     fields_set = fields_name or f"{method}-fields"
-    fields_segments = kw.pop("fields_segments")
-    # an existing fields set fixes these: one asked otherwise is refused, naming both values
-    # (not -N: the network may read fewer pairs per segment than the set holds)
-    ex = fields_extractor_for(
+    lists = [kw["train_list"]] + ([kw["val_list"]] if kw["val_list"] is not None else [])
+    ex = flow_training_fields(
+        [load_list(lst, video_root=kw["video_root"]) for lst in lists],
         store_root,
         fields_set,
         method,
         params,
-        fields_segments,
-        kw["frames"],
-        kw["short_side"],
-        kw["bound"],
+        segments=kw["fields_segments"],
+        frames=kw["frames"],
+        short_side=kw["short_side"],
+        bound=kw["bound"],
         # --device reaches a method that runs on a torch device (RAFT); a CPU method drops it
-        runtime={"weights": kw.pop("flow_weights"), "device": kw["device"]},
+        runtime={"weights": kw["flow_weights"], "device": kw["device"]},
+        # an existing fields set fixes these: one asked otherwise is refused, naming both
+        # values (not -N: the network may read fewer pairs per segment than the set holds)
         given={**{k: kw[k] for k in ("short_side", "bound") if given(k)}, **params},
-    )
-    if given("fields_segments") and ex.grid.T != fields_segments:
-        raise click.UsageError(
-            f"--fields-segments {fields_segments}: set {fields_set!r} holds fields on a "
-            f"T={ex.grid.T} grid; leave --fields-segments out to train on them, or pass "
-            "--fields-name for a new set"
-        )
-    lists = [kw["train_list"]] + ([kw["val_list"]] if kw["val_list"] is not None else [])
-    prepare_training_fields(
-        [load_list(lst, video_root=kw["video_root"]) for lst in lists],
-        store_root,
-        fields_set,
-        ex,
+        segments_given=given("fields_segments"),
         workers=kw["workers"],
         progress=progress_enabled(kw["quiet"]),
         echo=lambda m: click.echo(m, err=True),

@@ -4,7 +4,8 @@
 step of flow features with a network: :func:`ensure_flow_fields`); :func:`extract_flow_fields`
 is the use case of ``vidfeat extract flow`` without a network. :func:`fields_extractor_for`
 rebuilds the extractor of an existing fields set from its set.json, so resuming never mixes
-configurations; :func:`prepare_training_fields` fills the fields a flow network trains on.
+configurations; :func:`flow_training_fields` (through :func:`prepare_training_fields`) fills
+the fields a flow network trains on.
 
 Imports decode, grid and flow, and the extraction base; the engines never import this.
 """
@@ -343,3 +344,49 @@ def prepare_training_fields(
             RunOptions(workers=max(1, workers), progress=progress),
             echo=echo,
         )
+
+
+def flow_training_fields(
+    lists: list[VideoList],
+    store_root: str | Path,
+    fields_set: str,
+    method: str,
+    params: dict,
+    *,
+    segments: int,
+    frames: int,
+    short_side: int,
+    bound: float,
+    runtime: dict | None = None,
+    given: dict | None = None,
+    segments_given: bool = False,
+    workers: int = 1,
+    progress: bool = True,
+    echo: Callable[[str], Any] = print,
+) -> FlowFieldsExtractor:
+    """``vidfeat train flow``'s first step: the extractor of ``fields_set`` (its own
+    configuration when the set exists: options ``given`` otherwise are refused, naming both
+    values; ``segments_given``: likewise for the grid's T), then the fields of every video of
+    ``lists`` computed where missing. Returns the extractor (its ``short_side`` is the run's)."""
+    ex = fields_extractor_for(
+        store_root,
+        fields_set,
+        method,
+        params,
+        segments,
+        frames,
+        short_side,
+        bound,
+        runtime=runtime,
+        given=given,
+    )
+    if segments_given and ex.grid.T != segments:
+        raise ConfigError(
+            f"--fields-segments {segments}: set {fields_set!r} holds fields on a T={ex.grid.T} "
+            "grid; leave --fields-segments out to train on them, or pass --fields-name for a "
+            "new set"
+        )
+    prepare_training_fields(
+        lists, store_root, fields_set, ex, workers=workers, progress=progress, echo=echo
+    )
+    return ex
