@@ -48,6 +48,25 @@ def test_version() -> None:
     assert re.search(rf"^\s+CUDA\s+{cuda}", res.output, re.M), res.output
 
 
+def test_help_loads_no_heavy_library() -> None:
+    """`vidfeat --help` and a group's --help stay instant: torch, OpenCV, PyAV and h5py load
+    inside the command that runs (so do the options generated from a dataclass whose module
+    imports torch)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from vidfeat.cli import main\n"
+        "for g in ([], ['data'], ['extract'], ['train'], ['fuse'], ['store'], ['models']):\n"
+        "    assert CliRunner().invoke(main, [*g, '--help']).exit_code == 0, g\n"
+        "print(sorted(m for m in ('torch', 'cv2', 'av', 'h5py') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_the_package_asks_for_compatible_torch_not_a_build() -> None:
     """pip install -e . into an environment with its own torch 2.x (a CUDA build) keeps it:
     the requirement is a range that admits every torch from 2.4 on, while this project's own

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from vidfeat.cli import _head_names, main
+from vidfeat.cli import main
 from vidfeat.errors import ConfigError
 from vidfeat.fusion.data import FusionDataset, nearest_index
 from vidfeat.store import FeatureStore, ShardWriter
@@ -285,4 +285,5 @@ def test_explicit_cuda_without_cuda_is_an_error_not_a_silent_cpu_run() -> None:
 def test_cli_head_choices_match_the_registry() -> None:
     from vidfeat.fusion.heads import HEADS
 
-    assert _head_names() == HEADS.names()
+    head = next(p for p in main.commands["fuse"].commands["train"].params if p.name == "head")
+    assert list(head.type.choices) == HEADS.names()

@@ -29,7 +29,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-import vidfeat.cli as cli_module
+import vidfeat.cli.options as options_module
 from vidfeat.cli import main
 
 
@@ -76,13 +76,13 @@ class Env:
 
                 mp.setattr(importlib.import_module(module), attr, record)
             # a terminal: progress bars default on, so --quiet has something to turn off
-            mp.setattr(cli_module, "sys", _Terminal())
+            mp.setattr(options_module, "sys", _Terminal())
             res = CliRunner().invoke(main, [str(a) for a in self.fmt(argv)])
         return res, calls
 
 
 class _Terminal:
-    """``sys`` as cli.py sees it, with stderr a terminal."""
+    """``sys`` as ``vidfeat.cli.options.progress_enabled`` sees it, with stderr a terminal."""
 
     stderr = SimpleNamespace(isatty=lambda: True)
 

@@ -107,32 +107,7 @@ def test_extract_and_models_info_refuse_a_bad_run_without_traceback(
     assert not (tmp_path / "store" / "rgb").exists()  # refused before any work
 
 
-# the command line reads --init's config.yaml itself until it calls vidfeat.models.init_options
-# (issue 20: the CLI is being split; wiring _from_init_run to init_options lands with it)
-CLI_READS_INIT_ITSELF = {
-    "not-a-mapping",
-    "empty",
-    "missing-keys",
-    "yaml-syntax",
-    "deeply-nested",
-    "wrong-type",
-}
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(
-            c,
-            marks=pytest.mark.xfail(
-                c in CLI_READS_INIT_ITSELF,
-                reason="vidfeat.cli._from_init_run parses config.yaml itself",
-                strict=True,
-            ),
-        )
-        for c in BAD_CONFIGS
-    ],
-)
+@pytest.mark.parametrize("case", BAD_CONFIGS)
 def test_train_init_refuses_a_bad_run_without_traceback(
     case: str, tiny_synth: Path, tmp_path: Path
 ) -> None:

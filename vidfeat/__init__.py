@@ -12,8 +12,9 @@ Everything up to stored features lives here; what learns from stored features li
 - ``store``: the HDF5 feature store, a writer/reader pair;
 - ``nets``, ``audio``, ``flow``: segment networks, VGGish, optical-flow methods;
 - ``clips``, ``decode``, ``grid``, ``videolist``, ``synth``: videos in, clips out;
-- ``errors``, ``outdir``, ``provenance``, ``registry``, ``report``, ``stop``: shared by all
-  of them (``outdir``: output folders and :func:`~vidfeat.outdir.atomic_write`).
+- ``errors``, ``outdir``, ``params``, ``provenance``, ``registry``, ``report``, ``stop``: shared
+  by all of them (``outdir``: output folders and :func:`~vidfeat.outdir.atomic_write`;
+  ``params``: configuration fields that declare their own command-line option).
 
 Dependencies point down that list, never up and never in a circle; nothing here imports
 ``fusion`` or the CLI.

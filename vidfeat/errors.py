@@ -1,21 +1,32 @@
 """One error hierarchy for vidfeat.
 
-Every error a user can cause derives from :class:`VidfeatError`, a ``click.ClickException``,
-so the command line prints its message (which says what to do) and exits non-zero without a
-traceback. Library callers can catch the narrower classes.
+Every error a user can cause derives from :class:`VidfeatError`, a plain ``Exception`` with a
+message (which says what to do) and an exit code. The library raises them and never prints or
+exits; the command line turns them into click errors in one place (``vidfeat.cli.base``), so it
+prints the message and exits with the code, without a traceback. Library callers can catch the
+narrower classes. Nothing here imports click: the library does not depend on the command line.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import click
 
-
-class VidfeatError(click.ClickException):
+class VidfeatError(Exception):
     """Base class: a problem the user can fix; the message says how."""
 
-    exit_code = 2
+    exit_code = 2  # what the command line exits with
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def format_message(self) -> str:
+        """The message as the command line prints it (after ``Error:``)."""
+        return self.message
 
 
 class ListError(VidfeatError):

@@ -1,12 +1,13 @@
 """Extraction over a video list: resume, shards for job arrays, engines, failures, report.
 
-One video's route, top-down: the CLI builds a task (a per-video extractor such as
-:class:`~vidfeat.extract.fields.FlowFieldsExtractor`, or a network task of
-:mod:`~vidfeat.extract.network`) and calls :func:`run_extraction`, which opens the job
-(:mod:`~vidfeat.extract.job`: set, class index, plan), chooses the engine (:func:`engine_for`,
-here and nowhere else: :mod:`~vidfeat.extract.local` or :mod:`~vidfeat.extract.ray`), whose
-worker (:mod:`~vidfeat.extract.worker`) calls the task on the video; the result goes back to
-the job, which writes it into a shard of the store.
+One video's route, top-down: the CLI calls a use case (``extract_flow_fields`` of
+:mod:`~vidfeat.extract.fields`; ``extract_rgb_features`` and its siblings of
+:mod:`~vidfeat.extract.network`), which builds a task (a per-video extractor such as
+:class:`~vidfeat.extract.fields.FlowFieldsExtractor`, or a network task) and calls
+:func:`run_extraction`, which opens the job (:mod:`~vidfeat.extract.job`: set, class index,
+plan), chooses the engine (:func:`engine_for`, here and nowhere else: :mod:`~vidfeat.extract.local`
+or :mod:`~vidfeat.extract.ray`), whose worker (:mod:`~vidfeat.extract.worker`) calls the task on
+the video; the result goes back to the job, which writes it into a shard of the store.
 
 Each engine owns its resources: a task asks the engine of its run how many threads each of its
 workers may use (:meth:`Engine.threads_per_worker`), never the engine's name.

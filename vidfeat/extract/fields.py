@@ -1,9 +1,11 @@
 """Flow fields: optical flow on the grid's frame pairs, stored as uint8 ``(T, N, 2, H, W)``.
 
 :class:`FlowFieldsExtractor` is the per-video task of ``vidfeat extract flow`` (and the first
-step of flow features with a network: :func:`ensure_flow_fields`). :func:`fields_extractor_for`
+step of flow features with a network: :func:`ensure_flow_fields`); :func:`extract_flow_fields`
+is the use case of ``vidfeat extract flow`` without a network. :func:`fields_extractor_for`
 rebuilds the extractor of an existing fields set from its set.json, so resuming never mixes
-configurations; :func:`prepare_training_fields` fills the fields a flow network trains on.
+configurations; :func:`flow_training_fields` (through :func:`prepare_training_fields`) fills
+the fields a flow network trains on.
 
 Imports decode, grid and flow, and the extraction base; the engines never import this.
 """
@@ -282,6 +284,44 @@ def ensure_flow_fields(
     return rep
 
 
+def extract_flow_fields(
+    videos: VideoList,
+    store_root: str | Path,
+    *,
+    method: str,
+    params: dict,
+    set_name: str,
+    segments: int,
+    frames: int,
+    short_side: int,
+    bound: float,
+    opts: RunOptions,
+    runtime: dict | None = None,
+    echo: Callable[[str], Any] = print,
+) -> Report:
+    """``vidfeat extract flow`` without a network: the flow fields of the grid's pairs are
+    the set ``set_name``, uint8 ``(T, N, 2, H, W)`` (resumable, like every extraction).
+
+    ``params``: the method's parameters (the others keep OpenCV's defaults); ``runtime``: the
+    run-time settings the user gave (``device``, ``batch_size``, ``weights``; see
+    ``FlowMethod.runtime``), which a method they do not apply to refuses with the reason (a CPU
+    method has no device). Each worker gets its share of the cores (:func:`thread_budget_for`).
+    """
+    from vidfeat.extract import run_extraction
+    from vidfeat.flow import make_method
+
+    flow = make_method(method, **params).runtime(**(runtime or {}))
+    extractor = FlowFieldsExtractor(
+        flow,
+        segments=segments,
+        frames=frames,
+        short_side=short_side,
+        bound=bound,
+        threads=thread_budget_for(opts),
+    )
+    return run_extraction(videos, extractor, store_root, set_name, opts, echo=echo)
+
+
 def prepare_training_fields(
     lists: list[VideoList],
     store_root: str | Path,
@@ -303,3 +343,49 @@ def prepare_training_fields(
             RunOptions(workers=max(1, workers), progress=progress),
             echo=echo,
         )
+
+
+def flow_training_fields(
+    lists: list[VideoList],
+    store_root: str | Path,
+    fields_set: str,
+    method: str,
+    params: dict,
+    *,
+    segments: int,
+    frames: int,
+    short_side: int,
+    bound: float,
+    runtime: dict | None = None,
+    given: dict | None = None,
+    segments_given: bool = False,
+    workers: int = 1,
+    progress: bool = True,
+    echo: Callable[[str], Any] = print,
+) -> FlowFieldsExtractor:
+    """``vidfeat train flow``'s first step: the extractor of ``fields_set`` (its own
+    configuration when the set exists: options ``given`` otherwise are refused, naming both
+    values; ``segments_given``: likewise for the grid's T), then the fields of every video of
+    ``lists`` computed where missing. Returns the extractor (its ``short_side`` is the run's)."""
+    ex = fields_extractor_for(
+        store_root,
+        fields_set,
+        method,
+        params,
+        segments,
+        frames,
+        short_side,
+        bound,
+        runtime=runtime,
+        given=given,
+    )
+    if segments_given and ex.grid.T != segments:
+        raise ConfigError(
+            f"--fields-segments {segments}: set {fields_set!r} holds fields on a T={ex.grid.T} "
+            "grid; leave --fields-segments out to train on them, or pass --fields-name for a "
+            "new set"
+        )
+    prepare_training_fields(
+        lists, store_root, fields_set, ex, workers=workers, progress=progress, echo=echo
+    )
+    return ex

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from vidfeat.errors import ConfigError, VidfeatError
+from vidfeat.params import param
 from vidfeat.provenance import library_versions
 from vidfeat.report import Report
 from vidfeat.stop import StopSignals
@@ -53,26 +54,63 @@ DEFAULT_TIMEOUT = 600.0  # seconds per video: hours of 4K flow would need more; 
 
 @dataclass
 class RunOptions:
-    workers: int = 1
-    shard: tuple[int, int] | None = None  # (i, N), 0 <= i < N
-    limit: int | None = None
-    dry_run: bool = False
-    retry_failed: bool = False
-    overwrite: bool = False
-    job: str | None = None
-    shard_videos: int = 64  # close + rename a shard after this many videos...
-    shard_mb: float = 256.0  # ...or this many megabytes
-    compression: str | None = "auto"  # gzip for integer arrays, float features as they are
-    float16: bool = False
-    min_free_mb: float = 64.0  # stop cleanly before the disk is full
-    progress: bool = True
-    timeout: float = DEFAULT_TIMEOUT  # per video, seconds; 0 = no limit
-    engine: str = "local"  # local | ray
-    ray_address: str | None = None  # join this cluster; None starts a local Ray instance
-    ray_local_cpus: int | None = None  # CPUs of a local Ray instance; None = the machine's
-    ray_num_cpus: float = 1.0  # resources per Ray task
-    ray_num_gpus: float = 0.0
-    chunk_videos: int | None = None  # videos per Ray task (default: --shard-videos)
+    """How an extraction runs; each field is also an option of every `vidfeat extract`
+    command (its metadata: see :func:`vidfeat.params.param`)."""
+
+    workers: int = param(
+        1,
+        "Worker processes (decode + compute)",
+        flags=("--workers", "-j"),
+        min=0,
+        unset=True,  # left out: a local Ray instance takes the machine's CPUs
+        default_text="1; a local Ray instance: all CPUs",
+    )
+    shard: tuple[int, int] | None = param(  # (i, N), 0 <= i < N
+        None, "Take shard i of N (0-based), e.g. 3/8, for job arrays.", kind=str
+    )
+    limit: int | None = param(None, "Process at most this many videos.", kind=int)
+    dry_run: bool = param(False, "Show what would be done, write nothing.")
+    retry_failed: bool = param(False, "Only the videos in the set's failures files.")
+    overwrite: bool = param(False, "Redo videos already in the set (the newest copy wins).")
+    job: str | None = param(
+        None, "Job name in shard file names (default: time-host-pid).", kind=str
+    )
+    shard_videos: int = param(64, "Close a shard file after this many videos.")  # + rename it
+    shard_mb: float = param(256.0, "...or after this many megabytes.")
+    compression: str | None = param(
+        "auto",
+        "auto: gzip for integer arrays (flow fields), float features uncompressed (they barely "
+        "compress; contiguous arrays read fastest).",
+        choices=("auto", "gzip", "lzf", "none"),
+        null="none",
+    )
+    float16: bool = param(False, "Store float features as float16.")
+    min_free_mb: float = param(  # stop cleanly before the disk is full
+        64.0, "Stop cleanly when the store's disk has less free space than this."
+    )
+    progress: bool = param(True, "No progress bar.", flags=("--quiet", "-q"))
+    timeout: float = param(  # per video, seconds; 0 = no limit
+        DEFAULT_TIMEOUT,
+        "Seconds one video may take; past it the video fails as Timeout and the run goes on "
+        "(0 = no limit; with --workers 1 it then runs in this process). With --checkpoint a "
+        "stuck decode stops the run instead of hanging it.",
+        min=0,
+    )
+    engine: str = param(  # local | ray
+        "local",
+        "local processes, or Ray tasks (pip install 'vidfeat[ray]').",
+        choices=("local", "ray"),
+    )
+    ray_address: str | None = param(  # None starts a local Ray instance
+        None, "Join this Ray cluster (default: start a local one).", kind=str
+    )
+    # CPUs of a local Ray instance (--workers as given); None = the machine's
+    ray_local_cpus: int | None = None
+    ray_num_cpus: float = param(1.0, "CPUs reserved per Ray task.")
+    ray_num_gpus: float = param(0.0, "GPUs reserved per Ray task.")
+    chunk_videos: int | None = param(
+        None, "Videos per Ray task (default: --shard-videos).", kind=int
+    )
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

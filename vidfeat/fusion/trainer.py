@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from vidfeat.fusion.dist import (
 )
 from vidfeat.metrics import summarize
 from vidfeat.outdir import atomic_write, claim_out_dir, remove_stale_temps, write_atomic
+from vidfeat.params import param
 from vidfeat.plots import plot_curves
 from vidfeat.provenance import file_sha256
 from vidfeat.schedule import lr_factor
@@ -63,25 +64,55 @@ from vidfeat.videolist import load_list, read_classes, write_classes
 
 @dataclass
 class FuseConfig:
-    store: str
-    features: list[str]
-    head: str
-    train: str
-    val: str | None = None
-    head_options: dict = field(default_factory=dict)
-    epochs: int = 30
-    batch_size: int = 32  # the global batch: under torchrun each process takes batch/world
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"  # adam | adamw
-    schedule: str = "cosine"  # cosine | step (x0.1 at 1/3 and 2/3, the paper's habit)
-    early_stop: int = 0  # epochs without a better val Prec@1 (no val: train loss); 0 = never
-    augment: bool = True  # random temporal subsampling of training sequences
-    cache: bool = True  # read each split into memory once (the synthetic sets fit easily)
-    workers: int = 0  # DataLoader worker processes
-    seed: int = 0
-    device: str = "auto"
-    video_root: str | None = None
+    """A fusion run's configuration (saved as RUN/config.yaml); each field made with
+    :func:`~vidfeat.params.param` is also an option of `vidfeat fuse train`."""
+
+    store: str = param(help="Feature store.", path="dir", exists=True)
+    features: list[str] = param(
+        help="Comma-separated feature sets of the store, e.g. rgb,tvl1,farneback,audio.",
+        kind=str,
+    )
+    head: str = param(help="Fusion head.", registry="vidfeat.fusion.heads:HEADS")
+    train: str = param(help="Training list.", flags=("--train", "train_list"), path="file")
+    val: str | None = param(None, "Validation list.", flags=("--val", "val_list"), path="file")
+    head_options: dict = param(
+        help="Head option, e.g. --head-opt width=256 --head-opt depth=3.",
+        flags=("--head-opt", "head_opt"),
+        multiple=True,
+        metavar="KEY=VALUE",
+        default_factory=dict,
+    )
+    epochs: int = param(30, "Passes over the training split.")
+    # the global batch: under torchrun each process takes batch/world
+    batch_size: int = param(32, "Videos per step (under torchrun: the global batch).")
+    lr: float = param(1e-3, "Learning rate (before the schedule's decay).")
+    weight_decay: float = param(1e-4, "Weight decay.")
+    optimizer: str = param("adamw", "AdamW or Adam.", choices=("adamw", "adam"))
+    # cosine | step (x0.1 at 1/3 and 2/3, the paper's habit)
+    schedule: str = param(
+        "cosine",
+        "cosine: smooth decay; step: lr x0.1 at 1/3 and 2/3 of training.",
+        choices=("cosine", "step"),
+    )
+    early_stop: int = param(  # epochs without a better val Prec@1 (no val: train loss); 0 = never
+        0,
+        "Stop after this many epochs without a better val Prec@1 (without --val: a lower train "
+        "loss, which also picks best.pt; 0: never).",
+    )
+    augment: bool = param(  # random temporal subsampling of training sequences
+        True, "No random temporal subsampling.", flags=("--no-augment",)
+    )
+    cache: bool = param(  # read each split into memory once (the synthetic sets fit easily)
+        True, "Read from HDF5 every epoch.", flags=("--no-cache",)
+    )
+    workers: int = param(0, "DataLoader workers.")  # DataLoader worker processes
+    seed: int = param(0, "Random seed (same seed, same run).")
+    device: str = param("auto", "auto, cpu, cuda or cuda:N.")
+    video_root: str | None = param(
+        None,
+        "Folder of the videos of a Kinetics CSV (ids resolve to class/id files below it).",
+        path="dir",
+    )
 
     def validate(self) -> None:
         for name, val, lo in [

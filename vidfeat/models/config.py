@@ -10,12 +10,13 @@ Imports neither torch nor the training loop (the command line builds its options
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vidfeat._version import __version__
 from vidfeat.errors import ConfigError, RunError
+from vidfeat.params import param
 
 CONFIG_YAML = "config.yaml"
 MODALITIES = ("rgb", "flow", "audio")
@@ -24,42 +25,121 @@ _MAX_BYTES = 1 << 20  # a run's config is about 1 KB; anything near this is not 
 
 @dataclass
 class TrainConfig:
+    """A training run's configuration (saved as RUN/config.yaml). A field made with
+    :func:`~vidfeat.params.param` is also an option of the `vidfeat train` commands of its
+    group: ``train`` (every modality), ``net`` (segment networks: rgb, flow), ``audio``."""
+
     modality: str  # rgb | flow | audio
-    train: str
-    val: str | None
-    arch: str = "stnet"  # stnet | tsn (rgb, flow); audio: vggish
-    backbone: str = "resnet50"
-    segments: int = 7  # T in training (the paper: 7)
-    test_segments: int = 7  # T for validation during training
-    frames: int = 5  # N
-    size: int = 224
+    train: str = param(
+        help="Training list.", flags=("--videos", "train_list"), path="file", group="train"
+    )
+    val: str | None = param(
+        help="Validation list (Prec@1/5 each epoch; best.pt by val Prec@1).",
+        flags=("--val", "val_list"),
+        path="file",
+        unset=True,
+        group="train",
+    )
+    # stnet | tsn (rgb, flow); audio: vggish
+    arch: str = param(
+        "stnet", "Segment network.", registry="vidfeat.nets:SEGMENT_NETS", group="net"
+    )
+    backbone: str = param(
+        "resnet50",
+        "timm backbone with ResNet-style stages (resnet18, resnet50, seresnext50_32x4d, ...).",
+        group="net",
+    )
+    segments: int = param(  # T in training (the paper: 7)
+        7,
+        "Segments per clip in training (the paper: 7).",
+        flags=("--segments", "-T"),
+        group="train",
+    )
+    test_segments: int = param(  # T for validation during training
+        7, "Segments for validation (default: --segments).", unset=True, group="train"
+    )
+    frames: int = param(  # N
+        5,
+        "Frames per segment (StNet super-image: 3N channels; flow: N pairs).",
+        flags=("--frames", "-N"),
+        group="net",
+    )
+    size: int = param(224, "Crop size.", group="net")
     short_side: int = 256
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    optimizer: str = "sgd"  # sgd | adamw
+    epochs: int = param(30, "Passes over the training list.", group="train")
+    batch_size: int = param(8, "Clips per step.", group="train")
+    lr: float = param(0.01, "Learning rate (before the schedule's decay).", group="train")
+    momentum: float = param(
+        0.9, "SGD momentum (refused with --optimizer adamw, which has none).", group="train"
+    )
+    weight_decay: float = param(1e-4, "Weight decay.", group="train")
+    optimizer: str = param(  # sgd | adamw
+        "sgd", "SGD (the paper) or AdamW.", choices=("sgd", "adamw"), group="train"
+    )
     # step: x0.1 at 1/3 and 2/3 of the steps (the paper); cosine: smooth decay to 0, kinder to
     # short runs (a step schedule spends 2/3 of a 12-epoch run at lr/10 or lower)
-    schedule: str = "step"
-    flip: bool = True  # horizontal flips in training (--no-flip when a mirror changes the class)
-    pretrained: bool = False
-    backbone_weights: str | None = None
-    net_options: dict = field(default_factory=dict)
+    schedule: str = param(
+        "step",
+        "step: lr x0.1 at 1/3 and 2/3 of training (the paper); cosine: smooth decay (better "
+        "for short runs).",
+        choices=("step", "cosine"),
+        group="train",
+    )
+    flip: bool = param(  # horizontal flips in training (--no-flip when a mirror changes the class)
+        True,
+        "No horizontal flips in training (when a mirror changes the class, e.g. swiping left vs "
+        "right, or the synthetic dataset's left/right motions).",
+        flags=("--no-flip",),
+        group="train",
+    )
+    pretrained: bool = param(
+        False, "timm pretrained weights (from the local timm/Hugging Face cache).", group="net"
+    )
+    backbone_weights: str | None = param(
+        None, "A local 2D state dict for the backbone.", path="file", exists=True, group="net"
+    )
+    net_options: dict = param(
+        help="Network option, e.g. --net-opt tmb=paper.",
+        flags=("--net-opt", "net_opt"),
+        multiple=True,
+        metavar="KEY=VALUE",
+        group="net",
+        default_factory=dict,
+    )
     store: str | None = None  # flow: where the <method>-fields set lives
     method: str | None = None  # flow method
     fields_set: str | None = None
-    workers: int = 2
-    device: str = "auto"
-    amp: bool = True  # only on CUDA
-    seed: int = 0
-    video_root: str | None = None
-    vggish_weights: str | None = None  # audio: initialise from VGGish weights
-    width: float = 1.0  # audio: VGG width multiplier
+    workers: int = param(2, "DataLoader workers.", group="train")
+    device: str = param("auto", "auto, cpu, cuda or cuda:N.", group="train")
+    amp: bool = param(True, "No mixed precision on CUDA.", flags=("--no-amp",), group="train")
+    seed: int = param(0, "Random seed (same seed, same run).", group="train")
+    video_root: str | None = param(
+        None,
+        "Folder of the videos of a Kinetics CSV (ids resolve to class/id files below it).",
+        path="dir",
+        group="train",
+    )
+    vggish_weights: str | None = param(  # audio: initialise from VGGish weights
+        None,
+        "Initialise from VGGish weights (vggish-10086976.pth).",
+        path="file",
+        exists=True,
+        group="audio",
+    )
+    width: float = param(  # audio: VGG width multiplier
+        1.0, "VGG width multiplier (1 = VGGish; smaller for CPU budgets).", group="audio"
+    )
     # fine-tuning: every weight of this run's network but the classifier (kept when the class
     # lists are equal); its best.pt sha256 is recorded beside it
-    init: str | None = None
+    init: str | None = param(
+        None,
+        "Fine-tune: start from every weight of this run (trained or imported, e.g. the authors' "
+        "StNet) but the classifier, rebuilt for this list's classes. --arch, --backbone, -N and "
+        "--net-opt default to the run's.",
+        path="any",
+        exists=True,
+        group="net",
+    )
     init_sha256: str | None = None
 
     def validate(self) -> None:

@@ -1,0 +1,99 @@
+"""The root of the command line: the ``vidfeat`` group, ``--version``, and the one place where
+a library error becomes a click error.
+
+The library raises :class:`vidfeat.errors.VidfeatError` (a message that says what to do, and
+an exit code) and never prints or exits. :meth:`Root.invoke` runs every command of the tree, so
+it alone turns such an error into a ``click.ClickException``: click prints ``Error: <message>``
+and exits with the error's code, without a traceback. :class:`Command` and :class:`Group` are
+the classes every command and group of the tree is made of.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from vidfeat import __version__
+from vidfeat.cli.options import DataclassOptions
+from vidfeat.errors import VidfeatError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Command(click.Command):
+    """A command whose dataclass options (:func:`~vidfeat.cli.options.dataclass_options`) are
+    generated when its parameters are first read: to parse its arguments or show its --help.
+    ``vidfeat --help`` and a group's --help list commands without reading their parameters,
+    so a dataclass's module (``vidfeat.train`` imports torch) loads only for the command run."""
+
+    @property
+    def params(self) -> list[click.Parameter]:  # type: ignore[override]
+        if any(isinstance(p, DataclassOptions) for p in self._params):
+            self._params = [
+                o
+                for p in self._params
+                for o in (p.options() if isinstance(p, DataclassOptions) else [p])
+            ]
+        return self._params
+
+    @params.setter
+    def params(self, value: list[Any]) -> None:
+        self._params = list(value)
+
+
+class Group(click.Group):
+    """A command group of the tree: its commands are :class:`Command`, its groups ``Group``."""
+
+    command_class = Command
+    group_class = type  # a subgroup is of its parent's class
+
+
+class Root(Group):
+    """The ``vidfeat`` group: every command runs inside :meth:`invoke`."""
+
+    group_class = Group
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VidfeatError as exc:
+            raise click_error(exc) from exc
+
+
+def click_error(exc: VidfeatError) -> click.ClickException:
+    """A library error as click shows it: its message after ``Error:``, its exit code."""
+    err = click.ClickException(exc.format_message())
+    err.exit_code = exc.exit_code
+    return err
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """The first lines of a bug report: vidfeat's version, the libraries that compute the
+    features, and whether this torch sees a GPU."""
+    if not value:
+        return
+    from vidfeat.provenance import environment_report
+
+    click.echo(f"vidfeat {__version__}")
+    for name, version in environment_report().items():
+        click.echo(f"  {name:<8} {version}")
+    ctx.exit()
+
+
+@click.group(cls=Root, context_settings={**CONTEXT, "auto_envvar_prefix": "VIDFEAT"})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show vidfeat's version and those of torch, timm, OpenCV, PyAV; whether CUDA works.",
+)
+def main() -> None:
+    """Per-segment multi-modal video features (RGB, optical flow, audio) and fusion models.
+
+    Start with `vidfeat data synth OUT` for a dataset that needs no download. Every option can
+    also come from the environment as VIDFEAT_<COMMAND>_<OPTION>, e.g.
+    VIDFEAT_TRAIN_RGB_EPOCHS=5 (an option on the command line wins).
+    """

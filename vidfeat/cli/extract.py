@@ -1,0 +1,405 @@
+"""``vidfeat extract flow|rgb|audio``: per-segment features of a video list into a store.
+
+Every command shares :func:`run_options` (the list, the store, the grid, and the fields of
+``RunOptions``, generated from them) and hands its work to one use case of
+:mod:`vidfeat.extract`: ``extract_flow_fields`` (flow without a network), or
+``extract_flow_features``, ``extract_rgb_features``, ``extract_audio_features`` (a network).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vidfeat.cli.base import Group
+from vidfeat.cli.options import (
+    DEVICE,
+    VIDEO_ROOT,
+    RegistryChoice,
+    apply,
+    config_values,
+    dataclass_options,
+    flow_method_names,
+    flow_method_options,
+    flow_params,
+    given,
+    progress_enabled,
+    video_root_applies,
+)
+
+
+@click.group(cls=Group)
+def extract() -> None:
+    """Extract per-segment features of a video list into a feature store."""
+
+
+def _run_options_class() -> type:
+    from vidfeat.extract import RunOptions
+
+    return RunOptions
+
+
+def run_options(f: Any) -> Any:
+    """The options every `vidfeat extract` command shares: the list, the store, the grid, and
+    how the run goes (one option per field of ``RunOptions``)."""
+    return apply(
+        f,
+        [
+            click.option(
+                "--videos",
+                "video_list",
+                required=True,
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Video list (CSV with path[,label,...], Kinetics CSV, or text).",
+            ),
+            VIDEO_ROOT,
+            click.option(
+                "--store",
+                "store_root",
+                required=True,
+                type=click.Path(file_okay=False, path_type=Path),
+                help="Feature store.",
+            ),
+            click.option("--name", help="Set name in the store (default depends on the modality)."),
+            click.option(
+                "--segments",
+                "-T",
+                default=25,
+                show_default=True,
+                help="Segments per video (the paper tests with 25).",
+            ),
+            click.option(
+                "--frames",
+                "-N",
+                default=5,
+                show_default=True,
+                help="Frames per segment (flow: pairs per segment).",
+            ),
+            dataclass_options(_run_options_class),
+        ],
+    )
+
+
+def network_options(f: Any) -> Any:
+    """Options of commands that run a trained network."""
+    return apply(
+        f,
+        [
+            click.option(
+                "--checkpoint",
+                type=click.Path(exists=True, path_type=Path),
+                help="A `vidfeat train` run folder (its best.pt) or a checkpoint in one.",
+            ),
+            click.option(
+                "--batch-size", default=4, show_default=True, help="Videos per forward pass."
+            ),
+            DEVICE,
+        ],
+    )
+
+
+RAY_OPTIONS = {
+    "ray_address": "--ray-address",
+    "ray_num_cpus": "--ray-num-cpus",
+    "ray_num_gpus": "--ray-num-gpus",
+    "chunk_videos": "--chunk-videos",
+}
+
+
+def build_run_options(kw: dict[str, Any]) -> Any:
+    """The ``RunOptions`` of the parsed options ``kw``; Ray's options without --engine ray
+    are refused."""
+    from vidfeat.extract import RunOptions, parse_shard
+
+    if kw["engine"] != "ray":
+        ray_only = [flag for name, flag in RAY_OPTIONS.items() if given(name)]
+        if ray_only:
+            raise click.UsageError(
+                f"{', '.join(ray_only)} apply to --engine ray (this run's engine is "
+                f"{kw['engine']}): add --engine ray, or leave them out"
+            )
+    return RunOptions(
+        **{
+            **config_values(RunOptions, kw),
+            "shard": parse_shard(kw["shard"]),
+            "ray_local_cpus": kw["workers"],  # None: a local Ray instance takes all CPUs
+            "progress": progress_enabled(kw["quiet"]),
+        }
+    )
+
+
+def videos(kw: dict[str, Any]) -> Any:
+    """The video list of --videos (and --video-root); files it lacks are noted on stderr."""
+    from vidfeat.videolist import load_list
+
+    video_root_applies(kw["video_root"], kw["video_list"])
+    listed = load_list(kw["video_list"], video_root=kw["video_root"])
+    note = listed.missing_note()
+    if note:
+        click.echo(f"note: {note}", err=True)
+    return listed
+
+
+def refuse_frames(command: str, why: str) -> None:
+    """-N is shared by every extract command; where N is not the user's to set, passing it is
+    refused rather than ignored."""
+    if given("frames"):
+        raise click.UsageError(f"{command} takes no -N/--frames: {why}")
+
+
+def refuse_timeout_in_process(kw: dict[str, Any]) -> None:
+    """A network extraction bounds a batch's decode in its DataLoader workers; with
+    --workers 0 the clips decode in this process, where no --timeout can act."""
+    if kw["workers"] == 0 and kw["timeout"] > 0 and given("timeout"):
+        raise click.UsageError(
+            f"--timeout {kw['timeout']:g} bounds the decode of a batch in a DataLoader worker; "
+            "with --workers 0 the clips decode in this process, where nothing can bound them: "
+            "pass --workers 1 or more, or leave --timeout out"
+        )
+
+
+def finish(rep: Any, store_root: Path, set_name: str) -> None:
+    """Print the run's summary (and where its failures are), exit with its code."""
+    click.echo(rep.summary())
+    if rep.failed:
+        click.echo(
+            f"failures are listed in {Path(store_root) / set_name}/failures-*.jsonl; "
+            "fix or drop those videos, then rerun with --retry-failed",
+            err=True,
+        )
+    sys.exit(rep.exit_code)
+
+
+# --------------------------------------------------------------------------- flow
+
+
+@extract.command("flow")
+@click.option(
+    "--method",
+    type=RegistryChoice(flow_method_names),
+    required=True,
+    help="Optical flow algorithm.",
+)
+@click.option(
+    "--short-side",
+    default=256,
+    show_default=True,
+    help="Frames are resized so their short side has this many pixels.",
+)
+@click.option(
+    "--bound",
+    default=20.0,
+    show_default=True,
+    help="Flow is clipped to +-bound pixels and stored as uint8.",
+)
+@click.option("--fields-name", help="Set holding the flow fields (default <method>-fields).")
+@click.option(
+    "--crop-size",
+    type=click.IntRange(min=16),
+    help="With --checkpoint: the network's test crop [default: the run's training size].",
+)
+@run_options
+@network_options
+@flow_method_options
+def extract_flow(method: str, **kw: Any) -> None:
+    """Optical flow on the grid's frame pairs (T x N pairs, never all pairs of a video).
+
+    Without --checkpoint the fields themselves are stored as set `<method>-fields`, uint8
+    `(T, N, 2, H, W)`: the input of the flow networks, reusable without recomputing flow.
+    With --checkpoint (a `vidfeat train flow` run) the missing fields are computed first, then
+    the network's per-segment features `(T, D)` and clip scores go to set `<method>`.
+
+    --method raft runs on --device (default: CUDA when available), --batch-size frame pairs per
+    forward pass (default: all of a video's pairs that fit in memory); the OpenCV methods (dis,
+    farneback, tvl1) refuse both: each of --workers W processes gets cores/W threads instead.
+    """
+    params = flow_params(method, kw)
+    fields_set = kw["fields_name"] or f"{method}-fields"
+    if kw["checkpoint"] is None:
+        set_name = kw["name"] or fields_set
+        rep = _flow_fields(method, params, set_name, kw)
+    else:
+        set_name = kw["name"] or method
+        rep = _flow_features(method, params, fields_set, set_name, kw)
+    finish(rep, kw["store_root"], set_name)
+
+
+def _flow_fields(method: str, params: dict[str, Any], set_name: str, kw: dict[str, Any]) -> Any:
+    """`extract flow` without --checkpoint: the fields are the set."""
+    from vidfeat.extract.fields import extract_flow_fields
+
+    if kw["crop_size"] is not None:
+        raise click.UsageError(
+            "--crop-size applies with --checkpoint (the network's crop); fields are stored whole"
+        )
+    if kw["name"] and kw["fields_name"] and kw["name"] != kw["fields_name"]:
+        raise click.UsageError(
+            f"without --checkpoint the flow fields are the set: --name {kw['name']} and "
+            f"--fields-name {kw['fields_name']} both name it; give one"
+        )
+    if kw["float16"]:
+        raise click.UsageError(
+            "--float16 narrows float features; flow fields are stored as uint8 (with "
+            "--checkpoint it narrows the network's features)"
+        )
+    if kw["engine"] == "ray" and kw["ray_address"] and given("workers"):
+        raise click.UsageError(
+            "--workers sizes a local Ray instance; with --ray-address the cluster runs the "
+            "tasks: reserve CPUs per task with --ray-num-cpus instead"
+        )
+    opts = build_run_options(kw)
+    return extract_flow_fields(
+        videos(kw),
+        kw["store_root"],
+        method=method,
+        params=params,
+        set_name=set_name,
+        segments=kw["segments"],
+        frames=kw["frames"],
+        short_side=kw["short_side"],
+        bound=kw["bound"],
+        opts=opts,
+        # --device and --batch-size act on a method that runs on a torch device (RAFT) and
+        # are refused, with the reason, by a CPU method
+        runtime={
+            "device": kw["device"] if given("device") else None,
+            "batch_size": kw["batch_size"] if given("batch_size") else None,
+            "weights": kw["flow_weights"],
+        },
+        echo=click.echo,
+    )
+
+
+def _flow_features(
+    method: str, params: dict[str, Any], fields_set: str, set_name: str, kw: dict[str, Any]
+) -> Any:
+    """`extract flow --checkpoint RUN`: the fields where missing, then the network."""
+    from vidfeat.extract.network import extract_flow_features
+
+    refuse_timeout_in_process(kw)
+    return extract_flow_features(
+        videos(kw),
+        kw["store_root"],
+        method=method,
+        params=params,
+        fields_set=fields_set,
+        set_name=set_name,
+        checkpoint=kw["checkpoint"],
+        segments=kw["segments"],
+        short_side=kw["short_side"],
+        bound=kw["bound"],
+        batch_size=kw["batch_size"],
+        device=kw["device"],
+        opts=build_run_options(kw),
+        echo=click.echo,
+        flow_runtime={"device": kw["device"], "weights": kw["flow_weights"]},  # not --batch-size
+        crop_size=kw["crop_size"],
+        given={  # the field options given, refused where the fields set or network fix them
+            **{k: kw[k] for k in ("short_side", "bound", "frames") if given(k)},
+            **params,  # only the method options given
+        },
+    )
+
+
+# --------------------------------------------------------------------------- rgb, audio
+
+
+@extract.command("rgb")
+@run_options
+@network_options
+@click.option(
+    "--crop-size",
+    type=click.IntRange(min=16),
+    help="Test crop in pixels [default: the run's recorded test crop: the training size for "
+    "vidfeat runs, 256 for the authors' StNet].",
+)
+@click.option(
+    "--grid",
+    type=click.Choice(["centred", "reference"]),
+    default="centred",
+    show_default=True,
+    help="Test frames: centred runs in floor(t*L/T) segments (every modality's grid), or the "
+    "authors' reader (floor(L/T)-frame segments) so an imported authors' network sees "
+    "exactly their frames.",
+)
+def extract_rgb(**kw: Any) -> None:
+    """Per-segment RGB features `(T, D)` and clip scores of a trained StNet/TSN (set `rgb`).
+
+    The network's frames-per-segment N comes from its run; -T/--segments sets the grid
+    (the paper tests with 25).
+    """
+    from vidfeat.extract.network import extract_rgb_features
+
+    if kw["checkpoint"] is None:
+        raise click.UsageError(
+            "extract rgb needs --checkpoint RUN: train one with `vidfeat train rgb`, or import "
+            "released weights with `vidfeat models import`"
+        )
+    refuse_frames("extract rgb", "frames per segment are the network's (its run records N)")
+    refuse_timeout_in_process(kw)
+    set_name = kw["name"] or "rgb"
+    rep = extract_rgb_features(
+        videos(kw),
+        kw["store_root"],
+        set_name=set_name,
+        checkpoint=kw["checkpoint"],
+        segments=kw["segments"],
+        batch_size=kw["batch_size"],
+        device=kw["device"],
+        opts=build_run_options(kw),
+        echo=click.echo,
+        crop_size=kw["crop_size"],
+        grid="test" if kw["grid"] == "centred" else "reference",
+    )
+    finish(rep, kw["store_root"], set_name)
+
+
+@extract.command("audio")
+@run_options
+@network_options
+@click.option(
+    "--pca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="vggish_pca_params.pth: PCA + clip + 8-bit quantisation (AudioSet format).",
+)
+@click.option(
+    "--embedding",
+    type=click.Choice(["pre-relu", "post-relu"]),
+    default="pre-relu",
+    show_default=True,
+    help="VGGish embedding point (see README); a `train audio` run's is its own.",
+)
+@click.option(
+    "--random-init",
+    is_flag=True,
+    help="Smoke tests only: random VGGish weights (recorded in set.json).",
+)
+def extract_audio(**kw: Any) -> None:
+    """VGGish audio features on the grid: one 0.96 s log-mel example per segment (set `audio`).
+
+    --checkpoint takes VGGish weights (vggish-10086976.pth) or a `vidfeat train audio` run.
+    Videos without an audio track store zeros with has_audio=false (not a failure).
+    """
+    from vidfeat.extract.network import extract_audio_features
+
+    refuse_frames("extract audio", "audio takes one 0.96 s example per segment")
+    refuse_timeout_in_process(kw)
+    set_name = kw["name"] or "audio"
+    rep = extract_audio_features(
+        videos(kw),
+        kw["store_root"],
+        set_name=set_name,
+        checkpoint=kw["checkpoint"],
+        pca=kw["pca"],
+        embedding=kw["embedding"] if given("embedding") else None,  # a run's is its own
+        random_init=kw["random_init"],
+        segments=kw["segments"],
+        batch_size=kw["batch_size"],
+        device=kw["device"],
+        opts=build_run_options(kw),
+        echo=click.echo,
+    )
+    finish(rep, kw["store_root"], set_name)

@@ -1,0 +1,123 @@
+"""``vidfeat models``: released weights imported as run folders (``import paddle-stnet``,
+``import paddle-tsn``, ``import timm``) and a run described (``info``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vidfeat.cli.base import Group
+from vidfeat.cli.options import apply
+
+
+@click.group("models", cls=Group)
+def models() -> None:
+    """Runs as models: import released weights as run folders, describe a run."""
+
+
+@models.group("import")
+def models_import() -> None:
+    """Import released weights as a run folder (usable by `extract rgb --checkpoint RUN`)."""
+
+
+def _paddle_import_options(f: Any) -> Any:
+    return apply(
+        f,
+        [
+            click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+            click.option(
+                "--classes",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                help="Text file: one class name per line, in the order of the weights' classifier.",
+            ),
+            click.option(
+                "--num-classes",
+                type=click.IntRange(min=1),
+                help="Number of classes, when their names are unknown (checked against the file).",
+            ),
+            click.option(
+                "--out",
+                required=True,
+                type=click.Path(file_okay=False, path_type=Path),
+                help="Run folder to write.",
+            ),
+        ],
+    )
+
+
+def _paddle_import(
+    file: Path, arch: str, classes: Path | None, num_classes: int | None, out: Path
+) -> None:
+    from vidfeat.models import import_paddle
+
+    rep = import_paddle(file, out, arch=arch, classes=classes, num_classes=num_classes)
+    click.echo(rep.summary())
+
+
+@models_import.command("paddle-stnet")
+@_paddle_import_options
+def models_import_paddle_stnet(
+    file: Path, classes: Path | None, num_classes: int | None, out: Path
+) -> None:
+    """The authors' PaddlePaddle StNet weights (STNET.pdparams, written by fluid.save).
+
+    The file is read without running anything in it and mapped tensor for tensor (every
+    tensor used, every network tensor filled). The run records the authors' test
+    preprocessing (short side 256 in a fixed 4:3 frame, centre crop 256, ImageNet mean/std,
+    T=25, N=5), which `extract rgb --checkpoint RUN` follows.
+    """
+    _paddle_import(file, "stnet", classes, num_classes, out)
+
+
+@models_import.command("paddle-tsn")
+@_paddle_import_options
+def models_import_paddle_tsn(
+    file: Path, classes: Path | None, num_classes: int | None, out: Path
+) -> None:
+    """The authors' PaddlePaddle TSN weights (TSN.pdparams): ResNet-50, mean consensus.
+
+    Test preprocessing recorded: short side 256 (fixed 4:3 frame), centre crop 224, ImageNet
+    mean/std, T=7 (pass -T 7 to `extract rgb`).
+    """
+    _paddle_import(file, "tsn", classes, num_classes, out)
+
+
+@models_import.command("timm")
+@click.argument("name")
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A timm state dict of NAME (default: the local timm / Hugging Face cache).",
+)
+@click.option(
+    "--classes",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Class names, one per line (default: timm's ImageNet names).",
+)
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder."
+)
+def models_import_timm(name: str, weights: Path | None, classes: Path | None, out: Path) -> None:
+    """A 2D timm ImageNet classifier as a TSN run (offline; nothing is downloaded).
+
+    Its per-segment features are the pooled backbone output and its clip scores the ImageNet
+    logits averaged over segments; the run records timm's eval preprocessing.
+    """
+    from vidfeat.models import import_timm
+
+    click.echo(import_timm(name, out, weights=weights, classes=classes).summary())
+
+
+@models.command("info")
+@click.argument("run", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def models_info(run: Path, as_json: bool) -> None:
+    """Architecture, classes, size, preprocessing and origin of a run (trained or imported)."""
+    import json
+
+    from vidfeat.models import describe_run, format_description
+
+    info = describe_run(run)
+    click.echo(json.dumps(info, indent=1) if as_json else format_description(info))

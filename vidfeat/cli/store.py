@@ -1,0 +1,156 @@
+"""``vidfeat store`` (``info``, ``verify``, ``export``: what a feature store holds, whether it
+is sound, its sets as one file per video) and ``vidfeat show`` (one video's contact sheet)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from vidfeat.cli.base import Command, Group
+from vidfeat.cli.options import QUIET, VIDEO_ROOT, RegistryChoice, video_root_applies
+
+
+@click.group(cls=Group)
+def store() -> None:
+    """Feature stores: what they hold, and whether every shard is sound."""
+
+
+@store.command("info")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def store_info_cmd(root: Path) -> None:
+    """Each set of the store: configuration, videos, size on disk, failures."""
+    from vidfeat.store import format_info, store_info
+
+    click.echo(format_info(store_info(root)))
+
+
+@store.command("verify")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--videos",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A video list whose ids must all be present (missing/unexpected reported).",
+)
+@VIDEO_ROOT
+def store_verify_cmd(root: Path, videos: Path | None, video_root: Path | None) -> None:
+    """Open every shard; check shapes, dtypes and NaNs; report duplicates and partial files.
+
+    Exits non-zero on problems.
+    """
+    from vidfeat.store import format_verify, verify_store
+    from vidfeat.videolist import load_list
+
+    video_root_applies(video_root, videos)
+    expect = set(load_list(videos, video_root=video_root).ids()) if videos else None
+    rep = verify_store(root, expect_ids=expect)
+    click.echo(format_verify(rep))
+    if not rep.ok:
+        sys.exit(1)
+
+
+def export_formats() -> list[str]:
+    from vidfeat.export import FORMATS
+
+    return list(FORMATS)
+
+
+@store.command("export")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--set", "set_name", required=True, help="The set to export (see `store info`).")
+@click.option(
+    "--format",
+    "fmt",
+    type=RegistryChoice(export_formats),
+    default="npy",
+    show_default=True,
+    help="npy: (T, D) float32 per file; npz: key 'features'; csv: T rows x D columns + header.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for one file per video id, manifest.csv and export.json.",
+)
+@click.option(
+    "--videos",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Export only this list's ids (ids missing from the set are listed; exit 1).",
+)
+@VIDEO_ROOT
+@click.option(
+    "--with-scores",
+    is_flag=True,
+    help="Also the clip scores (npz key 'scores', else <id>.scores.npy) and top-1 in the manifest.",
+)
+@click.option(
+    "--flatten",
+    is_flag=True,
+    help="Export sets of more than (T, D) per video (flow fields) as (T, prod(rest)) rows.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Export into a folder holding other content; rewrite files instead of skipping them.",
+)
+@QUIET
+def store_export_cmd(
+    root: Path,
+    set_name: str,
+    fmt: str,
+    out: Path,
+    videos: Path | None,
+    video_root: Path | None,
+    with_scores: bool,
+    flatten: bool,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Write one (T, D) float32 file per video of a set, named by its id, plus manifest.csv.
+
+    The layout action localisation tools read (np.load(f) -> (T, D)). Resumable: files
+    already written are skipped. Exits 1 when ids are missing from the set or videos failed.
+    """
+    from vidfeat.export import export_set
+    from vidfeat.videolist import load_list
+
+    video_root_applies(video_root, videos)
+    ids = load_list(videos, video_root=video_root).ids() if videos else None
+    rep = export_set(
+        root,
+        set_name,
+        out,
+        fmt,
+        video_ids=ids,
+        with_scores=with_scores,
+        flatten=flatten,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    for line in rep.problem_lines():
+        click.echo(line, err=True)
+    click.echo(rep.summary())
+    if not rep.ok:
+        sys.exit(1)
+
+
+@click.command("show", cls=Command)
+@click.argument("video_id")
+@click.option(
+    "--store", required=True, type=click.Path(exists=True, file_okay=False), help="Feature store."
+)
+@click.option(
+    "--videos",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A video list to find the file in when it moved (default: the stored source_path).",
+)
+@VIDEO_ROOT
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+def show(video_id: str, store: str, videos: str | None, video_root: str | None, out: str) -> None:
+    """A contact sheet of one video: frames, flow fields, audio, feature norms, clip scores."""
+    from vidfeat.show import contact_sheet
+
+    video_root_applies(video_root, videos)
+    res = contact_sheet(store, video_id, out, videos, video_root=video_root)
+    click.echo(res.summary())
