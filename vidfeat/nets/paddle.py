@@ -478,8 +478,9 @@ class FluidReader:
                 raise _Refused("OrderedDict(...) of arguments; Python 3 writes OrderedDict()")
             return _Dict(ordered=True)
         raise _Refused(
-            f"{fn.name}{_short(args)} called directly (an array of any strides and offset); a "
-            "Fluid save makes its arrays through _reconstruct and BUILD"
+            f"{fn.name}(...) called directly (it makes an array of any strides and offset, a "
+            "small file claiming a huge one); a Fluid save makes its arrays through _reconstruct "
+            "and BUILD"
         )
 
     def _build(self, obj: Any, state: Any) -> None:
