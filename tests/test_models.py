@@ -396,7 +396,7 @@ class Payload:
 )
 def test_pdparams_with_code_is_refused_and_never_runs(tmp_path: Path, make, found) -> None:
     sentinel = tmp_path / "pwned"
-    params = {"conv1_weights": np.zeros((2, 3, 1, 1), np.float32), "fc_0.w_0": make(sentinel)}
+    params = {"conv1_weights": np.zeros((64, 3, 7, 7), np.float32), "fc_0.w_0": make(sentinel)}
     f = save_pdparams(params, tmp_path / "evil.pdparams")
     with pytest.raises(ConfigError, match=re.escape(found)):
         load_pdparams(f)

@@ -103,16 +103,18 @@ def import_paddle(
 
     ``classes``: a text file, one class name per line in the classifier's order; or
     ``num_classes`` when the names are unknown. Either must agree with the file's fc shape.
-    The file is read with a restricted unpickler (nothing in it runs) and mapped strictly.
+    The file is read by :class:`~vidfeat.nets.paddle.FluidReader` (nothing in it runs, and
+    only what a Fluid save writes is accepted) and mapped strictly.
     """
-    from vidfeat.nets.backbones import count_parameters
     from vidfeat.nets.paddle import describe_params, load_pdparams
 
     src, out = Path(path), Path(out)
     _check_out(out)
-    params = load_pdparams(src)
+    params = load_pdparams(src)  # a bad file is refused before torch is imported
     k = describe_params(params, str(src)).num_classes
     names, classes_from = _resolve_classes(classes, num_classes, k, str(src))  # before the work
+    from vidfeat.nets.backbones import count_parameters
+
     net, state, entries, info, cfg, pre = _paddle_network(params, str(src), arch)
     importer = {v: k for k, v in PADDLE_ARCHES.items()}[info.arch]
     meta = {

@@ -198,8 +198,8 @@ def read_state_dict(path: str | Path, flag: str = "--backbone-weights") -> dict[
     refused, never run) or ``.safetensors`` file; training checkpoints' ``state_dict`` /
     ``model`` wrappers and DataParallel's ``module.`` prefix are undone. Errors name ``flag``."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{flag} {p}: file not found")
+    if not p.is_file():  # a FIFO would block torch.load, /dev/zero never end
+        raise ConfigError(f"{flag} {p}: {'not a regular file' if p.exists() else 'file not found'}")
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -214,7 +214,24 @@ def read_state_dict(path: str | Path, flag: str = "--backbone-weights") -> dict[
             state = state[key]
     if not isinstance(state, dict):
         raise ConfigError(f"{flag} {p}: holds a {type(state).__name__}, not a dict")
-    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    for k, v in state.items():
+        if _beyond_storage(v):
+            raise ConfigError(
+                f"{flag} {p}: tensor {k!r} claims {list(v.shape)} ({v.numel():,} elements) over "
+                f"{v.untyped_storage().nbytes():,} bytes of data (repeated or overlapping strides, "
+                "which no saved state dict has); pass a plain state dict"
+            )
+    return state
+
+
+def _beyond_storage(t: torch.Tensor) -> bool:
+    """The tensor has more elements than its storage holds: a zero-stride (expanded) or
+    overlapping view, a small file claiming a huge tensor."""
+    try:
+        return t.numel() * t.element_size() > t.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError):  # sparse and other storage-less layouts
+        return False
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> WeightsReport:
