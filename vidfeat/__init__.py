@@ -1,9 +1,14 @@
-"""vidfeat: aligned per-segment multi-modal video features and the models that use them.
+"""vidfeat: aligned multi-modal video features and the models that use them.
 
-Everything up to stored features lives here; what learns from stored features lives in
-``fusion``. The packages, from the command line down:
+One import name holds everything; the packages and modules, from the command line down:
 
+- ``cli``: the command line (``vidfeat``, ``python -m vidfeat``), one module per command
+  group; the only place that imports click;
+- ``fusion``: what learns from stored features (fusion heads, their trainer, evaluation,
+  the LightGBM ensemble); only ``cli`` imports it;
 - ``extract``: extraction over a video list (jobs, engines, flow fields, network features);
+  ``export``, ``show``, ``probe``: a set to plain files, a contact sheet of one video, a table
+  of what a list's videos hold;
 - ``train``, ``schedule``: the training loop of a modality network on videos; the
   learning-rate schedule both trainers share;
 - ``models``: the run folder (its config, building and loading its network, its
@@ -12,12 +17,14 @@ Everything up to stored features lives here; what learns from stored features li
 - ``store``: the HDF5 feature store, a writer/reader pair;
 - ``nets``, ``audio``, ``flow``: segment networks, VGGish, optical-flow methods;
 - ``clips``, ``decode``, ``grid``, ``videolist``, ``synth``: videos in, clips out;
+- ``device``, ``cores``, ``metrics``, ``plots``: where networks run and how many threads a
+  process may use; Prec@k and confusion matrices; training curves and bars;
 - ``errors``, ``outdir``, ``params``, ``provenance``, ``registry``, ``report``, ``stop``: shared
-  by all of them (``outdir``: output folders and :func:`~vidfeat.outdir.atomic_write`;
-  ``params``: configuration fields that declare their own command-line option).
+  by all of them (``errors``: vidfeat's own hierarchy, which the command line turns into its
+  messages; ``outdir``: output folders and :func:`~vidfeat.outdir.atomic_write`; ``params``:
+  configuration fields that declare their own command-line option).
 
-Dependencies point down that list, never up and never in a circle; nothing here imports
-``fusion`` or the CLI.
+Dependencies point down that list, never up and never in a circle.
 """
 
 from vidfeat._version import __version__
