@@ -72,6 +72,12 @@ def param(
     return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
 
 
+def option_flag(fld: dataclasses.Field) -> str:
+    """The flag a user sets field ``fld`` with (its first declared flag, else ``--field-name``)."""
+    flags = [f for f in fld.metadata.get("flags", ()) if f.startswith("-")]
+    return flags[0] if flags else "--" + fld.name.rstrip("_").replace("_", "-")
+
+
 def option_fields(cls: type, group: str | None = None) -> list[dataclasses.Field]:
     """The fields of dataclass ``cls`` that are options (of ``group``, when given), in order."""
     return [

@@ -101,27 +101,12 @@ def network_options(f: Any) -> Any:
     )
 
 
-RAY_OPTIONS = {
-    "ray_address": "--ray-address",
-    "ray_num_cpus": "--ray-num-cpus",
-    "ray_num_gpus": "--ray-num-gpus",
-    "chunk_videos": "--chunk-videos",
-}
-
-
 def build_run_options(kw: dict[str, Any]) -> Any:
-    """The ``RunOptions`` of the parsed options ``kw``; Ray's options without --engine ray
-    are refused."""
-    from vidfeat.extract import RunOptions, parse_shard
+    """The ``RunOptions`` of the parsed options ``kw``; another engine's options than the
+    run's are refused."""
+    from vidfeat.extract import RunOptions, parse_shard, refuse_foreign_options
 
-    if kw["engine"] != "ray":
-        ray_only = [flag for name, flag in RAY_OPTIONS.items() if given(name)]
-        if ray_only:
-            raise click.UsageError(
-                f"{', '.join(ray_only)} apply to --engine ray (this run's engine is "
-                f"{kw['engine']}): add --engine ray, or leave them out"
-            )
-    return RunOptions(
+    opts = RunOptions(
         **{
             **config_values(RunOptions, kw),
             "shard": parse_shard(kw["shard"]),
@@ -129,6 +114,8 @@ def build_run_options(kw: dict[str, Any]) -> Any:
             "progress": progress_enabled(kw["quiet"]),
         }
     )
+    refuse_foreign_options(opts, {name for name in kw if given(name)})
+    return opts
 
 
 def videos(kw: dict[str, Any]) -> Any:
@@ -245,12 +232,12 @@ def _flow_fields(method: str, params: dict[str, Any], set_name: str, kw: dict[st
             "--float16 narrows float features; flow fields are stored as uint8 (with "
             "--checkpoint it narrows the network's features)"
         )
-    if kw["engine"] == "ray" and kw["ray_address"] and given("workers"):
+    opts = build_run_options(kw)  # --ray-address without --engine ray is refused here
+    if opts.ray_address and given("workers"):
         raise click.UsageError(
             "--workers sizes a local Ray instance; with --ray-address the cluster runs the "
             "tasks: reserve CPUs per task with --ray-num-cpus instead"
         )
-    opts = build_run_options(kw)
     return extract_flow_fields(
         videos(kw),
         kw["store_root"],

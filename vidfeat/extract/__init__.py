@@ -21,7 +21,7 @@ nets and train (to load runs); never fusion or the CLI.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,12 +40,16 @@ __all__ = [
     "RunOptions",
     "engine_for",
     "parse_shard",
+    "refuse_foreign_options",
     "run_extraction",
 ]
 
 
 class Engine(Protocol):
     """What runs a job's task on its videos, and owns the resources that takes."""
+
+    name: str  # what --engine calls it
+    options: tuple[str, ...]  # the RunOptions fields only this engine reads
 
     def run(self, job: Job, task: Any) -> None:
         """Run ``task`` over the job's videos, writing into the job's set."""
@@ -54,18 +58,40 @@ class Engine(Protocol):
         """The threads each of this engine's workers may use under ``opts`` (>= 1)."""
 
 
+def _engines() -> tuple[type, ...]:
+    """Every engine (imported when first asked for: Ray's module loads Ray lazily too)."""
+    from vidfeat.extract.local import LocalEngine
+    from vidfeat.extract.ray import RayEngine
+
+    return (LocalEngine, RayEngine)
+
+
 def engine_for(opts: RunOptions) -> Engine:
     """The engine ``opts.engine`` names: the one place an engine is chosen by its name.
     :func:`run_extraction` runs the job on it; a task sizes its threads by it."""
-    if opts.engine == "local":
-        from vidfeat.extract.local import LocalEngine
+    by_name = {engine.name: engine for engine in _engines()}
+    if opts.engine not in by_name:
+        raise ConfigError(f"--engine must be {' or '.join(by_name)} (got {opts.engine!r})")
+    return by_name[opts.engine]()
 
-        return LocalEngine()
-    if opts.engine == "ray":
-        from vidfeat.extract.ray import RayEngine
 
-        return RayEngine()
-    raise ConfigError(f"--engine must be local or ray (got {opts.engine!r})")
+def refuse_foreign_options(opts: RunOptions, given: Collection[str]) -> None:
+    """Options that only another engine reads would do nothing on this run's: refused by flag
+    when ``given`` (the names of the RunOptions fields the user set) holds one."""
+    import dataclasses
+
+    from vidfeat.params import option_flag
+
+    mine = engine_for(opts)
+    fields = {f.name: f for f in dataclasses.fields(RunOptions)}
+    for other in _engines():
+        foreign = [n for n in other.options if n in given and n not in mine.options]
+        if foreign:
+            flags = ", ".join(option_flag(fields[n]) for n in foreign)
+            raise ConfigError(
+                f"{flags} apply to --engine {other.name} (this run's engine is {mine.name}): "
+                f"add --engine {other.name}, or leave them out"
+            )
 
 
 def run_extraction(

@@ -59,6 +59,9 @@ POLL = 0.2  # seconds: how soon the parent notices a stop request while every wo
 class LocalEngine:
     """``--engine local``: the job's videos on this machine, in ``--workers`` W processes."""
 
+    name = "local"
+    options: tuple[str, ...] = ()  # RunOptions fields that only this engine reads
+
     def run(self, job: Job, task: Any) -> None:
         run_local(job, task)
 

@@ -56,6 +56,10 @@ from vidfeat.videolist import VideoRecord
 class RayEngine:
     """``--engine ray``: the job's videos in chunks, one Ray task each (:func:`run_on_ray`)."""
 
+    name = "ray"
+    # RunOptions fields that only this engine reads
+    options: tuple[str, ...] = ("ray_address", "ray_num_cpus", "ray_num_gpus", "chunk_videos")
+
     def run(self, job: Job, task: Any) -> None:
         run_on_ray(job, task)
 
