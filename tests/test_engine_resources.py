@@ -65,3 +65,55 @@ def test_only_engine_for_reads_the_engine_name() -> None:
             if isinstance(node, ast.Attribute) and node.attr == "engine":
                 readers.add(str(rel))
     assert readers == {"extract/__init__.py"}
+
+
+def test_another_engines_options_are_refused_by_flag() -> None:
+    from vidfeat.extract import refuse_foreign_options
+
+    with pytest.raises(ConfigError, match=r"--ray-address, --chunk-videos apply to --engine ray"):
+        refuse_foreign_options(RunOptions(), {"ray_address", "chunk_videos", "workers"})
+    refuse_foreign_options(RunOptions(engine="ray"), {"ray_address", "chunk_videos", "workers"})
+    refuse_foreign_options(RunOptions(), {"workers", "timeout"})
+
+
+def test_token_authentication_is_read_as_ray_reads_it(tmp_path: Path) -> None:
+    from vidfeat.extract.ray import token_auth_enabled
+
+    home = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")}
+    assert not token_auth_enabled(home)
+    assert token_auth_enabled({"RAY_AUTH_MODE": "token"})
+    assert not token_auth_enabled({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "x"})
+    assert token_auth_enabled({**home, "RAY_AUTH_TOKEN": "x"})
+    (tmp_path / "tok").write_text("x")
+    assert token_auth_enabled({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "tok")})
+
+
+def test_joining_a_cluster_without_a_token_warns_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """--ray-address without token authentication: one line on stderr says who can run code."""
+    import vidfeat.extract.ray as ray_engine
+
+    joined = []
+
+    class FakeRay:
+        def is_initialized(self) -> bool:
+            return False
+
+        def init(self, **kw: object) -> None:
+            joined.append(kw)
+
+    monkeypatch.setattr(ray_engine, "_import_ray", FakeRay)
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "no-token"))
+    ray_engine._ray_init(RunOptions(engine="ray", ray_address="10.1.2.3:6379"))
+    err = capsys.readouterr().err
+    assert joined == [
+        {"include_dashboard": False, "log_to_driver": False, "address": "10.1.2.3:6379"}
+    ]
+    assert err.count("\n") == 1 and "10.1.2.3:6379" in err
+    assert "anyone who reaches it can run code as this user" in err
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    ray_engine._ray_init(RunOptions(engine="ray", ray_address="10.1.2.3:6379"))
+    assert capsys.readouterr().err == ""

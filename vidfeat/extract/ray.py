@@ -40,8 +40,10 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -138,11 +140,35 @@ def extract_chunk(task: Any, job: Job, records: list[VideoRecord], chunk: int) -
     }
 
 
+def token_auth_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """Whether Ray will authenticate with a token: ``RAY_AUTH_MODE=token``, or (the mode unset)
+    a token in ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``,
+    which Ray then uses by itself."""
+    env = os.environ if env is None else env
+    mode = env.get("RAY_AUTH_MODE")
+    if mode is not None:
+        return mode.strip().lower() == "token"
+    if env.get("RAY_AUTH_TOKEN"):
+        return True
+    path = env.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return os.path.isfile(path)
+
+
+def unauthenticated_warning(address: str) -> str:
+    return (
+        f"warning: joining the Ray cluster at {address} without token authentication: anyone "
+        "who reaches it can run code as this user (set RAY_AUTH_MODE=token and a token; README, "
+        "'Beyond one machine')"
+    )
+
+
 def _ray_init(opts: RunOptions):
     ray = _import_ray()
     if not ray.is_initialized():
         kwargs: dict = {"include_dashboard": False, "log_to_driver": False}
         if opts.ray_address:
+            if not token_auth_enabled():
+                print(unauthenticated_warning(opts.ray_address), file=sys.stderr, flush=True)
             kwargs["address"] = opts.ray_address
         elif opts.ray_local_cpus is not None:
             kwargs["num_cpus"] = max(1, opts.ray_local_cpus)
