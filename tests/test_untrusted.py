@@ -10,7 +10,9 @@ Sections:
 - the harness: the command line in a child process under ``RLIMIT_AS`` and a timeout;
 - ``.pdparams``: the PaddlePaddle parameter reader (:mod:`vidfeat.nets.paddle`);
 - ``.pt`` / ``.pth``: state dicts read with ``torch.load(weights_only=True)``
-  (:func:`vidfeat.nets.backbones.read_state_dict`).
+  (:func:`vidfeat.nets.backbones.read_state_dict`);
+- the current folder: the processes vidfeat starts import nothing from it
+  (:mod:`vidfeat.children`).
 """
 
 from __future__ import annotations
@@ -627,3 +629,65 @@ def test_pt_with_a_zero_stride_tensor_is_refused(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(ConfigError, match="not a regular file"):
         read_state_dict(fifo)
+
+
+# =========================================================================== the current folder
+#
+# A folder someone runs vidfeat in holds a ``pickle.py`` (every worker imports pickle) and an
+# ``h5py.py`` that leave a mark when imported. vidfeat itself is started as a user starts it:
+# the ``vidfeat`` script (whose own folder, the environment's bin/, heads its import path), or
+# ``python -P -c`` for the library, so a mark can only come from a child vidfeat started.
+
+PLANTED = """
+import pathlib, os
+pathlib.Path(os.environ["PLANTED_MARK"]).write_text("ran in " + str(os.getpid()))
+raise ImportError("planted")
+"""
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> tuple[Path, Path]:
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+    for name in ("pickle.py", "h5py.py", "numpy.py", "vidfeat.py"):
+        (folder / name).write_text(PLANTED)
+    return folder, tmp_path / "mark"
+
+
+def _from(folder: Path, mark: Path, *argv: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PLANTED_MARK": str(mark), "PYTHONPATH": str(REPO)}
+    env.pop("PYTHONSAFEPATH", None)
+    return subprocess.run(
+        [*map(str, argv)],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def test_verify_workers_import_nothing_from_the_current_folder(
+    planted: tuple[Path, Path], tiny_synth: Path, tmp_path: Path
+) -> None:
+    folder, mark = planted
+    store = tmp_path / "store"
+    args = ["extract", "flow", "--method", "farneback", "--videos", tiny_synth / "train.csv"]
+    args += ["--store", store, "-T", "2", "-N", "1", "--short-side", "32", "--workers", "2"]
+    script = Path(sys.executable).with_name("vidfeat")
+    proc = _from(folder, mark, script, *args, "--shard-videos", "1", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not mark.exists(), mark.read_text()  # the two extraction workers
+    code = "import sys; from vidfeat.store import verify_store; "
+    code += f"r = verify_store({str(store)!r}, workers=2); sys.exit(0 if r.ok else 1)"
+    proc = _from(folder, mark, sys.executable, "-P", "-c", code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not mark.exists(), mark.read_text()  # the two verify workers
+
+
+def test_a_planted_module_would_have_left_its_mark(planted: tuple[Path, Path]) -> None:
+    """The check above can fail: a child without the safe path imports the planted pickle."""
+    folder, mark = planted
+    code = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import pickle'])"
+    _from(folder, mark, sys.executable, "-P", "-c", code)
+    assert mark.exists()

@@ -45,6 +45,7 @@ from multiprocessing.connection import wait as wait_any
 from multiprocessing.context import SpawnContext
 from typing import Any
 
+from vidfeat.children import safe_path_children
 from vidfeat.cores import cores_per_worker
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.extract.job import Job, RunOptions
@@ -164,7 +165,8 @@ class _Worker:
             name="vidfeat-worker",
             daemon=True,  # never outlives the parent's interpreter
         )
-        self.proc.start()
+        with safe_path_children():  # nothing from the user's current folder (vidfeat.children)
+            self.proc.start()
         child.close()
         self.ready = False
         self.record: VideoRecord | None = None

@@ -48,6 +48,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from vidfeat.children import outside_the_current_folder, safe_path_children
 from vidfeat.errors import ConfigError
 from vidfeat.extract.job import Job, RunOptions
 from vidfeat.extract.local import POLL, run_local
@@ -173,7 +174,10 @@ def _ray_init(opts: RunOptions):
         elif opts.ray_local_cpus is not None:
             kwargs["num_cpus"] = max(1, opts.ray_local_cpus)
         # else Ray detects the machine's CPUs
-        ray.init(**kwargs)
+        # a local instance's processes run with the safe path, and Ray adds the driver's
+        # current folder to its workers' import path: the driver joins from an empty one
+        with safe_path_children(), outside_the_current_folder():
+            ray.init(**kwargs)
     return ray
 
 

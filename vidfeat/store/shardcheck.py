@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 from h5py import h5a, h5d, h5g, h5o
 
+from vidfeat.children import python_command
 from vidfeat.cores import available_cores
 from vidfeat.store.paths import FEATURES
 from vidfeat.store.shardindex import decode_shard_index, open_shard, read_index_attr
@@ -359,10 +360,11 @@ def run_checks(tasks: list[tuple[str, str, str, tuple]], workers: int) -> list[S
     for share in shares:
         p = None
         try:
-            p = subprocess.Popen(
-                [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            p = subprocess.Popen(  # -P: nothing from the current folder (vidfeat.children)
+                [*python_command(), "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
             )
-            p.stdin.write(pickle.dumps((sys.path, share)))  # type: ignore[union-attr]
+            path = [p for p in sys.path if p]  # "" is the current folder
+            p.stdin.write(pickle.dumps((path, share)))  # type: ignore[union-attr]
             p.stdin.close()  # type: ignore[union-attr]
         except OSError:  # cannot start (or it died at once): this process checks the share
             if p is not None:
