@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -268,6 +269,27 @@ def test_a_fusion_run_of_an_older_vidfeat_reads_with_defaults(
     lr = load_run(run)
     assert lr.config.head_options == {} and lr.config.epochs == 30  # null and absent: defaults
     assert read_fuse_config(fusion_run[0] / "config.yaml").features == ["f"]
+
+
+def test_fuse_resume_rewrites_metrics_whole_and_drops_a_torn_line(
+    fusion_run: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
+    _, store, train_csv, val_csv = fusion_run
+    run = tmp_path / "run"
+    shutil.copytree(fusion_run[0], run)
+    metrics = run / "metrics.jsonl"
+    first = metrics.read_text().splitlines()
+    assert len(first) == 1
+    # killed mid-append of epoch 2's line, before its last.pt: the line is cut short
+    metrics.write_text(first[0] + '\n{"epoch": 2, "train_lo')
+    inode = metrics.stat().st_ino
+    code, text, _ = cli("fuse", "train", "--store", store, "--features", "f", "--head", "single",
+                        "--train", train_csv, "--val", val_csv, "--epochs", "2", "--quiet",
+                        "--out", run, "--resume")  # fmt: skip
+    assert code == 0, text
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[0] == json.loads(first[0])
+    assert metrics.stat().st_ino != inode  # replaced whole (a temporary renamed over it)
 
 
 def test_one_reader_reads_every_run_config() -> None:

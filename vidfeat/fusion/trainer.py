@@ -278,10 +278,8 @@ def _open_run(
                 "--early-stop 0 to train on"
             )
         # rows past last.pt (a kill between the metrics line and the checkpoint) are redone
-        metrics = out / "metrics.jsonl"
-        rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
-        history = [r for r in rows if r["epoch"] <= epoch]
-        metrics.write_text("".join(json.dumps(r) + "\n" for r in history))
+        history = [r for r in _metrics_rows(out / "metrics.jsonl") if r["epoch"] <= epoch]
+        write_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         norm = load_norm(out / "norm.npz")
         state["_resumed_at"] = (epoch, step)
     else:
@@ -289,10 +287,24 @@ def _open_run(
         norm = train_ds.compute_norm()
         save_norm(out / "norm.npz", norm)
         write_classes(out / "classes.txt", classes)
-        (out / "metrics.jsonl").write_text("")
+        write_atomic(out / "metrics.jsonl", "")
     write_atomic(out / CONFIG_YAML, yaml.safe_dump(asdict(cfg), sort_keys=False))
     write_atomic(out / "feature_sets.json", json.dumps(now, indent=2, default=str))
     return _RunStart(norm, state, history)
+
+
+def _metrics_rows(path: Path) -> list[dict]:
+    """The epoch rows of a run's metrics.jsonl; a line a kill cut short (the file is appended
+    to, one line per epoch) is not a row."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
+    return rows
 
 
 def _save_checkpoint(obj: dict, path: Path) -> None:
