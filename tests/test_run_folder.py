@@ -362,6 +362,33 @@ def test_a_kill_mid_save_leaves_the_previous_best_intact(
     assert sha(run / "best.pt") != before and check()
 
 
+def test_an_import_writes_every_file_whole_and_config_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`models import` writes best.pt, classes.txt, model.json and config.yaml through
+    atomic_write, config.yaml (what makes the folder a run) last."""
+    import timm
+
+    import vidfeat.outdir
+
+    weights = tmp_path / "r10t.pth"
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), weights)
+    written = []
+    real = vidfeat.outdir.open_temp_beside
+
+    def recording(path: str | Path, mode: int = 0o666) -> tuple[int, Path]:
+        written.append(Path(path).name)
+        return real(path, mode)
+
+    monkeypatch.setattr(vidfeat.outdir, "open_temp_beside", recording)
+    code, text, _ = cli("models", "import", "timm", "resnet10t", "--weights", weights,
+                        "--out", tmp_path / "run")  # fmt: skip
+    assert code == 0, text
+    assert sorted(written) == ["best.pt", "classes.txt", "config.yaml", "model.json"]
+    assert written[-1] == "config.yaml"
+    assert resolve_run(tmp_path / "run").config.backbone == "resnet10t"
+
+
 # --------------------------------------------------------------------------- atomic_write
 
 
