@@ -1,25 +1,31 @@
 """One owner of the run folder (vidfeat.models): a folder that is no valid run is refused by
-every command that takes one, naming config.yaml and the key, without a traceback; checkpoints
-are written atomically, so a trainer killed mid-save leaves the previous best.pt whole; one
-atomic-write helper serves every writer; the run's format does not import the training loop."""
+every command that takes one, naming config.yaml and the key, without a traceback (a fusion
+run's config goes through the same reader); checkpoints are written atomically, so a trainer
+killed mid-save leaves the previous best.pt whole; one atomic-write helper serves every writer;
+the run's format does not import the training loop."""
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from test_runs_guard import tiny_feature_store
 
 from vidfeat.cli import main
 from vidfeat.errors import ConfigError, RunError
 from vidfeat.fusion.evaluate import load_run
+from vidfeat.fusion.trainer import read_fuse_config
 from vidfeat.models import init_options, load_trained, resolve_run
 from vidfeat.outdir import atomic_write, remove_stale_temps, write_atomic
 
@@ -137,6 +143,137 @@ def test_init_options_take_the_run_and_refuse_contradictions(tmp_path: Path) -> 
         init_options(tmp_path, asked, given=set())
 
 
+# --------------------------------------------------------------------------- bad fusion runs
+
+# what a fusion run's config.yaml holds (from the good one a 1-epoch run wrote) -> what the
+# message must name besides config.yaml, and the key it names
+BAD_FUSION: dict[str, tuple[Callable[[str], str], str, str | None]] = {
+    "not-a-mapping": (lambda good: "- store\n- features\n", "not a mapping", None),
+    "empty": (lambda good: "", "not a mapping", None),
+    "missing-keys": (
+        lambda good: "store: s\nhead: single\ntrain: t.csv\n",
+        "missing key 'features'",
+        "features",
+    ),
+    "unknown-key": (
+        lambda good: good + "temporal_shift: 8\n",
+        "'temporal_shift'",
+        "temporal_shift",
+    ),
+    "yaml-syntax": (lambda good: "store: s\nfeatures: [f\nhead: single\n", "line 3", None),
+    "deeply-nested": (
+        lambda good: "head_options: " + "[" * 30000 + "]" * 30000 + "\n",
+        "nested too deeply",
+        None,
+    ),
+    "wrong-type": (
+        lambda good: good.replace("features:\n- f\n", "features: f\n"),
+        "features must be a list of strings",
+        "features",
+    ),
+    "wrong-type-in-list": (
+        lambda good: good.replace("features:\n- f\n", "features:\n- 3\n"),
+        "features must be a list of strings",
+        "features",
+    ),
+    "segment-run": (lambda good: GOOD, "missing keys 'store', 'features', 'head'", "store"),
+}
+
+
+@pytest.fixture(scope="module")
+def fusion_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
+    """A 1-epoch fusion run on a tiny store: (run, store, train list, val list)."""
+    root = tmp_path_factory.mktemp("fusion")
+    store, train_csv, val_csv = tiny_feature_store(root)
+    run = root / "run"
+    code, text, _ = cli("fuse", "train", "--store", store, "--features", "f", "--head", "single",
+                        "--train", train_csv, "--val", val_csv, "--epochs", "1", "--quiet",
+                        "--out", run)  # fmt: skip
+    assert code == 0, text
+    return run, store, train_csv, val_csv
+
+
+def bad_fusion_run(fusion_run: tuple[Path, ...], root: Path, case: str) -> Path:
+    run = root / case
+    shutil.copytree(fusion_run[0], run)
+    good = (run / "config.yaml").read_text()
+    assert "features:\n- f\n" in good  # what the wrong-type cases replace
+    (run / "config.yaml").write_text(BAD_FUSION[case][0](good))
+    return run
+
+
+@pytest.mark.parametrize("case", BAD_FUSION)
+def test_fuse_eval_predict_resume_and_ensemble_refuse_a_bad_fusion_run(
+    case: str, fusion_run: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
+    _, store, train_csv, val_csv = fusion_run
+    run = bad_fusion_run(fusion_run, tmp_path, case)
+    before = {p.name: sha(p) for p in run.iterdir()}
+    commands = {
+        "eval": ["fuse", "eval", "--run", run, "--store", store, "--videos", val_csv],
+        "predict": ["fuse", "predict", "--run", run, "--store", store, "--videos", val_csv,
+                    "--out", tmp_path / "pred.csv"],
+        "resume": ["fuse", "train", "--store", store, "--features", "f", "--head", "single",
+                   "--train", train_csv, "--val", val_csv, "--epochs", "2", "--quiet",
+                   "--out", run, "--resume"],
+        "ensemble": ["ensemble", "--members", run, "--store", store, "--videos", val_csv,
+                     "--folds", "2", "--out", tmp_path / "ens"],
+    }  # fmt: skip
+    for name, args in commands.items():
+        code, text, exc = cli(*args)
+        assert code != 0 and isinstance(exc, SystemExit), (name, code, text, exc)
+        assert "Traceback" not in text, (name, text)
+        assert str(run / "config.yaml") in text and BAD_FUSION[case][1] in text, (name, text)
+    assert {p.name: sha(p) for p in run.iterdir()} == before  # nothing in the run changed
+    assert not (tmp_path / "pred.csv").exists() and not list(run.glob("eval-*"))
+    with pytest.raises(RunError) as err:
+        load_run(run)
+    assert err.value.path == str(run / "config.yaml") and err.value.key == BAD_FUSION[case][2]
+
+
+def test_a_fusion_run_of_an_older_vidfeat_reads_with_defaults(
+    fusion_run: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
+    run = tmp_path / "old"
+    shutil.copytree(fusion_run[0], run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    keep = ("store", "features", "head", "train", "val", "head_options")
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({**{k: cfg[k] for k in keep}, "head_options": None})
+    )
+    lr = load_run(run)
+    assert lr.config.head_options == {} and lr.config.epochs == 30  # null and absent: defaults
+    assert read_fuse_config(fusion_run[0] / "config.yaml").features == ["f"]
+
+
+def test_fuse_resume_rewrites_metrics_whole_and_drops_a_torn_line(
+    fusion_run: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
+    _, store, train_csv, val_csv = fusion_run
+    run = tmp_path / "run"
+    shutil.copytree(fusion_run[0], run)
+    metrics = run / "metrics.jsonl"
+    first = metrics.read_text().splitlines()
+    assert len(first) == 1
+    # killed mid-append of epoch 2's line, before its last.pt: the line is cut short
+    metrics.write_text(first[0] + '\n{"epoch": 2, "train_lo')
+    inode = metrics.stat().st_ino
+    code, text, _ = cli("fuse", "train", "--store", store, "--features", "f", "--head", "single",
+                        "--train", train_csv, "--val", val_csv, "--epochs", "2", "--quiet",
+                        "--out", run, "--resume")  # fmt: skip
+    assert code == 0, text
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[0] == json.loads(first[0])
+    assert metrics.stat().st_ino != inode  # replaced whole (a temporary renamed over it)
+
+
+def test_one_reader_reads_every_run_config() -> None:
+    """The fusion side reads its config through vidfeat.models.config, never yaml itself."""
+    for name in ("trainer.py", "evaluate.py", "ensemble.py"):
+        src = (ROOT / "vidfeat" / "fusion" / name).read_text()
+        assert "safe_load" not in src and "FuseConfig(**" not in src, name
+
+
 # --------------------------------------------------------------------------- atomic checkpoints
 
 # Runs the command line with torch.save replaced: a save of best.pt writes half of the real
@@ -198,6 +335,33 @@ def test_a_kill_mid_save_leaves_the_previous_best_intact(
     assert code == 0, text
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # ... cleared on resume
     assert sha(run / "best.pt") != before and check()
+
+
+def test_an_import_writes_every_file_whole_and_config_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`models import` writes best.pt, classes.txt, model.json and config.yaml through
+    atomic_write, config.yaml (what makes the folder a run) last."""
+    import timm
+
+    import vidfeat.outdir
+
+    weights = tmp_path / "r10t.pth"
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), weights)
+    written = []
+    real = vidfeat.outdir.open_temp_beside
+
+    def recording(path: str | Path, mode: int = 0o666) -> tuple[int, Path]:
+        written.append(Path(path).name)
+        return real(path, mode)
+
+    monkeypatch.setattr(vidfeat.outdir, "open_temp_beside", recording)
+    code, text, _ = cli("models", "import", "timm", "resnet10t", "--weights", weights,
+                        "--out", tmp_path / "run")  # fmt: skip
+    assert code == 0, text
+    assert sorted(written) == ["best.pt", "classes.txt", "config.yaml", "model.json"]
+    assert written[-1] == "config.yaml"
+    assert resolve_run(tmp_path / "run").config.backbone == "resnet10t"
 
 
 # --------------------------------------------------------------------------- atomic_write

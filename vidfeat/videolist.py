@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vidfeat.errors import ListError
+from vidfeat.outdir import write_atomic
 
 GENERIC_COLUMNS = {"path", "label", "video_id", "split"}
 KINETICS_COLUMNS = {"label", "youtube_id", "time_start", "time_end", "split", "is_cc"}
@@ -302,8 +303,9 @@ def _read_plain(path: Path, lines: list[str]) -> VideoList:
 
 
 def write_classes(path: str | Path, classes: list[str]) -> None:
-    """The class index saved with every run: one label per line, index = line number."""
-    Path(path).write_text("".join(c + "\n" for c in classes))
+    """The class index saved with every run: one label per line, index = line number. Written
+    whole or not at all (:func:`vidfeat.outdir.write_atomic`, UTF-8)."""
+    write_atomic(path, "".join(c + "\n" for c in classes))
 
 
 def read_classes(path: str | Path) -> list[str]:

@@ -13,15 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
 from vidfeat.device import resolve_device
-from vidfeat.errors import ConfigError
+from vidfeat.errors import ConfigError, RunError
 from vidfeat.fusion.data import FusionDataset, load_norm, set_fingerprint
-from vidfeat.fusion.trainer import FuseConfig, build_head, load_state, predict_scores
+from vidfeat.fusion.trainer import (
+    FuseConfig,
+    build_head,
+    load_state,
+    predict_scores,
+    read_fuse_config,
+)
 from vidfeat.metrics import confusion_matrix, summarize
+from vidfeat.models.config import CONFIG_YAML
 from vidfeat.outdir import claim_out_dir
 from vidfeat.plots import plot_confusion
 from vidfeat.videolist import VideoList, load_list, read_classes
@@ -39,14 +45,18 @@ class LoadedRun:
 
 
 def load_run(run: str | Path, *, device: str = "auto", checkpoint: str = "best.pt") -> LoadedRun:
+    """The fusion run in folder ``run``: its config, classes, head with the weights of
+    ``checkpoint``, normalisation and feature sets. Raises :class:`RunError` when ``run`` is
+    no fusion run or its ``config.yaml`` is not a fusion run's (naming the file and the key)."""
     run = Path(run)
-    if not (run / "config.yaml").exists():
-        raise ConfigError(
-            f"{run} is not a fusion run folder (no config.yaml); "
-            "pass the --out folder of `vidfeat fuse train`"
+    if not (run / CONFIG_YAML).is_file():
+        raise RunError(
+            run,
+            None,
+            f"not a fusion run folder (no {CONFIG_YAML}); pass the --out folder of "
+            "`vidfeat fuse train`",
         )
-    raw = yaml.safe_load((run / "config.yaml").read_text())
-    cfg = FuseConfig(**raw)
+    cfg = read_fuse_config(run / CONFIG_YAML)
     classes = read_classes(run / "classes.txt")
     meta = json.loads((run / "feature_sets.json").read_text())
     dev = resolve_device(device)

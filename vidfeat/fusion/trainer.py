@@ -53,6 +53,7 @@ from vidfeat.fusion.dist import (
     stop_requested,
 )
 from vidfeat.metrics import summarize
+from vidfeat.models.config import CONFIG_YAML, read_config
 from vidfeat.outdir import atomic_write, claim_out_dir, remove_stale_temps, write_atomic
 from vidfeat.params import param
 from vidfeat.plots import plot_curves
@@ -132,6 +133,15 @@ class FuseConfig:
             raise ConfigError(f"--optimizer must be adam or adamw (got {self.optimizer})")
         if self.schedule not in ("cosine", "step"):
             raise ConfigError(f"--schedule must be cosine or step (got {self.schedule})")
+
+
+def read_fuse_config(path: str | Path) -> FuseConfig:
+    """The :class:`FuseConfig` of a fusion run's ``config.yaml`` at ``path``, read by the one
+    reader of run configs (:func:`vidfeat.models.config.read_config`): keys an older vidfeat
+    did not record take their defaults; :class:`~vidfeat.errors.RunError`, naming ``path`` and
+    the key, for a file that is no fusion run's config (YAML syntax, not a mapping, missing or
+    unknown keys, wrong types)."""
+    return read_config(path, FuseConfig, kind="fusion run", made_by="`vidfeat fuse train`")
 
 
 class TrainingInterrupted(VidfeatError):
@@ -265,15 +275,12 @@ def _open_run(
     }
     state, history = None, []
     if resume:
-        if not (out / "config.yaml").exists() or not (out / "last.pt").exists():
+        if not (out / CONFIG_YAML).exists() or not (out / "last.pt").exists():
             raise ConfigError(
-                f"--resume: {out} holds no run to continue (no config.yaml or last.pt); "
+                f"--resume: {out} holds no run to continue (no {CONFIG_YAML} or last.pt); "
                 "leave out --resume to start one"
             )
-        try:
-            old = FuseConfig(**yaml.safe_load((out / "config.yaml").read_text()))
-        except TypeError as exc:
-            raise ConfigError(f"--resume: {out}/config.yaml is not a fusion run ({exc})") from None
+        old = read_fuse_config(out / CONFIG_YAML)
         meta = json.loads((out / "feature_sets.json").read_text())
         diffs = _resume_differences(old, cfg, meta, now)
         if read_classes(out / "classes.txt") != classes:
@@ -302,10 +309,8 @@ def _open_run(
                 "--early-stop 0 to train on"
             )
         # rows past last.pt (a kill between the metrics line and the checkpoint) are redone
-        metrics = out / "metrics.jsonl"
-        rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
-        history = [r for r in rows if r["epoch"] <= epoch]
-        metrics.write_text("".join(json.dumps(r) + "\n" for r in history))
+        history = [r for r in _metrics_rows(out / "metrics.jsonl") if r["epoch"] <= epoch]
+        write_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         norm = load_norm(out / "norm.npz")
         state["_resumed_at"] = (epoch, step)
     else:
@@ -313,10 +318,24 @@ def _open_run(
         norm = train_ds.compute_norm()
         save_norm(out / "norm.npz", norm)
         write_classes(out / "classes.txt", classes)
-        (out / "metrics.jsonl").write_text("")
-    write_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+        write_atomic(out / "metrics.jsonl", "")
+    write_atomic(out / CONFIG_YAML, yaml.safe_dump(asdict(cfg), sort_keys=False))
     write_atomic(out / "feature_sets.json", json.dumps(now, indent=2, default=str))
     return _RunStart(norm, state, history)
+
+
+def _metrics_rows(path: Path) -> list[dict]:
+    """The epoch rows of a run's metrics.jsonl; a line a kill cut short (the file is appended
+    to, one line per epoch) is not a row."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
+    return rows
 
 
 def _save_checkpoint(obj: dict, path: Path) -> None:

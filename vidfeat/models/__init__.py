@@ -13,7 +13,9 @@ Modules, each importing only those listed above it:
 
 - :mod:`~vidfeat.models.config` — :class:`TrainConfig` (what ``config.yaml`` holds),
   :func:`explicit_net_options`, and :func:`read_run_config`, which refuses, naming the file and
-  the key, a ``config.yaml`` that is no run's (:class:`~vidfeat.errors.RunError`).
+  the key, a ``config.yaml`` that is no run's (:class:`~vidfeat.errors.RunError`); it is
+  :func:`~vidfeat.models.config.read_config`, the one reader of every run's config (fusion runs
+  read their ``FuseConfig`` through it too).
 - :mod:`~vidfeat.models.folder` — the one rule "a run folder, or a checkpoint inside one":
   :func:`resolve_run` → :class:`RunFolder` (folder, checkpoint, config); :func:`init_options`,
   what ``train --init RUN`` takes from the run.

@@ -1,18 +1,22 @@
-"""The run's config: :class:`TrainConfig`, what ``RUN/config.yaml`` holds, and its reader.
+"""The run's config: :class:`TrainConfig`, what ``RUN/config.yaml`` holds, and the one reader
+of every run's config.
 
 ``config.yaml`` is everything needed to rebuild a run's network and its input pipeline, written
-by ``vidfeat train`` and ``vidfeat models import``. :func:`read_run_config` reads one back and
-refuses, naming the file and the key, what no vidfeat wrote: a YAML syntax error, a document
-that is not a mapping, missing keys, unknown keys (a newer vidfeat's), values of the wrong type.
+by ``vidfeat train`` and ``vidfeat models import``. :func:`read_config` reads the config of any
+kind of run into its dataclass (:func:`read_run_config`: a :class:`TrainConfig`; the fusion
+runs read their ``FuseConfig`` through it too) and refuses, naming the file and the key, what
+no vidfeat wrote: a YAML syntax error, nesting too deep, a document that is not a mapping,
+missing keys, unknown keys (a newer vidfeat's), values of the wrong type.
 Imports neither torch nor the training loop (the command line builds its options from here).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from vidfeat._version import __version__
 from vidfeat.errors import ConfigError, RunError
@@ -177,17 +181,70 @@ def explicit_net_options(arch: str, modality: str, options: dict, legacy: bool =
 
 # --------------------------------------------------------------------------- reading
 
+C = TypeVar("C")
+
+# who writes a segment-network run: named when a config.yaml is not one
+RUN_MADE_BY = "`vidfeat train` or `vidfeat models import`"
+
+
+def read_config(
+    path: str | Path,
+    cls: type[C],
+    *,
+    kind: str = "run",
+    made_by: str = RUN_MADE_BY,
+    check: Callable[[dict[str, Any], Path], None] | None = None,
+) -> C:
+    """The ``cls`` (a config dataclass: :class:`TrainConfig`, the fusion runs' ``FuseConfig``)
+    of the run config (``config.yaml``) at ``path``: the one reader of every run's config.
+
+    Keys a run of an older vidfeat does not record take their defaults; a mapping field
+    recorded as null is read as ``{}``. Raises :class:`RunError`, naming ``path`` and the key,
+    for anything that is not such a config: an unreadable or huge file, a YAML syntax error,
+    nesting too deep, a document that is not a mapping, missing required keys, unknown keys (a
+    newer vidfeat's), values of the wrong type. ``kind``: what the refusals call such a run
+    (e.g. ``"fusion run"``); ``made_by``: the commands whose ``--out`` folder the user should
+    pass instead (e.g. ``"`vidfeat fuse train`"``); ``check``: what this kind of run checks
+    beyond the types (raises :class:`RunError`)."""
+    data = read_mapping(path)
+    check_mapping(data, cls, path, kind=kind, made_by=made_by)
+    if check is not None:
+        check(data, Path(path))
+    return from_mapping(cls, data)
+
 
 def read_run_config(path: str | Path) -> TrainConfig:
-    """The :class:`TrainConfig` of a run's ``config.yaml`` at ``path``. Keys a run of an older
-    vidfeat does not record take their defaults. Raises :class:`RunError` (naming ``path`` and
+    """The :class:`TrainConfig` of a run's ``config.yaml`` at ``path``: :func:`read_config`,
+    and the modality must be one vidfeat knows. Raises :class:`RunError` (naming ``path`` and
     the key) for anything that is not a run config."""
-    return config_from_mapping(read_run_mapping(path), path)
+    return read_config(path, TrainConfig, check=_check_modality)
 
 
 def read_run_mapping(path: str | Path) -> dict[str, Any]:
     """The mapping of a run's ``config.yaml``, as written (no defaults filled in), checked as
     :func:`read_run_config` checks it."""
+    data = read_mapping(path)
+    check_run_mapping(data, path)
+    return data
+
+
+def config_from_mapping(data: dict, path: str | Path = CONFIG_YAML) -> TrainConfig:
+    """A :class:`TrainConfig` of a mapping read from ``path`` (checked first)."""
+    check_run_mapping(data, path)
+    return from_mapping(TrainConfig, data)
+
+
+def check_run_mapping(data: dict, path: str | Path = CONFIG_YAML) -> None:
+    """Refuse a mapping that :class:`TrainConfig` cannot take (:func:`check_mapping`) or whose
+    modality vidfeat does not know. Each error names ``path`` and the key."""
+    check_mapping(data, TrainConfig, path)
+    _check_modality(data, Path(path))
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping at ``path``, unchecked against any config; :class:`RunError` (naming
+    ``path``) when the file is unreadable, too large, not YAML, nested too deeply or not a
+    mapping."""
     import yaml
 
     path = Path(path)
@@ -211,29 +268,17 @@ def read_run_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         held = _KINDS.get(type(data).__name__, f"a {type(data).__name__}")
         raise RunError(path, None, f"holds {held}, not a mapping of key: value")
-    check_run_mapping(data, path)
     return data
 
 
-def config_from_mapping(data: dict, path: str | Path = CONFIG_YAML) -> TrainConfig:
-    """A :class:`TrainConfig` of a mapping read from ``path`` (checked first)."""
-    check_run_mapping(data, path)
-    return TrainConfig(**{**data, "net_options": data.get("net_options") or {}})
-
-
-def check_run_mapping(data: dict, path: str | Path = CONFIG_YAML) -> None:
-    """Refuse a mapping that :class:`TrainConfig` cannot take: unknown keys, missing required
-    keys, values of the wrong type, an unknown modality. Each error names ``path`` and the key."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        raise RunError(
-            path,
-            unknown[0],
-            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
-            f"not a setting of vidfeat {__version__}'s runs (written by a newer vidfeat? "
-            "upgrade vidfeat to read it)",
-        )
+def check_mapping(
+    data: dict, cls: type, path: str | Path, *, kind: str = "run", made_by: str = RUN_MADE_BY
+) -> None:
+    """Refuse a mapping that the config dataclass ``cls`` cannot take: missing required keys
+    (first: a run of another kind lacks them), unknown keys, values of the wrong type. Each
+    error names ``path`` and the key; ``kind`` and ``made_by`` as in :func:`read_config`.
+    Fields of an annotation this module does not know are not type-checked."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     required = [n for n, f in fields.items() if _required(f)]
     missing = [k for k in required if k not in data]
     if missing:
@@ -241,13 +286,31 @@ def check_run_mapping(data: dict, path: str | Path = CONFIG_YAML) -> None:
             path,
             missing[0],
             f"missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-            f"(every run records {', '.join(required)}); pass the --out folder of `vidfeat "
-            "train` or `vidfeat models import`",
+            f"(every {kind} records {', '.join(required)}); pass the --out folder "
+            f"of {made_by}",
+        )
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise RunError(
+            path,
+            str(unknown[0]),
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+            f"not a setting of vidfeat {__version__}'s {kind}s (written by a newer vidfeat? "
+            "upgrade vidfeat to read it)",
         )
     for k, v in data.items():
-        want = _TYPES.get(str(fields[k].type))
+        want = _TYPES.get(_annotation(fields[k]))
         if want is not None and not _is(v, want):
             raise RunError(path, k, f"{k} must be {want[0]} (got {_short(v)})")
+
+
+def from_mapping(cls: type[C], data: dict[str, Any]) -> C:
+    """``cls`` of a mapping :func:`check_mapping` passed; null mapping fields become ``{}``."""
+    mappings = {f.name for f in dataclasses.fields(cls) if _annotation(f) == "dict"}
+    return cls(**{k: ({} if k in mappings and v is None else v) for k, v in data.items()})
+
+
+def _check_modality(data: dict[str, Any], path: Path) -> None:
     if data["modality"] not in MODALITIES:
         raise RunError(
             path,
@@ -263,8 +326,15 @@ def _required(f: dataclasses.Field) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
-# the annotations of TrainConfig's fields (strings: `from __future__ import annotations`) and
-# what a value read from YAML must be; a field of another annotation is not checked here
+def _annotation(f: dataclasses.Field) -> str:
+    """A field's annotation as written: a string under ``from __future__ import annotations``,
+    else the class's name (``int``) or the type's text (``str | None``)."""
+    t = f.type
+    return t if isinstance(t, str) else t.__name__ if isinstance(t, type) else str(t)
+
+
+# the annotations of config fields and what a value read from YAML must be; a field of another
+# annotation is not checked here
 _TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
     "str": ("a string", (str,)),
     "str | None": ("a string or null", (str, type(None))),
@@ -272,6 +342,7 @@ _TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
     "float": ("a number", (int, float)),
     "bool": ("true or false", (bool,)),
     "dict": ("a mapping", (dict, type(None))),  # null: none set (read as {})
+    "list[str]": ("a list of strings", (list,)),
 }
 
 
@@ -279,6 +350,8 @@ def _is(value: Any, want: tuple[str, tuple[type, ...]]) -> bool:
     types = want[1]
     if isinstance(value, bool) and bool not in types:  # YAML's true is no integer here
         return False
+    if want[0] == "a list of strings":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
     return isinstance(value, types)
 
 

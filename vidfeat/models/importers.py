@@ -265,6 +265,92 @@ def _timm_source(name: str, weights: str | Path | None) -> Path:
     return src
 
 
+def _timm_model(name: str):
+    """timm's ``name`` without weights, refused unless timm has it and the segment networks can
+    run its family stage by stage."""
+    import timm
+
+    from vidfeat.nets.backbones import family_of
+
+    if not timm.is_model(name.split(".")[0]):
+        raise ConfigError(
+            f"{name!r} is not a timm model; list candidates with "
+            "`python -c \"import timm; print(timm.list_models('resnet*'))\"`"
+        )
+    full = timm.create_model(name, pretrained=False)
+    family_of(full)  # only families the segment networks can run stage by stage
+    return full
+
+
+def _timm_classes(full, classes: str | Path | None, k: int, src: Path) -> tuple[list[str], str]:
+    """The class names of the ``k`` outputs and where they came from: ``classes`` when given,
+    else timm's ImageNet names, else numbered names."""
+    if classes is not None:
+        return _resolve_classes(classes, None, k, str(src))
+    return _imagenet_names(full, k) or _resolve_classes(None, k, k, str(src))
+
+
+def _timm_config(name: str, pre: Preprocessing) -> TrainConfig:
+    """The run config of a timm classifier packaged as TSN: one frame per segment."""
+    return TrainConfig(
+        modality="rgb",
+        train="",
+        val=None,
+        arch="tsn",
+        backbone=name,
+        segments=3,
+        test_segments=pre.segments,
+        frames=1,
+        size=pre.crop,
+        short_side=pre.short_side,
+    )
+
+
+def _timm_tsn(name: str, state: dict, head: str, k: int):
+    """The TSN on timm ``name`` with ``state`` loaded strictly: the backbone's tensors under
+    ``backbone.``, the classifier ``head`` as the TSN's ``fc``."""
+    import torch
+
+    from vidfeat.nets.segment import create_segment_net
+
+    net = create_segment_net("tsn", name, k, in_chans_per_segment=3, frames=1)
+    remap = {f"{head}.weight": "fc.weight", f"{head}.bias": "fc.bias"}
+    tsn_state = {remap.get(k2, f"backbone.{k2}"): v for k2, v in state.items()}
+    for k2, v in net.state_dict().items():
+        if k2.endswith("num_batches_tracked") and k2 not in tsn_state:
+            tsn_state[k2] = torch.zeros_like(v)
+    net.load_state_dict(tsn_state)  # strict: every tensor filled, every tensor used
+    return net
+
+
+def _timm_meta(
+    name: str, src: Path, tensors: int, pcfg: dict, pre: Preprocessing, classes_from: str
+) -> dict:
+    """model.json of a timm import (the weights' entry is added when best.pt is written)."""
+    return {
+        "format": "vidfeat-model/1",
+        "origin": "imported",
+        "importer": "timm",
+        "importer_version": f"vidfeat {__version__} (vidfeat.models.import_timm)",
+        "imported_at": _now(),
+        "source": {
+            "path": str(src.resolve()),
+            "name": name,
+            "sha256": _sha256(src),
+            "size_bytes": src.stat().st_size,
+            "format": "timm state dict",
+            "tensors": tensors,
+            "pretrained_cfg": {
+                k2: pcfg.get(k2) for k2 in ("hf_hub_id", "url", "tag", "license") if pcfg.get(k2)
+            },
+        },
+        "trained_by": f"timm {name} ImageNet weights (not vidfeat)",
+        "classes_from": classes_from,
+        "preprocessing": pre.as_dict(),
+        "versions": _versions(),
+    }
+
+
 def import_timm(
     name: str,
     out: str | Path,
@@ -279,74 +365,20 @@ def import_timm(
     Offline: the weights come from ``weights`` (a timm state dict file) or the local timm /
     Hugging Face cache; without either, :class:`ConfigError` says how to get them.
     """
-    import timm
-    import torch
-
-    from vidfeat.nets.backbones import count_parameters, family_of
-    from vidfeat.nets.segment import create_segment_net
+    from vidfeat.nets.backbones import count_parameters
 
     out = Path(out)
     _check_out(out)
-    if not timm.is_model(name.split(".")[0]):
-        raise ConfigError(
-            f"{name!r} is not a timm model; list candidates with "
-            "`python -c \"import timm; print(timm.list_models('resnet*'))\"`"
-        )
-    full = timm.create_model(name, pretrained=False)
-    family_of(full)  # only families the segment networks can run stage by stage
+    full = _timm_model(name)
     src = _timm_source(name, weights)
     state, head = _checked_timm_state(name, full, src)
     k = int(state[f"{head}.weight"].shape[0])
-    if classes is not None:
-        names, classes_from = _resolve_classes(classes, None, k, str(src))
-    else:
-        found = _imagenet_names(full, k)
-        names, classes_from = found or _resolve_classes(None, k, k, str(src))
+    names, classes_from = _timm_classes(full, classes, k, src)
     pre = _timm_preprocessing(name, full)
-    cfg = TrainConfig(
-        modality="rgb",
-        train="",
-        val=None,
-        arch="tsn",
-        backbone=name,
-        segments=3,
-        test_segments=pre.segments,
-        frames=1,
-        size=pre.crop,
-        short_side=pre.short_side,
-    )
-    net = create_segment_net("tsn", name, k, in_chans_per_segment=3, frames=1)
-    remap = {f"{head}.weight": "fc.weight", f"{head}.bias": "fc.bias"}
-    tsn_state = {remap.get(k2, f"backbone.{k2}"): v for k2, v in state.items()}
-    for k2, v in net.state_dict().items():
-        if k2.endswith("num_batches_tracked") and k2 not in tsn_state:
-            tsn_state[k2] = torch.zeros_like(v)
-    net.load_state_dict(tsn_state)  # strict: every tensor filled, every tensor used
-    pcfg = full.pretrained_cfg
-    meta = {
-        "format": "vidfeat-model/1",
-        "origin": "imported",
-        "importer": "timm",
-        "importer_version": f"vidfeat {__version__} (vidfeat.models.import_timm)",
-        "imported_at": _now(),
-        "source": {
-            "path": str(src.resolve()),
-            "name": name,
-            "sha256": _sha256(src),
-            "size_bytes": src.stat().st_size,
-            "format": "timm state dict",
-            "tensors": len(state),
-            "pretrained_cfg": {
-                k2: pcfg.get(k2) for k2 in ("hf_hub_id", "url", "tag", "license") if pcfg.get(k2)
-            },
-        },
-        "trained_by": f"timm {name} ImageNet weights (not vidfeat)",
-        "classes_from": classes_from,
-        "preprocessing": pre.as_dict(),
-        "versions": _versions(),
-    }
+    net = _timm_tsn(name, state, head, k)
+    meta = _timm_meta(name, src, len(state), full.pretrained_cfg, pre, classes_from)
     state_out = {k2: v.detach().clone() for k2, v in net.state_dict().items()}
-    _write_run(out, cfg, names, state_out, meta)
+    _write_run(out, _timm_config(name, pre), names, state_out, meta)
     return ImportReport(
         out, "timm", "tsn", name, k, len(state), count_parameters(net), meta["source"]["sha256"]
     )

@@ -184,17 +184,22 @@ def _resolve_classes(
 
 
 def _write_run(out: Path, cfg: Any, classes: list[str], state: dict, meta: dict) -> None:
+    """Write an imported run into ``out``: every file whole or not at all (a temporary renamed
+    over it), ``config.yaml`` last, so a folder a crash interrupts is no run (a folder is one
+    when it holds ``config.yaml``)."""
     import torch
     import yaml
 
+    from vidfeat.outdir import atomic_write, write_atomic
     from vidfeat.videolist import write_classes
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    with atomic_write(out / "best.pt") as fh:
+        torch.save(state, fh)
     write_classes(out / "classes.txt", classes)
-    torch.save(state, out / "best.pt")
     meta = {**meta, "weights": {"file": "best.pt", "sha256": _sha256(out / "best.pt")}}
-    (out / MODEL_JSON).write_text(json.dumps(meta, indent=1) + "\n")
+    write_atomic(out / MODEL_JSON, json.dumps(meta, indent=1) + "\n")
+    write_atomic(out / CONFIG_YAML, yaml.safe_dump(asdict(cfg), sort_keys=False))
 
 
 def _sha256(path: Path) -> str:
