@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from vidfeat.errors import ConfigError, StoreError
-from vidfeat.outdir import atomic_write, remove_stale_temps, write_atomic
+from vidfeat.outdir import atomic_write, refuse_planted_links, remove_stale_temps, write_atomic
 from vidfeat.store import FeatureSet, FeatureStore, check_video_id
 
 __all__ = ["FORMATS", "ExportReport", "export_set", "export_stem"]
@@ -183,6 +183,7 @@ def _prepare_out(out: Path, ident: dict, overwrite: bool) -> None:
     """Refuse a foreign ``out`` (unless ``overwrite``), create it, record ``export.json``."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the export")
+    refuse_planted_links(out)  # its files are kept (resumed, or --overwrite'n one by one)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         prev = _read_json(out / EXPORT_JSON)
         if prev is None:

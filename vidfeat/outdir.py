@@ -1,10 +1,12 @@
 """Output folders: nothing the user made is overwritten unasked.
 
 Every command with ``--out`` calls :func:`claim_out_dir` before it writes: an empty or missing
-folder is taken; a folder that holds a run (or other content) is refused with a message naming
-``--resume`` (continue it, where the command can) and ``--overwrite`` (start again). Only with
-``--overwrite`` is the old content moved aside, to ``<out>.replaced-<time>`` beside it (a rename:
-instant, and nothing is lost until the user deletes it).
+folder is taken; a folder whose content would be kept and that holds a symlink is refused (a
+planted link would send a write elsewhere); a folder that holds a run (or other content) is
+refused with a message naming ``--resume`` (continue it, where the command can) and
+``--overwrite`` (start again). Only with ``--overwrite`` is the old content moved aside, to
+``<out>.replaced-<time>`` beside it (a rename: instant, and nothing is lost until the user
+deletes it).
 
 Files inside such folders are written whole or not at all (:func:`atomic_write`): a temporary
 beside the target, created exclusively under an unpredictable name that follows no symlink,
@@ -18,19 +20,49 @@ store's JSON and index files, contact sheets.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from vidfeat.errors import ConfigError
+from vidfeat.errors import ConfigError, StoreError
 
 
 def _holds_anything(out: Path) -> bool:
     return out.is_dir() and any(out.iterdir())
+
+
+def planted_links(out: Path, limit: int = 3) -> list[str]:
+    """Up to ``limit`` symlinks inside folder ``out`` (at any depth, never followed), as paths
+    relative to it. A link in an output folder would redirect one of vidfeat's writes (or a
+    resumed run's reads) to wherever it points."""
+    found: list[str] = []
+    stack = [out]
+    while stack and len(found) < limit:
+        with contextlib.suppress(OSError), os.scandir(stack.pop()) as it:
+            for entry in it:
+                if entry.is_symlink():
+                    found.append(os.path.relpath(entry.path, out))
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+    return sorted(found[:limit])
+
+
+def refuse_planted_links(out: Path) -> None:
+    """Refuse an existing ``--out`` folder that holds a symlink: vidfeat writes only real files
+    into its output folders, and a planted link would send a write wherever it points."""
+    links = planted_links(out) if out.is_dir() else []
+    if links:
+        raise ConfigError(
+            f"--out {out} holds symlinks ({', '.join(links)}): vidfeat writes only real files "
+            "into its output folders, and a link would send a write elsewhere; remove them, or "
+            "pick another --out"
+        )
 
 
 def claim_out_dir(
@@ -53,6 +85,8 @@ def claim_out_dir(
         raise ConfigError(f"--out {out} is a file, not a folder; pick another --out")
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue, or start again")
+    if not (overwrite and not resume):  # content kept: a link in it could redirect a write
+        refuse_planted_links(out)
     if resume or same or not _holds_anything(out):
         out.mkdir(parents=True, exist_ok=True)
         return None
@@ -130,6 +164,26 @@ def write_atomic(path: str | Path, data: bytes | str, *, mode: int = 0o666) -> N
         data = data.encode("utf-8")
     with atomic_write(path, mode=mode) as fh:
         fh.write(data)
+
+
+def open_append(path: str | Path, *, mode: int = 0o644) -> int:
+    """A descriptor open for appending to the regular file ``path`` (created if missing), that
+    follows no symlink and never blocks: a planted link, FIFO or device is refused with a
+    :class:`~vidfeat.errors.StoreError` instead of being written through (or hanging)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as exc:
+        why = "a symlink" if exc.errno == errno.ELOOP else exc.strerror
+        raise StoreError(
+            f"{path}: cannot be appended to ({why}); vidfeat appends only to regular files it "
+            "made: remove it"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(f"{path}: not a regular file; vidfeat appends only to files it made")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def remove_stale_temps(folder: str | Path) -> None:

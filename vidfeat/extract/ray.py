@@ -52,6 +52,7 @@ from vidfeat.children import outside_the_current_folder, safe_path_children
 from vidfeat.errors import ConfigError
 from vidfeat.extract.job import Job, RunOptions
 from vidfeat.extract.local import POLL, run_local
+from vidfeat.outdir import open_append
 from vidfeat.store import FeatureSet, partial_is_live, read_failures
 from vidfeat.videolist import VideoRecord
 
@@ -207,7 +208,8 @@ def run_on_ray(job: Job, task: Any) -> None:
     )(extract_chunk)
     task_ref, job_ref = ray.put(task), ray.put(shipped)
     pending = {remote.remote(task_ref, job_ref, c, k): (k, c) for k, c in enumerate(chunks)}
-    with open(ray_log_path(job.set_dir, job.name), "a", encoding="utf-8", buffering=1) as log:
+    log_fd = open_append(ray_log_path(job.set_dir, job.name))  # no planted link or FIFO
+    with open(log_fd, "a", encoding="utf-8", buffering=1, closefd=True) as log:
         nodes = _collect(ray, pending, job, log)
     _remove_dead_partials(job)
     job.report.where = f"on {len(nodes)} Ray node{'s' if len(nodes) != 1 else ''}"

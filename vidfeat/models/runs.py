@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from vidfeat._version import __version__
 from vidfeat.errors import ConfigError
 from vidfeat.models.config import CONFIG_YAML, TrainConfig, read_run_config
 from vidfeat.models.folder import locate_run
+from vidfeat.outdir import atomic_write, refuse_planted_links, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +152,11 @@ class ImportReport:
 
 
 def _check_out(out: Path) -> None:
-    if (out / "config.yaml").exists() or (out / "best.pt").exists():
-        raise ConfigError(f"--out {out} already holds a run; choose a new folder or delete it")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder")
+    if any(os.path.lexists(out / name) for name in ("config.yaml", "best.pt")):
+        raise ConfigError(f"--out {out} already holds a run; choose a new folder or delete it")
+    refuse_planted_links(out)
 
 
 def _resolve_classes(
@@ -190,7 +193,6 @@ def _write_run(out: Path, cfg: Any, classes: list[str], state: dict, meta: dict)
     import torch
     import yaml
 
-    from vidfeat.outdir import atomic_write, write_atomic
     from vidfeat.videolist import write_classes
 
     out.mkdir(parents=True, exist_ok=True)
