@@ -22,6 +22,15 @@ from typing import Any
 import h5py
 
 from vidfeat.errors import ConfigError, StoreError
+from vidfeat.store.guard import (
+    MAX_JSON_BYTES,
+    NotRegularFile,
+    h5_path,
+    open_regular,
+    parse_json,
+    read_capped,
+    same_file,
+)
 
 SET_JSON = "set.json"
 FEATURES = "features"
@@ -133,32 +142,50 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
 def _h5open(path: Path, mode: str) -> h5py.File:
     """Open without HDF5's own file locks: our shards are immutable once completed and partials
     are guarded by our flock, while HDF5 locks break readers on NFS and during concurrent writes.
-    New files allow the 1.8 object format so attributes larger than 64 KiB work."""
+    New files allow the 1.8 object format so attributes larger than 64 KiB work.
+
+    Reading (``"r"``) opens only a regular file, never through a symlink and never blocking
+    on a FIFO (:func:`vidfeat.store.guard.open_regular`): :class:`NotRegularFile` else."""
     kwargs: dict[str, Any] = {"locking": False}
     if mode in ("w", "w-", "x"):
         kwargs["libver"] = ("v108", "latest")
-    return h5py.File(path, mode, **kwargs)
+    if mode != "r":
+        return h5py.File(path, mode, **kwargs)
+    fd = open_regular(path, "shard")
+    try:
+        f = h5py.File(h5_path(fd, path), mode, **kwargs)
+        if not same_file(f.id, fd):
+            f.close()
+            raise NotRegularFile(f"{path} (shard) was replaced while being opened; skipped")
+        return f
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- set.json
 
 
-def _read_set_json(path: Path, set_name: str) -> dict:
+def read_set_json_bytes(path: Path, set_name: str) -> tuple[dict, bytes]:
+    """A set's configuration and the bytes it was parsed from (FileNotFoundError when absent,
+    :class:`StoreError` for anything but a regular file of JSON holding an object)."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            cfg = json.load(fh)
+        data = read_capped(path, MAX_JSON_BYTES, f"configuration of set {set_name!r}")
+        cfg = parse_json(data, f"{path} (configuration of set {set_name!r})")
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as exc:
+    except StoreError as exc:
         raise StoreError(
-            f"{path} (configuration of set {set_name!r}) cannot be read ({exc}); restore it from "
-            "a backup or delete the set folder and extract again"
-        ) from exc
+            f"{exc}; restore it from a backup or delete the set folder and extract again"
+        ) from None
     if not isinstance(cfg, dict):
         raise StoreError(
             f"{path} does not hold a JSON object; restore it or delete the set and extract again"
         )
-    return cfg
+    return cfg, data
+
+
+def _read_set_json(path: Path, set_name: str) -> dict:
+    return read_set_json_bytes(path, set_name)[0]
 
 
 # --------------------------------------------------------------------------- partial locks
