@@ -7,6 +7,7 @@ carries, :mod:`vidfeat.store.shardindex`, or a scan of the groups of older shard
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import math
 import os
@@ -27,7 +28,6 @@ from vidfeat.store.guard import (
     check_dataset,
     file_kind,
     link_problem,
-    open_regular,
     read_dataset,
     size_problem,
 )
@@ -44,6 +44,7 @@ from vidfeat.store.shardindex import (
 from vidfeat.store.writer import _read_attrs, read_failures
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # at offset 0 of every shard vidfeat writes
+_RAW_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 INDEX_JSON = LEGACY_INDEX_JSON  # the cache of format 2 (read once when a store has no .index.npz)
 
 
@@ -145,6 +146,7 @@ class FeatureSet:
         self.read_only = bool(read_only)
         self._handles: OrderedDict[str, h5py.File] = OrderedDict()
         self._fds: OrderedDict[str, int] = OrderedDict()  # raw reads of contiguous arrays
+        self._signed: set[tuple[str, int, int]] = set()  # shards seen to be HDF5 files
         self._pid = os.getpid()
         self._index: SetIndex | None = None
         self.refresh()
@@ -282,11 +284,19 @@ class FeatureSet:
         lay = idx.layout
         end = np.minimum(off, 2**61) + lay_nb[lay]
         bad = (off >= 0) & (~lay_ok[lay] | (end > sizes[idx.shard_of_row]))
+        for odd in (".", ".."):  # ids no video can have (a list scan: ~2 ms for 500k ids)
+            if odd in idx.ids:
+                bad[[r for r, v in enumerate(idx.ids) if v == odd]] = True
         return np.where(bad, -2, off) if bad.any() else off
 
     def _bad_row(self, video_id: str, row: int) -> StoreError:
         """The error of reading a video whose index entry the shard cannot hold."""
         shard = self._shard_name(row)
+        if video_id in (".", ".."):
+            return StoreError(
+                f"shard {shard} of set {self.name!r} lists the id {video_id!r}, which no video "
+                "can have: it is not read"
+            )
         shape, dtype, nbytes = self._layouts[self._lay_of[row]]
         why = size_problem(shape, dtype.itemsize, self.shape_rule)
         if why is None:
@@ -370,26 +380,36 @@ class FeatureSet:
             return fd
         # a str path, not dir / shard: pathlib's parsing is a tenth of a random read
         path = os.path.join(self._dir_str, shard)
-        try:
-            fd = open_regular(path, f"shard of set {self.name!r}")
+        try:  # never through a symlink, never blocking (a FIFO is refused by fstat below)
+            fd = os.open(path, _RAW_OPEN)
         except OSError as exc:
+            why = "it is a symbolic link" if exc.errno == errno.ELOOP else str(exc)
             raise StoreError(
-                f"shard {shard} of set {self.name!r} cannot be opened ({exc}); run "
+                f"shard {shard} of set {self.name!r} cannot be opened ({why}); run "
                 f"`vidfeat store verify {self.dir.parent}`"
             ) from exc
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise StoreError(
+                f"{path} is {file_kind(st.st_mode)}, not a regular file: it is not read; run "
+                f"`vidfeat store verify {self.dir.parent}`"
+            )
         if (st.st_size, st.st_mtime_ns) != self._stat.get(shard):
             os.close(fd)
             raise StoreError(
                 f"shard {shard} of set {self.name!r} was replaced since the set was opened: "
                 "reopen the set"
             )
-        if os.pread(fd, len(_HDF5_SIGNATURE), 0) != _HDF5_SIGNATURE:
-            os.close(fd)
-            raise StoreError(
-                f"{path} is not an HDF5 file, so not a shard of set {self.name!r}: it is not "
-                f"read; run `vidfeat store verify {self.dir.parent}`"
-            )
+        key = (shard, st.st_dev, st.st_ino)
+        if key not in self._signed:  # once per file and process: the LRU reopens shards
+            if os.pread(fd, len(_HDF5_SIGNATURE), 0) != _HDF5_SIGNATURE:
+                os.close(fd)
+                raise StoreError(
+                    f"{path} is not an HDF5 file, so not a shard of set {self.name!r}: it is "
+                    f"not read; run `vidfeat store verify {self.dir.parent}`"
+                )
+            self._signed.add(key)
         self._fds[shard] = fd
         while len(self._fds) > self.max_open:
             _, old = self._fds.popitem(last=False)

@@ -134,7 +134,7 @@ def _check_video(
     why = size_problem(shape, dtype.itemsize, None)
     if why is None and offset < 0:
         try:  # data outside the file, filters vidfeat does not write, ...
-            check_dataset(did, None, size)
+            check_dataset(did, None, size, chunks=True)
         except Refused as exc:
             why = exc.format_message()
     if why is not None:
@@ -157,7 +157,7 @@ def _check_video(
         dt = dtype if obj is did else dtypes(obj)
         if obj is not did:
             try:
-                plan = check_dataset(obj, None, size)
+                plan = check_dataset(obj, None, size, chunks=True)
             except Refused as exc:
                 out.append(f"{where()}: '{dname.decode()}' is not read: {exc}; {FIX}")
                 continue
