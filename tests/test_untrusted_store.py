@@ -292,6 +292,12 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict:
         '{"feature_shape": ' + "[" * 100_000 + "]" * 100_000 + "}"
     )
 
+    # nested just shallow enough for json to parse, too deep for anything that prints it
+    (root / "deepish").mkdir()
+    (root / "deepish" / "set.json").write_text(
+        '{"feature_shape": [4, 8], "x": ' + "[" * 900 + "]" * 900 + "}"
+    )
+
     # dtype strings numpy would parse badly, in set.json and in a shard's index
     d = legit_set(root, "baddtype")
     cfg = json.loads((d / "set.json").read_text())
@@ -305,6 +311,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     legit_set(
         root,
         "attrs",
+        cfg={**CFG, "note": "\x1b]0;a terminal title\x07"},
         ids=("good", "strfps", "vlenseg", "arrlabel"),
         attrs={
             "strfps": {"fps": "abc"},
@@ -339,6 +346,11 @@ def test_info_reads_no_payload(zoo):
     assert p.returncode == 0, p.stderr
     out = p.stdout + p.stderr
     assert "deepjson" in out and "not valid JSON (nested too deeply)" in out
+    assert (
+        "deepish/set.json (configuration of set 'deepish') is not valid JSON (nested too "
+        "deeply: more than 64 levels)" in out
+    )
+    assert "\x1b" not in out and 'note: "\\u001b]0;a terminal title\\u0007"' in out
     assert "set.json" in out
     # the FIFO shard and failures log, the directory shard, the /dev/zero symlink: skipped
     for name in ("part-fifo-0.h5", "failures-fifo.jsonl", "part-dir-0.h5", "failures-zero.jsonl"):
@@ -376,6 +388,7 @@ def test_verify_flags_every_payload(zoo):
             "failures-zero.jsonl is a symbolic link",
         ],
         "deepjson": ["nested too deeply"],
+        "deepish": ["more than 64 levels"],
         "baddtype": ['dtype "f8,," is not a numeric dtype', "cannot be decoded"],
         "dotdot": ["'..' is not a video id"],
         "badshape": ["feature_shape must be a list"],

@@ -153,7 +153,8 @@ class ExportReport:
                 f"{shown}{more} (all in {self.out / MISSING_TXT}); extract them first"
             )
         for vid, msg in list(self.failed.items())[:limit]:
-            lines.append(f"failed: {vid}: {msg}")
+            shown = vid if vid.isprintable() else repr(vid)  # no terminal escapes from a store
+            lines.append(f"failed: {shown}: {msg}")
         if len(self.failed) > limit:
             lines.append(f"failed: ... and {len(self.failed) - limit} more")
         return lines

@@ -179,16 +179,40 @@ def same_file(fid: Any, fd: int) -> bool:
 # --------------------------------------------------------------------------- text
 
 
-def parse_json(data: bytes | str, where: str) -> Any:
+MAX_JSON_DEPTH = 64  # set.json nests a few levels (method_params, a run's config)
+
+
+def parse_json(data: bytes | str, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """JSON read from a store, or :class:`StoreError` naming ``where`` (bad UTF-8, syntax,
-    nesting deeper than Python's recursion limit)."""
+    nesting deeper than ``max_depth``: such a value would make a RecursionError of whatever
+    prints or compares it later)."""
     try:
         if isinstance(data, bytes):
             data = data.decode("utf-8")
-        return json.loads(data)
+        obj = json.loads(data)
     except (ValueError, RecursionError, MemoryError) as exc:
         msg = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
         raise StoreError(f"{where} is not valid JSON ({msg})") from None
+    if json_depth(obj, max_depth) > max_depth:
+        raise StoreError(
+            f"{where} is not valid JSON (nested too deeply: more than {max_depth} levels)"
+        )
+    return obj
+
+
+def json_depth(obj: Any, limit: int) -> int:
+    """How many levels of lists and objects a parsed JSON value nests (``[]`` is 1), counted
+    level by level without recursion, and never past ``limit + 1``."""
+    depth = 0
+    level = [obj] if isinstance(obj, dict | list) else []
+    while level and depth <= limit:
+        depth += 1
+        nxt: list = []
+        for v in level:
+            vals = v.values() if isinstance(v, dict) else v
+            nxt.extend(x for x in vals if isinstance(x, dict | list))
+        level = nxt
+    return depth
 
 
 _DTYPE_RE = re.compile(r"^[<>|=]?(?:[fc](?:2|4|8|16)|[iu](?:1|2|4|8)|b1)$")

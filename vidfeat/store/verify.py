@@ -350,7 +350,8 @@ def format_info(rows: list[dict]) -> str:
         versions = {k: v for k, v in cfg.items() if k.endswith("_version")}
         for k in sorted(main):
             v = main[k]
-            shown = v if isinstance(v, str) and len(v) <= 90 else _fmt_value(v, 90)
+            plain = isinstance(v, str) and len(v) <= 90 and v.isprintable()  # no escapes
+            shown = v if plain else _fmt_value(v, 90)
             out.append(f"  {k}: {shown}")
         if versions:
             vs = ", ".join(f"{k[: -len('_version')]} {v}" for k, v in sorted(versions.items()))

@@ -29,7 +29,7 @@ from vidfeat.store.deflate import (  # noqa: F401 - AUTO_GZIP_LEVEL: re-exported
     layout,
     write_deflated,
 )
-from vidfeat.store.guard import open_regular
+from vidfeat.store.guard import json_depth, open_regular
 from vidfeat.store.paths import (
     FEATURES,
     StoreWarning,
@@ -583,6 +583,8 @@ def _read_failure_lines(fh: Any, p: Path, job: str, out: list[dict]) -> None:
         try:
             rec = json.loads(line.decode("utf-8", errors="replace"))
         except (ValueError, RecursionError):
+            continue
+        if json_depth(rec, 8) > 8:  # a record is one flat object: nothing prints a deep one
             continue
         if isinstance(rec, dict) and isinstance(rec.get("video_id"), str):
             if not isinstance(rec.get("job", ""), str):
