@@ -274,6 +274,10 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     os.mkfifo(d / "failures-fifo.jsonl")
     (d / "part-dir-0.h5").mkdir()
     (d / "failures-zero.jsonl").symlink_to("/dev/zero")
+    os.mkfifo(d / "part-p-0.h5.partial")  # a partial whose lock is a FIFO: never opened
+    os.mkfifo(d / "part-p-0.h5.partial.lock")
+    (d / "part-q-0.h5.partial").write_bytes(b"")
+    (d / "part-q-0.h5.partial.lock").symlink_to("/dev/zero")
     (d / "failures-ok.jsonl").write_text(json.dumps({"video_id": "lost", "message": "m"}) + "\n")
     (d / "failures-deep.jsonl").write_text(
         '{"video_id": "deep", "x": '
@@ -552,6 +556,28 @@ def test_an_npz_bomb_is_not_inflated(zoo, tmp_path):
     ):
         (real / INDEX_FILE).write_bytes(good.replace(old, new, 1))
         assert SetIndex.load(real / INDEX_FILE) is None
+
+
+def test_failures_logs_and_locks_through_planted_files(zoo, tmp_path):
+    from vidfeat.store import FailureLog, cleanup_stale_partials, partial_is_live
+
+    d = zoo["root"] / "fifo"
+    assert not partial_is_live(d / "part-p-0.h5.partial")  # its FIFO lock never blocks
+    assert not partial_is_live(d / "part-q-0.h5.partial")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    s = tmp_path / "set"
+    s.mkdir()
+    (s / "failures-j.jsonl").symlink_to(victim)
+    with pytest.raises(StoreError, match="failures-j.jsonl"):
+        FailureLog(s, "j").add("v", "p", "E", "m")
+    os.mkfifo(s / "failures-k.jsonl")
+    with pytest.raises(StoreError, match="not a regular file"):
+        FailureLog(s, "k").add("v", "p", "E", "m")
+    assert victim.read_text() == "mine\n"
+    os.mkfifo(s / "part-x-0.h5.partial.lock")
+    (s / "part-x-0.h5.partial").write_bytes(b"")
+    assert cleanup_stale_partials(s) == []  # a lock it did not make: left alone, not blocked on
 
 
 def test_failures_logs_that_are_not_regular_files_are_skipped(zoo):

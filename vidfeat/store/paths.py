@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ def _check_job(job: str) -> str:
 
 
 def _fsync_path(path: Path, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
+    flags = os.O_RDONLY | os.O_NONBLOCK | (os.O_DIRECTORY if directory else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)
     except OSError:
@@ -195,6 +196,24 @@ def _lock_path(partial: Path) -> Path:
     return partial.with_name(partial.name + ".lock")
 
 
+def _open_lock(lock: Path) -> int | None:
+    """A descriptor of an existing lock file to ``flock``; None when it is not a regular file
+    (a symlink, a FIFO someone planted: never followed, never blocked on). Raises
+    FileNotFoundError when absent."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
 def _try_lock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -223,9 +242,11 @@ def partial_is_live(partial: str | Path) -> bool:
     """
     partial = Path(partial)
     try:
-        fd = os.open(_lock_path(partial), os.O_RDONLY)
+        fd = _open_lock(_lock_path(partial))
     except FileNotFoundError:
         return False  # writers lock before creating the partial and unlock after renaming it
+    if fd is None:
+        return False  # not a lock vidfeat made
     try:
         return not _try_lock(fd)
     finally:
@@ -243,7 +264,7 @@ def cleanup_stale_partials(set_dir: str | Path) -> list[Path]:
     for partial in sorted(set_dir.glob("part-*.h5.partial")):
         lock = _lock_path(partial)
         try:
-            fd = os.open(lock, os.O_RDONLY)
+            fd = _open_lock(lock)
         except FileNotFoundError:
             # no lock: its writer never got past creating it, or a cleanup removed it after
             # deleting the partial (then the unlink below finds nothing)
@@ -253,6 +274,8 @@ def cleanup_stale_partials(set_dir: str | Path) -> list[Path]:
             except FileNotFoundError:
                 pass
             continue
+        if fd is None:
+            continue  # a lock that is not a regular file: left alone (store verify says so)
         try:
             if not _try_lock(fd) or not _same_file(lock, fd):
                 continue
@@ -270,8 +293,10 @@ def cleanup_stale_partials(set_dir: str | Path) -> list[Path]:
         if partial.exists():
             continue
         try:
-            fd = os.open(lock, os.O_RDONLY)
+            fd = _open_lock(lock)
         except FileNotFoundError:
+            continue
+        if fd is None:
             continue
         try:
             # a writer creates the lock before the partial: only remove it if nobody holds it
