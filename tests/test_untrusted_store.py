@@ -312,17 +312,24 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict:
         f.attrs[SHARD_INDEX_ATTR] = json.dumps(idx)
 
     # strings and arrays where numbers belong; an id no file can have
-    legit_set(
+    d = legit_set(
         root,
         "attrs",
         cfg={**CFG, "note": "\x1b]0;a terminal title\x07"},
-        ids=("good", "strfps", "vlenseg", "arrlabel"),
+        ids=("good", "strfps", "vlenseg", "arrlabel", "corrupt"),
         attrs={
             "strfps": {"fps": "abc"},
             "vlenseg": {"segment_start": ["0", "x"]},
             "arrlabel": {"label": np.arange(3)},
         },
     )
+    with h5py.File(shard_of(d), "r") as f:  # a damaged object header: its checksum fails
+        addr = h5py.h5o.get_info(f["corrupt"].id).addr
+    with open(shard_of(d), "r+b") as fh:
+        fh.seek(addr + 30)
+        byte = fh.read(1)
+        fh.seek(addr + 30)
+        fh.write(bytes([byte[0] ^ 0xFF]))
     d = legit_set(root, "dotdot", ids=("a", "b"))
     with h5py.File(shard_of(d), "a") as f:
         f.create_group("..").create_dataset("features", data=feats(9))
@@ -401,7 +408,8 @@ def test_verify_flags_every_payload(zoo):
         mine = " | ".join(ln for ln in problems if f"'{name}'" in ln or f"/{name}/" in ln)
         for part in parts:
             assert part in mine, (name, part, mine or out[-3000:])
-    for fine in ("ok", "attrs", "npzbomb"):
+    assert "'corrupt'" in " ".join(ln for ln in problems if "'attrs'" in ln)
+    for fine in ("ok", "npzbomb"):
         assert not [ln for ln in problems if f"'{fine}'" in ln], out
 
 
@@ -455,6 +463,11 @@ def test_export_attrs_of_the_wrong_kind_and_a_formula_label(zoo, tmp_path):
     assert p.returncode == 1
     for vid, attr in (("strfps", "fps"), ("vlenseg", "segment_start"), ("arrlabel", "label")):
         assert f"failed: {vid}: attr {attr!r}" in p.stderr, p.stderr
+    assert (
+        "failed: corrupt: video 'corrupt' in shard part-j-0.h5 of set 'attrs' cannot be"
+        " read" in p.stderr
+    )
+    assert "4 failed" in p.stdout
     assert (out / "good.npy").exists()
     out = tmp_path / "ok"
     p = run("store", "export", str(zoo["root"]), "--set", "ok", "--out", str(out), "-q")

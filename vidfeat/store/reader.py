@@ -443,7 +443,13 @@ class FeatureSet:
                 f"video {video_id!r} in shard {shard} of set {self.name!r} is not read: {why}; "
                 f"run `vidfeat store verify {self.dir.parent}`"
             )
-        g = f[video_id]
+        try:
+            g = f[video_id]
+        except Exception as exc:  # noqa: BLE001 - a damaged object header
+            raise StoreError(
+                f"video {video_id!r} in shard {shard} of set {self.name!r} cannot be read "
+                f"({exc}); run `vidfeat store verify {self.dir.parent}`"
+            ) from exc
         if not isinstance(g, h5py.Group):
             raise StoreError(
                 f"video {video_id!r} in shard {shard} of set {self.name!r} is not a group; "
@@ -577,7 +583,15 @@ class FeatureSet:
 
     def attrs(self, video_id: str) -> dict:
         """The attrs of a video without reading its features."""
-        return _read_attrs(self._group(video_id))
+        g = self._group(video_id)
+        try:
+            return _read_attrs(g)
+        except Exception as exc:  # noqa: BLE001 - attrs HDF5 cannot decode
+            raise StoreError(
+                f"the attrs of video {video_id!r} in shard {self.shard_of(video_id).name} of set "
+                f"{self.name!r} cannot be read ({exc}); run `vidfeat store verify "
+                f"{self.dir.parent}`"
+            ) from exc
 
     def shard_of(self, video_id: str) -> Path:
         """The completed shard the reader takes ``video_id`` from."""
