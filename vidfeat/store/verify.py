@@ -224,8 +224,13 @@ def verify_store(
     set.json has ``storage_dtype: float16`` or the writer marked the array as narrowed), NaN/Inf
     in float datasets, each shard's index not matching its groups (ids, byte offsets, shapes,
     dtypes; the ``written_at`` of duplicated ids), and with ``expect_ids`` missing and
-    unexpected ids. Warnings: ids in several shards, stale partials. Notes: live partials, ids
-    that failed and later succeeded, shards without an index (written by older versions).
+    unexpected ids. Also everything readers refuse in a store someone else wrote
+    (:mod:`vidfeat.store.guard`): shards and failures logs that are not regular files
+    (symlinks, FIFOs, directories), soft/external links, datasets whose data lies in other
+    files (external raw storage, virtual datasets), arrays past the size cap or with chunks
+    that store more than their data, a malformed ``feature_shape`` or ``dtype`` in set.json.
+    Warnings: ids in several shards, stale partials. Notes: live partials, ids that failed and
+    later succeeded, shards without an index (written by older versions).
 
     Shards are checked in ``workers`` processes (default: one per CPU, at most 8, when the
     store has hundreds of shards; 1 = in this process).
