@@ -656,3 +656,33 @@ def test_show_and_fusion_refuse_with_an_error(zoo):
             warnings.simplefilter("ignore", StoreWarning)
             with pytest.raises(StoreError, match=why):
                 _load_sets(One(zoo["root"], name), vid)
+
+
+def test_csv_cells_are_neutralised_reversibly_and_numbers_stay_numbers():
+    texts = [
+        "=1+1",
+        "+x",
+        "-abc",
+        "@SUM(A1)",
+        "\tx",
+        "\rx",
+        "'=x",
+        "''-y",
+        "'",
+        "",
+        "a=b",
+        "-",
+        "-inf",
+        "-1+1",
+        "'plain",
+    ]
+    for t in texts:
+        c = csvsafe.cell(t)
+        assert csvsafe.uncell(c) == t
+        assert not c.lstrip("'").startswith(("=", "+", "-", "@", "\t", "\r")) or c.startswith("'")
+    for number in ("-0.5", "+3", "-1e-3", "12", ".5", "-7."):
+        assert csvsafe.cell(number) == number and csvsafe.uncell(number) == number
+    assert csvsafe.cell(-0.5) == -0.5 and csvsafe.cell(3) == 3
+    buf = io.StringIO()
+    csvsafe.writer(buf, lineterminator="\n").writerow(["=cmd|' /C calc'!A0", -1.5, "-2"])
+    assert buf.getvalue() == "'=cmd|' /C calc'!A0,-1.5,-2\n"
