@@ -3,7 +3,8 @@
 The layout temporal action localisation tools (ActionFormer, BMN, G-TAD) and video_features
 users read: ``np.load(DIR/<stem>.npy)`` → ``(T, D)`` float32. Lives here: :func:`export_set`
 (the command's one library call), :class:`ExportReport`, :func:`export_stem` (id → file name).
-Imports numpy, tqdm and the public names of :mod:`vidfeat.store` only (no h5py, no torch).
+Imports numpy, tqdm, :mod:`vidfeat.csvsafe`, the public names of :mod:`vidfeat.store` and its
+file guard (no h5py, no torch).
 
 Output folder ``DIR``:
 
@@ -13,11 +14,18 @@ Output folder ``DIR``:
 * ``<stem>.scores.npy`` — the clip scores ``(K,)`` float32 (``--with-scores``, npy and csv);
 * ``manifest.csv`` — one row per exported video: id, file, label, T, D, fps, duration,
   segment_start, segment_end (``;``-joined seconds), and with scores ``scores_file`` (npy, csv),
-  ``top1_index``, ``top1_score`` and ``top1`` (class name; only when set.json has ``classes``);
+  ``top1_index``, ``top1_score`` and ``top1`` (class name; only when set.json has ``classes``).
+  Text cells that begin like a spreadsheet formula (``=``, ``+``, ``-``, ``@``, tab, CR) get a
+  leading ``'`` (:mod:`vidfeat.csvsafe`; ``csvsafe.uncell`` gives the text back);
 * ``export.json`` — what this folder is an export of (set, format, sha256 of set.json,
   with_scores, flatten): a later run of the same export resumes, anything else is refused
   unless ``overwrite``;
 * ``missing.txt`` — the ids asked for (``video_ids``) that the set does not hold, if any.
+
+A store may have been written by someone else: a video whose id is no file name (``..``),
+whose attrs are not of their kind (a string fps) or whose arrays are refused by the store's
+checks is reported in ``failed`` and the others are exported; nothing is written outside
+``--out``.
 
 Values: float16/float32 sets export exactly (float16 → float32 is exact); float64 is rounded to
 float32; integer sets (``flatten``) export their stored values as float32, not dequantised.
@@ -44,7 +52,6 @@ a time.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import io
 import json
@@ -58,9 +65,11 @@ from typing import Any
 
 import numpy as np
 
+from vidfeat import csvsafe
 from vidfeat.errors import ConfigError, StoreError
 from vidfeat.outdir import atomic_write, refuse_planted_links, remove_stale_temps, write_atomic
 from vidfeat.store import FeatureSet, FeatureStore, check_video_id
+from vidfeat.store.guard import MAX_JSON_BYTES, parse_json, read_capped
 
 __all__ = ["FORMATS", "ExportReport", "export_set", "export_stem"]
 
@@ -143,7 +152,8 @@ class ExportReport:
                 f"{shown}{more} (all in {self.out / MISSING_TXT}); extract them first"
             )
         for vid, msg in list(self.failed.items())[:limit]:
-            lines.append(f"failed: {vid}: {msg}")
+            shown = vid if vid.isprintable() else repr(vid)  # no terminal escapes from a store
+            lines.append(f"failed: {shown}: {msg}")
         if len(self.failed) > limit:
             lines.append(f"failed: ... and {len(self.failed) - limit} more")
         return lines
@@ -159,22 +169,48 @@ def _csv_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue().encode("ascii")
 
 
-def _seconds(values: Any) -> str:
+def _seconds(values: Any, key: str) -> str:
     if values is None:
         return ""
-    return ";".join(
-        f"{float(x):.6f}".rstrip("0").rstrip(".") for x in np.atleast_1d(np.asarray(values))
-    )
+    a = np.atleast_1d(np.asarray(values))
+    if a.dtype.kind not in "iuf" or a.ndim != 1:
+        raise ValueError(f"attr {key!r} is not a list of seconds (got {_shown(values)})")
+    return ";".join(f"{float(x):.6f}".rstrip("0").rstrip(".") for x in a)
+
+
+def _number(attrs: dict, key: str) -> Any:
+    """A numeric attr as a manifest cell ("" when absent); ValueError for anything else."""
+    v = attrs.get(key)
+    if v is None:
+        return ""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return v
+    raise ValueError(f"attr {key!r} is not a number (got {_shown(v)})")
+
+
+def _text(attrs: dict, key: str) -> Any:
+    """A text (or numeric) attr as a manifest cell; ValueError for arrays and bytes."""
+    v = attrs.get(key)
+    if v is None:
+        return ""
+    if isinstance(v, str | int | float) and not isinstance(v, bool):
+        return v
+    raise ValueError(f"attr {key!r} is not a string (got {_shown(v)})")
+
+
+def _shown(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # --------------------------------------------------------------------------- the output folder
 
 
 def _read_json(path: Path) -> dict | None:
+    """A JSON object from a regular file (never through a symlink, at most 64 MiB), or None."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            obj = json.load(fh)
-    except (OSError, ValueError):
+        obj = parse_json(read_capped(path, MAX_JSON_BYTES, "JSON file"), str(path))
+    except (OSError, StoreError):
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -284,7 +320,9 @@ class _Exporter:
         return cols
 
     def files(self, vid: str) -> tuple[Path, Path | None]:
-        stem = export_stem(vid)
+        stem = export_stem(vid)  # StoreError for ids that are no file name (".", "..", "/")
+        if stem in ("", ".", "..") or "/" in stem or "\0" in stem:  # pragma: no cover
+            raise StoreError(f"video id {vid!r} gives no file name inside --out")
         data = self.out / f"{stem}.{self.fmt}"
         return data, (self.out / f"{stem}.{SCORES}.npy" if self.scores_file else None)
 
@@ -326,11 +364,15 @@ class _Exporter:
             ) from exc
 
     def row(self, vid: str, attrs: dict, shape: tuple[int, int], sc: np.ndarray | None) -> list:
+        """The manifest row of a video (ValueError when an attr is not of its kind: a store
+        written by someone else); text cells are neutralised when the manifest is written."""
         data, scores_path = self.files(vid)
-        label = attrs.get("label")
-        r: list = [vid, data.name, "" if label is None else label, shape[0], shape[1]]
-        r += [attrs.get("fps", ""), attrs.get("duration", "")]
-        r += [_seconds(attrs.get("segment_start")), _seconds(attrs.get("segment_end"))]
+        r: list = [vid, data.name, _text(attrs, "label"), shape[0], shape[1]]
+        r += [_number(attrs, "fps"), _number(attrs, "duration")]
+        r += [
+            _seconds(attrs.get("segment_start"), "segment_start"),
+            _seconds(attrs.get("segment_end"), "segment_end"),
+        ]
         if self.with_scores:
             assert sc is not None
             r += [scores_path.name] if scores_path is not None else []
@@ -373,7 +415,7 @@ def export_set(
             "vidfeat_export": EXPORT_FORMAT,
             "set": set_name,
             "format": fmt,
-            "set_json_sha256": hashlib.sha256((fs.dir / "set.json").read_bytes()).hexdigest(),
+            "set_json_sha256": fs.config_sha256,
             "with_scores": bool(with_scores),
             "flatten": bool(flatten),
             "store": str(Path(store).resolve()),
@@ -388,19 +430,25 @@ def export_set(
             ids, desc=f"export {set_name}", unit="video", disable=None if progress else True
         ) as bar:
             for vid in bar:
+                # a video of a store someone else wrote may be bad in any way (its id, its
+                # attrs, its arrays): that video is reported, the others are exported
                 try:
+                    ex.files(vid)
                     attrs = fs.attrs(vid)
                     feats = _as_td(fs.features(vid), flatten)
                     sc = ex.scores(vid) if with_scores else None
-                except (StoreError, ValueError, OSError) as exc:
-                    rep.failed[vid] = str(exc)
+                    row = ex.row(vid, attrs, feats.shape, sc)
+                except (StoreError, ValueError, TypeError, OSError) as exc:
+                    rep.failed[vid] = (
+                        exc.format_message() if isinstance(exc, StoreError) else str(exc)
+                    )
                     continue
                 if not overwrite and ex.is_done(vid, attrs):
                     rep.skipped.append(vid)
                 else:
                     ex.write(vid, feats, sc)
                     rep.written.append(vid)
-                rows.append(ex.row(vid, attrs, feats.shape, sc))
+                rows.append(row)
     _finish(rep.out, ex.header(), rows, rep.missing)
     rep.seconds = time.monotonic() - t0
     return rep
@@ -428,13 +476,14 @@ def _ids_to_export(
         ids = list(dict.fromkeys(video_ids))
         rep.missing = [v for v in ids if v not in fs]
         ids = [v for v in ids if v in fs]
-    if not isinstance(shape, list) and ids:
-        first = fs.features(ids[0])
-        if first.ndim != 2 and not flatten:
-            _refuse_not_td(st, fs, first.shape, first.dtype)
-        if first.ndim == 2 and flatten:
-            _refuse_flatten(fs, first.shape)
-    if with_scores and ids and fs.get_extra(ids[0], SCORES) is None:
+    first = _first_readable(fs, ids)
+    if not isinstance(shape, list) and first is not None:
+        arr = fs.features(first)
+        if arr.ndim != 2 and not flatten:
+            _refuse_not_td(st, fs, arr.shape, arr.dtype)
+        if arr.ndim == 2 and flatten:
+            _refuse_flatten(fs, arr.shape)
+    if with_scores and first is not None and fs.get_extra(first, SCORES) is None:
         raise ConfigError(
             f"set {fs.name!r} stores no clip scores (its network had no classifier head, e.g. "
             "a raw VGGish or a flow-fields set); export it without --with-scores"
@@ -442,10 +491,23 @@ def _ids_to_export(
     return ids
 
 
+def _first_readable(fs: FeatureSet, ids: list[str], tries: int = 20) -> str | None:
+    """The first of ``ids`` (among the first ``tries``) whose features can be read: what the
+    set holds is judged by a good video, a bad one is reported by the export itself."""
+    for vid in ids[:tries]:
+        try:
+            fs.features(vid)
+            fs.get_extra(vid, SCORES)
+        except (StoreError, ValueError, OSError):
+            continue
+        return vid
+    return None
+
+
 def _finish(out: Path, header: list[str], rows: list[list], missing: list[str]) -> None:
     """Write the manifest (complete, atomically) and ``missing.txt``; fsync the folder."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csvsafe.writer(buf, lineterminator="\n")  # no cell a spreadsheet runs as a formula
     w.writerow(header)
     w.writerows(rows)
     body = buf.getvalue().encode("utf-8")

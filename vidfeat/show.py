@@ -95,7 +95,9 @@ def _load_sets(store, video_id: str) -> list[_Set]:
         try:
             if video_id in fs:
                 arr, attrs = fs.get(video_id)
-                found.append(_Set(name, fs.config, attrs, arr, fs.get_extra(video_id, "scores")))
+                s = _Set(name, fs.config, attrs, arr, fs.get_extra(video_id, "scores"))
+                _check_set(s, f"video {video_id!r} in set {name!r} ({fs.shard_of(video_id).name})")
+                found.append(s)
             else:
                 ids.update(fs.ids())
         finally:
@@ -108,6 +110,60 @@ def _load_sets(store, video_id: str) -> list[_Set]:
             f"ids present include {', '.join(few) or 'none'} ({len(ids)} in all)"
         )
     return found
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+
+def _is_real(v: Any) -> bool:
+    return _is_int(v) or (isinstance(v, float | np.floating) and np.isfinite(v))
+
+
+def _check_set(s: _Set, where: str) -> None:
+    """Refuse (StoreError naming the video and the attr) stored values the sheet uses that are
+    not of their kind: a store written by someone else can hold anything."""
+    a, c = s.attrs, s.config
+
+    def bad(key: str, v: Any, kind: str) -> StoreError:
+        shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+        return StoreError(
+            f"{where}: {key} is {shown}, not {kind}; the store was not written by vidfeat or is "
+            "damaged (run `vidfeat store verify`)"
+        )
+
+    for key in ("num_frames", "class_index"):
+        if key in a and not (_is_int(a[key]) and 0 <= a[key] < 2**40):
+            raise bad(f"attr {key!r}", a[key], "a non-negative integer")
+    for key in ("label", "source_path"):
+        if key in a and not isinstance(a[key], str):
+            raise bad(f"attr {key!r}", a[key], "a string")
+    if "has_audio" in a and not isinstance(a["has_audio"], bool | int | np.bool_ | np.integer):
+        raise bad("attr 'has_audio'", a["has_audio"], "a boolean")
+    for key in ("segment_start", "segment_end"):
+        v = np.asarray(a.get(key, []))
+        if v.dtype.kind not in "iuf" or v.ndim > 1 or not np.isfinite(v).all():
+            raise bad(f"attr {key!r}", a[key], "a list of seconds")
+    if "frame_indices" in a:
+        v = np.asarray(a["frame_indices"])
+        if v.dtype.kind not in "iu" or v.ndim not in (1, 2) or not v.size or (v < 0).any():
+            raise bad("attr 'frame_indices'", a["frame_indices"], "frame numbers")
+    classes = c.get("classes")
+    if classes is not None and not (
+        isinstance(classes, list) and all(isinstance(k, str) for k in classes)
+    ):
+        raise bad("set.json classes", classes, "a list of class names")
+    if "T" in c and c["T"] is not None and not (_is_int(c["T"]) and 0 < c["T"] < 2**20):
+        raise bad("set.json T", c["T"], "a number of segments")
+    if c.get("modality") == "flow-fields" or isinstance(c.get("quantization"), dict):
+        q = c.get("quantization")
+        bound = q.get("bound") if isinstance(q, dict) else None
+        if c.get("modality") == "flow-fields" and s.features.ndim != 5:
+            raise bad("features", f"{s.features.dtype} {s.features.shape}", "(T, N, 2, H, W)")
+        if _is_fields(s) and not (_is_real(bound) and bound > 0):
+            raise bad("set.json quantization.bound", bound, "a positive number")
+    if s.features.ndim >= 1 and not s.features.shape[0]:
+        raise bad("features", f"shape {s.features.shape}", "at least one segment")
 
 
 def _is_fields(s: _Set) -> bool:

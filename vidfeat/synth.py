@@ -25,7 +25,6 @@ single-threaded without B-frames, so a seed always yields the same bytes.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ import av
 import cv2
 import numpy as np
 
+from vidfeat import csvsafe
 from vidfeat.errors import ConfigError
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -458,13 +458,13 @@ def _write_lists(out: Path, rows: list[dict], splits: list[str]) -> None:
     """One list per split, ``all.csv`` (their union: what one extracts) and metadata.csv."""
     for split in (*splits, "all"):
         with open(out / f"{split}.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
+            w = csvsafe.writer(fh)
             w.writerow(["path", "label", "video_id", "split"])
             for r in rows:
                 if split in ("all", r["split"]):
                     w.writerow([r["path"], r["label"], r["video_id"], r["split"]])
     with open(out / "metadata.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w = csvsafe.dict_writer(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
 

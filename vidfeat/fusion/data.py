@@ -61,7 +61,7 @@ def open_sets(store_root: str | Path, features: list[str]):
     for name in features:
         fs = store.open_set(name)
         shape = fs.config.get("feature_shape")
-        if shape is not None and len(shape) != 2:
+        if shape is not None and (not isinstance(shape, list) or len(shape) != 2):
             raise ConfigError(
                 f"set {name!r} holds arrays of shape {shape}, not per-segment features (T, D); "
                 "fusion needs features extracted with a network (vidfeat extract ... "
@@ -69,6 +69,18 @@ def open_sets(store_root: str | Path, features: list[str]):
             )
         sets[name] = fs
     return sets
+
+
+def _has_audio(fs, vid: str) -> bool:
+    """The ``has_audio`` attr of an audio set's video (True when absent); StoreError naming
+    the video when it is not a boolean (a store written by someone else)."""
+    v = fs.attrs(vid).get("has_audio", True)
+    if isinstance(v, bool | int | np.bool_ | np.integer) and not isinstance(v, np.ndarray):
+        return bool(v)
+    raise StoreError(
+        f"video {vid!r} of set {fs.name!r} ({fs.shard_of(vid).name}): attr has_audio is "
+        f"{type(v).__name__}, not a boolean; run `vidfeat store verify {fs.dir.parent}`"
+    )
 
 
 def nearest_index(t_src: int, t_dst: int) -> np.ndarray:
@@ -135,9 +147,7 @@ class FusionDataset(Dataset):
         for m in features:
             if self.is_audio[m]:
                 self.silent[m] = {
-                    v
-                    for v in ids
-                    if v in self.present[m] and not bool(sets[m].attrs(v).get("has_audio", True))
+                    v for v in ids if v in self.present[m] and not _has_audio(sets[m], v)
                 }
                 self.report.no_audio[m] = len(self.silent[m])
         self._sets = None if not cache else sets
@@ -162,6 +172,12 @@ class FusionDataset(Dataset):
             mask = np.zeros(self.T, dtype=np.float32)
             if vid in self.present[m] and vid not in self.silent[m]:
                 arr = np.asarray(sets[m].features(vid), dtype=np.float32)
+                if arr.ndim != 2 or arr.shape[1] != self.dims[m] or not arr.shape[0]:
+                    raise StoreError(
+                        f"video {vid!r} of set {m!r} ({sets[m].shard_of(vid).name}) has features "
+                        f"of shape {arr.shape}, the set's other videos (T, {self.dims[m]}); run "
+                        f"`vidfeat store verify {self.store_root}`"
+                    )
                 if arr.shape[0] != self.T:
                     arr = arr[nearest_index(arr.shape[0], self.T)]
                 x, mask = arr, np.ones(self.T, dtype=np.float32)

@@ -40,6 +40,8 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from vidfeat import csvsafe
+from vidfeat.csvsafe import uncell
 from vidfeat.errors import ConfigError
 from vidfeat.metrics import topk_accuracy
 from vidfeat.outdir import claim_out_dir
@@ -253,8 +255,11 @@ def load_member(
             raise ConfigError(f"member {spec}: a fusion run needs --store to score the videos")
         return _run_member(p, store, videos, device)
     if kind == "scores":
-        with open(p, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        with open(p, newline="") as fh:  # cells vidfeat wrote through vidfeat.csvsafe
+            rows = [
+                {uncell(k): uncell(v) if isinstance(v, str) else v for k, v in r.items()}
+                for r in csv.DictReader(fh)
+            ]
         if not rows or "video_id" not in rows[0]:
             raise ConfigError(f"{p}: a score file needs a video_id column and one per class")
         skip = {"video_id", "label"} | {k for k in rows[0] if k.startswith("top")}
@@ -455,7 +460,7 @@ def _save(out: Path, est, members, mats, classes, ids, y, cv, folds, rows, notes
     (out / "ensemble.json").write_text(json.dumps(meta, indent=2))
     write_table(rows, out, len(ids), cv.folds, notes)
     with open(out / "oof_scores.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
+        w = csvsafe.writer(fh)
         w.writerow(["video_id", "label", "fold", *classes])
         for i, v in enumerate(ids):
             w.writerow([v, classes[y[i]], int(cv.fold_of[i]), *(f"{x:.6f}" for x in cv.oof[i])])
@@ -478,7 +483,7 @@ def write_table(rows: list[dict], out: Path, n: int, folds: int, notes: Sequence
         lines += ["", "Notes:", "", *(f"- {note}" for note in notes)]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     with open(out / "table.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["model", "kind", "prec1", "prec5"])
+        w = csvsafe.dict_writer(fh, fieldnames=["model", "kind", "prec1", "prec5"])
         w.writeheader()
         w.writerows(rows)
 

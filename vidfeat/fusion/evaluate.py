@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from vidfeat import csvsafe
 from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError, RunError
 from vidfeat.fusion.data import FusionDataset, load_norm, set_fingerprint
@@ -119,11 +120,12 @@ def evaluate(
     res["notes"] = ds.report.lines()
     write_scores_csv(out / "scores.csv", videos.ids(), scores, lr.classes, labels)
     cm = confusion_matrix(scores.argmax(1), labels, len(lr.classes))
-    with open(out / "per_class.csv", "w") as fh:
-        fh.write("class,videos,accuracy\n")
+    with open(out / "per_class.csv", "w", newline="") as fh:
+        w = csvsafe.writer(fh, lineterminator="\n")
+        w.writerow(["class", "videos", "accuracy"])
         for k, c in enumerate(lr.classes):
             n = cm[k].sum()
-            fh.write(f"{c},{n},{cm[k, k] / n if n else float('nan'):.4f}\n")
+            w.writerow([c, n, f"{cm[k, k] / n if n else float('nan'):.4f}"])
     plot_confusion(cm, lr.classes, out / "confusion.png")
     (out / "metrics.json").write_text(json.dumps(res, indent=2))
     res["out"] = str(out)
@@ -161,10 +163,8 @@ def write_scores_csv(
     labels: np.ndarray | None,
     top: int = 0,
 ) -> None:
-    import csv
-
     with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
+        w = csvsafe.writer(fh)
         head = ["video_id"] + (["label"] if labels is not None else [])
         head += [f"top{k + 1}" for k in range(min(top, len(classes)))] + classes
         w.writerow(head)

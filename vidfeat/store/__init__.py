@@ -24,10 +24,21 @@ the partial and removes it only *after* renaming the partial. So a partial whose
 acquired (or that has no lock file) belongs to a dead job; :func:`cleanup_stale_partials` deletes
 exactly those.
 
+Untrusted stores: a store may have been written by someone else (shared folders on a cluster),
+so readers open only regular files of the set folder (never through a symlink, never blocking on
+a FIFO), follow no soft or external HDF5 link, read no dataset whose data lies outside its
+shard (external raw storage, virtual datasets), check every array's size against set.json's
+``feature_shape`` and a cap before allocating it, inflate compressed chunks only up to their
+size, and parse JSON and dtype strings inside :class:`~vidfeat.errors.StoreError`
+(:mod:`vidfeat.store.guard`). ``vidfeat store verify`` reports each of these as a problem.
+
 Modules, each importing only those listed above it (no import cycles)::
 
     deflate     the one layout rule for chunks and filters; gzip chunks deflated on threads
                 (ISA-L) for the writer and for extraction workers
+    guard       what may be read from a store someone else wrote: regular files without
+                following symlinks, hard links only, datasets inside their shard and within
+                caps, bounded inflation, JSON and dtype strings parsed as StoreError
     paths       names (video ids, set and job names), fsync / temporary set.json / HDF5-open
                 helpers, reading set.json, partial-shard locks and the cleanup of stale partials
     shardindex  the index each shard carries: encoding, decoding, the scan of older shards

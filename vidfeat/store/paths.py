@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,15 @@ import h5py
 
 from vidfeat.errors import ConfigError, StoreError
 from vidfeat.outdir import open_temp_beside
+from vidfeat.store.guard import (
+    MAX_JSON_BYTES,
+    NotRegularFile,
+    h5_path,
+    open_regular,
+    parse_json,
+    read_capped,
+    same_file,
+)
 
 SET_JSON = "set.json"
 FEATURES = "features"
@@ -83,7 +93,7 @@ def _check_job(job: str) -> str:
 
 
 def _fsync_path(path: Path, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
+    flags = os.O_RDONLY | os.O_NONBLOCK | (os.O_DIRECTORY if directory else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)
     except OSError:
@@ -124,32 +134,50 @@ def _write_all(fd: int, data: bytes) -> None:
 def _h5open(path: Path, mode: str) -> h5py.File:
     """Open without HDF5's own file locks: our shards are immutable once completed and partials
     are guarded by our flock, while HDF5 locks break readers on NFS and during concurrent writes.
-    New files allow the 1.8 object format so attributes larger than 64 KiB work."""
+    New files allow the 1.8 object format so attributes larger than 64 KiB work.
+
+    Reading (``"r"``) opens only a regular file, never through a symlink and never blocking
+    on a FIFO (:func:`vidfeat.store.guard.open_regular`): :class:`NotRegularFile` else."""
     kwargs: dict[str, Any] = {"locking": False}
     if mode in ("w", "w-", "x"):
         kwargs["libver"] = ("v108", "latest")
-    return h5py.File(path, mode, **kwargs)
+    if mode != "r":
+        return h5py.File(path, mode, **kwargs)
+    fd = open_regular(path, "shard")
+    try:
+        f = h5py.File(h5_path(fd, path), mode, **kwargs)
+        if not same_file(f.id, fd):
+            f.close()
+            raise NotRegularFile(f"{path} (shard) was replaced while being opened; skipped")
+        return f
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- set.json
 
 
-def _read_set_json(path: Path, set_name: str) -> dict:
+def read_set_json_bytes(path: Path, set_name: str) -> tuple[dict, bytes]:
+    """A set's configuration and the bytes it was parsed from (FileNotFoundError when absent,
+    :class:`StoreError` for anything but a regular file of JSON holding an object)."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            cfg = json.load(fh)
+        data = read_capped(path, MAX_JSON_BYTES, f"configuration of set {set_name!r}")
+        cfg = parse_json(data, f"{path} (configuration of set {set_name!r})")
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as exc:
+    except StoreError as exc:
         raise StoreError(
-            f"{path} (configuration of set {set_name!r}) cannot be read ({exc}); restore it from "
-            "a backup or delete the set folder and extract again"
-        ) from exc
+            f"{exc}; restore it from a backup or delete the set folder and extract again"
+        ) from None
     if not isinstance(cfg, dict):
         raise StoreError(
             f"{path} does not hold a JSON object; restore it or delete the set and extract again"
         )
-    return cfg
+    return cfg, data
+
+
+def _read_set_json(path: Path, set_name: str) -> dict:
+    return read_set_json_bytes(path, set_name)[0]
 
 
 # --------------------------------------------------------------------------- partial locks
@@ -157,6 +185,24 @@ def _read_set_json(path: Path, set_name: str) -> dict:
 
 def _lock_path(partial: Path) -> Path:
     return partial.with_name(partial.name + ".lock")
+
+
+def _open_lock(lock: Path) -> int | None:
+    """A descriptor of an existing lock file to ``flock``; None when it is not a regular file
+    (a symlink, a FIFO someone planted: never followed, never blocked on). Raises
+    FileNotFoundError when absent."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
 
 
 def _try_lock(fd: int) -> bool:
@@ -187,9 +233,11 @@ def partial_is_live(partial: str | Path) -> bool:
     """
     partial = Path(partial)
     try:
-        fd = os.open(_lock_path(partial), os.O_RDONLY)
+        fd = _open_lock(_lock_path(partial))
     except FileNotFoundError:
         return False  # writers lock before creating the partial and unlock after renaming it
+    if fd is None:
+        return False  # not a lock vidfeat made
     try:
         return not _try_lock(fd)
     finally:
@@ -207,7 +255,7 @@ def cleanup_stale_partials(set_dir: str | Path) -> list[Path]:
     for partial in sorted(set_dir.glob("part-*.h5.partial")):
         lock = _lock_path(partial)
         try:
-            fd = os.open(lock, os.O_RDONLY)
+            fd = _open_lock(lock)
         except FileNotFoundError:
             # no lock: its writer never got past creating it, or a cleanup removed it after
             # deleting the partial (then the unlink below finds nothing)
@@ -217,6 +265,8 @@ def cleanup_stale_partials(set_dir: str | Path) -> list[Path]:
             except FileNotFoundError:
                 pass
             continue
+        if fd is None:
+            continue  # a lock that is not a regular file: left alone (store verify says so)
         try:
             if not _try_lock(fd) or not _same_file(lock, fd):
                 continue
@@ -234,8 +284,10 @@ def cleanup_stale_partials(set_dir: str | Path) -> list[Path]:
         if partial.exists():
             continue
         try:
-            fd = os.open(lock, os.O_RDONLY)
+            fd = _open_lock(lock)
         except FileNotFoundError:
+            continue
+        if fd is None:
             continue
         try:
             # a writer creates the lock before the partial: only remove it if nobody holds it

@@ -7,8 +7,11 @@ carries, :mod:`vidfeat.store.shardindex`, or a scan of the groups of older shard
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import math
 import os
+import stat
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -16,9 +19,19 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from h5py import h5d
 
 from vidfeat.errors import StoreError
-from vidfeat.store.paths import FEATURES, SET_JSON, StoreWarning, _h5open, _read_set_json
+from vidfeat.store.guard import (
+    Refused,
+    ShapeRule,
+    check_dataset,
+    file_kind,
+    link_problem,
+    read_dataset,
+    size_problem,
+)
+from vidfeat.store.paths import FEATURES, SET_JSON, StoreWarning, _h5open, read_set_json_bytes
 from vidfeat.store.setindex import INDEX_FILE as INDEX_FILE
 from vidfeat.store.setindex import INDEX_FORMAT as INDEX_FORMAT
 from vidfeat.store.setindex import LEGACY_INDEX_JSON, SHARD_RE, SetIndex, ShardRec
@@ -30,6 +43,8 @@ from vidfeat.store.shardindex import (
 )
 from vidfeat.store.writer import _read_attrs, read_failures
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # at offset 0 of every shard vidfeat writes
+_RAW_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 INDEX_JSON = LEGACY_INDEX_JSON  # the cache of format 2 (read once when a store has no .index.npz)
 
 
@@ -40,23 +55,34 @@ class MissingVideoError(StoreError, KeyError):
         return self.format_message()
 
 
-def _shard_files(set_dir: Path) -> list[tuple[str, os.stat_result]]:
-    """Completed shards of a set, by name, with their stat."""
+def _shard_entries(set_dir: Path) -> tuple[list[tuple[str, os.stat_result]], dict[str, str]]:
+    """Completed shards of a set, by name, with their stat (never through a symlink), and the
+    entries with a shard's name that are not regular files (symlink, FIFO, directory,
+    device) -> what they are: those are skipped, never opened."""
     out = []
+    skipped: dict[str, str] = {}
     try:
         it = os.scandir(set_dir)
     except OSError:
-        return out
+        return out, skipped
     with it:
         for e in it:
             if SHARD_RE.match(e.name):
                 try:
-                    if not e.is_dir():
-                        out.append((e.name, e.stat()))
+                    st = e.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
+                if stat.S_ISREG(st.st_mode):
+                    out.append((e.name, st))
+                else:
+                    skipped[e.name] = file_kind(st.st_mode)
     out.sort(key=lambda x: x[0])
-    return out
+    return out, dict(sorted(skipped.items()))
+
+
+def _shard_files(set_dir: Path) -> list[tuple[str, os.stat_result]]:
+    """Completed shards of a set that are regular files, by name, with their stat."""
+    return _shard_entries(set_dir)[0]
 
 
 def _scan_shard(path: Path) -> ShardListing:
@@ -72,6 +98,8 @@ def _scan_shard(path: Path) -> ShardListing:
 def _written_at(path: Path, video_id: str) -> float:
     try:
         with _h5open(path, "r") as f:
+            if link_problem(f.id, video_id.encode("utf-8", "surrogateescape")) is not None:
+                return -math.inf
             return written_at_value(f[video_id].attrs.get("written_at"))
     except Exception:  # noqa: BLE001 - an unreadable copy loses to any readable one
         return -math.inf
@@ -104,16 +132,21 @@ class FeatureSet:
         self._dir_str = str(self.dir)
         self.name = self.dir.name
         try:
-            self.config: dict = _read_set_json(self.dir / SET_JSON, self.name)
+            self.config, raw = read_set_json_bytes(self.dir / SET_JSON, self.name)
         except FileNotFoundError as exc:
             raise StoreError(
                 f"{self.dir} is not a feature set (no {SET_JSON}); check the --store path and "
                 "set name"
             ) from exc
+        #: sha256 of the set.json bytes the configuration was read from
+        self.config_sha256 = hashlib.sha256(raw).hexdigest()
+        #: what the set's feature_shape lets a ``features`` array be (sizes checked unread)
+        self.shape_rule = ShapeRule.from_config(self.config, str(self.dir / SET_JSON))
         self.max_open = max(1, int(max_open))
         self.read_only = bool(read_only)
         self._handles: OrderedDict[str, h5py.File] = OrderedDict()
         self._fds: OrderedDict[str, int] = OrderedDict()  # raw reads of contiguous arrays
+        self._signed: set[tuple[str, int, int]] = set()  # shards seen to be HDF5 files
         self._pid = os.getpid()
         self._index: SetIndex | None = None
         self.refresh()
@@ -126,7 +159,7 @@ class FeatureSet:
     def refresh(self) -> None:
         """Bring the index up to date with the shards now on disk: shards that appeared or
         changed (size, mtime_ns) are listed, removed ones dropped, the others reused."""
-        files = _shard_files(self.dir)
+        files, skipped = _shard_entries(self.dir)
         base, changed = self._index, False
         if base is None:
             base = SetIndex.load(self.dir / INDEX_FILE)
@@ -159,6 +192,14 @@ class FeatureSet:
                     StoreWarning,
                     stacklevel=3,
                 )
+        for name, kind in skipped.items():
+            warnings.warn(
+                f"set {self.name!r}: {name} is {kind}, not a regular file: it is skipped, never "
+                "read (a store reads only its own files); remove it",
+                StoreWarning,
+                stacklevel=3,
+            )
+        self._skipped = skipped
         self._index = idx
         self._names = [s.name for s in idx.shards]
         self._stat = {s.name: (s.size, s.mtime_ns) for s in idx.shards}
@@ -166,6 +207,7 @@ class FeatureSet:
             (shape, np.dtype(dt), np.dtype(dt).itemsize * math.prod(shape))
             for shape, dt in idx.layouts
         ]
+        self._offset = self._checked_offsets(idx)
         self._columns()
         self._resolved: tuple[dict[str, int], dict[str, list[int]]] | None = None
         self._sorted: list[str] | None = None  # sorted ids, made when first asked for
@@ -222,10 +264,56 @@ class FeatureSet:
         except OSError:
             pass  # read-only set (or full disk): the index is only a cache
 
+    def _checked_offsets(self, idx: SetIndex) -> np.ndarray:
+        """The index's ``pread`` offsets, -2 for those the shard and set.json cannot hold: a
+        layout past :data:`~vidfeat.store.guard.MAX_ARRAY_BYTES` or the set's feature_shape,
+        or an array ending past its shard's size. Reading those is refused before anything is
+        allocated (:meth:`_bad_row`); ``vidfeat store verify`` compares the index with the
+        shard's groups. One numpy pass over the rows when the set is opened."""
+        off = idx.offset
+        if not len(off) or not (off >= 0).any():
+            return off
+        ok = [
+            size_problem(shape, np.dtype(dt).itemsize, self.shape_rule) is None
+            for shape, dt in idx.layouts
+        ]
+        nbytes = [min(n, 2**61) for _, _, n in self._layouts]
+        lay_ok = np.array([*ok, False], bool)  # code -1 (no layout) indexes the last entry
+        lay_nb = np.array([*nbytes, 0], np.int64)
+        sizes = np.array([s.size for s in idx.shards], np.int64)
+        lay = idx.layout
+        end = np.minimum(off, 2**61) + lay_nb[lay]
+        bad = (off >= 0) & (~lay_ok[lay] | (end > sizes[idx.shard_of_row]))
+        for odd in (".", ".."):  # ids no video can have (a list scan: ~2 ms for 500k ids)
+            if odd in idx.ids:
+                bad[[r for r, v in enumerate(idx.ids) if v == odd]] = True
+        return np.where(bad, -2, off) if bad.any() else off
+
+    def _bad_row(self, video_id: str, row: int) -> StoreError:
+        """The error of reading a video whose index entry the shard cannot hold."""
+        shard = self._shard_name(row)
+        if video_id in (".", ".."):
+            return StoreError(
+                f"shard {shard} of set {self.name!r} lists the id {video_id!r}, which no video "
+                "can have: it is not read"
+            )
+        shape, dtype, nbytes = self._layouts[self._lay_of[row]]
+        why = size_problem(shape, dtype.itemsize, self.shape_rule)
+        if why is None:
+            return StoreError(
+                f"video {video_id!r}: shard {shard} of set {self.name!r} is shorter than its "
+                f"index says (an array of {nbytes:,} bytes at offset {self._index.offset[row]:,}"
+                f"); run `vidfeat store verify {self.dir.parent}`"
+            )
+        return StoreError(
+            f"video {video_id!r} in shard {shard} of set {self.name!r} is not read: its index "
+            f"entry says {why}; run `vidfeat store verify {self.dir.parent}`"
+        )
+
     def _columns(self) -> None:
         # zero-copy views of the index columns that index to python ints in ~40 ns, twice as
         # fast as numpy scalars: features() stays as quick as a dict of tuples, without one
-        self._off = memoryview(self._index.offset)
+        self._off = memoryview(self._offset)
         self._lay_of = memoryview(self._index.layout)
         self._shard_of = memoryview(self._index.shard_of_row)
 
@@ -291,14 +379,37 @@ class FeatureSet:
             self._fds.move_to_end(shard)
             return fd
         # a str path, not dir / shard: pathlib's parsing is a tenth of a random read
-        fd = os.open(os.path.join(self._dir_str, shard), os.O_RDONLY)
+        path = os.path.join(self._dir_str, shard)
+        try:  # never through a symlink, never blocking (a FIFO is refused by fstat below)
+            fd = os.open(path, _RAW_OPEN)
+        except OSError as exc:
+            why = "it is a symbolic link" if exc.errno == errno.ELOOP else str(exc)
+            raise StoreError(
+                f"shard {shard} of set {self.name!r} cannot be opened ({why}); run "
+                f"`vidfeat store verify {self.dir.parent}`"
+            ) from exc
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise StoreError(
+                f"{path} is {file_kind(st.st_mode)}, not a regular file: it is not read; run "
+                f"`vidfeat store verify {self.dir.parent}`"
+            )
         if (st.st_size, st.st_mtime_ns) != self._stat.get(shard):
             os.close(fd)
             raise StoreError(
                 f"shard {shard} of set {self.name!r} was replaced since the set was opened: "
                 "reopen the set"
             )
+        key = (shard, st.st_dev, st.st_ino)
+        if key not in self._signed:  # once per file and process: the LRU reopens shards
+            if os.pread(fd, len(_HDF5_SIGNATURE), 0) != _HDF5_SIGNATURE:
+                os.close(fd)
+                raise StoreError(
+                    f"{path} is not an HDF5 file, so not a shard of set {self.name!r}: it is "
+                    f"not read; run `vidfeat store verify {self.dir.parent}`"
+                )
+            self._signed.add(key)
         self._fds[shard] = fd
         while len(self._fds) > self.max_open:
             _, old = self._fds.popitem(last=False)
@@ -314,13 +425,67 @@ class FeatureSet:
                 "it, or check the id against the video list"
             )
         shard = self._shard_name(row)
+        if video_id in (".", "..") or "\0" in video_id:
+            raise StoreError(
+                f"shard {shard} of set {self.name!r} lists the id {video_id!r}, which no video "
+                "can have: it is not read"
+            )
         f = self._file(shard)
         try:
-            return f[video_id]
+            why = link_problem(f.id, video_id.encode("utf-8", "surrogateescape"))
         except KeyError as exc:
             raise StoreError(
                 f"video {video_id!r} vanished from shard {shard} of set {self.name!r}; the shard "
                 "was replaced since the set was opened: reopen the set"
+            ) from exc
+        if why is not None:
+            raise StoreError(
+                f"video {video_id!r} in shard {shard} of set {self.name!r} is not read: {why}; "
+                f"run `vidfeat store verify {self.dir.parent}`"
+            )
+        try:
+            g = f[video_id]
+        except Exception as exc:  # noqa: BLE001 - a damaged object header
+            raise StoreError(
+                f"video {video_id!r} in shard {shard} of set {self.name!r} cannot be read "
+                f"({exc}); run `vidfeat store verify {self.dir.parent}`"
+            ) from exc
+        if not isinstance(g, h5py.Group):
+            raise StoreError(
+                f"video {video_id!r} in shard {shard} of set {self.name!r} is not a group; "
+                f"run `vidfeat store verify {self.dir.parent}`"
+            )
+        return g
+
+    def _dataset(self, video_id: str, g: h5py.Group, name: str) -> np.ndarray | None:
+        """Dataset ``name`` of the group of ``video_id`` (None when it has none), read only
+        after :func:`~vidfeat.store.guard.check_dataset` accepted it: data inside the shard,
+        numeric, within the caps and (``features``) the set's feature_shape."""
+        shard = self._shard_name(self._row[video_id])
+        where = f"video {video_id!r} in shard {shard} of set {self.name!r}"
+        bname = name.encode()
+        try:
+            why = link_problem(g.id, bname)
+        except KeyError:
+            return None
+        try:
+            if why is not None:
+                raise Refused(why)
+            try:
+                did = h5d.open(g.id, bname)
+            except Exception as exc:  # noqa: BLE001 - a group or an unreadable object
+                raise Refused(f"it is not a dataset ({exc})") from exc
+            rule = self.shape_rule if name == FEATURES else None
+            size = self._stat.get(shard, (None,))[0]
+            return read_dataset(did, check_dataset(did, rule, size))
+        except Refused as exc:
+            raise StoreError(
+                f"{where}: {name!r} is not read: {exc.format_message()}; run "
+                f"`vidfeat store verify {self.dir.parent}`"
+            ) from None
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(
+                f"{where} cannot be read ({exc}); run `vidfeat store verify {self.dir.parent}`"
             ) from exc
 
     # -- public
@@ -354,14 +519,25 @@ class FeatureSet:
         """``(features, attrs)`` of a video: the array in its stored dtype, attrs as python
         scalars / str / numpy arrays. :class:`StoreError` naming the set if absent."""
         g = self._group(video_id)
+        arr = self._features(video_id, g)
         try:
-            return g[FEATURES][()], _read_attrs(g)
+            return arr, _read_attrs(g)
         except Exception as exc:  # noqa: BLE001
             raise StoreError(
                 f"video {video_id!r} in shard {self.shard_of(video_id).name} of set "
                 f"{self.name!r} cannot be read ({exc}); run `vidfeat store verify "
                 f"{self.dir.parent}`"
             ) from exc
+
+    def _features(self, video_id: str, g: h5py.Group) -> np.ndarray:
+        arr = self._dataset(video_id, g, FEATURES)
+        if arr is None:
+            raise StoreError(
+                f"video {video_id!r} in shard {self.shard_of(video_id).name} of set "
+                f"{self.name!r} has no {FEATURES!r} dataset; run `vidfeat store verify "
+                f"{self.dir.parent}`"
+            )
+        return arr
 
     def features(self, video_id: str) -> np.ndarray:
         """The ``features`` array of a video alone (no attrs decoded: the fast path for
@@ -371,6 +547,8 @@ class FeatureSet:
         rows = (self._resolved or self._resolve())[0]
         row = rows.get(video_id) if isinstance(video_id, str) else None
         offset = -1 if row is None else self._off[row]
+        if offset == -2:
+            raise self._bad_row(video_id, row)  # type: ignore[arg-type]
         if offset >= 0:
             shape, dtype, nbytes = self._layouts[self._lay_of[row]]
             shard = self._names[self._shard_of[row]]
@@ -388,25 +566,32 @@ class FeatureSet:
                     f"its index says; run `vidfeat store verify {self.dir.parent}`"
                 )
             return np.frombuffer(buf, dtype=dtype).reshape(shape)
-        g = self._group(video_id)
-        try:
-            return g[FEATURES][()]
-        except Exception as exc:  # noqa: BLE001
-            raise StoreError(
-                f"video {video_id!r} in shard {self.shard_of(video_id).name} of set "
-                f"{self.name!r} cannot be read ({exc}); run `vidfeat store verify "
-                f"{self.dir.parent}`"
-            ) from exc
+        return self._features(video_id, self._group(video_id))
 
     def get_extra(self, video_id: str, name: str) -> np.ndarray | None:
         """Extra dataset ``name`` (e.g. ``"scores"``) of a video, None if it has none."""
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            raise StoreError(f"extra dataset name {name!r} is invalid: use a plain name")
         g = self._group(video_id)
-        ds = g.get(name)
-        return None if ds is None or not isinstance(ds, h5py.Dataset) else ds[()]
+        try:
+            is_group = link_problem(g.id, name.encode()) is None and isinstance(
+                g.get(name), h5py.Group
+            )
+        except KeyError:
+            return None
+        return None if is_group else self._dataset(video_id, g, name)
 
     def attrs(self, video_id: str) -> dict:
         """The attrs of a video without reading its features."""
-        return _read_attrs(self._group(video_id))
+        g = self._group(video_id)
+        try:
+            return _read_attrs(g)
+        except Exception as exc:  # noqa: BLE001 - attrs HDF5 cannot decode
+            raise StoreError(
+                f"the attrs of video {video_id!r} in shard {self.shard_of(video_id).name} of set "
+                f"{self.name!r} cannot be read ({exc}); run `vidfeat store verify "
+                f"{self.dir.parent}`"
+            ) from exc
 
     def shard_of(self, video_id: str) -> Path:
         """The completed shard the reader takes ``video_id`` from."""
@@ -422,8 +607,11 @@ class FeatureSet:
         }
 
     def bad_shards(self) -> dict[str, str]:
-        """Shards that could not be opened → the error."""
-        return {s.name: s.error for s in self._index.shards if s.error is not None}
+        """Shards that could not be opened → the error; entries with a shard's name that are
+        not regular files (symlinks, FIFOs, ...) → what they are (never opened)."""
+        bad = {s.name: s.error for s in self._index.shards if s.error is not None}
+        bad.update((n, f"{kind}, not a regular file: skipped") for n, kind in self._skipped.items())
+        return dict(sorted(bad.items()))
 
     def shards(self) -> list[Path]:
         """Completed shard files (including unreadable ones)."""

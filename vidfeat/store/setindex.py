@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import zipfile
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vidfeat.errors import StoreError
 from vidfeat.outdir import atomic_write
+from vidfeat.store.guard import MAX_JSON_BYTES, open_regular, parse_dtype, parse_json, read_capped
 from vidfeat.store.paths import _fsync_path
 from vidfeat.store.shardindex import ShardListing, listing_from_rows
 
@@ -189,15 +192,32 @@ class SetIndex:
 
     @classmethod
     def load(cls, path: Path) -> SetIndex | None:
-        """The index cached at ``path``, or None when absent, of another format or malformed."""
+        """The index cached at ``path``, or None when absent, not a regular file, of another
+        format or malformed. Read without numpy's loader: every member must be stored (not
+        compressed), of the name, dtype and size expected, and the sizes must add up to at
+        most the file's own, so nothing is allocated past the bytes the file holds."""
         try:
-            with np.load(path, allow_pickle=False) as z:
-                a = {k: z[k] for k in z.files}
+            fd = open_regular(path, "index cache")
+        except (OSError, StoreError):
+            return None
+        try:
+            with open(fd, "rb") as fh:
+                a = _read_npz(fh, os.fstat(fh.fileno()).st_size)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):
+            return None
+        if a is None:
             return None
         try:
             return cls._from_arrays(a)
-        except (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeDecodeError):
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            OverflowError,
+            UnicodeDecodeError,
+            RecursionError,
+        ):
             return None
 
     @classmethod
@@ -222,7 +242,7 @@ class SetIndex:
         dtypes, errors = meta.get("dtypes"), meta.get("errors")
         if not isinstance(dtypes, list) or not isinstance(errors, dict):
             return None
-        if not all(isinstance(d, str) and np.dtype(d).kind in "biufc" for d in dtypes):
+        if not all(parse_dtype(d) is not None for d in dtypes):
             return None
         blob = a["shard_names"].tobytes().decode("utf-8")
         names = blob.split("\0") if blob else []
@@ -286,9 +306,8 @@ class SetIndex:
         """The index of format 2 (``.index.json``, vidfeat before ``.index.npz``), so a store
         an older version indexed is not rescanned (its shards have no index of their own)."""
         try:
-            with open(path, encoding="utf-8") as fh:
-                cache = json.load(fh)
-        except (OSError, ValueError):
+            cache = parse_json(read_capped(path, MAX_JSON_BYTES, "legacy index"), str(path))
+        except (OSError, StoreError):
             return None
         if not isinstance(cache, dict) or cache.get("format") != 2:
             return None
@@ -324,6 +343,74 @@ class SetIndex:
         return cls.assemble(parts)
 
 
+_NPZ_DTYPES = {
+    "meta": np.uint8,
+    "shard_names": np.uint8,
+    "shard_stat": np.int64,
+    "ids": np.uint8,
+    "offset": np.int64,
+    "layout": np.int32,
+    "wat": np.float64,
+    "lay_ndim": np.int16,
+    "lay_dims": np.int64,
+    "lay_dtype": np.int16,
+}
+
+
+def _read_npz(fh, file_size: int) -> dict[str, np.ndarray] | None:
+    """The 1-D arrays of an index archive, or None when it is not exactly what
+    :meth:`SetIndex.save` writes (see :meth:`SetIndex.load`)."""
+    with zipfile.ZipFile(fh) as zf:
+        infos = zf.infolist()
+        want = {f"{k}.npy": k for k in _NPZ_DTYPES}
+        if len(infos) != len(want) or {i.filename for i in infos} != set(want):
+            return None
+        if any(
+            i.compress_type != zipfile.ZIP_STORED or i.file_size != i.compress_size for i in infos
+        ):
+            return None  # a compressed member could inflate past the file's size
+        if sum(i.file_size for i in infos) > file_size:
+            return None
+        out = {}
+        for i in infos:
+            key = want[i.filename]
+            raw = zf.read(i)
+            arr = _npy_1d(raw, np.dtype(_NPZ_DTYPES[key]))
+            if arr is None:
+                return None
+            out[key] = arr
+    out["wat"] = out["wat"].copy()  # written in place when written_at is filled in
+    return out
+
+
+def _npy_1d(raw: bytes, dtype: np.dtype) -> np.ndarray | None:
+    """A 1-D array of ``dtype`` from the bytes of a ``.npy`` member, its header checked
+    against the data it is followed by (None when they disagree)."""
+    from numpy.lib import format as npy
+
+    bio = io.BytesIO(raw)
+    try:
+        version = npy.read_magic(bio)
+        if version == (1, 0):
+            shape, fortran, dt = npy.read_array_header_1_0(bio)
+        elif version == (2, 0):
+            shape, fortran, dt = npy.read_array_header_2_0(bio)
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - a header numpy cannot parse (SyntaxError and others)
+        return None
+    start = bio.tell()
+    if (
+        dt != dtype
+        or not isinstance(shape, tuple)
+        or len(shape) != 1
+        or type(shape[0]) is not int
+        or shape[0] * dtype.itemsize != len(raw) - start
+    ):
+        return None
+    return np.frombuffer(raw, dtype, shape[0], offset=start)
+
+
 def _valid_legacy_layout(lay: object) -> bool:
     """A format-2 ``[offset, shape, dtype]`` of the expected types (the cache is untrusted)."""
     try:
@@ -334,7 +421,9 @@ def _valid_legacy_layout(lay: object) -> bool:
             and lay[0] >= 0
             and isinstance(lay[1], list)
             and all(isinstance(n, int) and n > 0 for n in lay[1])
-            and isinstance(lay[2], str)
+            and len(lay[1]) <= 32
+            and all(n < 2**62 for n in lay[1])
+            and parse_dtype(lay[2]) is not None
             and np.dtype(lay[2]).kind in "fiub"
         )
     except TypeError:

@@ -110,13 +110,15 @@ class FeatureStore:
         return f"FeatureStore({str(self.root)!r})"
 
     def sets(self) -> list[str]:
-        """Names of the sets present (sub-folders holding a ``set.json``), sorted."""
+        """Names of the sets present (sub-folders holding a ``set.json``), sorted. A set.json
+        that is not a regular file (a symlink, a FIFO) still names a set: opening it is then
+        refused with the reason, never read."""
         if not self.root.is_dir():
             return []
         return sorted(
             p.name
             for p in self.root.iterdir()
-            if not p.name.startswith(".") and (p / SET_JSON).is_file()
+            if not p.name.startswith(".") and os.path.lexists(p / SET_JSON)
         )
 
     def set_dir(self, name: str) -> Path:
@@ -235,7 +237,7 @@ class FeatureStore:
         """A reader for set ``name``; :class:`StoreError` listing the sets present if absent.
         ``read_only=True``: never write the set's index cache (see :class:`FeatureSet`)."""
         d = self.set_dir(name)
-        if not (d / SET_JSON).is_file():
+        if not os.path.lexists(d / SET_JSON):
             present = self.sets()
             have = ", ".join(present) if present else "none"
             raise StoreError(

@@ -20,12 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
-from h5py import h5a, h5d, h5g, h5o
+from h5py import h5a, h5d, h5g, h5l, h5o
 
 from vidfeat.children import python_command
 from vidfeat.cores import available_cores
+from vidfeat.store.guard import (
+    Refused,
+    check_dataset,
+    link_problem,
+    open_regular,
+    read_dataset,
+    size_problem,
+)
 from vidfeat.store.paths import FEATURES
 from vidfeat.store.shardindex import decode_shard_index, open_shard, read_index_attr
 from vidfeat.store.writer import FLOAT16_FROM
@@ -106,12 +113,15 @@ def _check_video(
 
     Low-level h5py throughout, each dataset opened by its path: on shards of small videos
     the high-level objects cost several times the HDF5 work, and verify opens them all."""
-    (want_shape, want_dtype, storage), dtypes, where = ctx
+    (want_shape, want_dtype, storage), dtypes, where, size = ctx
     path = vid + b"/" + _F
+    if _F not in children:
+        out.append(f"{where()}: no '{FEATURES}' dataset; {FIX}")
+        return None
     try:
-        did = h5d.open(root, path) if _F in children else None
+        did = h5d.open(root, path)
     except Exception:  # noqa: BLE001 - not a dataset (or unreadable): look closer
-        obj = h5o.open(root, path)  # raises what cannot be read
+        obj = h5o.open(root, path)  # raises what cannot be read (a hard link: checked)
         did = obj if isinstance(obj, h5d.DatasetID) else None
     if did is None:
         out.append(f"{where()}: no '{FEATURES}' dataset; {FIX}")
@@ -122,11 +132,20 @@ def _check_video(
     if dtype.kind in "fiub" and math.prod(shape) > 0:
         got = did.get_offset()  # None unless contiguous and allocated (never when chunked)
         offset = -1 if got is None else int(got)
+    why = size_problem(shape, dtype.itemsize, None)
+    if why is None and offset < 0:
+        try:  # data outside the file, filters vidfeat does not write, ...
+            check_dataset(did, None, size, chunks=True)
+        except Refused as exc:
+            why = exc.format_message()
+    if why is not None:
+        out.append(f"{where()}: '{FEATURES}' is not read: {why}; {FIX}")
+        return None
     if not _shape_ok(shape, want_shape):
         out.append(
             f"{where()}: features have shape {list(shape)}, set.json says {want_shape}; {FIX}"
         )
-    if want_dtype is not None and dtype != np.dtype(want_dtype):
+    if want_dtype is not None and dtype != want_dtype:
         narrowed = dtype == np.float16 and (
             storage == "float16" or h5a.exists(did, FLOAT16_FROM.encode())
         )
@@ -137,12 +156,24 @@ def _check_video(
         if not isinstance(obj, h5d.DatasetID):
             continue
         dt = dtype if obj is did else dtypes(obj)
+        if obj is not did:
+            try:
+                plan = check_dataset(obj, None, size, chunks=True)
+            except Refused as exc:
+                out.append(f"{where()}: '{dname.decode()}' is not read: {exc}; {FIX}")
+                continue
         if dt.kind not in "fc":
             continue
         if obj is did and offset >= 0:
             raw.append((offset, dtype.itemsize * math.prod(shape), dtype, where))
             continue
-        bad = _check_array(h5py.Dataset(obj)[()])
+        if obj is did:
+            plan = check_dataset(did, None, size)
+        try:
+            bad = _check_array(read_dataset(obj, plan))
+        except Refused as exc:
+            out.append(f"{where()}: '{dname.decode()}' is not read: {exc}; {FIX}")
+            continue
         if bad:
             out.append(
                 f"{where()}: '{dname.decode()}' holds {bad} values; check the input video "
@@ -209,29 +240,48 @@ def _check_raw(fd: int | None, raw: list, out: list[tuple[int, str]]) -> None:
             )
 
 
-def _links(root: Any) -> dict[bytes, list[bytes] | Exception]:
-    """The names linked in each video group of a shard (root name -> child names), listed in
-    one HDF5 visit; group by group when the visit fails, the error standing for the list of
-    a group that cannot be listed."""
-    names: list[bytes] = []
+def _links(root: Any) -> tuple[dict[bytes, list[bytes] | Exception], dict[bytes, str]]:
+    """The names hard-linked in each video group of a shard (root name -> child names),
+    listed in one HDF5 visit; group by group when the visit fails, the error standing for
+    the list of a group that cannot be listed. Second: the links that are not hard links
+    (path -> why), never followed."""
+    names: list[tuple[bytes, int]] = []
+    not_hard: dict[bytes, str] = {}
     try:
-        root.links.visit(names.append)  # "vid", "vid/features", "vid/scores", ...
+        root.links.visit(lambda n, i: names.append((n, i.type)), info=True)
     except Exception:  # noqa: BLE001 - a broken group somewhere
         out: dict[bytes, list[bytes] | Exception] = {}
         for n in root:
             try:
+                why = link_problem(root, n)
+                if why is not None:
+                    not_hard[n] = why
+                    out[n] = []
+                    continue
                 g = h5o.open(root, n)
-                out[n] = list(g) if isinstance(g, h5g.GroupID) else []
+                kids = []
+                for k in list(g) if isinstance(g, h5g.GroupID) else []:
+                    why = link_problem(g, k)
+                    if why is None:
+                        kids.append(k)
+                    else:
+                        not_hard[n + b"/" + k] = why
+                out[n] = kids
             except Exception as exc:  # noqa: BLE001 - reported for this video
                 out[n] = exc
-        return out
+        return out, not_hard
     groups: dict[bytes, list[bytes] | Exception] = {}
-    for n in names:
+    for n, t in names:
         vid, _, child = n.partition(b"/")
         kids = groups.setdefault(vid, [])
-        if child and b"/" not in child:
+        if t != h5l.TYPE_HARD:
+            not_hard[n] = _LINK_KIND.get(t, "a user-defined link") + ", not data of this shard"
+        elif child and b"/" not in child:
             kids.append(child)  # type: ignore[union-attr]
-    return groups
+    return groups, not_hard
+
+
+_LINK_KIND = {h5l.TYPE_SOFT: "a soft link", h5l.TYPE_EXTERNAL: "an external link (another file)"}
 
 
 def _verify_shard(set_name: str, d: str, shard: str, want: tuple) -> ShardResult:
@@ -250,13 +300,19 @@ def _verify_shard(set_name: str, d: str, shard: str, want: tuple) -> ShardResult
     with contextlib.ExitStack() as stack:
         stack.callback(fid.close)
         fd: int | None = None
+        size: int | None = None
         with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY)
+            fd = open_regular(path, "shard")
             stack.callback(os.close, fd)
+            size = os.fstat(fd).st_size
         root = h5g.open(fid, b"/")
         probs: list[tuple[int, str]] = []  # (video number, problem): sorted by video below
         raw: list[tuple] = []
-        for i, (bvid, children) in enumerate(_links(root).items()):
+        groups, not_hard = _links(root)
+        bad_links: dict[bytes, list[tuple[bytes, str]]] = {}
+        for n, why in not_hard.items():
+            bad_links.setdefault(n.partition(b"/")[0], []).append((n, why))
+        for i, (bvid, children) in enumerate(groups.items()):
             vid = bvid.decode("utf-8", "surrogateescape")
             res.ids.append(vid)
 
@@ -268,9 +324,19 @@ def _verify_shard(set_name: str, d: str, shard: str, want: tuple) -> ShardResult
             try:
                 if isinstance(children, Exception):
                     raise children
-                lay = _check_video(root, bvid, children, (want, dtypes, where), out, mine)
-                if lay is not None:
-                    found[vid] = lay
+                for n, why in bad_links.get(bvid, []):
+                    shown = n.decode("utf-8", "surrogateescape")
+                    out.append(
+                        f"{where()}: {shown!r} is not read: {why}; a store reads only its own "
+                        f"bytes: {FIX}"
+                    )
+                if vid in (".", ".."):
+                    out.append(f"{where()}: {vid!r} is not a video id readers accept; {FIX}")
+                if bvid not in not_hard and bvid + b"/" + _F not in not_hard:
+                    ctx = (want, dtypes, where, size)
+                    lay = _check_video(root, bvid, children, ctx, out, mine)
+                    if lay is not None:
+                        found[vid] = lay
             except Exception as exc:  # noqa: BLE001 - report and go on with the next video
                 out.append(f"{where()}: cannot be read ({exc}); {FIX}")
             probs += [(i, m) for m in out]

@@ -39,6 +39,15 @@ import numpy as np
 from h5py import h5a, h5f, h5g
 from h5py._hl.files import make_fapl  # the fapl h5py.File builds (see _fapl)
 
+from vidfeat.store.guard import (
+    MAX_INDEX_ATTR_BYTES,
+    NotRegularFile,
+    h5_path,
+    link_problem,
+    open_regular,
+    parse_dtype,
+    same_file,
+)
 from vidfeat.store.paths import FEATURES
 
 SHARD_INDEX_ATTR = "vidfeat_index"
@@ -149,10 +158,7 @@ def encode_shard_index(entries: dict[str, tuple[int, tuple[int, ...], str, float
 
 
 def _valid_dtype(s: object) -> bool:
-    try:
-        return isinstance(s, str) and np.dtype(s).kind in "fiubc"
-    except TypeError:
-        return False
+    return parse_dtype(s) is not None
 
 
 def _ints_in(values: list, low: int, high: int) -> bool:
@@ -167,11 +173,11 @@ def decode_shard_index(text: object) -> ShardListing | None:
     column and per distinct layout (~0.1 ms for 64 videos, most of it parsing the JSON)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    if not isinstance(text, str):
+    if not isinstance(text, str) or len(text) > MAX_INDEX_ATTR_BYTES:
         return None
     try:
         d = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(d, dict) or d.get("format") != SHARD_INDEX_FORMAT:
         return None
@@ -182,15 +188,22 @@ def decode_shard_index(text: object) -> ShardListing | None:
     ids, off, code, wat = cols
     try:
         uniq = set(ids)
-        if len(uniq) != len(ids) or "" in uniq or "/" in "".join(ids):
+        if len(uniq) != len(ids) or "" in uniq or "/" in "".join(ids) or "\0" in "".join(ids):
+            return None
+        if not all(
+            type(t) is list
+            and len(t) == 2
+            and type(t[0]) is list
+            and len(t[0]) <= 32
+            and all(type(n) is int and 0 <= n < 2**62 for n in t[0])
+            and _valid_dtype(t[1])
+            for t in table
+        ):
             return None
         layouts = [(tuple(shape), dtype) for shape, dtype in table]
     except (TypeError, ValueError):  # ids that are not strings, malformed layouts
         return None
-    if len(set(layouts)) != len(layouts) or not all(
-        all(type(n) is int and n >= 0 for n in shape) and _valid_dtype(dtype)
-        for shape, dtype in layouts
-    ):
+    if len(set(layouts)) != len(layouts):
         return None
     if not _ints_in(off, -1, 2**62) or not _ints_in(code, 0, len(layouts)):
         return None
@@ -202,7 +215,10 @@ def decode_shard_index(text: object) -> ShardListing | None:
         if not all(w is None or type(w) in (int, float) for w in wat):
             return None  # strings, booleans
         wat = [-math.inf if w is None else w for w in wat]
-    w = np.array(wat, np.float64)
+    try:
+        w = np.array(wat, np.float64)
+    except OverflowError:  # an integer beyond float range
+        return None
     w[np.isnan(w)] = -math.inf
     return ShardListing(
         ids, np.array(off, np.int64), np.array(code, np.int32), layouts, w, indexed=True
@@ -210,6 +226,7 @@ def decode_shard_index(text: object) -> ShardListing | None:
 
 
 _ATTR = SHARD_INDEX_ATTR.encode()
+_FEATURES = FEATURES.encode()
 _STR = h5py.string_dtype()
 _FAPL: tuple[int, Any] | None = None
 
@@ -225,8 +242,17 @@ def _fapl() -> Any:
 
 def open_shard(path: Path) -> Any:
     """A low-level HDF5 file id of a shard, opened read-only as :func:`_h5open` does (close
-    it with ``.close()``)."""
-    return h5f.open(os.fsencode(path), h5f.ACC_RDONLY, fapl=_fapl())
+    it with ``.close()``): a regular file only, never through a symlink, never blocking
+    (:class:`~vidfeat.store.guard.NotRegularFile` else)."""
+    fd = open_regular(path, "shard")
+    try:
+        fid = h5f.open(os.fsencode(h5_path(fd, path)), h5f.ACC_RDONLY, fapl=_fapl())
+        if not same_file(fid, fd):
+            fid.close()
+            raise NotRegularFile(f"{path} (shard) was replaced while being opened; skipped")
+        return fid
+    finally:
+        os.close(fd)
 
 
 def read_index_attr(fid: Any) -> object:
@@ -235,8 +261,11 @@ def read_index_attr(fid: Any) -> object:
     if not h5a.exists(fid, _ATTR):
         return None
     try:
+        attr = h5a.open(fid, _ATTR)
+        if attr.get_space().get_simple_extent_npoints() != 1 or attr.dtype != _STR:
+            return ValueError("the index attribute is not one string")
         buf = np.empty((), dtype=_STR)
-        h5a.open(fid, _ATTR).read(buf)
+        attr.read(buf)
         return buf[()]
     except Exception as exc:  # noqa: BLE001 - not a string: no usable index
         return exc
@@ -262,15 +291,20 @@ def read_shard_index_at(path: Path) -> ShardListing | None:
 
 def scan_groups(f: h5py.File) -> ShardListing:
     """The listing of an open shard from its groups (each video's dataset is opened: the
-    slow path for shards without an index)."""
+    slow path for shards without an index). Members that are not hard links (soft or
+    external links) are listed without a layout and never followed: reading them is refused."""
     ids = sorted(f.keys())
     rows = []
     for vid in ids:
         off, lay = -1, None
         with contextlib.suppress(Exception):  # that video is read through h5py, which reports
-            ds = f[vid][FEATURES]
-            if isinstance(ds, h5py.Dataset):
-                off, shape, dtype = dataset_layout(ds)
-                lay = (shape, dtype)
+            bvid = vid.encode("utf-8", "surrogateescape")
+            if link_problem(f.id, bvid) is None:
+                g = f[vid]
+                if isinstance(g, h5py.Group) and link_problem(g.id, _FEATURES) is None:
+                    ds = g[FEATURES]
+                    if isinstance(ds, h5py.Dataset):
+                        off, shape, dtype = dataset_layout(ds)
+                        lay = (shape, dtype)
         rows.append((off, lay, math.nan))
     return listing_from_rows(ids, rows, indexed=False)

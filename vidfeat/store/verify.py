@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vidfeat.errors import StoreError
+from vidfeat.store.guard import ShapeRule, file_kind, link_problem, parse_dtype
 from vidfeat.store.paths import (
     SET_JSON,
     StoreWarning,
@@ -19,7 +21,7 @@ from vidfeat.store.paths import (
     _read_set_json,
     partial_is_live,
 )
-from vidfeat.store.reader import FeatureSet, _shard_files
+from vidfeat.store.reader import INDEX_FILE, INDEX_JSON, FeatureSet, _shard_entries
 from vidfeat.store.sets import FeatureStore, _fmt_value
 from vidfeat.store.shardcheck import FIX, few, run_checks, workers_for
 from vidfeat.store.shardindex import written_at_value
@@ -56,6 +58,8 @@ def _check_duplicate_times(
             checked += 1
             try:
                 with _h5open(d / shard, "r") as f:
+                    if link_problem(f.id, vid.encode("utf-8", "surrogateescape")) is not None:
+                        continue  # reported by the main pass
                     t = written_at_value(f[vid].attrs.get("written_at"))
             except Exception:  # noqa: BLE001 - reported by the main pass
                 continue
@@ -85,10 +89,18 @@ def _verify_set(
     try:
         cfg = _read_set_json(d / SET_JSON, name)
     except (StoreError, FileNotFoundError) as exc:
-        rep.problems.append(str(exc))
+        rep.problems.append(exc.format_message() if isinstance(exc, StoreError) else str(exc))
         cfg = {}
-    want = (cfg.get("feature_shape"), cfg.get("dtype"), cfg.get("storage_dtype"))
-    shards = [n for n, _ in _shard_files(d)]
+    want = _wanted(d, cfg, rep)
+    files, skipped = _shard_entries(d)
+    shards = [n for n, _ in files]
+    for n, kind in skipped.items():
+        counts["bad_shards"] += 1
+        rep.problems.append(
+            f"set {name!r}: {n} is {kind}, not a regular file: readers skip it (a store reads "
+            "only its own files); remove it"
+        )
+    _check_other_files(d, name, rep)
     tasks = [(name, str(d), n, want) for n in shards]
     results = {r.name: r for r in run_checks(tasks, workers_for(len(tasks), workers))}
     done: set[str] = set()
@@ -135,7 +147,9 @@ def _verify_set(
                 f"set {name!r}: stale partial {partial.name} left by a killed job; its videos are "
                 "not in the set. The next extraction run removes it (or delete it)"
             )
-    failed = {r["video_id"] for r in read_failures(d)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StoreWarning)  # non-regular files: reported above
+        failed = {r["video_id"] for r in read_failures(d)}
     counts["failed"] = len(failed - done)
     both = failed & done
     if both:
@@ -159,6 +173,47 @@ def _verify_set(
             )
 
 
+def _wanted(d: Path, cfg: dict, rep: VerifyReport) -> tuple:
+    """(feature_shape, dtype, storage_dtype) of set.json as shard checks compare them; a
+    malformed feature_shape or dtype is a problem of the set, and not compared."""
+    shape: list | None = None
+    try:
+        rule = ShapeRule.from_config(cfg, str(d / SET_JSON))
+        shape = None if rule.dims is None else list(rule.dims)
+    except StoreError as exc:
+        rep.problems.append(exc.format_message())
+    dtype = cfg.get("dtype")
+    parsed = None if dtype is None else parse_dtype(dtype)
+    if dtype is not None and parsed is None:
+        rep.problems.append(
+            f"{d / SET_JSON}: dtype {_fmt_value(dtype, 60)} is not a numeric dtype; restore the "
+            "file or delete the set and extract again"
+        )
+    return shape, parsed, cfg.get("storage_dtype")
+
+
+def _check_other_files(d: Path, name: str, rep: VerifyReport) -> None:
+    """Failures logs that are not regular files are problems (readers skip them, and a
+    symlink would read outside the store); index caches that are not, warnings (ignored and
+    rebuilt)."""
+    for p in sorted(d.glob("failures-*.jsonl")):
+        with contextlib.suppress(OSError):
+            mode = os.lstat(p).st_mode
+            if not stat.S_ISREG(mode):
+                rep.problems.append(
+                    f"set {name!r}: {p.name} is {file_kind(mode)}, not a regular file: readers "
+                    "skip it (a store reads only its own files); remove it"
+                )
+    for cache in (INDEX_FILE, INDEX_JSON):
+        with contextlib.suppress(OSError):
+            mode = os.lstat(d / cache).st_mode
+            if not stat.S_ISREG(mode):
+                rep.warnings.append(
+                    f"set {name!r}: {cache} is {file_kind(mode)}, not a regular file: readers "
+                    "ignore it; remove it"
+                )
+
+
 def verify_store(
     root: str | Path, expect_ids: set[str] | None = None, *, workers: int | None = None
 ) -> VerifyReport:
@@ -169,8 +224,13 @@ def verify_store(
     set.json has ``storage_dtype: float16`` or the writer marked the array as narrowed), NaN/Inf
     in float datasets, each shard's index not matching its groups (ids, byte offsets, shapes,
     dtypes; the ``written_at`` of duplicated ids), and with ``expect_ids`` missing and
-    unexpected ids. Warnings: ids in several shards, stale partials. Notes: live partials, ids
-    that failed and later succeeded, shards without an index (written by older versions).
+    unexpected ids. Also everything readers refuse in a store someone else wrote
+    (:mod:`vidfeat.store.guard`): shards and failures logs that are not regular files
+    (symlinks, FIFOs, directories), soft/external links, datasets whose data lies in other
+    files (external raw storage, virtual datasets), arrays past the size cap or with chunks
+    that store more than their data, a malformed ``feature_shape`` or ``dtype`` in set.json.
+    Warnings: ids in several shards, stale partials. Notes: live partials, ids that failed and
+    later succeeded, shards without an index (written by older versions).
 
     Shards are checked in ``workers`` processes (default: one per CPU, at most 8, when the
     store has hundreds of shards; 1 = in this process).
@@ -209,7 +269,7 @@ def store_info(root: str | Path) -> list[dict]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", StoreWarning)  # bad shards are counted instead
                 fs = FeatureSet(d)
-        except StoreError as exc:
+        except (StoreError, ValueError, OSError) as exc:
             rows.append(
                 {
                     "name": name,
@@ -226,13 +286,17 @@ def store_info(root: str | Path) -> list[dict]:
             )
             continue
         try:
-            failed = {r["video_id"] for r in fs.failures()}
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", StoreWarning)
+                failed = {r["video_id"] for r in fs.failures()}
+            notes = [str(w.message) for w in caught if issubclass(w.category, StoreWarning)]
+            notes += [f"{n} is {k}, not a regular file: skipped" for n, k in fs._skipped.items()]
             size = partials = 0
             with os.scandir(d) as it:  # one pass: a set may hold tens of thousands of files
                 for e in it:
                     with contextlib.suppress(OSError):
-                        if e.is_file():
-                            size += e.stat().st_size
+                        if e.is_file(follow_symlinks=False):
+                            size += e.stat(follow_symlinks=False).st_size
                             partials += e.name.endswith(".h5.partial") and e.name.startswith(
                                 "part-"
                             )
@@ -247,6 +311,7 @@ def store_info(root: str | Path) -> list[dict]:
                     "failures": sum(v not in fs for v in failed),
                     "partials": partials,
                     "duplicates": len(fs.duplicates()),
+                    "notes": notes,
                 }
             )
         finally:
@@ -284,12 +349,14 @@ def format_info(rows: list[dict]) -> str:
         out.append(head)
         if r.get("error"):
             out.append(f"  error: {r['error']}")
+        out += [f"  note: {n}" for n in r.get("notes") or []]
         cfg = r.get("config") or {}
         main = {k: v for k, v in cfg.items() if not k.endswith("_version")}
         versions = {k: v for k, v in cfg.items() if k.endswith("_version")}
         for k in sorted(main):
             v = main[k]
-            shown = v if isinstance(v, str) and len(v) <= 90 else _fmt_value(v, 90)
+            plain = isinstance(v, str) and len(v) <= 90 and v.isprintable()  # no escapes
+            shown = v if plain else _fmt_value(v, 90)
             out.append(f"  {k}: {shown}")
         if versions:
             vs = ", ".join(f"{k[: -len('_version')]} {v}" for k, v in sorted(versions.items()))

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import stat
 import time
 import warnings
 from pathlib import Path
@@ -29,6 +30,7 @@ from vidfeat.store.deflate import (  # noqa: F401 - AUTO_GZIP_LEVEL: re-exported
     layout,
     write_deflated,
 )
+from vidfeat.store.guard import json_depth, open_regular
 from vidfeat.store.paths import (
     FEATURES,
     StoreWarning,
@@ -511,10 +513,17 @@ class FailureLog:
             "job": self.job,
         }
         data = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, flags, 0o644)
         except OSError as exc:
             raise StoreError(f"cannot write {self.path} ({exc}); check permissions") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(
+                f"{self.path} is not a regular file (a FIFO or a device someone left there); "
+                "failures are never written through it: remove it"
+            )
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -525,28 +534,68 @@ class FailureLog:
             os.close(fd)
 
 
+MAX_FAILURE_LINE = 1 << 20  # bytes of one record: a message and a path, never near this
+MAX_FAILURES_BYTES = 256 << 20  # bytes read from one failures file (~1M records)
+
+
 def read_failures(set_dir: str | Path) -> list[dict]:
     """Every record of every ``failures-*.jsonl`` of a set (files in name order, lines in
-    order). Unparsable lines (a torn last line after a crash) are skipped."""
+    order). Unparsable lines (a torn last line after a crash), lines longer than
+    ``MAX_FAILURE_LINE`` and records without a string ``video_id`` are skipped. A failures
+    file that is not a regular file (a symlink, a FIFO, ...) is skipped with a
+    :class:`StoreWarning`, never read, and at most ``MAX_FAILURES_BYTES`` of one file are."""
     set_dir = Path(set_dir)
     out: list[dict] = []
     if not set_dir.is_dir():
         return out
     for p in sorted(set_dir.glob("failures-*.jsonl")):
         try:
-            text = p.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            warnings.warn(f"cannot read {p} ({exc}); skipped", StoreWarning, stacklevel=2)
+            fd = open_regular(p, "failures log")
+        except FileNotFoundError:
+            continue
+        except StoreError as exc:
+            warnings.warn(str(exc), StoreWarning, stacklevel=2)
             continue
         m = _FAILURES_RE.match(p.name)
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and "video_id" in rec:
-                rec.setdefault("job", m.group("job") if m else "")
-                out.append(rec)
+        try:
+            with open(fd, "rb") as fh:
+                _read_failure_lines(fh, p, m.group("job") if m else "", out)
+        except OSError as exc:
+            warnings.warn(f"cannot read {p} ({exc}); skipped", StoreWarning, stacklevel=2)
     return out
+
+
+def _read_failure_lines(fh: Any, p: Path, job: str, out: list[dict]) -> None:
+    total = 0
+    while True:
+        line = fh.readline(MAX_FAILURE_LINE + 1)
+        if not line:
+            return
+        total += len(line)
+        if total > MAX_FAILURES_BYTES:
+            warnings.warn(
+                f"{p} holds more than {MAX_FAILURES_BYTES >> 20} MiB; the rest is not read",
+                StoreWarning,
+                stacklevel=3,
+            )
+            return
+        if len(line) > MAX_FAILURE_LINE:
+            while line and not line.endswith(b"\n"):  # skip the rest of an overlong line
+                line = fh.readline(MAX_FAILURE_LINE + 1)
+                total += len(line)
+                if total > MAX_FAILURES_BYTES:
+                    break
+            continue
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8", errors="replace"))
+        except (ValueError, RecursionError):
+            continue
+        if json_depth(rec, 8) > 8:  # a record is one flat object: nothing prints a deep one
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("video_id"), str):
+            if not isinstance(rec.get("job", ""), str):
+                rec["job"] = job
+            rec.setdefault("job", job)
+            out.append(rec)
