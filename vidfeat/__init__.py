@@ -20,9 +20,10 @@ One import name holds everything; the packages and modules, from the command lin
 - ``device``, ``cores``, ``children``, ``metrics``, ``plots``: where networks run, how many
   threads a process may use, the safe path of the processes it starts; Prec@k and confusion
   matrices; training curves and bars;
-- ``errors``, ``outdir``, ``params``, ``provenance``, ``registry``, ``report``, ``stop``: shared
-  by all of them (``errors``: vidfeat's own hierarchy, which the command line turns into its
-  messages; ``outdir``: output folders and :func:`~vidfeat.outdir.atomic_write`; ``params``:
+- ``errors``, ``outdir``, ``csvsafe``, ``params``, ``provenance``, ``registry``, ``report``,
+  ``stop``: shared by all of them (``errors``: vidfeat's own hierarchy, which the command line
+  turns into its messages; ``outdir``: output folders, :func:`~vidfeat.outdir.atomic_write` and
+  appends that follow no link; ``csvsafe``: CSV cells a spreadsheet shows as text; ``params``:
   configuration fields that declare their own command-line option).
 
 Dependencies point down that list, never up and never in a circle.

@@ -166,15 +166,18 @@ def write_atomic(path: str | Path, data: bytes | str, *, mode: int = 0o666) -> N
         fh.write(data)
 
 
-def open_append(path: str | Path, *, mode: int = 0o644) -> int:
-    """A descriptor open for appending to the regular file ``path`` (created if missing), that
-    follows no symlink and never blocks: a planted link, FIFO or device is refused with a
-    :class:`~vidfeat.errors.StoreError` instead of being written through (or hanging)."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+def open_append(path: str | Path, *, mode: int = 0o644, read: bool = False) -> int:
+    """A descriptor open for appending to the regular file ``path`` (created if missing; also
+    for reading with ``read``), that follows no symlink and never blocks: a planted link, FIFO
+    or device is refused with a :class:`~vidfeat.errors.StoreError` instead of being written
+    through (or hanging the writer)."""
+    flags = os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    flags |= os.O_RDWR if read else os.O_WRONLY
     try:
         fd = os.open(path, flags, mode)
     except OSError as exc:
-        why = "a symlink" if exc.errno == errno.ELOOP else exc.strerror
+        kinds = {errno.ELOOP: "a symlink", errno.ENXIO: "a FIFO, not a regular file"}
+        why = kinds.get(exc.errno, exc.strerror)
         raise StoreError(
             f"{path}: cannot be appended to ({why}); vidfeat appends only to regular files it "
             "made: remove it"

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import socket
-import stat
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ import h5py
 import numpy as np
 
 from vidfeat.errors import ConfigError, StoreError
+from vidfeat.outdir import open_append
 from vidfeat.store.deflate import (  # noqa: F401 - AUTO_GZIP_LEVEL: re-exported
     AUTO_GZIP_LEVEL,
     GZIP_LEVEL,
@@ -513,17 +513,7 @@ class FailureLog:
             "job": self.job,
         }
         data = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-        try:
-            fd = os.open(self.path, flags, 0o644)
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.path} ({exc}); check permissions") from exc
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise StoreError(
-                f"{self.path} is not a regular file (a FIFO or a device someone left there); "
-                "failures are never written through it: remove it"
-            )
+        fd = open_append(self.path, read=True)  # never through a link, FIFO or device
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
