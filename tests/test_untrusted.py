@@ -691,3 +691,78 @@ def test_a_planted_module_would_have_left_its_mark(planted: tuple[Path, Path]) -
     code = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import pickle'])"
     _from(folder, mark, sys.executable, "-P", "-c", code)
     assert mark.exists()
+
+
+# =========================================================================== planted links
+#
+# An output folder someone else prepared holds symlinks to a victim file (or a dangling one to
+# where the victim would be created). vidfeat refuses the folder, writes nothing through a link,
+# and the victim stays as it was.
+
+
+def _cli(*args: object) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from vidfeat.cli import main
+
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    return res.exit_code, res.output
+
+
+@pytest.mark.parametrize("link", ["model.json", "config.yaml", "best.pt", "classes.txt"])
+def test_models_import_refuses_an_out_with_planted_links(tmp_path: Path, link: str) -> None:
+    import timm
+    import torch
+
+    weights = tmp_path / "resnet10t.pth"
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), weights)
+    victim, elsewhere = tmp_path / "victim.txt", tmp_path / "elsewhere.yaml"
+    victim.write_text("mine\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / link).symlink_to(victim)
+    (out / "notes.yaml").symlink_to(elsewhere)  # dangling: exists() is False for it
+    code, text = _cli("models", "import", "timm", "resnet10t", "--weights", weights, "--out", out)
+    assert code in (1, 2) and "Traceback" not in text, text
+    assert str(out) in text and ("symlink" in text or "already holds a run" in text), text
+    assert victim.read_text() == "mine\n" and not elsewhere.exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted([link, "notes.yaml"])
+
+
+def test_kept_out_folders_with_links_are_refused(tmp_path: Path) -> None:
+    from vidfeat.outdir import claim_out_dir
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    out = tmp_path / "exp"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "v1.npy").symlink_to(victim)
+    for kw in ({"same": True}, {"resume": True}, {}):
+        with pytest.raises(ConfigError, match=r"holds symlinks \(sub/v1.npy\)"):
+            claim_out_dir(out, **kw)
+    aside = claim_out_dir(out, overwrite=True)  # moved aside whole: nothing is written into it
+    assert aside is not None and (aside / "sub" / "v1.npy").is_symlink() and not any(out.iterdir())
+    assert victim.read_text() == "mine\n"
+
+
+def test_appends_never_go_through_a_link_or_block_on_a_fifo(tmp_path: Path) -> None:
+    from vidfeat.errors import StoreError
+    from vidfeat.extract.ray import ray_log_path
+    from vidfeat.outdir import open_append
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    log = ray_log_path(tmp_path, "job")
+    log.symlink_to(victim)
+    with pytest.raises(StoreError, match="a symlink"):
+        open_append(log)
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    for read in (False, True):
+        with pytest.raises(StoreError, match="not a regular file"):
+            open_append(fifo, read=read)
+    assert victim.read_text() == "mine\n"
+    fd = open_append(tmp_path / "new.jsonl")
+    os.write(fd, b"{}\n")
+    os.close(fd)
+    assert (tmp_path / "new.jsonl").read_bytes() == b"{}\n"
