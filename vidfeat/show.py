@@ -457,6 +457,30 @@ def _save_atomic(fig, out: Path) -> None:
         fig.savefig(fh, format="png", dpi=100)
 
 
+def _sort_sets(sets: list) -> tuple[list, list, list, dict[str, str]]:
+    """The sets a sheet draws: flow fields, ``(T, D)`` features (their norms), clip scores with
+    their classes; and why each other one is left out."""
+    fields, feats, scored, skipped = [], [], [], {}
+    for s in sets:
+        if _is_fields(s):
+            fields.append(s)
+        elif s.features.ndim == 2 and s.features.dtype.kind in "fiu":
+            feats.append(s)
+        else:
+            skipped[s.name] = f"features {s.features.dtype} {tuple(s.features.shape)}"
+        if s.scores is not None:
+            classes = s.config.get("classes")
+            if not classes:
+                why = "scores but no classes in set.json"
+            elif len(classes) != np.size(s.scores):
+                why = f"{np.size(s.scores)} scores for {len(classes)} classes"
+            else:
+                scored.append(s)
+                continue
+            skipped[s.name] = f"{skipped[s.name]}, {why}" if s.name in skipped else why
+    return fields, feats, scored, skipped
+
+
 def contact_sheet(
     store, video_id: str, out: str | Path, videos=None, *, video_root=None
 ) -> SheetResult:
@@ -481,25 +505,7 @@ def contact_sheet(
             f"{path} holds {info.num_frames} frames, the store recorded {int(stored_frames)} for "
             f"{video_id!r}: not the file its features came from; pass --videos with that file"
         )
-    fields, feats, scored, skipped = [], [], [], {}
-    for s in sets:
-        if _is_fields(s):
-            fields.append(s)
-        elif s.features.ndim == 2 and s.features.dtype.kind in "fiu":
-            feats.append(s)
-        else:
-            skipped[s.name] = f"features {s.features.dtype} {tuple(s.features.shape)}"
-        if s.scores is not None:
-            classes = s.config.get("classes")
-            if not classes:
-                why = "scores but no classes in set.json"
-            elif len(classes) != np.size(s.scores):
-                why = f"{np.size(s.scores)} scores for {len(classes)} classes"
-            else:
-                scored.append(s)
-                continue
-            skipped[s.name] = f"{skipped[s.name]}, {why}" if s.name in skipped else why
-
+    fields, feats, scored, skipped = _sort_sets(sets)
     frame_idx, start, end, grid_from = _strip_grid(sets, info)
     T = len(frame_idx)
     shown = _evenly(T, MAX_THUMBS)

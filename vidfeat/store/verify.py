@@ -103,22 +103,7 @@ def _verify_set(
     _check_other_files(d, name, rep)
     tasks = [(name, str(d), n, want) for n in shards]
     results = {r.name: r for r in run_checks(tasks, workers_for(len(tasks), workers))}
-    done: set[str] = set()
-    multi: set[str] = set()
-    for shard in shards:
-        r = results[shard]
-        counts["shards"] += 1
-        counts["bad_shards"] += not r.opened
-        counts["unindexed_shards"] += r.opened and not r.indexed
-        rep.problems.extend(r.problems)
-        if not done.isdisjoint(r.ids):
-            multi.update(done.intersection(r.ids))
-        done.update(r.ids)
-    copies: dict[str, list[str]] = {}  # the shards of ids stored more than once
-    if multi:
-        for shard in shards:
-            for v in multi.intersection(results[shard].ids):
-                copies.setdefault(v, []).append(shard)
+    done, copies = _tally_shards(shards, results, counts, rep)
     if counts["unindexed_shards"]:
         rep.notes.append(
             f"set {name!r}: {counts['unindexed_shards']} shard(s) carry no index (written by "
@@ -137,16 +122,7 @@ def _verify_set(
             "Readers use the newest copy (largest written_at); delete older shards to reclaim "
             "space"
         )
-    for partial in sorted(d.glob("part-*.h5.partial")):
-        if partial_is_live(partial):
-            counts["live_partials"] += 1
-            rep.notes.append(f"set {name!r}: {partial.name} is being written by a live job")
-        else:
-            counts["stale_partials"] += 1
-            rep.warnings.append(
-                f"set {name!r}: stale partial {partial.name} left by a killed job; its videos are "
-                "not in the set. The next extraction run removes it (or delete it)"
-            )
+    _check_partials(d, name, counts, rep)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StoreWarning)  # non-regular files: reported above
         failed = {r["video_id"] for r in read_failures(d)}
@@ -157,20 +133,63 @@ def _verify_set(
             f"set {name!r}: {len(both)} id(s) failed once and were extracted later: {few(both)}"
         )
     if expect_ids is not None:
-        missing = set(expect_ids) - done
-        unexpected = done - set(expect_ids)
-        if missing:
-            why = f" ({len(missing & failed)} of them failed: see failures-*.jsonl)"
-            rep.problems.append(
-                f"set {name!r}: {len(missing)} expected id(s) missing: {few(missing)}"
-                f"{why if missing & failed else ''}; run the extraction for this list again "
-                "(add --retry-failed for the failed ones)"
+        _check_expected(name, set(expect_ids), done, failed, rep)
+
+
+def _tally_shards(
+    shards: list[str], results: dict, counts: dict[str, int], rep: VerifyReport
+) -> tuple[set[str], dict[str, list[str]]]:
+    """Count the checked shards into ``counts`` and ``rep``; the ids they hold, and the shards
+    of each id stored more than once."""
+    done: set[str] = set()
+    multi: set[str] = set()
+    for shard in shards:
+        r = results[shard]
+        counts["shards"] += 1
+        counts["bad_shards"] += not r.opened
+        counts["unindexed_shards"] += r.opened and not r.indexed
+        rep.problems.extend(r.problems)
+        if not done.isdisjoint(r.ids):
+            multi.update(done.intersection(r.ids))
+        done.update(r.ids)
+    copies: dict[str, list[str]] = {}
+    if multi:
+        for shard in shards:
+            for v in multi.intersection(results[shard].ids):
+                copies.setdefault(v, []).append(shard)
+    return done, copies
+
+
+def _check_partials(d: Path, name: str, counts: dict[str, int], rep: VerifyReport) -> None:
+    for partial in sorted(d.glob("part-*.h5.partial")):
+        if partial_is_live(partial):
+            counts["live_partials"] += 1
+            rep.notes.append(f"set {name!r}: {partial.name} is being written by a live job")
+        else:
+            counts["stale_partials"] += 1
+            rep.warnings.append(
+                f"set {name!r}: stale partial {partial.name} left by a killed job; its videos are "
+                "not in the set. The next extraction run removes it (or delete it)"
             )
-        if unexpected:
-            rep.problems.append(
-                f"set {name!r}: {len(unexpected)} id(s) not in the expected list: "
-                f"{few(unexpected)}; check that --videos is the list this set was extracted from"
-            )
+
+
+def _check_expected(
+    name: str, expect: set[str], done: set[str], failed: set[str], rep: VerifyReport
+) -> None:
+    missing = expect - done
+    unexpected = done - expect
+    if missing:
+        why = f" ({len(missing & failed)} of them failed: see failures-*.jsonl)"
+        rep.problems.append(
+            f"set {name!r}: {len(missing)} expected id(s) missing: {few(missing)}"
+            f"{why if missing & failed else ''}; run the extraction for this list again "
+            "(add --retry-failed for the failed ones)"
+        )
+    if unexpected:
+        rep.problems.append(
+            f"set {name!r}: {len(unexpected)} id(s) not in the expected list: "
+            f"{few(unexpected)}; check that --videos is the list this set was extracted from"
+        )
 
 
 def _wanted(d: Path, cfg: dict, rep: VerifyReport) -> tuple:
