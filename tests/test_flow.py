@@ -356,7 +356,7 @@ def test_the_package_docstring_names_its_modules() -> None:
 @pytest.mark.parametrize(
     "method, params, option",
     [
-        ("tvl1", {"levels": 2}, "--levels does not apply to --method tvl1"),
+        ("tvl1", {"levels": 2}, "--levels do not apply to --method tvl1"),
         ("farneback", {"tau": 0.1, "lambda_": 1}, "--lambda, --tau do not apply"),
         ("tvl1", {"scale_step": 1.5}, "--scale-step"),
         ("tvl1", {"theta": 0.0}, "--theta must be > 0"),
@@ -382,7 +382,7 @@ def test_the_package_docstring_names_its_modules() -> None:
         ("dis", {"use_mean_normalization": 2}, "--use-mean-normalization must be true or false"),
         ("raft", {"model": "huge"}, "--model must be one of large, small"),
         ("raft", {"num_flow_updates": 0}, "--num-flow-updates must be >= 1"),
-        ("raft", {"tau": 0.1}, "--tau does not apply to --method raft"),
+        ("raft", {"tau": 0.1}, "--tau do not apply to --method raft"),
     ],
 )
 def test_bad_options_name_the_option(method: str, params: dict, option: str) -> None:

@@ -274,17 +274,11 @@ def flow_method_options(f: F) -> F:
     return f
 
 
-def flow_params(method: str, kw: dict[str, Any]) -> dict[str, Any]:
-    """Pop every flow-algorithm option from ``kw``; the ones given must belong to ``method``."""
+def flow_params(kw: dict[str, Any]) -> dict[str, Any]:
+    """Pop every flow-algorithm option from ``kw``: the ones given, by field name. The method
+    refuses those that are not its own (:func:`vidfeat.flow.configure`)."""
     from vidfeat.flow import FLOW_METHODS, method_param_fields
 
-    mine = {fld.name for fld in method_param_fields(method)}
     every = {fld.name for n in FLOW_METHODS.names() for fld in method_param_fields(n)}
     params = {k: kw.pop(k) for k in list(kw) if k in every}
-    other = [k for k, v in params.items() if v is not None and k not in mine]
-    if other:
-        raise click.UsageError(
-            f"{', '.join('--' + o.rstrip('_').replace('_', '-') for o in other)} "
-            f"do not apply to --method {method}"
-        )
     return {k: v for k, v in params.items() if v is not None}

@@ -24,6 +24,7 @@ from vidfeat.decode import output_size, probe, read_frames
 from vidfeat.errors import ConfigError, TooFewFramesError
 from vidfeat.extract.job import RunOptions
 from vidfeat.extract.worker import Extracted
+from vidfeat.flow import FlowMethod, configure
 from vidfeat.grid import SegmentGrid
 from vidfeat.report import Report
 from vidfeat.videolist import VideoList, VideoRecord, base_attrs
@@ -49,13 +50,16 @@ class FlowFieldsExtractor:
 
     def __init__(
         self,
-        method,
+        method: FlowMethod | str,
         *,
         segments: int,
         frames: int,
         short_side: int,
         bound: float,
         threads: int | None = None,
+        params: dict[str, Any] | None = None,
+        runtime: dict[str, Any] | None = None,
+        applicable_only: bool = False,
     ) -> None:
         if short_side < 16:
             raise ConfigError(f"--short-side must be >= 16 (got {short_side})")
@@ -63,6 +67,8 @@ class FlowFieldsExtractor:
             raise ConfigError(f"--bound must be > 0 (got {bound})")
         if threads is not None and threads < 1:
             raise ConfigError(f"threads must be >= 1 (got {threads})")
+        if isinstance(method, str):  # a method's name: configured here (vidfeat.flow.configure)
+            method = configure(method, params, runtime, applicable_only=applicable_only)
         self.method = method
         self.grid = SegmentGrid(segments, frames, "test", pairs=True)
         self.short_side = short_side
@@ -212,15 +218,7 @@ def fields_extractor_for(
     method's run-time settings (``device``, ``batch_size``, ``weights``; see
     ``FlowMethod.runtime``) — only those its method takes are applied, since a network's
     ``--device`` and ``--batch-size`` reach this too."""
-    from vidfeat.flow import make_method
     from vidfeat.store import FeatureStore
-
-    def configured(m):
-        rt = {k: v for k, v in (runtime or {}).items() if v is not None}
-        if not m.uses_torch:
-            rt.pop("device", None)
-            rt.pop("batch_size", None)
-        return m.runtime(**rt)
 
     store = FeatureStore(store_root)
     if fields_set in store.sets():
@@ -229,14 +227,21 @@ def fields_extractor_for(
             raise ConfigError(f"set {fields_set!r} holds {c.get('method')} flow, not {method}")
         _refuse_differing(fields_set, c, given or {})
         return FlowFieldsExtractor(
-            configured(make_method(method, **c["method_params"])),
+            method,
+            # the set's own values; a given parameter of another method is still refused
+            params={**params, **c["method_params"]},
+            runtime=runtime,
+            applicable_only=True,
             segments=int(c["T"]),
             frames=int(c["N"]),
             short_side=int(c["short_side"]),
             bound=float(c["quantization"]["bound"]),
         )
     return FlowFieldsExtractor(
-        configured(make_method(method, **params)),
+        method,
+        params=params,
+        runtime=runtime,
+        applicable_only=True,
         segments=segments,
         frames=frames,
         short_side=short_side,
@@ -308,11 +313,11 @@ def extract_flow_fields(
     method has no device). Each worker gets its share of the cores (:func:`thread_budget_for`).
     """
     from vidfeat.extract import run_extraction
-    from vidfeat.flow import make_method
 
-    flow = make_method(method, **params).runtime(**(runtime or {}))
     extractor = FlowFieldsExtractor(
-        flow,
+        method,
+        params=params,
+        runtime=runtime,
         segments=segments,
         frames=frames,
         short_side=short_side,

@@ -76,6 +76,27 @@ def make_method(name: str, **params: Any) -> FlowMethod:
     return FLOW_METHODS.get(name)(**params)
 
 
+def configure(
+    name: str,
+    params: dict[str, Any] | None = None,
+    runtime: dict[str, Any] | None = None,
+    *,
+    applicable_only: bool = False,
+) -> FlowMethod:
+    """``--method name`` as a run asks for it: its parameters (``params``; a parameter of
+    another method is refused by flag, the others keep OpenCV's defaults) and its run-time
+    settings (``runtime``: ``device``, ``batch_size``, ``weights``, None = not given), which a
+    method they do not apply to refuses with the reason. ``applicable_only``: a CPU method
+    ignores ``device`` and ``batch_size`` instead (they were given for a flow network that
+    reads the fields, not for the method)."""
+    method = make_method(name, **(params or {}))
+    settings = {k: v for k, v in (runtime or {}).items() if v is not None}
+    if applicable_only and not method.uses_torch:
+        settings.pop("device", None)
+        settings.pop("batch_size", None)
+    return method.runtime(**settings)
+
+
 __all__ = [
     "DEFAULT_BOUND",
     "DIS",
@@ -91,6 +112,7 @@ __all__ = [
     "TVL1Params",
     "TVL1Torch",
     "available_cores",
+    "configure",
     "configure_worker_threads",
     "dequantize",
     "flow_on_grid",

@@ -127,10 +127,9 @@ class FlowMethod:
     def __init__(self, **params: Any) -> None:
         fields = {f.name: f for f in dataclasses.fields(self.params_cls)}
         unknown = sorted(set(params) - set(fields))
-        if unknown:
-            verb = "does" if len(unknown) == 1 else "do"
+        if unknown:  # the command line's wording since its first version
             raise ConfigError(
-                f"{', '.join(option_name(u) for u in unknown)} {verb} not apply to "
+                f"{', '.join(option_name(u) for u in unknown)} do not apply to "
                 f"--method {self.name} (its options: "
                 f"{', '.join(option_name(f) for f in fields)})"
             )
