@@ -339,7 +339,7 @@ def extract_rgb(**kw: Any) -> None:
         opts=build_run_options(kw),
         echo=click.echo,
         crop_size=kw["crop_size"],
-        grid="test" if kw["grid"] == "centred" else "reference",
+        grid=kw["grid"],
     )
     finish(rep, kw["store_root"], set_name)
 

@@ -274,15 +274,17 @@ class _RunTask(NetworkTask):
 class RGBNetwork(_RunTask):
     """An RGB run: frames prepared as the run records (an imported run: the authors' test
     resize, crop and mean/std; a vidfeat run: its training size and short side). ``crop_size``
-    overrides the recorded test crop; ``grid="reference"`` takes the authors' test frames."""
+    overrides the recorded test crop; ``grid``: ``centred`` (every modality's test grid) or
+    ``reference`` (the authors' test frames), the names ``--grid`` takes."""
 
     modality = "rgb"
+    GRID_MODES = {"centred": "test", "reference": "reference"}  # --grid → SegmentGrid mode
 
-    def __init__(self, checkpoint, *, crop_size: int | None = None, grid: str = "test", **kw):
+    def __init__(self, checkpoint, *, crop_size: int | None = None, grid: str = "centred", **kw):
         super().__init__(checkpoint, **kw)
-        if grid not in ("test", "reference"):
+        if grid not in self.GRID_MODES:
             raise ConfigError(f"--grid must be centred or reference (got {grid!r})")
-        self.crop_size, self.grid = crop_size, grid
+        self.crop_size, self.grid = crop_size, self.GRID_MODES[grid]
 
     def preprocessing(self):
         from dataclasses import replace
@@ -472,7 +474,7 @@ def extract_rgb_features(
     opts: RunOptions,
     echo: Echo = print,
     crop_size: int | None = None,
-    grid: str = "test",
+    grid: str = "centred",
 ) -> Report:
     task = RGBNetwork(
         checkpoint,
