@@ -222,18 +222,7 @@ class SetIndex:
 
     @classmethod
     def _from_arrays(cls, a: dict[str, np.ndarray]) -> SetIndex | None:
-        want = {
-            "meta": np.uint8,
-            "shard_names": np.uint8,
-            "shard_stat": np.int64,
-            "ids": np.uint8,
-            "offset": np.int64,
-            "layout": np.int32,
-            "wat": np.float64,
-            "lay_ndim": np.int16,
-            "lay_dims": np.int64,
-            "lay_dtype": np.int16,
-        }
+        want = _NPZ_DTYPES
         if set(a) != set(want) or any(a[k].dtype != t or a[k].ndim != 1 for k, t in want.items()):
             return None
         meta = json.loads(a["meta"].tobytes().decode("utf-8"))
