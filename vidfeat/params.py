@@ -72,10 +72,16 @@ def param(
     return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
 
 
+def default_flag(field_name: str) -> str:
+    """The option of a field that declares no flag: ``lambda_`` → ``--lambda``,
+    ``inner_iterations`` → ``--inner-iterations``."""
+    return "--" + field_name.rstrip("_").replace("_", "-")
+
+
 def option_flag(fld: dataclasses.Field) -> str:
-    """The flag a user sets field ``fld`` with (its first declared flag, else ``--field-name``)."""
+    """The flag a user sets field ``fld`` with (its first declared flag, else its default)."""
     flags = [f for f in fld.metadata.get("flags", ()) if f.startswith("-")]
-    return flags[0] if flags else "--" + fld.name.rstrip("_").replace("_", "-")
+    return flags[0] if flags else default_flag(fld.name)
 
 
 def option_fields(cls: type, group: str | None = None) -> list[dataclasses.Field]:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
-from vidfeat.params import option_fields
+from vidfeat.params import default_flag, option_fields
 
 F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[F], F]
@@ -137,10 +137,6 @@ def flow_method_names() -> list[str]:
 # --------------------------------------------------------------------------- dataclass options
 
 
-def _flag(field_name: str) -> str:
-    return "--" + field_name.rstrip("_").replace("_", "-")
-
-
 def _has_default(fld: dataclasses.Field) -> bool:
     return fld.default is not dataclasses.MISSING or fld.default_factory is not dataclasses.MISSING
 
@@ -189,7 +185,7 @@ def field_option(fld: dataclasses.Field) -> click.Option:
         elif not meta.get("unset") and fld.default is not None:
             attrs["default"] = fld.default
         attrs["show_default"] = "default" in attrs and not meta.get("default_text")
-    return click.Option(list(meta.get("flags") or (_flag(fld.name),)), **attrs)
+    return click.Option(list(meta.get("flags") or (default_flag(fld.name),)), **attrs)
 
 
 class DataclassOptions:

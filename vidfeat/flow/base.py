@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vidfeat.errors import ConfigError
+from vidfeat.params import default_flag
 
 
 def _opt(
@@ -63,9 +64,8 @@ def param_default_text(fld: dataclasses.Field) -> str:
 
 
 def option_name(field_name: str) -> str:
-    """The command-line option of a parameter field: ``lambda_`` → ``--lambda``,
-    ``inner_iterations`` → ``--inner-iterations``."""
-    return "--" + field_name.rstrip("_").replace("_", "-")
+    """The command-line option of a parameter field (:func:`vidfeat.params.default_flag`)."""
+    return default_flag(field_name)
 
 
 def _coerce(fld: dataclasses.Field, value: Any) -> Any:
