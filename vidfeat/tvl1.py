@@ -11,14 +11,16 @@ torch device:
   ``scale_step`` (pixel-centre convention ``src = (dst + 0.5) / scale_step - 0.5``, edge
   replication, no antialiasing or blur), down to the first level narrower or lower than 16 px,
   which is dropped. ``cv2.resize`` of float images runs Intel IPP in the opencv-python wheels:
-  the tap fraction is taken in double, and ``a + f (b - a)`` is one fused multiply-add; done
-  the same way here (identical bits when up-sampling, a few 1-ulp pixels when down-sampling);
+  the tap fraction is taken in double, ``a + f (b - a)`` is one fused multiply-add, and past
+  the last pixel a down-sampling takes the last interval at fraction 1; done the same way here
+  (identical bits; not for ``scale_step = 0.5``, which OpenCV resizes as an area average);
 * per scale: the centred gradient of the *unwarped* second image (one-sided half differences on
   the border), computed once and warped with the image; the dual variables reset to zero once;
 * per warp: the image and its gradient remapped by cubic convolution (A = -0.75) with a zero
   border, at the exact map positions (OpenCV 5.0's remap of float maps does not round them to
   1/32 px, 4.x did; see ``tests/test_tvl1.py``), then ``grad = |∇I1w|²`` and the constant part
-  of rho; its weights agree with OpenCV's to float rounding (~1e-7), not bit for bit;
+  of rho; the weights and the order of the fused multiply-adds are those of OpenCV's
+  vectorised remap (found by probing it), so the warped images are OpenCV's bits;
 * iterations: up to ``outer_iterations`` × ``inner_iterations`` steps (thresholding, divergence
   of p, u update, forward gradient of u, projection of p), a 5×5 (or 3×3) median of u1 and u2
   with replicated border before each group of ``inner_iterations``; the warp ends at the first
@@ -31,8 +33,8 @@ torch device:
 
 Within a warp every float operation is OpenCV's, in OpenCV's order (no fused multiply-adds,
 its association at the first column of the divergence, hypot for |∇u|), so one warp gives
-identical bits; the few remaining rounding differences (remap weights, the error summed in
-double rather than in float) grow, like any 1e-4 grey-level change of OpenCV's input does,
+identical bits; the few remaining rounding differences (the error summed in double rather
+than in float) grow, like any 1e-4 grey-level change of OpenCV's input does,
 through the stopping rule and the median into ~0.01-0.05 px differences of the final flow.
 
 Batching: all pairs of a chunk run together; a pair whose warp has converged is written back and
@@ -71,25 +73,37 @@ def _resize_axis_coeffs(
     """Linear-resize taps along one axis as the installed OpenCV computes them (its Intel IPP
     path, which ``cv2.resize`` takes for float images): source position ``(d + 0.5) * scale -
     0.5`` and its fraction in double, the fraction stored as float; outside the image both taps
-    are the edge pixel (replication)."""
+    are the edge pixel (replication), except past the last pixel when down-sampling, where IPP
+    takes the last interval at fraction 1 (``a + 1 · (b - a)``, which may differ from ``b`` by an
+    ulp; found by probing it)."""
     pos = (np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5
     i0 = np.floor(pos).astype(np.int64)
     frac = (pos - i0).astype(np.float32)
     low = i0 < 0
     frac[low], i0[low] = 0.0, 0
     high = i0 >= src - 1
-    frac[high], i0[high] = 0.0, src - 1
+    if scale > 1 and src > 1:
+        frac[high], i0[high] = 1.0, src - 2
+    else:
+        frac[high], i0[high] = 0.0, src - 1
     i1 = np.minimum(i0 + 1, src - 1)
     t = [torch.from_numpy(a).to(device) for a in (i0, i1, frac)]
     return t[0], t[1], t[2]
+
+
+def _fma(a: torch.Tensor, b: torch.Tensor | float, c: torch.Tensor | float) -> torch.Tensor:
+    """``a * b + c`` of floats rounded once (a fused multiply-add, as OpenCV's SIMD kernels do),
+    emulated in double, where the product of two floats is exact."""
+    b = b.to(torch.float64) if isinstance(b, torch.Tensor) else b
+    c = c.to(torch.float64) if isinstance(c, torch.Tensor) else c
+    return (a.to(torch.float64) * b + c).to(torch.float32)
 
 
 def _lerp_fma(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """``a + f * (b - a)`` with the product and sum rounded once (a fused multiply-add, as the
     IPP resize does): the difference in float, the FMA emulated in double (the product of two
     floats is exact there)."""
-    d = (b - a).to(torch.float64)
-    return torch.addcmul(a.to(torch.float64), d, f.to(torch.float64)).to(torch.float32)
+    return _fma(b - a, f, a)
 
 
 def _resize_linear(
@@ -123,14 +137,16 @@ def _centered_gradient(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _cubic_weights(t: torch.Tensor) -> list[torch.Tensor]:
-    """OpenCV's ``interpolateCubic``: weights of the taps at -1, 0, +1, +2 for the fraction t."""
+    """Weights of the taps at -1, 0, +1, +2 for the fraction t, as the installed OpenCV's
+    vectorised remap computes them (found by probing it with unit impulses, identical bits):
+    the outer taps as ``A t (1-t)²`` and ``A (1-t) t²``, the tap at 0 by fused multiply-adds,
+    and the tap at +1 as what makes the four sum to one."""
     a = _CUBIC_A
-    t1 = t + 1.0
     s = 1.0 - t
-    c0 = ((a * t1 - 5.0 * a) * t1 + 8.0 * a) * t1 - 4.0 * a
-    c1 = ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
-    c2 = ((a + 2.0) * s - (a + 3.0)) * s * s + 1.0
-    c3 = 1.0 - c0 - c1 - c2
+    c0 = a * (t * (s * s))
+    c1 = _fma(_fma(t, a + 2.0, -(a + 3.0)), t * t, 1.0)
+    c3 = a * (s * (t * t))
+    c2 = ((1.0 - c0) - c1) - c3
     return [c0, c1, c2, c3]
 
 
@@ -153,14 +169,29 @@ def _remap_cubic(images: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> to
     pw = w + 2
     table = torch.nn.functional.pad(images, (1, 1, 1, 1)).reshape(b, c, (h + 2) * pw)
     cols = [(fx0.to(torch.int64) + k).clamp_(0, w + 1) for k in range(4)]  # padded coords
-    out = torch.zeros((b, c, h * w), dtype=images.dtype, device=dev)
+    # OpenCV's order: each row of 4 taps, then the 4 rows, each a chain of fused multiply-adds;
+    # in double, where the products of floats are exact, rounded to float after each step
+    f64 = torch.float64
+    table = table.to(f64)
+    wx = [x.view(b, 1, h * w).to(f64) for x in wx]
+    wy = [y.view(b, 1, h * w).to(f64) for y in wy]
+    out = None
     for i in range(4):
         row = (fy0.to(torch.int64) + i).clamp_(0, h + 1) * pw
+        acc = None
         for k in range(4):
             idx = (row + cols[k]).view(b, 1, h * w).expand(b, c, h * w)
-            wt = (wy[i] * wx[k]).view(b, 1, h * w)
-            out.addcmul_(torch.gather(table, 2, idx), wt)
-    return out.view(b, c, h, w)
+            px = torch.gather(table, 2, idx).mul_(wx[k])
+            acc = _to_float(px if acc is None else px.add_(acc))
+        acc = acc.mul_(wy[i])
+        out = _to_float(acc if out is None else acc.add_(out))
+    assert out is not None
+    return out.to(torch.float32).view(b, c, h, w)
+
+
+def _to_float(x: torch.Tensor) -> torch.Tensor:
+    """Double ``x`` rounded to float, kept in double."""
+    return x.to(torch.float32).to(torch.float64)
 
 
 def _batcher(n: int) -> list[tuple[int, int]]:
