@@ -25,17 +25,18 @@ torch device:
   of p, u update, forward gradient of u, projection of p), a 5×5 (or 3×3) median of u1 and u2
   with replicated border before each group of ``inner_iterations``; the warp ends at the first
   step whose summed squared update of u is <= ``epsilon² · H · W`` (the error is carried across
-  the outer loop, exactly as OpenCV's loop conditions do), and restarts the count at the next
-  warp;
+  the outer loop, exactly as OpenCV's loop conditions do; where it matters, summed in float in
+  OpenCV's order), and restarts the count at the next warp;
 * ``gamma > 0`` adds OpenCV's illumination term u3 (its own dual variables, not median-filtered,
   carried to the finer scale unscaled);
 * the flow is carried to the finer scale by linear resize and multiplied by ``1 / scale_step``.
 
-Within a warp every float operation is OpenCV's, in OpenCV's order (no fused multiply-adds,
-its association at the first column of the divergence, hypot for |∇u|), so one warp gives
-identical bits; the few remaining rounding differences (the error summed in double rather
-than in float) grow, like any 1e-4 grey-level change of OpenCV's input does,
-through the stopping rule and the median into ~0.01-0.05 px differences of the final flow.
+Every float operation is OpenCV's, in OpenCV's order (its association at the first column of
+the divergence, its three tests of the thresholding on its rounded products, hypot for |∇u| in
+double), and the flow is OpenCV's, bit for bit. That matters: one rounding difference anywhere
+grows, as any 1e-4 grey-level change of OpenCV's input does, through the stopping rule and the
+median into 0.05-0.17 px differences at the 95th percentile of the final flow. The cost is the
+double-precision parts (hypot, fused multiply-adds): about 1.6x the time of a float-only port.
 
 Batching: all pairs of a chunk run together; a pair whose warp has converged is written back and
 dropped from the working set, so a batch costs the sum of its pairs' iterations, not the slowest
@@ -254,15 +255,14 @@ def _median(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class _Consts:
-    """Per-warp constants of the working set: the warped gradient, -|∇I1w|² (|∇I1w|² <= FLT_EPSILON
-    replaced by a tiny value, see :func:`_step`), λθ|∇I1w|² and rho_c, each ``[b, N]``."""
+    """Per-warp constants of the working set: the warped gradient, -|∇I1w|² (-inf where
+    |∇I1w|² <= FLT_EPSILON, see :func:`_step`), ∓λθ|∇I1w|² and rho_c, each ``[b, N]``."""
 
-    __slots__ = ("ix", "iy", "neg_grad", "rho_c")
+    __slots__ = ("ix", "iy", "neg_grad", "lo", "hi", "rho_c")
 
-    def __init__(
-        self, ix: torch.Tensor, iy: torch.Tensor, neg_grad: torch.Tensor, rho_c: torch.Tensor
-    ) -> None:
-        self.ix, self.iy, self.neg_grad, self.rho_c = ix, iy, neg_grad, rho_c
+    def __init__(self, *arrays: torch.Tensor) -> None:
+        for name, a in zip(self.__slots__, arrays, strict=True):
+            setattr(self, name, a)
 
     def select(self, keep: torch.Tensor) -> _Consts:
         return _Consts(*(getattr(self, n)[keep] for n in self.__slots__))
@@ -298,26 +298,37 @@ def _forward_gradient(u: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, to
     return ux, uy
 
 
+def _hypot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(float) hypot(x, y)`` as OpenCV calls it on floats: in double, rounded to float once
+    (torch's float ``hypot`` may be off by an ulp)."""
+    x64, y64 = x.to(torch.float64), y.to(torch.float64)
+    return x64.mul_(x64).addcmul_(y64, y64).sqrt_().to(torch.float32)
+
+
 def _step(
     st: list[torch.Tensor], k: _Consts, hw: tuple[int, int], c: tuple[float, float, float, float]
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """One inner iteration (estimateV, divergence, estimateU, forwardGradient,
     estimateDualVariables) on the flat working set ``st`` = [u1, u2, p11, p12, p21, p22]
-    (+ [u3, p31, p32]). Returns the new state and each pair's summed squared update of u
-    (float64, so that it does not depend on the batch's layout)."""
+    (+ [u3, p31, p32]). Returns the new state, each pair's summed squared update of u (in
+    float64, so that it does not depend on the batch's layout) and the float terms of that sum."""
     h, w = hw
     l_t, theta, taut, gamma = c
     u1, u2, p11, p12, p21, p22 = st[:6]
     use_gamma = len(st) > 6
-    # thresholding: rho = rho_c + ∇I1w·u (+ γ u3); the step along ∇I1w is -rho/|∇I1w|²
-    # clamped to ±λθ, which is OpenCV's three cases (|∇I1w|² <= FLT_EPSILON: ±λθ by the sign
-    # of rho, 0 if rho = 0)
+    # thresholding: rho = rho_c + ∇I1w·u (+ γ u3); the step along ∇I1w is λθ if rho < -λθ|∇I1w|²,
+    # -λθ if rho > λθ|∇I1w|², else -rho/|∇I1w|² (0 if |∇I1w|² <= FLT_EPSILON): OpenCV's three
+    # tests, on its rounded products (clamping the quotient would differ by an ulp at the edges)
     rho = k.ix * u1
     rho.add_(k.iy * u2).add_(k.rho_c)
     if use_gamma:
         u3, p31, p32 = st[6:]
         rho.add_(u3 * gamma)
-    coef = torch.div(rho, k.neg_grad).clamp_(-l_t, l_t)
+    # branch-free: s = -1, 0, 1 for the three cases (rho - clamp(rho) is exact, and 0 only
+    # inside), and 0 · (the finite quotient) + λθ or - λθ is exactly ±λθ
+    inside = torch.clamp(rho, k.lo, k.hi)
+    s = torch.sub(rho, inside).sign_()
+    coef = inside.div_(k.neg_grad).mul_(1.0 - s.abs()).sub_(s.mul_(l_t))
     new = [
         (coef * k.ix).add_(u1).add_(_divergence(p11, p12, w).mul_(theta)),
         (coef * k.iy).add_(u2).add_(_divergence(p21, p22, w).mul_(theta)),
@@ -339,12 +350,26 @@ def _step(
     dual: list[torch.Tensor] = []
     for n, (pa, pb) in zip(new, duals, strict=True):
         ux, uy = _forward_gradient(n, h, w)
-        ng = torch.hypot(ux, uy).mul_(taut).add_(1.0)
+        ng = _hypot(ux, uy).mul_(taut).add_(1.0)
         dual += [(ux * taut).add_(pa).div_(ng), (uy * taut).add_(pb).div_(ng)]
     out += dual[:4]
     if use_gamma:
         out += [new[2], *dual[4:]]
-    return out, err
+    return out, err, e
+
+
+def _converged(err: torch.Tensor, e: torch.Tensor, seps: float) -> torch.Tensor:
+    """OpenCV's test ``error <= epsilon² H W``, where its error adds the float terms ``e`` one by
+    one in float. The float64 sum ``err`` decides wherever that float sum cannot fall on the
+    other side of the threshold (its error is below n · 2⁻²⁴ · err, as the terms are >= 0);
+    the rare pairs within that margin get the float sum itself, in OpenCV's order."""
+    n = e.shape[1]
+    near = (err - seps).abs() <= err * (1.01 * n * 2.0**-24)
+    if bool(near.any()):
+        rows = near.nonzero()[:, 0]
+        serial = np.add.accumulate(e[rows].cpu().numpy(), axis=1)[:, -1]
+        err = err.index_put((rows,), torch.from_numpy(serial.astype(np.float64)).to(err.device))
+    return err <= seps
 
 
 def _one_scale(
@@ -382,9 +407,10 @@ def _one_scale(
         i1w, ix, iy = warped[:, 0], warped[:, 1], warped[:, 2]
         grad = ix * ix + iy * iy
         rho_c = i1w - ix * u1 - iy * u2 - i0
-        # see _step: -grad, with a tiny stand-in where OpenCV takes its grad <= FLT_EPSILON branch
-        neg_grad = torch.where(grad > _FLT_EPSILON, -grad, -1e-30)
-        consts = _Consts(*(t.reshape(b, n) for t in (ix, iy, neg_grad, rho_c)))
+        # see _step: -grad, and -inf (a zero step) where OpenCV's grad <= FLT_EPSILON branch is
+        neg_grad = torch.where(grad > _FLT_EPSILON, -grad, -torch.inf)
+        lg = grad * c[0]
+        consts = _Consts(*(t.reshape(b, n) for t in (ix, iy, neg_grad, -lg, lg, rho_c)))
         idx = torch.arange(b, device=dev)  # the pairs of the working set
         work = state
         for it in range(outer * inner):
@@ -395,9 +421,9 @@ def _one_scale(
                     _median(work[1].view(m, h, w), med).view(m, n),
                     *work[2:],
                 ]
-            work, err = _step(work, consts, (h, w), c)
+            work, err, e = _step(work, consts, (h, w), c)
             iters.index_add_(0, idx, torch.ones_like(idx))
-            done = err <= seps
+            done = _converged(err, e, seps)
             if bool(done.any()):
                 state = _write_back(state, work, idx, b)
                 keep = ~done
