@@ -329,16 +329,21 @@ def write_mp4(
     audio_codec: str = "aac",
     audio_layout: str = "mono",
     faststart: bool = False,
+    mbtree: bool = True,
 ) -> None:
     """Encode ``frames`` (F, H, W, 3) uint8 RGB (even H, W) as H.264 (+ mono ``audio``) in MP4.
 
     ``gop`` defaults to one keyframe per second, which makes seeking meaningful on longer clips;
-    ``faststart`` puts the index (moov) first, as web-optimised files do. With ``bframes=0`` the
-    bytes depend only on the input; with B-frames, x264 (through PyAV 18) was seen to vary its
-    output slightly from run to run, so the synthetic dataset is written without them.
+    ``faststart`` puts the index (moov) first, as web-optimised files do. x264 (through PyAV 18)
+    was seen to vary its output from run to run with B-frames, so the synthetic dataset is
+    written without them. The cause is its macroblock-tree rate control: at some frame sizes
+    (128×170 and 128×176, not 64×64 or 112×112) its lookahead reads uninitialised memory
+    (valgrind), with or without B-frames, so the bytes depend on what the process ran before.
+    ``mbtree=False`` turns it off: then the bytes depend only on the input, at any size.
     """
     F, H, W, _ = frames.shape
     opts = {"movflags": "faststart"} if faststart else {}
+    x264 = {} if mbtree else {"mbtree": "0"}
     with av.open(str(path), mode="w", format="mp4", options=opts) as out:
         vs = out.add_stream(
             "libx264",
@@ -350,6 +355,7 @@ def write_mp4(
                 "g": str(gop if gop is not None else max(1, int(round(float(fps))))),
                 "keyint_min": "1",
                 "sc_threshold": "0",
+                **x264,
             },
         )
         vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"

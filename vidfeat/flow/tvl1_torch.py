@@ -12,29 +12,32 @@ torch device:
   ``scale_step`` (pixel-centre convention ``src = (dst + 0.5) / scale_step - 0.5``, edge
   replication, no antialiasing or blur), down to the first level narrower or lower than 16 px,
   which is dropped. ``cv2.resize`` of float images runs Intel IPP in the opencv-python wheels:
-  the tap fraction is taken in double, and ``a + f (b - a)`` is one fused multiply-add; done
-  the same way here (identical bits when up-sampling, a few 1-ulp pixels when down-sampling);
+  the tap fraction is taken in double, ``a + f (b - a)`` is one fused multiply-add, and past
+  the last pixel a down-sampling takes the last interval at fraction 1; done the same way here
+  (identical bits; not for ``scale_step = 0.5``, which OpenCV resizes as an area average);
 * per scale: the centred gradient of the *unwarped* second image (one-sided half differences on
   the border), computed once and warped with the image; the dual variables reset to zero once;
 * per warp: the image and its gradient remapped by cubic convolution (A = -0.75) with a zero
   border, at the exact map positions (OpenCV 5.0's remap of float maps does not round them to
   1/32 px, 4.x did; see ``tests/test_tvl1.py``), then ``grad = |∇I1w|²`` and the constant part
-  of rho; its weights agree with OpenCV's to float rounding (~1e-7), not bit for bit;
+  of rho; the weights and the order of the fused multiply-adds are those of OpenCV's
+  vectorised remap (found by probing it), so the warped images are OpenCV's bits;
 * iterations: up to ``outer_iterations`` × ``inner_iterations`` steps (thresholding, divergence
   of p, u update, forward gradient of u, projection of p), a 5×5 (or 3×3) median of u1 and u2
   with replicated border before each group of ``inner_iterations``; the warp ends at the first
   step whose summed squared update of u is <= ``epsilon² · H · W`` (the error is carried across
-  the outer loop, exactly as OpenCV's loop conditions do), and restarts the count at the next
-  warp;
+  the outer loop, exactly as OpenCV's loop conditions do; where it matters, summed in float in
+  OpenCV's order), and restarts the count at the next warp;
 * ``gamma > 0`` adds OpenCV's illumination term u3 (its own dual variables, not median-filtered,
   carried to the finer scale unscaled);
 * the flow is carried to the finer scale by linear resize and multiplied by ``1 / scale_step``.
 
-Within a warp every float operation is OpenCV's, in OpenCV's order (no fused multiply-adds,
-its association at the first column of the divergence, hypot for |∇u|), so one warp gives
-identical bits; the few remaining rounding differences (remap weights, the error summed in
-double rather than in float) grow, like any 1e-4 grey-level change of OpenCV's input does,
-through the stopping rule and the median into ~0.01-0.05 px differences of the final flow.
+Every float operation is OpenCV's, in OpenCV's order (its association at the first column of
+the divergence, its three tests of the thresholding on its rounded products, hypot for |∇u| in
+double), and the flow is OpenCV's, bit for bit. That matters: one rounding difference anywhere
+grows, as any 1e-4 grey-level change of OpenCV's input does, through the stopping rule and the
+median into 0.05-0.17 px differences at the 95th percentile of the final flow. The cost is the
+double-precision parts (hypot, fused multiply-adds): about 1.6x the time of a float-only port.
 
 Batching: all pairs of a chunk run together; a pair whose warp has converged is written back and
 dropped from the working set, so a batch costs the sum of its pairs' iterations, not the slowest
@@ -97,25 +100,37 @@ def _resize_axis_coeffs(
     """Linear-resize taps along one axis as the installed OpenCV computes them (its Intel IPP
     path, which ``cv2.resize`` takes for float images): source position ``(d + 0.5) * scale -
     0.5`` and its fraction in double, the fraction stored as float; outside the image both taps
-    are the edge pixel (replication)."""
+    are the edge pixel (replication), except past the last pixel when down-sampling, where IPP
+    takes the last interval at fraction 1 (``a + 1 · (b - a)``, which may differ from ``b`` by an
+    ulp; found by probing it)."""
     pos = (np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5
     i0 = np.floor(pos).astype(np.int64)
     frac = (pos - i0).astype(np.float32)
     low = i0 < 0
     frac[low], i0[low] = 0.0, 0
     high = i0 >= src - 1
-    frac[high], i0[high] = 0.0, src - 1
+    if scale > 1 and src > 1:
+        frac[high], i0[high] = 1.0, src - 2
+    else:
+        frac[high], i0[high] = 0.0, src - 1
     i1 = np.minimum(i0 + 1, src - 1)
     t = [torch.from_numpy(a).to(device) for a in (i0, i1, frac)]
     return t[0], t[1], t[2]
+
+
+def _fma(a: torch.Tensor, b: torch.Tensor | float, c: torch.Tensor | float) -> torch.Tensor:
+    """``a * b + c`` of floats rounded once (a fused multiply-add, as OpenCV's SIMD kernels do),
+    emulated in double, where the product of two floats is exact."""
+    b = b.to(torch.float64) if isinstance(b, torch.Tensor) else b
+    c = c.to(torch.float64) if isinstance(c, torch.Tensor) else c
+    return (a.to(torch.float64) * b + c).to(torch.float32)
 
 
 def _lerp_fma(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """``a + f * (b - a)`` with the product and sum rounded once (a fused multiply-add, as the
     IPP resize does): the difference in float, the FMA emulated in double (the product of two
     floats is exact there)."""
-    d = (b - a).to(torch.float64)
-    return torch.addcmul(a.to(torch.float64), d, f.to(torch.float64)).to(torch.float32)
+    return _fma(b - a, f, a)
 
 
 def _resize_linear(
@@ -149,14 +164,16 @@ def _centered_gradient(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _cubic_weights(t: torch.Tensor) -> list[torch.Tensor]:
-    """OpenCV's ``interpolateCubic``: weights of the taps at -1, 0, +1, +2 for the fraction t."""
+    """Weights of the taps at -1, 0, +1, +2 for the fraction t, as the installed OpenCV's
+    vectorised remap computes them (found by probing it with unit impulses, identical bits):
+    the outer taps as ``A t (1-t)²`` and ``A (1-t) t²``, the tap at 0 by fused multiply-adds,
+    and the tap at +1 as what makes the four sum to one."""
     a = _CUBIC_A
-    t1 = t + 1.0
     s = 1.0 - t
-    c0 = ((a * t1 - 5.0 * a) * t1 + 8.0 * a) * t1 - 4.0 * a
-    c1 = ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
-    c2 = ((a + 2.0) * s - (a + 3.0)) * s * s + 1.0
-    c3 = 1.0 - c0 - c1 - c2
+    c0 = a * (t * (s * s))
+    c1 = _fma(_fma(t, a + 2.0, -(a + 3.0)), t * t, 1.0)
+    c3 = a * (s * (t * t))
+    c2 = ((1.0 - c0) - c1) - c3
     return [c0, c1, c2, c3]
 
 
@@ -179,14 +196,29 @@ def _remap_cubic(images: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> to
     pw = w + 2
     table = torch.nn.functional.pad(images, (1, 1, 1, 1)).reshape(b, c, (h + 2) * pw)
     cols = [(fx0.to(torch.int64) + k).clamp_(0, w + 1) for k in range(4)]  # padded coords
-    out = torch.zeros((b, c, h * w), dtype=images.dtype, device=dev)
+    # OpenCV's order: each row of 4 taps, then the 4 rows, each a chain of fused multiply-adds;
+    # in double, where the products of floats are exact, rounded to float after each step
+    f64 = torch.float64
+    table = table.to(f64)
+    wx = [x.view(b, 1, h * w).to(f64) for x in wx]
+    wy = [y.view(b, 1, h * w).to(f64) for y in wy]
+    out = None
     for i in range(4):
         row = (fy0.to(torch.int64) + i).clamp_(0, h + 1) * pw
+        acc = None
         for k in range(4):
             idx = (row + cols[k]).view(b, 1, h * w).expand(b, c, h * w)
-            wt = (wy[i] * wx[k]).view(b, 1, h * w)
-            out.addcmul_(torch.gather(table, 2, idx), wt)
-    return out.view(b, c, h, w)
+            px = torch.gather(table, 2, idx).mul_(wx[k])
+            acc = _to_float(px if acc is None else px.add_(acc))
+        acc = acc.mul_(wy[i])
+        out = _to_float(acc if out is None else acc.add_(out))
+    assert out is not None
+    return out.to(torch.float32).view(b, c, h, w)
+
+
+def _to_float(x: torch.Tensor) -> torch.Tensor:
+    """Double ``x`` rounded to float, kept in double."""
+    return x.to(torch.float32).to(torch.float64)
 
 
 def _batcher(n: int) -> list[tuple[int, int]]:
@@ -249,15 +281,14 @@ def _median(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class _Consts:
-    """Per-warp constants of the working set: the warped gradient, -|∇I1w|² (|∇I1w|² <= FLT_EPSILON
-    replaced by a tiny value, see :func:`_step`), λθ|∇I1w|² and rho_c, each ``[b, N]``."""
+    """Per-warp constants of the working set: the warped gradient, -|∇I1w|² (-inf where
+    |∇I1w|² <= FLT_EPSILON, see :func:`_step`), ∓λθ|∇I1w|² and rho_c, each ``[b, N]``."""
 
-    __slots__ = ("ix", "iy", "neg_grad", "rho_c")
+    __slots__ = ("ix", "iy", "neg_grad", "lo", "hi", "rho_c")
 
-    def __init__(
-        self, ix: torch.Tensor, iy: torch.Tensor, neg_grad: torch.Tensor, rho_c: torch.Tensor
-    ) -> None:
-        self.ix, self.iy, self.neg_grad, self.rho_c = ix, iy, neg_grad, rho_c
+    def __init__(self, *arrays: torch.Tensor) -> None:
+        for name, a in zip(self.__slots__, arrays, strict=True):
+            setattr(self, name, a)
 
     def select(self, keep: torch.Tensor) -> _Consts:
         return _Consts(*(getattr(self, n)[keep] for n in self.__slots__))
@@ -293,26 +324,37 @@ def _forward_gradient(u: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, to
     return ux, uy
 
 
+def _hypot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(float) hypot(x, y)`` as OpenCV calls it on floats: in double, rounded to float once
+    (torch's float ``hypot`` may be off by an ulp)."""
+    x64, y64 = x.to(torch.float64), y.to(torch.float64)
+    return x64.mul_(x64).addcmul_(y64, y64).sqrt_().to(torch.float32)
+
+
 def _step(
     st: list[torch.Tensor], k: _Consts, hw: tuple[int, int], c: tuple[float, float, float, float]
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """One inner iteration (estimateV, divergence, estimateU, forwardGradient,
     estimateDualVariables) on the flat working set ``st`` = [u1, u2, p11, p12, p21, p22]
-    (+ [u3, p31, p32]). Returns the new state and each pair's summed squared update of u
-    (float64, so that it does not depend on the batch's layout)."""
+    (+ [u3, p31, p32]). Returns the new state, each pair's summed squared update of u (in
+    float64, so that it does not depend on the batch's layout) and the float terms of that sum."""
     h, w = hw
     l_t, theta, taut, gamma = c
     u1, u2, p11, p12, p21, p22 = st[:6]
     use_gamma = len(st) > 6
-    # thresholding: rho = rho_c + ∇I1w·u (+ γ u3); the step along ∇I1w is -rho/|∇I1w|²
-    # clamped to ±λθ, which is OpenCV's three cases (|∇I1w|² <= FLT_EPSILON: ±λθ by the sign
-    # of rho, 0 if rho = 0)
+    # thresholding: rho = rho_c + ∇I1w·u (+ γ u3); the step along ∇I1w is λθ if rho < -λθ|∇I1w|²,
+    # -λθ if rho > λθ|∇I1w|², else -rho/|∇I1w|² (0 if |∇I1w|² <= FLT_EPSILON): OpenCV's three
+    # tests, on its rounded products (clamping the quotient would differ by an ulp at the edges)
     rho = k.ix * u1
     rho.add_(k.iy * u2).add_(k.rho_c)
     if use_gamma:
         u3, p31, p32 = st[6:]
         rho.add_(u3 * gamma)
-    coef = torch.div(rho, k.neg_grad).clamp_(-l_t, l_t)
+    # branch-free: s = -1, 0, 1 for the three cases (rho - clamp(rho) is exact, and 0 only
+    # inside), and 0 · (the finite quotient) + λθ or - λθ is exactly ±λθ
+    inside = torch.clamp(rho, k.lo, k.hi)
+    s = torch.sub(rho, inside).sign_()
+    coef = inside.div_(k.neg_grad).mul_(1.0 - s.abs()).sub_(s.mul_(l_t))
     new = [
         (coef * k.ix).add_(u1).add_(_divergence(p11, p12, w).mul_(theta)),
         (coef * k.iy).add_(u2).add_(_divergence(p21, p22, w).mul_(theta)),
@@ -334,12 +376,26 @@ def _step(
     dual: list[torch.Tensor] = []
     for n, (pa, pb) in zip(new, duals, strict=True):
         ux, uy = _forward_gradient(n, h, w)
-        ng = torch.hypot(ux, uy).mul_(taut).add_(1.0)
+        ng = _hypot(ux, uy).mul_(taut).add_(1.0)
         dual += [(ux * taut).add_(pa).div_(ng), (uy * taut).add_(pb).div_(ng)]
     out += dual[:4]
     if use_gamma:
         out += [new[2], *dual[4:]]
-    return out, err
+    return out, err, e
+
+
+def _converged(err: torch.Tensor, e: torch.Tensor, seps: float) -> torch.Tensor:
+    """OpenCV's test ``error <= epsilon² H W``, where its error adds the float terms ``e`` one by
+    one in float. The float64 sum ``err`` decides wherever that float sum cannot fall on the
+    other side of the threshold (its error is below n · 2⁻²⁴ · err, as the terms are >= 0);
+    the rare pairs within that margin get the float sum itself, in OpenCV's order."""
+    n = e.shape[1]
+    near = (err - seps).abs() <= err * (1.01 * n * 2.0**-24)
+    if bool(near.any()):
+        rows = near.nonzero()[:, 0]
+        serial = np.add.accumulate(e[rows].cpu().numpy(), axis=1)[:, -1]
+        err = err.index_put((rows,), torch.from_numpy(serial.astype(np.float64)).to(err.device))
+    return err <= seps
 
 
 def _one_scale(
@@ -377,9 +433,10 @@ def _one_scale(
         i1w, ix, iy = warped[:, 0], warped[:, 1], warped[:, 2]
         grad = ix * ix + iy * iy
         rho_c = i1w - ix * u1 - iy * u2 - i0
-        # see _step: -grad, with a tiny stand-in where OpenCV takes its grad <= FLT_EPSILON branch
-        neg_grad = torch.where(grad > _FLT_EPSILON, -grad, -1e-30)
-        consts = _Consts(*(t.reshape(b, n) for t in (ix, iy, neg_grad, rho_c)))
+        # see _step: -grad, and -inf (a zero step) where OpenCV's grad <= FLT_EPSILON branch is
+        neg_grad = torch.where(grad > _FLT_EPSILON, -grad, -torch.inf)
+        lg = grad * c[0]
+        consts = _Consts(*(t.reshape(b, n) for t in (ix, iy, neg_grad, -lg, lg, rho_c)))
         idx = torch.arange(b, device=dev)  # the pairs of the working set
         work = state
         for it in range(outer * inner):
@@ -390,9 +447,9 @@ def _one_scale(
                     _median(work[1].view(m, h, w), med).view(m, n),
                     *work[2:],
                 ]
-            work, err = _step(work, consts, (h, w), c)
+            work, err, e = _step(work, consts, (h, w), c)
             iters.index_add_(0, idx, torch.ones_like(idx))
-            done = err <= seps
+            done = _converged(err, e, seps)
             if bool(done.any()):
                 state = _write_back(state, work, idx, b)
                 keep = ~done
