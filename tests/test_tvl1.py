@@ -100,7 +100,7 @@ def real_gray_pairs(
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "scene.mp4"
         frames = render_scene(n_pairs + 1, h, w, seed)
-        write_mp4(path, frames, 25, None, bframes=2, crf=20, mbtree=False)
+        write_mp4(path, frames, 25, None, bframes=2, crf=20)  # mbtree off: reproducible
         with av.open(str(path)) as c:
             rgb = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb])

@@ -329,7 +329,7 @@ def write_mp4(
     audio_codec: str = "aac",
     audio_layout: str = "mono",
     faststart: bool = False,
-    mbtree: bool = True,
+    mbtree: bool = False,
 ) -> None:
     """Encode ``frames`` (F, H, W, 3) uint8 RGB (even H, W) as H.264 (+ mono ``audio``) in MP4.
 
@@ -339,7 +339,8 @@ def write_mp4(
     written without them. The cause is its macroblock-tree rate control: at some frame sizes
     (128×170 and 128×176, not 64×64 or 112×112) its lookahead reads uninitialised memory
     (valgrind), with or without B-frames, so the bytes depend on what the process ran before.
-    ``mbtree=False`` turns it off: then the bytes depend only on the input, at any size.
+    So it is off by default (``mbtree=False``): the bytes depend only on the input, at any
+    size, and a rerun writes the same files; ``mbtree=True`` turns it on again.
     """
     F, H, W, _ = frames.shape
     opts = {"movflags": "faststart"} if faststart else {}
