@@ -203,7 +203,7 @@ def extract_flow(method: str, **kw: Any) -> None:
     forward pass (default: all of a video's pairs that fit in memory); the OpenCV methods (dis,
     farneback, tvl1) refuse both: each of --workers W processes gets cores/W threads instead.
     """
-    params = flow_params(kw)
+    params = flow_params(method, kw)
     fields_set = kw["fields_name"] or f"{method}-fields"
     if kw["checkpoint"] is None:
         set_name = kw["name"] or fields_set

@@ -270,11 +270,12 @@ def flow_method_options(f: F) -> F:
     return f
 
 
-def flow_params(kw: dict[str, Any]) -> dict[str, Any]:
-    """Pop every flow-algorithm option from ``kw``: the ones given, by field name. The method
-    refuses those that are not its own (:func:`vidfeat.flow.configure`)."""
-    from vidfeat.flow import FLOW_METHODS, method_param_fields
+def flow_params(method: str, kw: dict[str, Any]) -> dict[str, Any]:
+    """Pop every flow-algorithm option from ``kw``: the ones given, by field name. Those that
+    are not ``method``'s own are refused here, before any input is read."""
+    from vidfeat.flow import FLOW_METHODS, check_params, method_param_fields
 
     every = {fld.name for n in FLOW_METHODS.names() for fld in method_param_fields(n)}
-    params = {k: kw.pop(k) for k in list(kw) if k in every}
-    return {k: v for k, v in params.items() if v is not None}
+    params = {k: v for k in list(kw) if k in every and (v := kw.pop(k)) is not None}
+    check_params(method, params)
+    return params

@@ -174,7 +174,7 @@ def train_flow(method: str, store_root: Path, fields_name: str | None, **kw: Any
 
     check_train(kw)
     net = segment_extra(kw)  # its refusals (--init, --net-opt) before the fields are computed
-    params = flow_params(kw)
+    params = flow_params(method, kw)
     fields_set = fields_name or f"{method}-fields"
     lists = [kw["train_list"]] + ([kw["val_list"]] if kw["val_list"] is not None else [])
     ex = flow_training_fields(

@@ -76,6 +76,12 @@ def make_method(name: str, **params: Any) -> FlowMethod:
     return FLOW_METHODS.get(name)(**params)
 
 
+def check_params(name: str, params: dict[str, Any]) -> None:
+    """Refuse, by flag, the parameters of another method than ``name`` (before any work: the
+    command line checks them before it reads its inputs)."""
+    FLOW_METHODS.get(name).refuse_foreign(params)
+
+
 def configure(
     name: str,
     params: dict[str, Any] | None = None,
@@ -112,6 +118,7 @@ __all__ = [
     "TVL1Params",
     "TVL1Torch",
     "available_cores",
+    "check_params",
     "configure",
     "configure_worker_threads",
     "dequantize",

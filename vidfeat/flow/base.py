@@ -125,14 +125,8 @@ class FlowMethod:
     out_buffer: ClassVar[bool] = True  # calc writes into a given `out` without reading it
 
     def __init__(self, **params: Any) -> None:
+        self.refuse_foreign(params)
         fields = {f.name: f for f in dataclasses.fields(self.params_cls)}
-        unknown = sorted(set(params) - set(fields))
-        if unknown:  # the command line's wording since its first version
-            raise ConfigError(
-                f"{', '.join(option_name(u) for u in unknown)} do not apply to "
-                f"--method {self.name} (its options: "
-                f"{', '.join(option_name(f) for f in fields)})"
-            )
         p = self.params_cls(**{k: _coerce(fields[k], v) for k, v in params.items()})
         self.params = self.resolve(p)
         self.validate()
@@ -140,6 +134,17 @@ class FlowMethod:
         self.batch_size: int | None = None
         self.weights: str | None = None
         self._local = threading.local()
+
+    @classmethod
+    def refuse_foreign(cls, params: dict[str, Any]) -> None:
+        """Refuse, by flag, the parameters in ``params`` that are not this method's own."""
+        fields = [f.name for f in dataclasses.fields(cls.params_cls)]
+        unknown = sorted(set(params) - set(fields))
+        if unknown:  # the command line's wording since its first version
+            raise ConfigError(
+                f"{', '.join(option_name(u) for u in unknown)} do not apply to "
+                f"--method {cls.name} (its options: {', '.join(map(option_name, fields))})"
+            )
 
     @classmethod
     def param_fields(cls) -> list[dataclasses.Field]:
