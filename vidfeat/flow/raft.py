@@ -94,6 +94,10 @@ class RAFT(FlowMethod):
         if weights is not None:
             p = Path(weights)
             if not p.is_file():
+                if p.exists():  # says what it is (a FIFO, a directory...)
+                    from vidfeat.nets.torchfile import check_regular
+
+                    check_regular(p, f"--flow-weights {p}")
                 raise ConfigError(f"--flow-weights {p}: no such file")
             self.weights = str(p)
             self._local.__dict__.pop("provenance", None)
