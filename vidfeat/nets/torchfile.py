@@ -275,10 +275,10 @@ class _PickleScan:
     opcode beyond the limits of the module docstring. ``storages``: the persistent ids
     (storage references) met, as tuples of their values."""
 
-    def __init__(self, fh: Any, where: str) -> None:
+    def __init__(self, fh: Any, where: str, end: int) -> None:
         self.read, self.readline = fh.read, fh.readline
         self.tell = fh.tell
-        self.where = where
+        self.where, self.end = where, end  # ``end``: where the stream ends
         self.stack: list[Any] = []
         self.marks: list[int] = []
         self.memo: dict[int, _Obj] = {}
@@ -290,9 +290,12 @@ class _PickleScan:
         return _Refused(f"{self.where}, byte {at:,}: {why}")
 
     def _take(self, n: int) -> bytes:
+        left = self.end - self.tell()
+        if n > left:  # checked before reading: a 4 GiB string length allocates nothing
+            raise _Refused(f"{self.where}: cut off (an opcode wants {n:,} bytes, {left:,} left)")
         data = self.read(n)
         if len(data) != n:
-            raise _Refused(f"{self.where}: cut off (an opcode wants {n} bytes, {len(data)} left)")
+            raise _Refused(f"{self.where}: cut off (the file shrank while it was read)")
         return data
 
     def _pop(self, at: int) -> _Obj:
@@ -367,7 +370,9 @@ class _PickleScan:
         return top
 
     def _proto(self, at: int) -> None:
-        self._take(1)
+        proto = self._take(1)[0]
+        if proto not in (2, 3):  # torch.save writes 2; 4 and above frame what torch cannot read
+            raise self._refuse(at, f"pickle protocol {proto} (torch.save writes 2)")
 
     def _stop(self, at: int) -> object:
         return _STOP
@@ -602,8 +607,10 @@ def _opnames() -> dict[bytes, str]:
 _OPNAMES = _opnames()
 
 
-def _scan(fh: Any, where: str) -> tuple[_Obj, list[tuple]]:
-    scan = _PickleScan(fh, where)
+def _scan(fh: Any, where: str, end: int) -> tuple[_Obj, list[tuple]]:
+    """The placeholder of the pickle at ``fh`` (which ends at byte ``end``) and its storage
+    references; ``fh`` is left after its STOP."""
+    scan = _PickleScan(fh, where, end)
     return scan.run(), scan.storages
 
 
@@ -717,7 +724,7 @@ def _check_members(snap: _Snapshot, zf: zipfile.ZipFile, cd_off: int, entries: i
     except (zipfile.BadZipFile, ValueError, EOFError) as exc:
         raise _Refused(f"zip archive: {folder}/data.pkl: {exc}") from None
     fh = io.BytesIO(data)
-    _, storages = _scan(fh, f"{folder}/data.pkl")
+    _, storages = _scan(fh, f"{folder}/data.pkl", len(data))
     if fh.read(1):
         raise _Refused(f"{folder}/data.pkl: bytes after the pickle's STOP")
     for pid in storages:
@@ -745,16 +752,16 @@ def _raw_name(info: zipfile.ZipInfo) -> bytes:
 def _check_legacy(snap: _Snapshot, size: int) -> None:
     snap.seek(0)
     fh = io.BufferedReader(snap, 1 << 16)
-    magic, _ = _scan(fh, "legacy torch file, magic number")
+    magic, _ = _scan(fh, "legacy torch file, magic number", size)
     if magic.value != LEGACY_MAGIC:
         raise _Refused("neither a zip archive nor a legacy torch file (no magic number)")
-    proto, _ = _scan(fh, "legacy torch file, protocol")
+    proto, _ = _scan(fh, "legacy torch file, protocol", size)
     if proto.value != LEGACY_PROTOCOL:
         raise _Refused(f"legacy torch file of protocol {proto.value!r}, not {LEGACY_PROTOCOL}")
-    _scan(fh, "legacy torch file, system info")
+    _scan(fh, "legacy torch file, system info", size)
     where = "legacy torch file, the pickle"
-    _, storages = _scan(fh, where)
-    keys, _ = _scan(fh, "legacy torch file, storage keys")
+    _, storages = _scan(fh, where, size)
+    keys, _ = _scan(fh, "legacy torch file, storage keys", size)
     if keys.kind != "list" or keys.value is None or not all(isinstance(k, str) for k in keys.value):
         raise _Refused("legacy torch file: the storage keys are not a list of names")
     roots: dict[str, int] = {}  # storage key -> its bytes (the first reference makes it)
