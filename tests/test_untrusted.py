@@ -802,6 +802,10 @@ PT_PAYLOADS: dict[str, Payload] = {
     ),
     "truncated": _bytes(lambda: small_pt()[:300], "no end record"),
     "legacy-truncated": _bytes(lambda: legacy_small()[:-20], "storage '0' cut off"),
+    "legacy-string-of-4GiB": _bytes(
+        lambda: legacy_(pickle.PROTO + b"\x02X\xff\xff\xff\xff", []),
+        "wants 4,294,967,295 bytes",
+    ),
     "empty": _bytes(lambda: b"", "neither a zip archive nor a legacy torch file"),
     "fifo": Payload(r"not a regular file \(a FIFO\)", lambda p: os.mkfifo(p)),
     "directory": Payload(r"not a regular file \(a directory\)", lambda p: p.mkdir()),
@@ -1019,6 +1023,35 @@ def _same(a, b) -> bool:
     if isinstance(a, list | tuple):
         return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
     return a == b
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_cuts_and_changed_bytes_of_a_torch_save_load_or_are_refused(
+    legacy: bool, tmp_path: Path
+) -> None:
+    """Cuts and changed bytes (0, 255, one bit) of a real torch.save at 150 places each: each
+    loads, or is refused in one ConfigError; no other exception, no crash."""
+    import torch
+
+    from vidfeat.nets.torchfile import load_torch_file
+
+    src = tmp_path / "w.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), src, _use_new_zipfile_serialization=not legacy)
+    whole = src.read_bytes()
+    step = len(whole) // 150 + 1  # 150 places (1.7 KB zip, 0.6 KB legacy)
+    cases = [whole[:i] for i in range(0, len(whole), step)]
+    for i in range(1, len(whole), step):
+        cases += [whole[:i] + bytes([v]) + whole[i + 1 :] for v in (0, 0xFF, whole[i] ^ 1)]
+    f = tmp_path / "case.pt"
+    outcomes = {"loaded": 0, "refused": 0}
+    for data in cases:
+        f.write_bytes(data)
+        try:
+            load_torch_file(f)
+            outcomes["loaded"] += 1
+        except ConfigError:
+            outcomes["refused"] += 1
+    assert outcomes["loaded"] and outcomes["refused"], outcomes
 
 
 def test_the_bomb_is_a_zip_member_zipfile_inflates(tmp_path: Path) -> None:
