@@ -984,8 +984,9 @@ def test_cli_refuses_each_torch_file(name: str, cli_refusals) -> None:
 
 
 def test_plain_torch_files_load(tmp_path: Path) -> None:
-    """What torch.save writes, zip or legacy, state dict or training checkpoint, and the
-    hand-made archive the payloads start from, loads as torch.load would load it."""
+    """What torch.save writes, zip or legacy (also from a GPU), state dict or training
+    checkpoint, and the hand-made files the payloads start from, loads as torch.load loads
+    it."""
     import torch
 
     from vidfeat.nets.torchfile import load_torch_file
@@ -1004,10 +1005,13 @@ def test_plain_torch_files_load(tmp_path: Path) -> None:
         torch.save(obj, tmp_path / name)
         if name != "new-dtypes.pt":  # torch.load cannot read those back from a legacy file
             torch.save(obj, tmp_path / f"legacy-{name}", _use_new_zipfile_serialization=False)
+    gpu = (tmp_path / "legacy-state.pt").read_bytes()  # as a legacy save from a GPU names it
+    gpu = gpu.replace(g_("torch", "FloatStorage"), g_("torch.cuda", "FloatStorage"))
+    (tmp_path / "legacy-gpu.pt").write_bytes(gpu.replace(s_("cpu"), s_("cuda:0")))
     (tmp_path / "hand-made.pt").write_bytes(small_pt())
     (tmp_path / "hand-made-legacy.pt").write_bytes(legacy_small())
     for f in sorted(tmp_path.iterdir()):
-        want = torch.load(f, weights_only=True)
+        want = torch.load(f, map_location="cpu", weights_only=True)
         got = load_torch_file(f)
         assert _same(got, want), f.name
     assert load_torch_file(tmp_path / "hand-made.pt")["w"].tolist() == [[0, 1, 2], [3, 4, 5]]

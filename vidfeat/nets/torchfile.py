@@ -86,6 +86,8 @@ _STORAGES = {
     ("torch", "ComplexDoubleStorage"): 16,
     ("torch.storage", "UntypedStorage"): 1,  # tensors of the newer dtypes (uint16, float8...)
 }
+# a legacy file saved from a GPU names torch.cuda's (map_location="cpu" loads them on the CPU)
+_STORAGES.update({("torch.cuda", n): size for (m, n), size in _STORAGES.items() if m == "torch"})
 _REBUILDERS = {
     ("torch._utils", "_rebuild_tensor"),
     ("torch._utils", "_rebuild_tensor_v2"),
