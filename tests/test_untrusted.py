@@ -9,8 +9,9 @@ Sections:
 
 - the harness: the command line in a child process under ``RLIMIT_AS`` and a timeout;
 - ``.pdparams``: the PaddlePaddle parameter reader (:mod:`vidfeat.nets.paddle`);
-- ``.pt`` / ``.pth``: state dicts read with ``torch.load(weights_only=True)``
-  (:func:`vidfeat.nets.backbones.read_state_dict`);
+- ``.pt`` / ``.pth``: every torch file vidfeat reads, through
+  :func:`vidfeat.nets.torchfile.load_torch_file` (zip and legacy payloads by hand; each reader
+  and the command lines that reach it);
 - the current folder: the processes vidfeat starts import nothing from it
   (:mod:`vidfeat.children`).
 """
@@ -26,6 +27,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -612,6 +614,478 @@ def test_a_protocol4_save_with_metadata_imports(tmp_path: Path) -> None:
 
 
 # =========================================================================== .pt / .pth
+#
+# Every .pt / .pth file vidfeat reads goes through vidfeat.nets.torchfile.load_torch_file. The
+# payloads are zip archives laid out as torch.save writes them (archive/data.pkl, byteorder,
+# data/<key>, version; members stored) and legacy (torch < 1.6) files, their pickles written
+# opcode by opcode with the helpers above.
+
+
+def zip_(members: dict[str, bytes | Deflated], comment: bytes = b"") -> bytes:
+    """A zip archive of ``members`` (stored, or a :class:`Deflated` stream), local headers,
+    central directory and end record, written byte by byte."""
+    out, central = bytearray(), bytearray()
+    for name, data in members.items():
+        raw = name.encode()
+        if isinstance(data, Deflated):
+            method, body, size, crc = 8, data.stream, data.size, data.crc
+        else:
+            method, body, size, crc = 0, data, len(data), zlib.crc32(data)
+        fields = (0x800, method, 0, 0, crc, len(body), size, len(raw))
+        central += struct.pack("<4sHH", b"PK\x01\x02", 20, 20)
+        central += struct.pack("<HHHHIIIHHHHHII", *fields, 0, 0, 0, 0, 0, len(out)) + raw
+        out += struct.pack("<4sH", b"PK\x03\x04", 20)
+        out += struct.pack("<HHHHIIIHH", *fields, 0) + raw + body
+    n = len(members)
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, n, n, len(central), len(out), len(comment))
+    return bytes(out + central + end + comment)
+
+
+class Deflated:
+    """A deflate stream of ``MiB`` MiB of zeros (1 KB per MiB): a zip bomb member."""
+
+    def __init__(self, mib: int) -> None:
+        chunk = bytes(1 << 20)
+        co = zlib.compressobj(9, zlib.DEFLATED, -15)
+        block = co.compress(chunk) + co.flush(zlib.Z_FULL_FLUSH)
+        self.stream, self.size, self.crc = block * mib + co.flush(), mib << 20, 0
+        for _ in range(mib):
+            self.crc = zlib.crc32(chunk, self.crc)
+
+
+def pid_(key: str, numel: int, storage: str = "FloatStorage") -> bytes:
+    """The persistent id of a storage (torch.save's zip format), and BINPERSID."""
+    return t_(s_("storage"), g_("torch", storage), s_(key), s_("cpu"), i_(numel)) + b"Q"
+
+
+def tensor_(pid: bytes, shape: tuple[int, ...], strides: tuple[int, ...]) -> bytes:
+    """_rebuild_tensor_v2(storage, 0, shape, strides, False, OrderedDict())."""
+    hooks = call(g_("collections", "OrderedDict"))
+    shape_, strides_ = t_(*map(i_, shape)), t_(*map(i_, strides))
+    return call(g_("torch._utils", "_rebuild_tensor_v2"), pid, i_(0), shape_, strides_, F, hooks)
+
+
+def state_pkl(entries: list[tuple[bytes | str, bytes]]) -> bytes:
+    """A pickled dict of ``entries`` as torch.save writes it (protocol 2)."""
+    return pdparams(entries)
+
+
+def pt_(pkl: bytes, data: dict[str, bytes | Deflated] | None = None, **members) -> bytes:
+    """``pkl`` as the data.pkl of a torch.save zip archive, with its storages ``data``."""
+    files: dict[str, bytes | Deflated] = {"archive/data.pkl": pkl, "archive/byteorder": b"little"}
+    files.update({f"archive/data/{k}": v for k, v in (data or {}).items()})
+    files.update({"archive/version": b"3\n", **members})
+    return zip_(files)
+
+
+def small_pt() -> bytes:
+    """{"w": arange(6).reshape(2, 3)} as torch.save writes it."""
+    pkl = state_pkl([("w", tensor_(pid_("0", 6), (2, 3), (3, 1)))])
+    return pt_(pkl, {"0": np.arange(6, dtype="<f4").tobytes()})
+
+
+def legacy_(main: bytes, keys: list[str], storages: bytes = b"") -> bytes:
+    """A legacy torch file: magic number, protocol, system info, ``main``, the storage keys,
+    then ``storages`` (each: its element count as int64, then its bytes)."""
+    magic = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+    proto = pickle.dumps(1001, protocol=2)
+    info = pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2)
+    return magic + proto + info + main + pickle.dumps(keys, protocol=2) + storages
+
+
+def int_(n: int) -> bytes:  # BININT, or LONG1 beyond 32 bits
+    if -(2**31) <= n < 2**31:
+        return i_(n)
+    raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return pickle.LONG1 + bytes([len(raw)]) + raw
+
+
+def legacy_pid(key: str, numel: int) -> bytes:
+    """The persistent id of a storage in a legacy file (no view), and BINPERSID."""
+    fields = (s_("storage"), g_("torch", "FloatStorage"), s_(key), s_("cpu"), int_(numel), N)
+    return t_(*fields) + b"Q"
+
+
+def legacy_small() -> bytes:
+    """{"w": arange(6).reshape(2, 3)} as torch.save(_use_new_zipfile_serialization=False)."""
+    main = state_pkl([("w", tensor_(legacy_pid("0", 6), (2, 3), (3, 1)))])
+    return legacy_(main, ["0"], struct.pack("<q", 6) + np.arange(6, dtype="<f4").tobytes())
+
+
+def deep_key(depth: int) -> bytes:
+    """{(((1,),),...): 2}: a key of tuples nested ``depth`` deep (TUPLE1 ``depth`` times)."""
+    return pickle.PROTO + b"\x02}" + b"K\x01" + b"\x85" * depth + b"K\x02s."
+
+
+BYTEARRAY = call(g_("__builtin__", "bytearray"), int_(10**10))  # bytearray(10**10)
+QTENSOR = g_("torch._utils", "_rebuild_qtensor") + t_() + pickle.REDUCE
+
+
+def _grown_after_nesting() -> bytes:
+    """A list put inside a tuple, then grown: the tuple's depth would be stale."""
+    grow = b"]q\x00" + b"\x85" + b"h\x00" + b"]" + b"a"  # ([],), then [].append([])
+    return pickle.PROTO + b"\x02}(" + s_("k") + grow + s_("v") + b"u."
+
+
+PT_PAYLOADS: dict[str, Payload] = {
+    # torch.load itself segfaults on 3M (hashing the key recurses in C); 30k loads
+    "keys-nested-3M": _bytes(lambda: pt_(deep_key(3_000_000)), "nested more than 100 deep"),
+    "keys-nested-30k": _bytes(lambda: pt_(deep_key(30_000)), "nested more than 100 deep"),
+    "legacy-keys-nested-3M": _bytes(
+        lambda: legacy_(deep_key(3_000_000), []), "nested more than 100 deep"
+    ),
+    # 1 GiB of zeros deflated into 1 MB: torch.load allocates and inflates what it claims
+    "deflated-storage-1GiB": _bytes(
+        lambda: pt_(
+            state_pkl([("w", tensor_(pid_("0", 1 << 28), (1 << 28,), (1,)))]), {"0": Deflated(1024)}
+        ),
+        "'archive/data/0' is compressed",
+    ),
+    "deflated-data.pkl": _bytes(
+        lambda: zip_({"archive/data.pkl": Deflated(1), "archive/version": b"3\n"}),
+        "'archive/data.pkl' is compressed",
+    ),
+    # torch's own allow-list has bytearray: 10 GB of zeros from 60 bytes
+    "bytearray-10GB": _bytes(
+        lambda: pt_(state_pkl([("a", BYTEARRAY)])), "global builtins.bytearray"
+    ),
+    "legacy-bytearray-10GB": _bytes(
+        lambda: legacy_(state_pkl([("a", BYTEARRAY)]), []), "global builtins.bytearray"
+    ),
+    "quantized-tensor": _bytes(lambda: pt_(state_pkl([("a", QTENSOR)])), "_rebuild_qtensor"),
+    "code-os.system": _bytes(
+        lambda: pt_(state_pkl([("a", call(g_("os", "system"), s_("touch pwned")))])),
+        "global os.system",
+    ),
+    "memo-bomb": _bytes(
+        lambda: pt_(
+            pickle.PROTO + b"\x02N" + pickle.LONG_BINPUT + struct.pack("<I", 1 << 27) + b"."
+        ),
+        "memo index 134,217,728",
+    ),
+    "storage-beyond-its-record": _bytes(
+        lambda: pt_(
+            state_pkl([("w", tensor_(pid_("0", 10**9), (10**9,), (1,)))]), {"0": bytes(24)}
+        ),
+        "storage '0' claims 4,000,000,000 bytes, its record holds 24",
+    ),
+    "storage-without-record": _bytes(
+        lambda: pt_(state_pkl([("w", tensor_(pid_("7", 6), (6,), (1,)))]), {"0": bytes(24)}),
+        "storage '7' has no record",
+    ),
+    "legacy-storage-10GB": _bytes(
+        lambda: legacy_(
+            state_pkl([("w", tensor_(legacy_pid("0", 25 * 10**8), (6,), (1,)))]), ["0"]
+        ),
+        "storages claim 10,000,000,000 bytes",
+    ),
+    "pid-not-a-storage": _bytes(
+        lambda: pt_(state_pkl([("w", s_("0") + b"Q")])), "persistent id that is not a storage"
+    ),
+    "list-grown-after-nesting": _bytes(_grown_after_nesting, "grows deeper after it was put"),
+    "list-holding-itself": _bytes(
+        lambda: pt_(pickle.PROTO + b"\x02]q\x00h\x00a."), "grows deeper after it was put"
+    ),
+    "names-differing-in-case": _bytes(
+        lambda: zip_({"archive/data.pkl": deep_key(1), "archive/DATA.PKL": deep_key(200)}),
+        "named twice",
+    ),
+    "member-outside-the-folder": _bytes(
+        lambda: pt_(deep_key(1), **{"other/data.pkl": deep_key(200)}), "outside archive/"
+    ),
+    "a-comment-after-the-end-record": _bytes(
+        lambda: zip_({"archive/data.pkl": deep_key(1)}, comment=b"PK\x05\x06" + bytes(18)),
+        "central directory does not end where",
+    ),
+    "torchscript": _bytes(
+        lambda: pt_(deep_key(1), **{"archive/constants.pkl": b""}), "TorchScript"
+    ),
+    "truncated": _bytes(lambda: small_pt()[:300], "no end record"),
+    "legacy-truncated": _bytes(lambda: legacy_small()[:-20], "storage '0' cut off"),
+    "legacy-string-of-4GiB": _bytes(
+        lambda: legacy_(pickle.PROTO + b"\x02X\xff\xff\xff\xff", []),
+        "wants 4,294,967,295 bytes",
+    ),
+    "empty": _bytes(lambda: b"", "neither a zip archive nor a legacy torch file"),
+    "fifo": Payload(r"not a regular file \(a FIFO\)", lambda p: os.mkfifo(p)),
+    "directory": Payload(r"not a regular file \(a directory\)", lambda p: p.mkdir()),
+    "symlink-to-dev-zero": Payload(
+        r"not a regular file \(a character device\)", lambda p: p.symlink_to("/dev/zero")
+    ),
+    "missing": Payload("file not found", lambda p: None),
+}
+
+# load_torch_file alone, in a child: refused before torch is imported (under MEMORY_LIMIT,
+# which torch cannot even be imported under), as the CLI prints errors
+TORCHFILE_CHILD = """
+import sys
+from vidfeat.errors import ConfigError
+from vidfeat.nets.torchfile import load_torch_file
+try:
+    load_torch_file(sys.argv[1], "--weights")
+except ConfigError as exc:
+    sys.exit(f"Error: {exc}" + (" [torch imported]" if "torch" in sys.modules else ""))
+print("loaded")
+"""
+
+
+@pytest.fixture(scope="module")
+def pt_refusals(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess, float]]:
+    """Every payload through load_torch_file in its own child (two at a time), under the memory
+    limit and the timeout: {name: (file, result, seconds)}."""
+    root = tmp_path_factory.mktemp("pt")
+
+    def run(name: str):
+        path = root / f"{name}.pt"
+        PT_PAYLOADS[name].make(path)
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-c", TORCHFILE_CHILD, str(path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            preexec_fn=_limit_memory,
+        )
+        return name, (path, proc, time.monotonic() - t0)
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(pool.map(run, PT_PAYLOADS))
+
+
+@pytest.mark.parametrize("name", list(PT_PAYLOADS))
+def test_load_torch_file_refuses_each_payload_before_torch(name: str, pt_refusals) -> None:
+    path, proc, seconds = pt_refusals[name]
+    assert_refused(proc, path, PT_PAYLOADS[name].says, path.with_suffix(".none"))
+    assert "[torch imported]" not in proc.stderr
+    assert seconds < TIMEOUT
+
+
+# ------------------------------------------------------------------- through the command line
+#
+# Each reader, reached from its command line. The children import torch (and timm), which
+# MEMORY_LIMIT (RLIMIT_AS) does not allow, so their memory is measured another way: their peak
+# resident size, read by a parent that waits for them (ru_maxrss of RUSAGE_CHILDREN), must stay
+# under MEMORY_LIMIT. Refused, they stay near what importing torch and timm takes (~0.9 GB);
+# torch.load inflating the bomb would take 1 GiB more, and 3M nested keys are a segfault.
+
+MAXRSS_PARENT = """
+import resource, subprocess, sys
+proc = subprocess.run(sys.argv[2:], timeout=float(sys.argv[1]))
+print(f"maxrss {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}", file=sys.stderr)
+sys.exit(proc.returncode if proc.returncode >= 0 else 128 - proc.returncode)
+"""
+
+
+def run_measured(
+    *args: object, timeout: float = TIMEOUT
+) -> tuple[subprocess.CompletedProcess, int]:
+    """``python -m vidfeat ARGS`` from the repository under the timeout: (result, the child's
+    peak resident bytes)."""
+    argv = [sys.executable, "-c", MAXRSS_PARENT, str(timeout), sys.executable, "-m", "vidfeat"]
+    proc = subprocess.run(
+        [*argv, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=timeout + 10
+    )
+    rss = re.search(r"maxrss (\d+)", proc.stderr)
+    return proc, int(rss.group(1)) if rss else -1
+
+
+def _run_folder(root: Path, best: str) -> Path:
+    """A run folder (config, classes) whose best.pt is the payload ``best``."""
+    run = root / f"run-{best}"
+    run.mkdir()
+    (run / "config.yaml").write_text(
+        "modality: rgb\ntrain: x.csv\nval: null\nbackbone: resnet10t\n"
+    )
+    (run / "classes.txt").write_text("a\nb\n")
+    PT_PAYLOADS[best].make(run / "best.pt")
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_synth: Path, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A 1-epoch TSN run on the tiny dataset, and the train options that resume it."""
+    from click.testing import CliRunner
+
+    from vidfeat.cli import main
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    args = ["train", "rgb", "--videos", str(tiny_synth / "train.csv"), "--out", str(run)]
+    args += ["--arch", "tsn", "--backbone", "resnet10t", "--segments", "1", "--size", "32"]
+    args += ["--short-side", "36", "--batch-size", "16", "--workers", "0", "--quiet"]
+    res = CliRunner().invoke(main, [*args, "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    return run, [*args, "--epochs", "2", "--resume"]
+
+
+@pytest.fixture(scope="module")
+def cli_refusals(tmp_path_factory, trained_run) -> dict[str, tuple]:
+    """The command lines below, two at a time: {name: (file, out, result, peak bytes)}."""
+    root = tmp_path_factory.mktemp("pt-cli")
+    listing = root / "list.csv"
+    listing.write_text(f"path\n{root / 'v.mp4'}\n")  # refused before any video is opened
+    run, resume = trained_run
+    jobs: dict[str, tuple[Path, Path, list]] = {}
+    for name in ("keys-nested-3M", "deflated-storage-1GiB"):
+        f, out = root / f"{name}.pth", root / f"{name}.out"
+        PT_PAYLOADS[name].make(f)
+        jobs[f"import-{name}"] = (
+            f,
+            out,
+            ["models", "import", "timm", "resnet10t", "--weights", f, "--out", out],
+        )
+    fifo_run, deep_run = _run_folder(root, "fifo"), _run_folder(root, "keys-nested-3M")
+    store = root / "store"
+    jobs["models-info-fifo"] = (fifo_run / "best.pt", store, ["models", "info", fifo_run])
+    jobs["extract-rgb-deep"] = (
+        deep_run / "best.pt", store,
+        ["extract", "rgb", "--checkpoint", deep_run, "--videos", listing, "--store", store],
+    )  # fmt: skip
+    (run / "last.pt").unlink()
+    PT_PAYLOADS["keys-nested-3M"].make(run / "last.pt")
+    jobs["train-resume-deep"] = (run / "last.pt", store, resume)
+    fifo = root / "weights.fifo"
+    os.mkfifo(fifo)
+    for what, args in [
+        ("raft", ["extract", "flow", "--method", "raft", "--flow-weights", fifo]),
+        ("audio", ["extract", "audio", "--checkpoint", fifo]),
+    ]:
+        jobs[f"{what}-fifo"] = (fifo, store, [*args, "--videos", listing, "--store", store])
+
+    def one(name: str):
+        path, out, args = jobs[name]
+        return name, (path, out, *run_measured(*args))
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(pool.map(one, jobs))
+
+
+CLI_SAYS = {
+    "import-keys-nested-3M": "--weights .*: refused, .*nested more than 100 deep",
+    "import-deflated-storage-1GiB": "--weights .*'archive/data/0' is compressed",
+    "models-info-fifo": r"checkpoint .*best.pt: not a regular file \(a FIFO\)",
+    "extract-rgb-deep": "checkpoint .*best.pt: refused, .*nested more than 100 deep",
+    "train-resume-deep": "--resume .*last.pt: refused, .*nested more than 100 deep",
+    "raft-fifo": r"--flow-weights .*: not a regular file \(a FIFO\)",
+    "audio-fifo": r"not a regular file \(a FIFO\)",
+}
+
+
+@pytest.mark.parametrize("name", list(CLI_SAYS))
+def test_cli_refuses_each_torch_file(name: str, cli_refusals) -> None:
+    """One clean refusal (no signal, no traceback, one error line naming the file), within the
+    timeout and 1.5 GB of resident memory."""
+    path, out, proc, rss = cli_refusals[name]
+    assert_refused(proc, path, CLI_SAYS[name], out)
+    assert 0 < rss < MEMORY_LIMIT, f"{rss:,} bytes"
+
+
+# ------------------------------------------------------------------- in process
+
+
+def test_plain_torch_files_load(tmp_path: Path) -> None:
+    """What torch.save writes, zip or legacy (also from a GPU), state dict or training
+    checkpoint, and the hand-made files the payloads start from, loads as torch.load loads
+    it."""
+    import torch
+
+    from vidfeat.nets.torchfile import load_torch_file
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    objs = {
+        "state.pt": net.state_dict(),
+        "checkpoint.pt": {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": 3},
+        "parameters.pt": dict(net.named_parameters()),
+        "new-dtypes.pt": {"a": torch.ones(3, dtype=torch.uint16), "b": torch.zeros(2).half()},
+    }
+    for name, obj in objs.items():
+        torch.save(obj, tmp_path / name)
+        if name != "new-dtypes.pt":  # torch.load cannot read those back from a legacy file
+            torch.save(obj, tmp_path / f"legacy-{name}", _use_new_zipfile_serialization=False)
+    gpu = (tmp_path / "legacy-state.pt").read_bytes()  # as a legacy save from a GPU names it
+    gpu = gpu.replace(g_("torch", "FloatStorage"), g_("torch.cuda", "FloatStorage"))
+    (tmp_path / "legacy-gpu.pt").write_bytes(gpu.replace(s_("cpu"), s_("cuda:0")))
+    (tmp_path / "hand-made.pt").write_bytes(small_pt())
+    (tmp_path / "hand-made-legacy.pt").write_bytes(legacy_small())
+    for f in sorted(tmp_path.iterdir()):
+        want = torch.load(f, map_location="cpu", weights_only=True)
+        got = load_torch_file(f)
+        assert _same(got, want), f.name
+    assert load_torch_file(tmp_path / "hand-made.pt")["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def _same(a, b) -> bool:
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return type(a) is type(b) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_cuts_and_changed_bytes_of_a_torch_save_load_or_are_refused(
+    legacy: bool, tmp_path: Path
+) -> None:
+    """Cuts and changed bytes (0, 255, one bit) of a real torch.save at 150 places each: each
+    loads, or is refused in one ConfigError; no other exception, no crash."""
+    import torch
+
+    from vidfeat.nets.torchfile import load_torch_file
+
+    src = tmp_path / "w.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), src, _use_new_zipfile_serialization=not legacy)
+    whole = src.read_bytes()
+    step = len(whole) // 150 + 1  # 150 places (1.7 KB zip, 0.6 KB legacy)
+    cases = [whole[:i] for i in range(0, len(whole), step)]
+    for i in range(1, len(whole), step):
+        cases += [whole[:i] + bytes([v]) + whole[i + 1 :] for v in (0, 0xFF, whole[i] ^ 1)]
+    f = tmp_path / "case.pt"
+    outcomes = {"loaded": 0, "refused": 0}
+    for data in cases:
+        f.write_bytes(data)
+        try:
+            load_torch_file(f)
+            outcomes["loaded"] += 1
+        except ConfigError:
+            outcomes["refused"] += 1
+    assert outcomes["loaded"] and outcomes["refused"], outcomes
+
+
+def test_the_bomb_is_a_zip_member_zipfile_inflates(tmp_path: Path) -> None:
+    """The deflated member of the payloads is a valid one: zipfile inflates it to its size."""
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(zip_({"archive/data/0": Deflated(4)}))) as zf:
+        assert zf.read("archive/data/0") == bytes(4 << 20)
+
+
+def test_torch_reads_the_bytes_that_were_checked(tmp_path: Path, monkeypatch) -> None:
+    """The file rewritten in place between the checks and torch.load (same inode, same size):
+    torch still reads the checked data.pkl, not the new one."""
+    import torch
+
+    from vidfeat.nets import torchfile
+
+    path = tmp_path / "w.pt"
+    path.write_bytes(small_pt())
+    swapped = small_pt().replace(s_("w"), s_("x"))  # another key, same length
+    check = torchfile._check
+
+    def check_then_rewrite(snap, size):
+        check(snap, size)
+        with open(path, "r+b") as fh:  # the same file, changed in place
+            fh.write(swapped)
+
+    monkeypatch.setattr(torchfile, "_check", check_then_rewrite)
+    got = torchfile.load_torch_file(path)
+    assert list(got) == ["w"] and list(torch.load(path, weights_only=True)) == ["x"]
 
 
 def test_pt_with_a_zero_stride_tensor_is_refused(tmp_path: Path) -> None:
@@ -629,6 +1103,46 @@ def test_pt_with_a_zero_stride_tensor_is_refused(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(ConfigError, match="not a regular file"):
         read_state_dict(fifo)
+
+
+def test_every_reader_of_torch_files_refuses_in_one_error(tmp_path: Path) -> None:
+    """The places vidfeat reads .pt / .pth files, each given a key nested 30k deep (which
+    torch.load itself loads: no crash here were a check missing) and a FIFO: one ConfigError
+    naming the file."""
+    from vidfeat.audio import VGGish, load_vggish_weights
+    from vidfeat.flow import make_method
+    from vidfeat.fusion.evaluate import load_run
+    from vidfeat.models import load_trained
+    from vidfeat.nets.backbones import read_state_dict
+
+    fuse = tmp_path / "fuse"
+    fuse.mkdir()
+    (fuse / "config.yaml").write_text("store: s\nfeatures: [rgb]\nhead: single\ntrain: t.csv\n")
+    (fuse / "classes.txt").write_text("a\nb\n")
+    (fuse / "feature_sets.json").write_text('{"dims": {"rgb": 8}, "sets": {}}')
+    files = {}
+    for kind in ("keys-nested-30k", "fifo"):
+        files[kind] = tmp_path / f"{kind}.pt"
+        PT_PAYLOADS[kind].make(files[kind])
+        PT_PAYLOADS[kind].make(fuse / f"{kind}.pt")
+        _run_folder(tmp_path, kind)
+    readers = {
+        "read_state_dict": lambda kind: read_state_dict(files[kind], "--weights"),
+        "load_trained": lambda kind: load_trained(tmp_path / f"run-{kind}"),
+        "raft": lambda kind: make_method("raft").runtime(weights=files[kind]).provenance(),
+        "vggish": lambda kind: load_vggish_weights(VGGish(), files[kind]),
+        "fusion": lambda kind: load_run(fuse, device="cpu", checkpoint=f"{kind}.pt"),
+    }
+    where = {
+        "load_trained": lambda kind: tmp_path / f"run-{kind}" / "best.pt",
+        "fusion": lambda kind: fuse / f"{kind}.pt",
+    }
+    for name, read in readers.items():
+        for kind, says in [("keys-nested-30k", "nested more than 100 deep"), ("fifo", "a FIFO")]:
+            with pytest.raises(ConfigError, match=says) as err:
+                read(kind)
+            path = where.get(name, lambda kind: files[kind])(kind)
+            assert str(path) in str(err.value), (name, str(err.value))
 
 
 # =========================================================================== the current folder

@@ -27,6 +27,7 @@ component and changes the features and the PCA postprocess downstream.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -317,24 +318,56 @@ class VGGishTSN(nn.Module):
 
 
 def _load_tensors(path: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """A flat name → tensor mapping from a ``.pth`` (weights_only: no pickled code runs) or an
-    ``.npz`` file."""
+    """A flat name → tensor mapping from a ``.pth`` (read by
+    :func:`~vidfeat.nets.torchfile.load_torch_file`: checked before torch sees it, no pickled
+    code runs) or an ``.npz`` file (a regular file, no pickles)."""
+    from vidfeat.nets.torchfile import load_torch_file, open_regular
+
     path = Path(path)
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                return {k: torch.from_numpy(z[k]) for k in z.files}
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"{what} file {path} not found") from None
-    except Exception as exc:  # noqa: BLE001 - pickle payloads, corrupt files
-        raise ConfigError(
-            f"{path}: refused as {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "pass a plain state dict of tensors"
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{path}: {what} must be a state dict of tensors")
+    if path.suffix != ".npz":
+        state = load_torch_file(path, what)
+    else:
+        fd, size = open_regular(path, f"{what} {path}")  # a FIFO would block np.load
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                _check_npz(fh, size)
+                with np.load(fh, allow_pickle=False) as z:
+                    state = {k: torch.from_numpy(z[k]) for k in z.files}
+        except ConfigError as exc:
+            raise ConfigError(f"{what} {path}: refused, {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - corrupt or foreign files
+            first = " ".join(str(exc).split())[:200]
+            raise ConfigError(
+                f"{what} {path}: refused, not a plain .npz of arrays ({type(exc).__name__}: "
+                f"{first})"
+            ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ConfigError(f"{what} {path}: must be a state dict of tensors")
     return state
+
+
+NPZ_INFLATION = 4  # the most an .npz may inflate to, over its size (weights barely compress)
+
+
+def _check_npz(fh, size: int) -> None:
+    """Refuses an .npz whose members would inflate to more than :data:`NPZ_INFLATION` times
+    the file (a zip bomb: 1 GiB of zeros deflates to 1 MB). numpy reads no member past the
+    size it declares, so the declared sizes bound what loading it takes."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(fh) as zf:
+            total = sum(i.file_size for i in zf.infolist())
+    except zipfile.BadZipFile as exc:
+        raise ConfigError(f"not an .npz ({exc})") from None
+    if total > NPZ_INFLATION * size + (1 << 20):
+        raise ConfigError(
+            f"its arrays inflate to {total:,} bytes from {size:,} (more than {NPZ_INFLATION}×: "
+            "a zip bomb, not weights)"
+        )
+    fh.seek(0)
 
 
 def load_vggish_weights(model: VGGish, path: str | Path) -> None:

@@ -1,7 +1,8 @@
 """Provenance: what set.json files and run folders record about where a result came from.
 
 Library versions (read without importing torch where it is not loaded yet) and file hashes.
-Imports nothing of vidfeat but its version string.
+Imports nothing of vidfeat but its version string (and, to hash a file, the regular-file
+opener of :mod:`vidfeat.nets.torchfile`, which imports no torch).
 """
 
 from __future__ import annotations
@@ -19,10 +20,17 @@ from vidfeat._version import __version__
 _MIB = 1 << 20
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file read in 1 MiB blocks (a checkpoint's identity in set.json)."""
+def file_sha256(path: str | Path, what: str = "") -> str:
+    """sha256 of a regular file read in 1 MiB blocks (a checkpoint's identity in set.json).
+    Anything else (a FIFO would block, ``/dev/zero`` never end) raises ConfigError naming
+    ``what`` and the path."""
+    import os
+
+    from vidfeat.nets.torchfile import open_regular
+
+    fd, _ = open_regular(path, f"{what} {path}" if what else None)
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with os.fdopen(fd, "rb") as fh:
         for block in iter(lambda: fh.read(_MIB), b""):
             h.update(block)
     return h.hexdigest()

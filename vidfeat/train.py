@@ -188,7 +188,7 @@ def _write_run(cfg: TrainConfig, out: Path, classes: list[str], resume: bool) ->
     if cfg.init:
         from vidfeat.provenance import file_sha256
 
-        cfg.init_sha256 = file_sha256(resolve_run(cfg.init, flag="--init").checkpoint)
+        cfg.init_sha256 = file_sha256(resolve_run(cfg.init, flag="--init").checkpoint, "--init")
     if resume:
         old = out / "config.yaml"
         if not old.exists():
@@ -308,10 +308,8 @@ def _start(fit: _Fit, resume: bool, echo) -> int:
     the schedule's position; a new run starts an empty metrics.jsonl."""
     cfg, out = fit.cfg, fit.out
     if resume and (out / "last.pt").exists():
-        state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-        fit.model.load_state_dict(state["model"])
-        fit.opt.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"])
+        state = _read_last(fit, out / "last.pt")
+        start_epoch = state["epoch"]
         # the schedule follows this run's --epochs (it may have grown), from the first step of
         # the epoch that starts now (an epoch cut by Ctrl-C is redone)
         fit.sched.last_epoch = start_epoch * fit.steps
@@ -324,6 +322,39 @@ def _start(fit: _Fit, resume: bool, echo) -> int:
     if not resume:
         (out / "metrics.jsonl").write_text("")
     return 0
+
+
+def _read_last(fit: _Fit, path: Path) -> dict:
+    """last.pt (read by :func:`~vidfeat.nets.torchfile.load_torch_file`) restored into the
+    network and the optimiser; anything but what :meth:`_Fit.save_last` writes, for this
+    network and optimiser, is refused with a :class:`ConfigError` naming the file."""
+    from vidfeat.nets.torchfile import load_torch_file
+
+    state = load_torch_file(path, "--resume")
+    if not isinstance(state, dict):
+        state = {}
+    epoch, best = state.get("epoch"), state.get("best", {})
+    if (
+        not isinstance(state.get("model"), dict)
+        or not isinstance(state.get("optimizer"), dict)
+        or type(epoch) is not int
+        or epoch < 0
+        or not isinstance(best, dict)
+        or not isinstance(best.get("key", 0.0), int | float)
+    ):
+        raise ConfigError(
+            f"--resume {path}: not a last.pt of vidfeat train (model, optimizer, epoch, best)"
+        )
+    try:
+        fit.model.load_state_dict(state["model"])
+        fit.opt.load_state_dict(state["optimizer"])
+    except Exception as exc:  # noqa: BLE001 - whatever the two loaders make of foreign state
+        first = " ".join(str(exc).split())[:300]
+        raise ConfigError(
+            f"--resume {path} does not fit this run's network and optimiser "
+            f"({type(exc).__name__}: {first})"
+        ) from None
+    return state
 
 
 def _train_epoch(fit: _Fit, epoch: int, *, progress: bool, echo) -> dict:

@@ -398,10 +398,10 @@ class AudioNetwork(_RunTask):
         )
         if self.checkpoint is not None:
             conf["checkpoint_path"] = str(self.checkpoint)
-            conf["checkpoint_sha256"] = file_sha256(self.checkpoint)
+            conf["checkpoint_sha256"] = file_sha256(self.checkpoint, "--checkpoint")
         if self.pca is not None:
             conf["pca_path"] = str(self.pca)
-            conf["pca_sha256"] = file_sha256(self.pca)
+            conf["pca_sha256"] = file_sha256(self.pca, "--pca")
             conf["postprocess"] = (
                 "pca+clip+uint8, stored dequantised as float32 (YouTube-8M: q*4/255 + 4/512 - 2)"
             )

@@ -18,7 +18,6 @@ imports this module to register the method, and the CLI builds its options from 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,11 +67,9 @@ def cache_candidates(model: str) -> list[Path]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from vidfeat.provenance import file_sha256
+
+    return file_sha256(path, "--flow-weights")
 
 
 class RAFT(FlowMethod):
@@ -97,6 +94,10 @@ class RAFT(FlowMethod):
         if weights is not None:
             p = Path(weights)
             if not p.is_file():
+                if p.exists():  # says what it is (a FIFO, a directory...)
+                    from vidfeat.nets.torchfile import check_regular
+
+                    check_regular(p, f"--flow-weights {p}")
                 raise ConfigError(f"--flow-weights {p}: no such file")
             self.weights = str(p)
             self._local.__dict__.pop("provenance", None)
@@ -136,21 +137,19 @@ class RAFT(FlowMethod):
         return prov
 
     def _build(self, path: Path, device: Any) -> Any:
-        import torch
         from torchvision.models.optical_flow import raft_large, raft_small
 
+        from vidfeat.nets.torchfile import load_torch_file
+
         net = (raft_large if self.params.model == "large" else raft_small)(weights=None)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-            raise ConfigError(f"--flow-weights {path}: not a readable state dict ({exc})") from None
+        state = load_torch_file(path, "--flow-weights")  # checked before torch sees it
         if not isinstance(state, dict):
             raise ConfigError(
                 f"--flow-weights {path}: holds a {type(state).__name__}, not a state dict"
             )
         try:
             net.load_state_dict(state)
-        except RuntimeError as exc:
+        except (RuntimeError, TypeError, ValueError) as exc:
             first = str(exc).splitlines()[:2]
             raise ConfigError(
                 f"{path} does not fit raft_{self.params.model} ({' '.join(first)[:300]}); "

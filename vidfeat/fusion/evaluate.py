@@ -65,7 +65,14 @@ def load_run(run: str | Path, *, device: str = "auto", checkpoint: str = "best.p
     state = load_state(run / checkpoint)
     if "optimizer" in state:  # last.pt: the training state around the weights
         state = state["model"]
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - whatever the loader makes of foreign state
+        first = " ".join(str(exc).split())[:300]
+        raise ConfigError(
+            f"{run / checkpoint}: refused, not a plain state dict of this run's head "
+            f"({type(exc).__name__}: {first})"
+        ) from None
     model.to(dev).eval()
     return LoadedRun(run, cfg, classes, model, load_norm(run / "norm.npz"), meta["sets"], dev)
 

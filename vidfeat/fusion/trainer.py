@@ -251,14 +251,31 @@ def _resume_differences(old: FuseConfig, new: FuseConfig, meta: dict, now: dict)
 
 
 def load_state(path: Path) -> dict:
-    """A checkpoint of a run folder (best.pt, last.pt) as a plain state dict: loaded with
-    ``weights_only=True``, so a pickled payload is refused, never run."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"{path} not found; was training interrupted?") from None
-    except Exception as exc:  # noqa: BLE001 - pickle payloads and corrupt files alike
-        raise ConfigError(f"{path}: not a plain state dict ({exc})") from None
+    """A checkpoint of a run folder (best.pt, last.pt) as a dict, read by
+    :func:`~vidfeat.nets.torchfile.load_torch_file` (checked before torch sees it; a pickled
+    payload is refused, never run)."""
+    from vidfeat.nets.torchfile import load_torch_file
+
+    if not (path.exists() or path.is_symlink()):
+        raise ConfigError(f"{path} not found; was training interrupted?")
+    state = load_torch_file(path)
+    if not isinstance(state, dict):
+        kind = type(state).__name__
+        raise ConfigError(f"{path}: refused, not a plain state dict (it holds a {kind})")
+    return state
+
+
+def _is_last_pt(state: dict) -> bool:
+    """``state`` has the keys and types :meth:`_Loop.save_last` writes."""
+    ints = ("epoch", "step", "steps_per_epoch", "since_best")
+    partial = state.get("partial")
+    return (
+        all(isinstance(state.get(k), dict) for k in ("model", "optimizer", "best"))
+        and all(type(state.get(k)) is int and state[k] >= 0 for k in ints)
+        and isinstance(partial, list | tuple)
+        and len(partial) == 3
+        and all(isinstance(v, int | float) for v in partial)
+    )
 
 
 def _open_run(
@@ -295,6 +312,12 @@ def _open_run(
             raise ConfigError(
                 f"--resume: {out}/last.pt holds model weights only (written by an older "
                 "vidfeat) and cannot be continued; start a new run in another --out"
+            )
+        if not _is_last_pt(state):
+            raise ConfigError(
+                f"--resume: {out}/last.pt is not a last.pt of vidfeat fuse train (model, "
+                "optimizer, best: dicts; epoch, step, steps_per_epoch, since_best: whole "
+                "numbers; partial: 3 numbers)"
             )
         epoch, step = int(state["epoch"]), int(state["step"])
         if epoch >= cfg.epochs:
@@ -399,7 +422,7 @@ def _train(
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     data = _load_data(cfg, out, ctx, resume=resume, echo=echo)
-    model, net, opt = _build_model(cfg, data, ctx, device)
+    model, net, opt = _build_model(cfg, data, ctx, device, out / "last.pt")
     loop = _Loop(cfg, out, ctx, device, data, model, net, opt, echo=echo)
     return loop.run(progress=progress)
 
@@ -441,14 +464,14 @@ def _load_data(
 
 
 def _build_model(
-    cfg: FuseConfig, data: _Data, ctx: DistContext, device: torch.device
+    cfg: FuseConfig, data: _Data, ctx: DistContext, device: torch.device, last: Path
 ) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
     """Step 2: the head (last.pt's weights when resuming), the module that trains it (its
     DistributedDataParallel wrapper under torchrun, else the head) and the optimiser."""
     model = build_head(cfg, data.train_ds.dims, len(data.classes))
     state = data.start.state
     if state is not None:
-        model.load_state_dict(state["model"])
+        _restore(model, state["model"], last)
     model.to(device)
     net: nn.Module = model
     if ctx.active:
@@ -464,8 +487,21 @@ def _build_model(
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
+        _restore(opt, state["optimizer"], last)
     return model, net, opt
+
+
+def _restore(into: Any, state: dict, last: Path) -> None:
+    """``into.load_state_dict(state)`` (the head or its optimiser), refused in one
+    :class:`ConfigError` when last.pt's state does not fit it."""
+    try:
+        into.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - whatever the loaders make of foreign state
+        first = " ".join(str(exc).split())[:300]
+        raise ConfigError(
+            f"--resume {last} does not fit this run's {type(into).__name__} "
+            f"({type(exc).__name__}: {first})"
+        ) from None
 
 
 class _Loop:

@@ -65,8 +65,7 @@ class LoadedNet:
 
 def load_trained(checkpoint: str | Path, device: torch.device | None = None) -> LoadedNet:
     """A run folder (uses its best.pt) or a checkpoint file inside one (``last.pt`` too)."""
-    import torch
-
+    from vidfeat.nets.torchfile import load_torch_file
     from vidfeat.provenance import file_sha256
     from vidfeat.videolist import read_classes
 
@@ -76,15 +75,18 @@ def load_trained(checkpoint: str | Path, device: torch.device | None = None) -> 
     cfg.pretrained, cfg.backbone_weights, cfg.vggish_weights = False, None, None
     cfg.net_options = explicit_net_options(cfg.arch, cfg.modality, cfg.net_options, legacy=True)
     model = build_model(cfg, len(classes))
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"{ckpt} not found") from None
-    except Exception as exc:  # noqa: BLE001 - pickle payloads, corrupt files
-        raise ConfigError(f"{ckpt}: refused, not a plain state dict ({exc})") from None
-    if "model" in state and isinstance(state["model"], dict):
+    state = load_torch_file(ckpt, "checkpoint")  # checked before torch sees it
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a last.pt
-    model.load_state_dict(state)
+    if not isinstance(state, dict):
+        raise ConfigError(f"checkpoint {ckpt}: holds a {type(state).__name__}, not a state dict")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise ConfigError(
+            f"checkpoint {ckpt} does not fit the network of {run.config_path} ({first})"
+        ) from None
     model.eval()
     if device is not None:
         model.to(device)

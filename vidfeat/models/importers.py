@@ -260,8 +260,9 @@ def _timm_source(name: str, weights: str | Path | None) -> Path:
             "its Hugging Face cache (HF_HOME) here, or pass --weights FILE with the model's timm "
             "state dict"
         )
-    if not src.is_file():
-        raise ConfigError(f"--weights {src}: file not found")
+    from vidfeat.nets.torchfile import check_regular
+
+    check_regular(src, f"--weights {src}")  # read later, by load_torch_file
     return src
 
 

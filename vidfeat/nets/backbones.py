@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from vidfeat.errors import ConfigError
+from vidfeat.nets.torchfile import load_torch_file, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -194,44 +195,33 @@ def _names(keys: list[str], limit: int = 8) -> str:
 
 
 def read_state_dict(path: str | Path, flag: str = "--backbone-weights") -> dict[str, torch.Tensor]:
-    """A plain state dict from a ``.pth``/``.pt`` (``weights_only``: a pickle payload is
-    refused, never run) or ``.safetensors`` file; training checkpoints' ``state_dict`` /
-    ``model`` wrappers and DataParallel's ``module.`` prefix are undone. Errors name ``flag``."""
+    """A plain state dict from a ``.pth``/``.pt`` file (read by
+    :func:`~vidfeat.nets.torchfile.load_torch_file`: checked before torch sees it, a pickle
+    payload refused, never run) or a ``.safetensors`` file; training checkpoints'
+    ``state_dict`` / ``model`` wrappers and DataParallel's ``module.`` prefix are undone.
+    Errors name ``flag``."""
     p = Path(path)
-    if not p.is_file():  # a FIFO would block torch.load, /dev/zero never end
-        raise ConfigError(f"{flag} {p}: {'not a regular file' if p.exists() else 'file not found'}")
-    try:
-        if p.suffix == ".safetensors":
+    if p.suffix == ".safetensors":
+        fd, _ = open_regular(p, f"{flag} {p}")  # a FIFO would block, /dev/zero never end
+        os.close(fd)
+        try:
             from safetensors.torch import load_file
 
             state = load_file(str(p))
-        else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle payloads, corrupt or foreign files
-        raise ConfigError(f"{flag} {p}: not a loadable plain state dict ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - corrupt or foreign files
+            raise ConfigError(f"{flag} {p}: not a loadable plain state dict ({exc})") from None
+    else:
+        state = load_torch_file(p, flag)  # refuses tensors beyond their storage too
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise ConfigError(f"{flag} {p}: holds a {type(state).__name__}, not a dict")
-    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    for k, v in state.items():
-        if _beyond_storage(v):
-            raise ConfigError(
-                f"{flag} {p}: tensor {k!r} claims {list(v.shape)} ({v.numel():,} elements) over "
-                f"{v.untyped_storage().nbytes():,} bytes of data (repeated or overlapping strides, "
-                "which no saved state dict has); pass a plain state dict"
-            )
-    return state
-
-
-def _beyond_storage(t: torch.Tensor) -> bool:
-    """The tensor has more elements than its storage holds: a zero-stride (expanded) or
-    overlapping view, a small file claiming a huge tensor."""
-    try:
-        return t.numel() * t.element_size() > t.untyped_storage().nbytes()
-    except (RuntimeError, NotImplementedError):  # sparse and other storage-less layouts
-        return False
+    return {
+        k.removeprefix("module."): v
+        for k, v in state.items()
+        if isinstance(k, str) and isinstance(v, torch.Tensor)
+    }
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> WeightsReport:
