@@ -24,8 +24,8 @@ from test_runs_guard import tiny_feature_store
 
 from vidfeat.cli import main
 from vidfeat.errors import ConfigError, RunError
+from vidfeat.fusion.config import read_fuse_config
 from vidfeat.fusion.evaluate import load_run
-from vidfeat.fusion.trainer import read_fuse_config
 from vidfeat.models import init_options, load_trained, resolve_run
 from vidfeat.outdir import atomic_write, remove_stale_temps, write_atomic
 

@@ -1071,7 +1071,7 @@ def test_torch_reads_the_bytes_that_were_checked(tmp_path: Path, monkeypatch) ->
     torch still reads the checked data.pkl, not the new one."""
     import torch
 
-    from vidfeat.nets import torchfile
+    from vidfeat.nets.torchfile import load as torchfile
 
     path = tmp_path / "w.pt"
     path.write_bytes(small_pt())

@@ -25,8 +25,8 @@ class Command(click.Command):
     """A command whose dataclass options (:func:`~vidfeat.cli.options.dataclass_options`) are
     generated when its parameters are first read: to parse its arguments or show its --help.
     ``vidfeat --help`` and a group's --help list commands without reading their parameters,
-    so a dataclass's module (``vidfeat.fusion.trainer`` imports torch) loads only for the
-    command run."""
+    so a dataclass's module loads only for the command run (none of them imports torch
+    today, but a command's --help must not pay for another's)."""
 
     @property
     def params(self) -> list[click.Parameter]:  # type: ignore[override]

@@ -30,7 +30,7 @@ def fuse() -> None:
 
 
 def _fuse_config() -> type:
-    from vidfeat.fusion.trainer import FuseConfig
+    from vidfeat.fusion.config import FuseConfig
 
     return FuseConfig
 
@@ -54,8 +54,9 @@ def fuse_train(**kw: Any) -> None:
     """Train a fusion head on feature sets of a store; keeps the best epoch by val Prec@1.
 
     Under torchrun (one process per GPU, or gloo on CPU) --batch-size is the global batch."""
+    from vidfeat.fusion.config import FuseConfig
     from vidfeat.fusion.dist import is_main_process
-    from vidfeat.fusion.trainer import FuseConfig, train
+    from vidfeat.fusion.trainer import train
 
     video_root_applies(kw["video_root"], kw["train_list"], kw["val_list"])
     head_options = parse_key_values(kw["head_opt"], "--head-opt")

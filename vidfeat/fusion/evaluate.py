@@ -19,14 +19,9 @@ from torch.utils.data import DataLoader
 from vidfeat import csvsafe
 from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError, RunError
+from vidfeat.fusion.config import FuseConfig, read_fuse_config
 from vidfeat.fusion.data import FusionDataset, load_norm, set_fingerprint
-from vidfeat.fusion.trainer import (
-    FuseConfig,
-    build_head,
-    load_state,
-    predict_scores,
-    read_fuse_config,
-)
+from vidfeat.fusion.trainer import build_head, load_state, predict_scores
 from vidfeat.metrics import confusion_matrix, summarize
 from vidfeat.models.config import CONFIG_YAML
 from vidfeat.outdir import claim_out_dir

@@ -6,6 +6,8 @@ fusion heads.
     txb        the temporal Xception block (StNet's head and the TXN fusion heads)
     paddle     the authors' PaddlePaddle ``.pdparams`` files: a restricted reader and the strict
                mapping of their names onto StNet and TSN
+    torchfile  every ``.pt`` / ``.pth`` file vidfeat reads: checked (a regular file, its zip or
+               legacy structure, its pickles' opcodes) before ``torch.load`` sees it
 
 The segment-network names are imported lazily, so ``vidfeat.nets.txb`` (used by the fusion
 heads) does not pull in timm.
