@@ -305,9 +305,11 @@ PAYLOADS: dict[str, Payload] = {
     "code-os.system": _bytes(
         lambda: fluid_save({"x": OsSystem()}), re.escape(f"{os.system.__module__}.system")
     ),
-    "fifo": Payload("is a FIFO", lambda p: os.mkfifo(p)),
-    "directory": Payload("is a directory", lambda p: p.mkdir()),
-    "symlink-to-dev-zero": Payload("is a character device", lambda p: p.symlink_to("/dev/zero")),
+    "fifo": Payload(r"not a regular file \(a FIFO\)", lambda p: os.mkfifo(p)),
+    "directory": Payload("is a directory", lambda p: p.mkdir()),  # click's --weights check
+    "symlink-to-dev-zero": Payload(
+        r"not a regular file \(a character device\)", lambda p: p.symlink_to("/dev/zero")
+    ),
 }
 
 

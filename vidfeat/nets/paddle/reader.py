@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from vidfeat.nets.paddle.rules import (
     _what,
     shape_problem,
 )
+from vidfeat.nets.torchfile import open_regular
 
 
 class FluidReader:
@@ -539,50 +539,17 @@ _ALL_OPCODES = {  # every opcode's name, for messages
 }
 
 
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def _not_regular(p: Path, mode: int) -> ConfigError:
-    kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
-    return ConfigError(
-        f"{p}: is {kind}, not a regular file; pass the .pdparams file written by fluid.save"
-    )
-
-
 def _open_regular(p: Path) -> tuple[Any, int]:
-    """The open file and its size. What is not a regular file is refused before it is opened (a
-    FIFO would block, ``/dev/zero`` never ends) and checked again once open (non-blocking)."""
-    try:
-        st = os.stat(p)
-        if not stat.S_ISREG(st.st_mode):
-            raise _not_regular(p, st.st_mode)
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
+    """The open file and its size: a regular file only, opened without blocking
+    (:func:`vidfeat.nets.torchfile.open_regular`), and no larger than any parameter file."""
+    fd, size = open_regular(p, hint="pass the .pdparams file written by fluid.save")
+    if size > MAX_FILE_BYTES:
+        os.close(fd)
         raise ConfigError(
-            f"{p}: file not found; pass the .pdparams file written by fluid.save"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot be read ({exc.strerror})") from None
-    st = os.fstat(fd)
-    problem = None
-    if not stat.S_ISREG(st.st_mode):  # replaced between the two looks
-        problem = _not_regular(p, st.st_mode)
-    elif st.st_size > MAX_FILE_BYTES:
-        problem = ConfigError(
-            f"{p}: {st.st_size:,} bytes, more than any StNet/TSN parameter file holds "
+            f"{p}: {size:,} bytes, more than any StNet/TSN parameter file holds "
             f"({MAX_FILE_BYTES:,}); pass the .pdparams file written by fluid.save"
         )
-    if problem is not None:
-        os.close(fd)
-        raise problem
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb", buffering=1 << 16), st.st_size
+    return os.fdopen(fd, "rb", buffering=1 << 16), size
 
 
 def load_pdparams(path: str | Path) -> dict[str, np.ndarray]:

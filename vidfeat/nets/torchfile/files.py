@@ -69,9 +69,9 @@ _KINDS = (
 )
 
 
-def _not_regular(label: str, mode: int) -> ConfigError:
+def _not_regular(label: str, mode: int, hint: str = "pass the file itself") -> ConfigError:
     kind = next((k for test, k in _KINDS if test(mode)), "of another kind")
-    return ConfigError(f"{label}: not a regular file ({kind}); pass the file itself")
+    return ConfigError(f"{label}: not a regular file ({kind}); {hint}")
 
 
 def check_regular(path: str | Path, label: str | None = None) -> None:
@@ -88,26 +88,28 @@ def check_regular(path: str | Path, label: str | None = None) -> None:
         raise _not_regular(label, mode)
 
 
-def open_regular(path: str | Path, label: str | None = None) -> tuple[int, int]:
+def open_regular(
+    path: str | Path, label: str | None = None, hint: str = "pass the file itself"
+) -> tuple[int, int]:
     """``(descriptor, size)`` of the regular file ``path`` (symlinks to one are followed),
     opened for reading. Anything else is refused before it is opened (a FIFO would block,
     ``/dev/zero`` never end, opening a device may act on it) and checked again once open, without
-    blocking, in case it was replaced in between. Errors name ``label`` (default: the path).
-    The caller closes the descriptor."""
+    blocking, in case it was replaced in between. Errors name ``label`` (default: the path) and
+    end with ``hint`` (what to pass instead). The caller closes the descriptor."""
     label = label or str(path)
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
-            raise _not_regular(label, st.st_mode)
+            raise _not_regular(label, st.st_mode, hint)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise ConfigError(f"{label}: file not found") from None
+        raise ConfigError(f"{label}: file not found; {hint}") from None
     except OSError as exc:
         raise ConfigError(f"{label}: cannot be read ({exc.strerror or exc})") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise _not_regular(label, st.st_mode)
+        raise _not_regular(label, st.st_mode, hint)
     os.set_blocking(fd, True)
     return fd, st.st_size
 
