@@ -133,3 +133,21 @@ def test_bad_option_names_the_flag(tmp_path: Path) -> None:
     assert "--classes must be between 4 and 24" in res.output
     res = CliRunner().invoke(main, ["data", "probe", str(tmp_path / "nope.csv")])
     assert res.exit_code != 0 and "video list not found" in res.output
+
+
+def test_store_warnings_are_one_line(tmp_path: Path) -> None:
+    """A warning about a store (here a "shard" that is a folder) is one ``warning:`` line on
+    stderr, not Python's file, line and source."""
+    import json
+
+    from vidfeat.cli import main
+
+    s = tmp_path / "store" / "a"
+    s.mkdir(parents=True)
+    (s / "set.json").write_text(json.dumps({"modality": "rgb", "feature_shape": [2, 3]}))
+    (s / "part-x-0.h5").mkdir()
+    args = ["store", "export", str(tmp_path / "store"), "--set", "a", "--out", str(tmp_path / "x")]
+    res = CliRunner().invoke(main, args)
+    lines = [ln for ln in res.stderr.splitlines() if "part-x-0.h5" in ln]
+    assert lines and all(ln.startswith("warning: ") for ln in lines), res.stderr
+    assert "StoreWarning" not in res.stderr and "warnings.warn" not in res.stderr

@@ -59,6 +59,15 @@ class StoreError(VidfeatError):
     """The feature store is unreadable, inconsistent or cannot be written."""
 
 
+class VidfeatWarning(UserWarning):
+    """Something needs the user's attention, and the work goes on. The command line prints it
+    as one ``warning: <message>`` line."""
+
+
+class StoreWarning(VidfeatWarning):
+    """Something in the store needs attention but reading can go on (e.g. a corrupt shard)."""
+
+
 class DecodeError(VidfeatError):
     """A video or audio file cannot be decoded. Carries the path and a one-line cause."""
 

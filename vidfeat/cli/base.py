@@ -10,13 +10,14 @@ the classes every command and group of the tree is made of.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import click
 
 from vidfeat import __version__
 from vidfeat.cli.options import DataclassOptions
-from vidfeat.errors import VidfeatError
+from vidfeat.errors import VidfeatError, VidfeatWarning
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -56,10 +57,24 @@ class Root(Group):
     group_class = Group
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except VidfeatError as exc:
-            raise click_error(exc) from exc
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except VidfeatError as exc:
+                raise click_error(exc) from exc
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Any, category: type[Warning], *args: Any, **kw: Any) -> None:
+    """vidfeat's warnings as one ``warning: <message>`` line on stderr; others as Python
+    shows them (file, line and source)."""
+    if issubclass(category, VidfeatWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, *args, **kw)
 
 
 def click_error(exc: VidfeatError) -> click.ClickException:

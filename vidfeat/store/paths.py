@@ -22,6 +22,7 @@ from typing import Any
 import h5py
 
 from vidfeat.errors import ConfigError, StoreError
+from vidfeat.errors import StoreWarning as StoreWarning  # its home before vidfeat.errors
 from vidfeat.outdir import open_temp_beside
 from vidfeat.store.guard import (
     MAX_JSON_BYTES,
@@ -37,10 +38,6 @@ SET_JSON = "set.json"
 FEATURES = "features"
 
 _JOB_RE = re.compile(r"^[\w.@+=-]+$")
-
-
-class StoreWarning(UserWarning):
-    """Something in the store needs attention but reading can go on (e.g. a corrupt shard)."""
 
 
 # --------------------------------------------------------------------------- names
