@@ -445,8 +445,9 @@ def test_export_fails_the_bad_video_and_goes_on(zoo, tmp_path, name, bad, why):
 def test_export_skips_symlinked_shards_and_reads_no_cache_offsets(zoo, tmp_path):
     out = tmp_path / "out"
     p = run("store", "export", str(zoo["root"]), "--set", "symlink", "--out", str(out), "-q")
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 1, p.stderr  # the export is incomplete: it says so and fails
     assert "part-evil-0.h5 is a symbolic link" in p.stderr
+    assert "1 unreadable shard(s)" in p.stdout and "unreadable shard part-evil-0.h5" in p.stderr
     assert sorted(x.name for x in out.iterdir() if x.suffix == ".npy") == ["good.npy"]
     no_secret_under(out)
 

@@ -118,7 +118,9 @@ def export_stem(video_id: str) -> str:
 
 @dataclass
 class ExportReport:
-    """What :func:`export_set` did; ``ok`` is False when ids were missing or videos failed."""
+    """What :func:`export_set` did; ``ok`` is False when ids were missing, videos failed or
+    shards of the set could not be read (``unreadable``: shard → why; their videos are not in
+    the export)."""
 
     out: Path
     set_name: str
@@ -127,15 +129,19 @@ class ExportReport:
     skipped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.failed
+        return not self.missing and not self.failed and not self.unreadable
 
     def summary(self) -> str:
-        """``export: N written, M skipped, K missing[, F failed] in Xs -> DIR``."""
+        """``export: N written, M skipped, K missing[, F failed][, U unreadable shards] in Xs
+        -> DIR``."""
         failed = f", {len(self.failed)} failed" if self.failed else ""
+        if self.unreadable:
+            failed += f", {len(self.unreadable)} unreadable shard(s)"
         return (
             f"export: {len(self.written)} written, {len(self.skipped)} skipped, "
             f"{len(self.missing)} missing{failed} in {self.seconds:.1f}s -> {self.out}"
@@ -156,6 +162,8 @@ class ExportReport:
             lines.append(f"failed: {shown}: {msg}")
         if len(self.failed) > limit:
             lines.append(f"failed: ... and {len(self.failed) - limit} more")
+        for shard, why in list(self.unreadable.items())[:limit]:
+            lines.append(f"unreadable shard {shard}: {why}; its videos are not exported")
         return lines
 
 
@@ -410,6 +418,7 @@ def export_set(
     st = FeatureStore(store)
     rep = ExportReport(out=Path(out), set_name=set_name, format=fmt)
     with st.open_set(set_name) as fs:
+        rep.unreadable = fs.bad_shards()
         ids = _ids_to_export(st, fs, video_ids, rep, with_scores, flatten)
         ident = {
             "vidfeat_export": EXPORT_FORMAT,
