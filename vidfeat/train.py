@@ -328,7 +328,7 @@ def _read_last(fit: _Fit, path: Path) -> dict:
     """last.pt (read by :func:`~vidfeat.nets.torchfile.load_torch_file`) restored into the
     network and the optimiser; anything but what :meth:`_Fit.save_last` writes, for this
     network and optimiser, is refused with a :class:`ConfigError` naming the file."""
-    from vidfeat.nets.torchfile import load_torch_file
+    from vidfeat.nets.torchfile import fit_state, load_torch_file
 
     state = load_torch_file(path, "--resume")
     if not isinstance(state, dict):
@@ -345,15 +345,9 @@ def _read_last(fit: _Fit, path: Path) -> dict:
         raise ConfigError(
             f"--resume {path}: not a last.pt of vidfeat train (model, optimizer, epoch, best)"
         )
-    try:
-        fit.model.load_state_dict(state["model"])
-        fit.opt.load_state_dict(state["optimizer"])
-    except Exception as exc:  # noqa: BLE001 - whatever the two loaders make of foreign state
-        first = " ".join(str(exc).split())[:300]
-        raise ConfigError(
-            f"--resume {path} does not fit this run's network and optimiser "
-            f"({type(exc).__name__}: {first})"
-        ) from None
+    refusal = f"--resume {path} does not fit this run's network and optimiser"
+    fit_state(fit.model, state["model"], refusal)
+    fit_state(fit.opt, state["optimizer"], refusal)
     return state
 
 

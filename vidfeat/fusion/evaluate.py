@@ -24,6 +24,7 @@ from vidfeat.fusion.data import FusionDataset, load_norm, set_fingerprint
 from vidfeat.fusion.trainer import build_head, load_state, predict_scores
 from vidfeat.metrics import confusion_matrix, summarize
 from vidfeat.models.config import CONFIG_YAML
+from vidfeat.nets.torchfile import fit_state
 from vidfeat.outdir import claim_out_dir
 from vidfeat.plots import plot_confusion
 from vidfeat.videolist import VideoList, load_list, read_classes
@@ -60,14 +61,9 @@ def load_run(run: str | Path, *, device: str = "auto", checkpoint: str = "best.p
     state = load_state(run / checkpoint)
     if "optimizer" in state:  # last.pt: the training state around the weights
         state = state["model"]
-    try:
-        model.load_state_dict(state)
-    except Exception as exc:  # noqa: BLE001 - whatever the loader makes of foreign state
-        first = " ".join(str(exc).split())[:300]
-        raise ConfigError(
-            f"{run / checkpoint}: refused, not a plain state dict of this run's head "
-            f"({type(exc).__name__}: {first})"
-        ) from None
+    fit_state(
+        model, state, f"{run / checkpoint}: refused, not a plain state dict of this run's head"
+    )
     model.to(dev).eval()
     return LoadedRun(run, cfg, classes, model, load_norm(run / "norm.npz"), meta["sets"], dev)
 

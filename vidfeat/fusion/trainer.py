@@ -55,6 +55,7 @@ from vidfeat.fusion.dist import (
 )
 from vidfeat.metrics import summarize
 from vidfeat.models.config import CONFIG_YAML
+from vidfeat.nets.torchfile import fit_state
 from vidfeat.outdir import atomic_write, claim_out_dir, remove_stale_temps, write_atomic
 from vidfeat.plots import plot_curves
 from vidfeat.provenance import file_sha256
@@ -413,14 +414,7 @@ def _build_model(
 def _restore(into: Any, state: dict, last: Path) -> None:
     """``into.load_state_dict(state)`` (the head or its optimiser), refused in one
     :class:`ConfigError` when last.pt's state does not fit it."""
-    try:
-        into.load_state_dict(state)
-    except Exception as exc:  # noqa: BLE001 - whatever the loaders make of foreign state
-        first = " ".join(str(exc).split())[:300]
-        raise ConfigError(
-            f"--resume {last} does not fit this run's {type(into).__name__} "
-            f"({type(exc).__name__}: {first})"
-        ) from None
+    fit_state(into, state, f"--resume {last} does not fit this run's {type(into).__name__}")
 
 
 class _Loop:

@@ -65,7 +65,7 @@ class LoadedNet:
 
 def load_trained(checkpoint: str | Path, device: torch.device | None = None) -> LoadedNet:
     """A run folder (uses its best.pt) or a checkpoint file inside one (``last.pt`` too)."""
-    from vidfeat.nets.torchfile import load_torch_file
+    from vidfeat.nets.torchfile import fit_state, load_torch_file
     from vidfeat.provenance import file_sha256
     from vidfeat.videolist import read_classes
 
@@ -80,13 +80,7 @@ def load_trained(checkpoint: str | Path, device: torch.device | None = None) -> 
         state = state["model"]  # a last.pt
     if not isinstance(state, dict):
         raise ConfigError(f"checkpoint {ckpt}: holds a {type(state).__name__}, not a state dict")
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        first = " ".join(str(exc).split())[:300]
-        raise ConfigError(
-            f"checkpoint {ckpt} does not fit the network of {run.config_path} ({first})"
-        ) from None
+    fit_state(model, state, f"checkpoint {ckpt} does not fit the network of {run.config_path}")
     model.eval()
     if device is not None:
         model.to(device)

@@ -64,7 +64,7 @@ from vidfeat.nets.torchfile.files import (
     check_regular,
     open_regular,
 )
-from vidfeat.nets.torchfile.load import beyond_storage, load_torch_file
+from vidfeat.nets.torchfile.load import beyond_storage, fit_state, load_torch_file
 
 __all__ = [
     "GLOBALS",
@@ -74,6 +74,7 @@ __all__ = [
     "MAX_OPCODES",
     "beyond_storage",
     "check_regular",
+    "fit_state",
     "load_torch_file",
     "open_regular",
 ]

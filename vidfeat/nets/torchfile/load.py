@@ -80,6 +80,17 @@ def _brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
+def fit_state(into: Any, state: Any, refusal: str) -> None:
+    """``into.load_state_dict(state)`` (a network or an optimiser), or one
+    :class:`ConfigError`, ``<refusal> (<error>: <its first line>)``, when the state does not
+    fit it: whatever torch's loaders make of a foreign state becomes that one message."""
+    try:
+        into.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - whatever the loaders make of foreign state
+        first = " ".join(str(exc).split())[:300]
+        raise ConfigError(f"{refusal} ({type(exc).__name__}: {first})") from None
+
+
 def _tensor_beyond_storage(obj: Any) -> str | None:
     """A message for the first tensor holding more elements than its storage: a zero-stride
     (expanded) or overlapping view, which no saved state dict has; else None."""
