@@ -434,7 +434,7 @@ def train_checks(**over: Any) -> dict[str, list[Check]]:
         "no_flip": [acts(("--no-flip",), "flip", False)],
         "workers": [acts(("--workers", "1"), "workers", 1)],
         "device": [acts(("--device", "cpu"), "device", "cpu")],
-        "no_amp": [acts(("--no-amp",), "amp", False)],
+        "precision": [acts(("--precision", "fp32"), "precision", "fp32")],
         "seed": [acts(("--seed", "3"), "seed", 3)],
         "resume": [Acts(("--resume",), at("resume"), True, **over)],
         "overwrite": [Acts(("--overwrite",), at("overwrite"), True, **over)],
@@ -728,6 +728,32 @@ def _extract_flow() -> dict[str, list[Check]]:
                 Acts(("--method", "raft", "--device", "cpu"), at(1, "method", "device"), "cpu"),
                 refused("--device", "cpu", says="--device does not apply to --method farneback"),
             ],  # fmt: skip
+            "precision": [
+                Acts(("--precision", "fp32"), at("precision"), "fp32", **FLOW_CK),
+                Acts(
+                    ("--method", "raft", "--precision", "bf16"),
+                    at(1, "method", "precision"),
+                    "bf16",
+                ),
+                Acts(
+                    ("--method", "raft", "--precision", "fp32"),
+                    at("flow_runtime", "precision"),
+                    "fp32",
+                    **FLOW_CK,
+                ),
+                refused(
+                    "--precision",
+                    "bf16",
+                    says="--precision bf16 does not apply to --method farneback",
+                ),
+                refused(
+                    "--method",
+                    "tvl1-torch",
+                    "--precision",
+                    "bf16",
+                    says="tvl1-torch keeps float32",
+                ),
+            ],  # fmt: skip
             "flow_weights": [
                 Acts(
                     ("--method", "raft", "--flow-weights", "{weights}"),
@@ -765,6 +791,7 @@ def _network_extract(name: str, target: str) -> dict[str, list[Check]]:
             "frames": [refused("-N", "2", says=f"extract {name} takes no -N/--frames")],
             "batch_size": [Acts(("--batch-size", "2"), at("batch_size"), 2)],
             "device": [Acts(("--device", "cpu"), at("device"), "cpu")],
+            "precision": [Acts(("--precision", "fp32"), at("precision"), "fp32")],
         }
     )
     return out
@@ -982,6 +1009,7 @@ def _fuse_train() -> dict[str, list[Check]]:
         "no_cache": [acts(("--no-cache",), "cache", False)],
         "workers": [acts(("--workers", "1"), "workers", 1)],
         "device": [acts(("--device", "cpu"), "device", "cpu")],
+        "precision": [acts(("--precision", "bf16"), "precision", "bf16")],
         "seed": [acts(("--seed", "5"), "seed", 5)],
         "video_root": [
             Acts(("--train", "{kin}", "--video-root", "{vroot}"), at(0, "video_root"), "{vroot}"),
@@ -999,6 +1027,7 @@ def _fuse_use(predict: bool) -> dict[str, list[Check]]:
         "store": [Acts(("--store", "{store2}"), at(1), "{store2}")],
         "videos": [Acts(("--videos", "{val}"), at(2), "{val}")],
         "device": [Acts(("--device", "cpu"), at("device"), "cpu")],
+        "precision": [Acts(("--precision", "fp32"), at("precision"), "fp32")],
         "video_root": video_root_checks(at("video_root"), "{vroot}"),
     }
     if predict:

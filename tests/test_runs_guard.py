@@ -186,5 +186,5 @@ def test_momentum_with_adamw_is_refused_and_resume_names_what_may_change(
     code, text = cli("train", "rgb", "--videos", tiny_synth / "train.csv", "--out", run, *NET,
                      *TINY, "--resume", "--lr", "0.5")  # fmt: skip
     assert code != 0 and "lr=0.01;" in text and "lr=0.5" in text
-    for flag in ("--epochs", "--workers", "--device", "--no-amp", "--video-root", "--val"):
+    for flag in ("--epochs", "--workers", "--device", "--precision", "--video-root", "--val"):
         assert flag in text

@@ -142,6 +142,8 @@ def test_extract_rgb_stores_features_and_scores(
         "3",
         "--workers",
         "1",
+        "--precision",
+        "fp32",  # compared below with a float32 forward
         "--quiet",
     )
     assert code == 0, text

@@ -17,9 +17,10 @@ One import name holds everything; the packages and modules, from the command lin
 - ``store``: the HDF5 feature store, a writer/reader pair;
 - ``nets``, ``audio``, ``flow``: segment networks, VGGish, optical-flow methods;
 - ``clips``, ``decode``, ``grid``, ``videolist``, ``synth``: videos in, clips out;
-- ``device``, ``cores``, ``children``, ``metrics``, ``plots``: where networks run, how many
-  threads a process may use, the safe path of the processes it starts; Prec@k and confusion
-  matrices; training curves and bars;
+- ``device``, ``precision``, ``cores``, ``children``, ``metrics``, ``plots``: where networks
+  run and in what precision and memory format (``--precision``), how many threads a process
+  may use, the safe path of the processes it starts; Prec@k and confusion matrices; training
+  curves and bars;
 - ``errors``, ``outdir``, ``csvsafe``, ``params``, ``provenance``, ``registry``, ``report``,
   ``stop``: shared by all of them (``errors``: vidfeat's own hierarchy, which the command line
   turns into its messages; ``outdir``: output folders, :func:`~vidfeat.outdir.atomic_write` and

@@ -18,10 +18,3 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N (got {name!r})") from None
-
-
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA only: bf16 where supported, else fp16 (with a grad scaler)."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

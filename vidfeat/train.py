@@ -30,7 +30,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vidfeat.device import amp_dtype, resolve_device
+from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError
 from vidfeat.metrics import summarize
 from vidfeat.models.build import build_model, load_trained
@@ -38,6 +38,7 @@ from vidfeat.models.config import TrainConfig, explicit_net_options, read_run_co
 from vidfeat.models.folder import resolve_run
 from vidfeat.outdir import atomic_write, claim_out_dir, remove_stale_temps, write_atomic
 from vidfeat.plots import plot_curves
+from vidfeat.precision import resolve_name, resolve_precision
 from vidfeat.schedule import lr_factor
 from vidfeat.videolist import VideoList, load_list, read_classes, write_classes
 
@@ -82,12 +83,14 @@ def make_loader(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device, n: int):
-    """Softmax scores (n, K) in dataset order, NaN rows for videos that failed to load."""
+def predict(
+    model: nn.Module, loader: DataLoader, device: torch.device, n: int, dtype: torch.dtype | None
+):
+    """Softmax scores (n, K) in dataset order, NaN rows for videos that failed to load;
+    ``dtype``: the autocast dtype of the run's precision (None: float32)."""
     model.eval()
     scores: np.ndarray | None = None
     errors = []
-    dtype = amp_dtype(device)
     for batch in loader:
         errors += batch["errors"]
         if "x" not in batch:
@@ -123,6 +126,7 @@ def train(
     remove_stale_temps(out)  # half-written checkpoints of a killed run
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    cfg.precision = resolve_name(cfg.precision, device)  # config.yaml records what runs
     train_list, val_list, classes = _load_lists(cfg, echo)
     _write_run(cfg, out, classes, resume)
     fit = _build(cfg, out, device, train_list, classes)
@@ -255,8 +259,8 @@ def _build(
 ) -> _Fit:
     """Step 3: model, optimiser, the training loader, the schedule and mixed precision."""
     model = build_model(cfg, len(classes)).to(device)
-    if device.type == "cuda" and cfg.modality != "audio":
-        model = model.to(memory_format=torch.channels_last)
+    prec = resolve_precision(cfg.precision, device, model)
+    model = prec.prepare(model)
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -267,8 +271,9 @@ def _build(
     loader = make_loader(train_ds, cfg.batch_size, cfg.workers, True, device, cfg.seed)
     steps = max(1, math.ceil(len(train_ds) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.schedule, cfg.epochs * steps))
-    dtype = amp_dtype(device) if cfg.amp else None
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    dtype = prec.dtype
+    # fp16's narrow range needs loss scaling; bf16 has float32's
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     return _Fit(
         cfg, out, device, train_list, classes, model, opt, sched, scaler, dtype, loader, steps
     )
@@ -401,7 +406,7 @@ def _train_epoch(fit: _Fit, epoch: int, *, progress: bool, echo) -> dict:
 
 def _validate(fit: _Fit, loader: DataLoader, videos: VideoList) -> dict:
     """Step 6: Prec@1/5 and mean class accuracy on the readable validation videos."""
-    scores, errors = predict(fit.model, loader, fit.device, len(videos))
+    scores, errors = predict(fit.model, loader, fit.device, len(videos), fit.dtype)
     if scores is None:
         raise ConfigError(
             f"no validation video of {fit.cfg.val} could be read; check `vidfeat data probe` on it"
@@ -451,7 +456,7 @@ RESUMABLE_CHANGES = {
     "epochs": "--epochs",
     "workers": "--workers",
     "device": "--device",
-    "amp": "--no-amp",
+    "precision": "--precision",
     "video_root": "--video-root",
     "train": "--videos",
     "val": "--val",

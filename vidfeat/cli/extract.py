@@ -17,6 +17,7 @@ import click
 from vidfeat.cli.base import Group
 from vidfeat.cli.options import (
     DEVICE,
+    PRECISION,
     VIDEO_ROOT,
     RegistryChoice,
     apply,
@@ -97,6 +98,7 @@ def network_options(f: Any) -> Any:
                 "--batch-size", default=4, show_default=True, help="Videos per forward pass."
             ),
             DEVICE,
+            PRECISION,
         ],
     )
 
@@ -200,8 +202,10 @@ def extract_flow(method: str, **kw: Any) -> None:
     the network's per-segment features `(T, D)` and clip scores go to set `<method>`.
 
     --method raft runs on --device (default: CUDA when available), --batch-size frame pairs per
-    forward pass (default: all of a video's pairs that fit in memory); the OpenCV methods (dis,
-    farneback, tvl1) refuse both: each of --workers W processes gets cores/W threads instead.
+    forward pass (default: all of a video's pairs that fit in memory), in --precision; the
+    OpenCV methods (dis, farneback, tvl1) refuse all three: each of --workers W processes gets
+    cores/W threads instead. tvl1-torch keeps float32 (its agreement with OpenCV needs it): it
+    refuses --precision bf16/fp16, and with --checkpoint --precision applies to the network.
     """
     params = flow_params(method, kw)
     fields_set = kw["fields_name"] or f"{method}-fields"
@@ -255,6 +259,7 @@ def _flow_fields(method: str, params: dict[str, Any], set_name: str, kw: dict[st
             "device": kw["device"] if given("device") else None,
             "batch_size": kw["batch_size"] if given("batch_size") else None,
             "weights": kw["flow_weights"],
+            "precision": kw["precision"] if given("precision") else None,
         },
         echo=click.echo,
     )
@@ -282,7 +287,13 @@ def _flow_features(
         device=kw["device"],
         opts=build_run_options(kw),
         echo=click.echo,
-        flow_runtime={"device": kw["device"], "weights": kw["flow_weights"]},  # not --batch-size
+        precision=kw["precision"],
+        # not --batch-size (the network's); --precision where the method takes it (RAFT)
+        flow_runtime={
+            "device": kw["device"],
+            "weights": kw["flow_weights"],
+            "precision": kw["precision"] if given("precision") else None,
+        },
         crop_size=kw["crop_size"],
         given={  # the field options given, refused where the fields set or network fix them
             **{k: kw[k] for k in ("short_side", "bound", "frames") if given(k)},
@@ -336,6 +347,7 @@ def extract_rgb(**kw: Any) -> None:
         segments=kw["segments"],
         batch_size=kw["batch_size"],
         device=kw["device"],
+        precision=kw["precision"],
         opts=build_run_options(kw),
         echo=click.echo,
         crop_size=kw["crop_size"],
@@ -386,6 +398,7 @@ def extract_audio(**kw: Any) -> None:
         segments=kw["segments"],
         batch_size=kw["batch_size"],
         device=kw["device"],
+        precision=kw["precision"],
         opts=build_run_options(kw),
         echo=click.echo,
     )

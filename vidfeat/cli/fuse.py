@@ -14,6 +14,7 @@ import click
 from vidfeat.cli.base import Group
 from vidfeat.cli.options import (
     DEVICE,
+    PRECISION,
     QUIET,
     VIDEO_ROOT,
     config_values,
@@ -97,6 +98,7 @@ def fuse_train(**kw: Any) -> None:
 @click.option("--videos", required=True, type=click.Path(dir_okay=False))
 @click.option("--name", help="Name of the RUN/eval-<name>/ folder (default: the list's name).")
 @DEVICE
+@PRECISION
 @VIDEO_ROOT
 @click.option(
     "--overwrite", is_flag=True, help="Redo an evaluation of that --name (the old one moved aside)."
@@ -107,6 +109,7 @@ def fuse_eval(
     videos: str,
     name: str | None,
     device: str,
+    precision: str,
     video_root: str | None,
     overwrite: bool,
 ) -> None:
@@ -115,7 +118,14 @@ def fuse_eval(
 
     video_root_applies(video_root, videos)
     res = evaluate(
-        run, store, videos, device=device, name=name, video_root=video_root, overwrite=overwrite
+        run,
+        store,
+        videos,
+        device=device,
+        name=name,
+        video_root=video_root,
+        overwrite=overwrite,
+        precision=precision,
     )
     for line in res["notes"]:
         click.echo(line, err=True)
@@ -131,13 +141,20 @@ def fuse_eval(
 @click.option("--videos", required=True, type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
 @DEVICE
+@PRECISION
 @VIDEO_ROOT
 def fuse_predict(
-    run: str, store: str, videos: str, out: str, device: str, video_root: str | None
+    run: str,
+    store: str,
+    videos: str,
+    out: str,
+    device: str,
+    precision: str,
+    video_root: str | None,
 ) -> None:
     """Per-video class scores and top-5 labels for a list (labelled or not)."""
     from vidfeat.fusion.evaluate import predict
 
     video_root_applies(video_root, videos)
-    n = predict(run, store, videos, out, device=device, video_root=video_root)
+    n = predict(run, store, videos, out, device=device, video_root=video_root, precision=precision)
     click.echo(f"predict: {n} videos -> {out}")

@@ -38,6 +38,21 @@ VIDEO_ROOT = click.option(
 DEVICE = click.option(
     "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
 )
+
+
+def _precision_option() -> Any:
+    from vidfeat.precision import PRECISION_HELP, PRECISIONS
+
+    return click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        default="auto",
+        show_default=True,
+        help=PRECISION_HELP,
+    )
+
+
+PRECISION = _precision_option()
 SEED = click.option(
     "--seed", default=0, show_default=True, help="Random seed (same seed, same run)."
 )

@@ -57,16 +57,31 @@ class NetworkTask:
     """A network over a list, batched. Subclasses say what the network is (:meth:`build`),
     what it reads (:meth:`dataset`) and what the set records (:meth:`config`)."""
 
-    def __init__(self, *, batch_size: int, device: str) -> None:
+    def __init__(self, *, batch_size: int, device: str, precision: str = "auto") -> None:
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1 (got {batch_size})")
+        from vidfeat.precision import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}")
         self.batch_size = batch_size
         self.device = device
+        self.precision = precision  # as asked; resolved where the network runs
 
     # ------------------------------------------------------------------ what subclasses say
 
     def config(self) -> dict:
         raise NotImplementedError
+
+    def precision_config(self, model: Any) -> dict:
+        """What set.json records of ``--precision``: the precision it resolves to on this
+        process's device for ``model`` (compared on resume: a set never mixes precisions) and
+        the memory format (informational)."""
+        from vidfeat.device import resolve_device
+        from vidfeat.precision import resolve_precision
+
+        device = resolve_device(self.device) if isinstance(self.device, str) else self.device
+        return resolve_precision(self.precision, device, model).record()
 
     def build(self, device) -> tuple[Any, Callable[[np.ndarray], np.ndarray] | None]:
         """The model on ``device`` (``forward_features`` [B, T, D]; optionally
@@ -83,13 +98,13 @@ class NetworkTask:
     def run_local(self, job: Job) -> None:
         import torch
 
-        from vidfeat.device import amp_dtype, resolve_device
+        from vidfeat.device import resolve_device
 
         device = resolve_device(self.device) if isinstance(self.device, str) else self.device
         model, postprocess = self.build(device)
-        model.eval()
+        prec = self._precision_here(model, device, job.config)
+        model = prec.prepare(model).eval()
         loader = self._loader(job, device)
-        dtype = amp_dtype(device)
         has_head = hasattr(model, "forward_head")
         with job.writing():
             for batch in _batches(loader, job.opts.timeout, self.batch_size):
@@ -100,10 +115,7 @@ class NetworkTask:
                 if "x" not in batch:
                     continue
                 x = batch["x"].to(device, non_blocking=True)
-                with (
-                    torch.no_grad(),
-                    torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
-                ):
+                with torch.no_grad(), prec.autocast(device):
                     feats = model.forward_features(x)
                     scores = (
                         torch.softmax(model.forward_head(feats).float(), 1) if has_head else None
@@ -113,6 +125,20 @@ class NetworkTask:
                 for b, idx in enumerate(batch["index"]):
                     sc = scores[b] if scores is not None else None
                     self._write(job, job.todo[idx], batch["meta"][b], feats[b], sc, postprocess)
+
+    def _precision_here(self, model, device, config: dict):
+        """The precision on this process's device; one that differs from the set's (a Ray node
+        whose device resolves ``auto`` otherwise) is refused, never mixed into the set."""
+        from vidfeat.precision import resolve_precision
+
+        prec = resolve_precision(self.precision, device, model)
+        recorded = config.get("precision", prec.name)
+        if recorded != prec.name:
+            raise ConfigError(
+                f"--precision {self.precision} runs as {prec.name} on {device} here, but the set "
+                f"records {recorded}: pass --precision {recorded} (or extract on like devices)"
+            )
+        return prec
 
     def _loader(self, job: Job, device):
         from torch.utils.data import DataLoader
@@ -164,8 +190,9 @@ class ModelTask(NetworkTask):
         batch_size: int = 4,
         device: Any = "cpu",
         postprocess: Callable | None = None,
+        precision: str = "auto",
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(batch_size=batch_size, device=device, precision=precision)
         self.model, self._dataset, self._config, self.postprocess = (
             model,
             dataset,
@@ -174,7 +201,7 @@ class ModelTask(NetworkTask):
         )
 
     def config(self) -> dict:
-        return dict(self._config)
+        return {**self._config, **self.precision_config(self.model)}
 
     def build(self, device):
         return self.model.to(device) if hasattr(self.model, "to") else self.model, self.postprocess
@@ -196,6 +223,7 @@ def run_network_extraction(
     device: Any = "cpu",
     echo: Echo = print,
     postprocess: Callable | None = None,
+    precision: str = "auto",
 ) -> Report:
     """Run an in-memory ``model`` over a list (see :class:`NetworkTask` for the contract)."""
     task = ModelTask(
@@ -205,6 +233,7 @@ def run_network_extraction(
         batch_size=batch_size,
         device=device,
         postprocess=postprocess,
+        precision=precision,
     )
     return run_extraction(videos, task, store_root, set_name, opts, echo)
 
@@ -217,8 +246,10 @@ class _RunTask(NetworkTask):
 
     modality = ""
 
-    def __init__(self, checkpoint, *, segments: int, batch_size: int, device: str) -> None:
-        super().__init__(batch_size=batch_size, device=device)
+    def __init__(
+        self, checkpoint, *, segments: int, batch_size: int, device: str, precision: str = "auto"
+    ) -> None:
+        super().__init__(batch_size=batch_size, device=device, precision=precision)
         self.checkpoint = checkpoint
         self.segments = segments
         self._net = None
@@ -265,6 +296,7 @@ class _RunTask(NetworkTask):
             "size": cfg.size,
             "dtype": "float32",
             "feature_shape": [self.segments, int(loaded.model.feature_dim)],
+            **self.precision_config(loaded.model),
         }
 
     def build(self, device):
@@ -408,6 +440,7 @@ class AudioNetwork(_RunTask):
         vggish, _ = self._vggish()  # refuses weights that do not fit before any work
         conf["feature_shape"] = [self.segments, int(vggish.embedding_dim)]
         conf["dtype"] = "float32"
+        conf.update(self.precision_config(vggish))
         return conf
 
     @property
@@ -449,6 +482,8 @@ def _embedding_only(vggish):
     import torch
 
     class EmbeddingOnly(torch.nn.Module):
+        channels_last = vggish.channels_last
+
         def __init__(self) -> None:
             super().__init__()
             self.vggish = vggish
@@ -473,6 +508,7 @@ def extract_rgb_features(
     device: str,
     opts: RunOptions,
     echo: Echo = print,
+    precision: str = "auto",
     crop_size: int | None = None,
     grid: str = "centred",
 ) -> Report:
@@ -481,6 +517,7 @@ def extract_rgb_features(
         segments=segments,
         batch_size=batch_size,
         device=device,
+        precision=precision,
         crop_size=crop_size,
         grid=grid,
     )
@@ -504,6 +541,7 @@ def extract_flow_features(
     device: str,
     opts: RunOptions,
     echo: Echo = print,
+    precision: str = "auto",
     crop_size: int | None = None,
     flow_runtime: dict | None = None,
     given: dict | None = None,
@@ -517,6 +555,7 @@ def extract_flow_features(
         segments=segments,
         batch_size=batch_size,
         device=device,
+        precision=precision,
         store_root=store_root,
         fields_set=fields_set,
         fields=None,
@@ -569,6 +608,7 @@ def extract_audio_features(
     device: str,
     opts: RunOptions,
     echo: Echo = print,
+    precision: str = "auto",
 ) -> Report:
     """VGGish features on the grid. ``checkpoint``: VGGish weights (a state dict file, e.g.
     ``vggish-10086976.pth``) or a ``vidfeat train audio`` run (folder or a checkpoint in one);
@@ -588,6 +628,7 @@ def extract_audio_features(
         segments=segments,
         batch_size=batch_size,
         device=device,
+        precision=precision,
     )
     if task.is_run:
         task.check_classes(videos)

@@ -91,7 +91,8 @@ def configure(
 ) -> FlowMethod:
     """``--method name`` as a run asks for it: its parameters (``params``; a parameter of
     another method is refused by flag, the others keep OpenCV's defaults) and its run-time
-    settings (``runtime``: ``device``, ``batch_size``, ``weights``, None = not given), which a
+    settings (``runtime``: ``device``, ``batch_size``, ``weights``, ``precision``, None = not
+    given), which a
     method they do not apply to refuses with the reason. ``applicable_only``: a CPU method
     ignores ``device`` and ``batch_size`` instead (they were given for a flow network that
     reads the fields, not for the method)."""
@@ -100,6 +101,8 @@ def configure(
     if applicable_only and not method.uses_torch:
         settings.pop("device", None)
         settings.pop("batch_size", None)
+    if applicable_only and settings.get("precision") not in (None, *method.precisions):
+        settings.pop("precision")  # the network's precision; the method keeps its own
     return method.runtime(**settings)
 
 

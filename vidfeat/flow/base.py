@@ -123,6 +123,11 @@ class FlowMethod:
     uses_torch: ClassVar[bool] = False  # runs on a torch device; --device/--batch-size apply
     calc_batch: ClassVar[Callable[..., np.ndarray] | None] = None  # batched methods define it
     out_buffer: ClassVar[bool] = True  # calc writes into a given `out` without reading it
+    # the --precision values the method takes (none: OpenCV computes in float32), and why not
+    # the others
+    precisions: ClassVar[tuple[str, ...]] = ()
+    precision_note: ClassVar[str] = "OpenCV computes flow in float32 on the CPU"
+    default_precision: ClassVar[str] = "fp32"
 
     def __init__(self, **params: Any) -> None:
         self.refuse_foreign(params)
@@ -133,6 +138,7 @@ class FlowMethod:
         self.device: str = "auto"
         self.batch_size: int | None = None
         self.weights: str | None = None
+        self.precision: str = self.default_precision
         self._local = threading.local()
 
     @classmethod
@@ -176,11 +182,21 @@ class FlowMethod:
         device: str | None = None,
         batch_size: int | None = None,
         weights: str | os.PathLike | None = None,
+        precision: str | None = None,
     ) -> FlowMethod:
         """Apply run-time settings (they change no value, or only through :meth:`provenance`,
         so they are not parameters): ``device`` and ``batch_size`` for a method that runs on a
-        torch device, ``weights`` (a state-dict file) for a network. A setting given to a
-        method it does not apply to is refused with the reason. Returns ``self``."""
+        torch device, ``weights`` (a state-dict file) for a network, ``precision`` for a method
+        that takes it (:attr:`precisions`). A setting given to a method it does not apply to is
+        refused with the reason. Returns ``self``."""
+        if precision is not None:
+            if precision not in self.precisions:
+                takes = f" (it takes {', '.join(self.precisions)})" if self.precisions else ""
+                raise ConfigError(
+                    f"--precision {precision} does not apply to --method {self.name}{takes}: "
+                    f"{self.precision_note}"
+                )
+            self.precision = precision
         if not self.uses_torch:
             if device is not None:
                 raise ConfigError(
@@ -246,6 +262,7 @@ class FlowMethod:
             "device": self.device,
             "batch_size": self.batch_size,
             "weights": self.weights,
+            "precision": self.precision,
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -253,6 +270,7 @@ class FlowMethod:
         self.device = state.get("device", "auto")
         self.batch_size = state.get("batch_size")
         self.weights = state.get("weights")
+        self.precision = state.get("precision", self.default_precision)
         self._local = threading.local()
 
     def __eq__(self, other: object) -> bool:

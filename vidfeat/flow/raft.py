@@ -79,6 +79,9 @@ class RAFT(FlowMethod):
     params_cls = RAFTParams
     color = True
     uses_torch = True
+    precisions = ("auto", "fp32", "bf16", "fp16")
+    default_precision = "auto"
+    channels_last = True  # 2.8x faster in fp32 on the CPU (bench/bench_precision.py)
 
     def validate(self) -> None:
         _at_least(self.params, 1, "num_flow_updates")
@@ -89,8 +92,9 @@ class RAFT(FlowMethod):
         device: str | None = None,
         batch_size: int | None = None,
         weights: Any = None,
+        precision: str | None = None,
     ) -> RAFT:
-        super().runtime(device=device, batch_size=batch_size)
+        super().runtime(device=device, batch_size=batch_size, precision=precision)
         if weights is not None:
             p = Path(weights)
             if not p.is_file():
@@ -132,11 +136,16 @@ class RAFT(FlowMethod):
             dev = resolve_device(self.device)
             if dev.type == "cpu":  # kept: an in-process run on the CPU loads the weights once
                 self._local.net = (net, dev)
-            prov = {"method_weights": _sha256(path), "method_weights_path": str(path)}
+            prov = {
+                "method_weights": _sha256(path),
+                "method_weights_path": str(path),
+                **self._precision(dev).record(),
+            }
             self._local.provenance = prov
         return prov
 
     def _build(self, path: Path, device: Any) -> Any:
+        import torch
         from torchvision.models.optical_flow import raft_large, raft_small
 
         from vidfeat.nets.torchfile import load_torch_file
@@ -156,7 +165,13 @@ class RAFT(FlowMethod):
                 f"weights of the other network need --model "
                 f"{'small' if self.params.model == 'large' else 'large'}"
             ) from None
-        return net.eval().to(device)
+        return net.eval().to(device, memory_format=torch.channels_last)  # see channels_last
+
+    def _precision(self, dev: Any) -> Any:
+        """``--precision`` on ``dev`` (fields of one set never mix precisions: recorded)."""
+        from vidfeat.precision import resolve_precision
+
+        return resolve_precision(self.precision, dev, self)
 
     def setup(self) -> None:
         self._net()
@@ -203,7 +218,7 @@ class RAFT(FlowMethod):
             t = t * (2.0 / 255.0) - 1.0  # convert_image_dtype + normalize(0.5, 0.5)
             return F.pad(t, pad, mode="replicate") if ph or pw else t
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._precision(dev).autocast(dev):
             flow = net(prep(prev), prep(nxt), num_flow_updates=self.params.num_flow_updates)[-1]
             flow = flow[:, :, pad[2] : pad[2] + h, pad[0] : pad[0] + w]
             return flow.permute(0, 2, 3, 1).contiguous().float().cpu().numpy()

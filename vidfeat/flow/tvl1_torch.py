@@ -619,6 +619,8 @@ class TVL1Torch(TVL1):
     name = "tvl1-torch"
     uses_torch = True
     out_buffer = False
+    precisions = ("auto", "fp32")  # auto: fp32
+    precision_note = "tvl1-torch keeps float32: its agreement with OpenCV's TV-L1 needs it"
 
     def default_batch(self, height: int, width: int) -> int:
         return default_chunk(height, width, _device(self.device))

@@ -9,6 +9,7 @@ from pathlib import Path
 from vidfeat.errors import ConfigError
 from vidfeat.models.config import read_config
 from vidfeat.params import param
+from vidfeat.precision import PRECISION_HELP, PRECISIONS
 
 
 @dataclass
@@ -57,6 +58,8 @@ class FuseConfig:
     workers: int = param(0, "DataLoader workers.")  # DataLoader worker processes
     seed: int = param(0, "Random seed (same seed, same run).")
     device: str = param("auto", "auto, cpu, cuda or cuda:N.")
+    # as asked, until `fuse train` resolves it on its device: config.yaml records what ran
+    precision: str = param("auto", PRECISION_HELP, choices=PRECISIONS)
     video_root: str | None = param(
         None,
         "Folder of the videos of a Kinetics CSV (ids resolve to class/id files below it).",

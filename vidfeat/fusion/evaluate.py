@@ -27,6 +27,7 @@ from vidfeat.models.config import CONFIG_YAML
 from vidfeat.nets.torchfile import fit_state
 from vidfeat.outdir import claim_out_dir
 from vidfeat.plots import plot_confusion
+from vidfeat.precision import Precision, resolve_precision
 from vidfeat.videolist import VideoList, load_list, read_classes
 
 
@@ -39,11 +40,15 @@ class LoadedRun:
     norm: dict
     sets: dict
     device: torch.device
+    precision: Precision
 
 
-def load_run(run: str | Path, *, device: str = "auto", checkpoint: str = "best.pt") -> LoadedRun:
+def load_run(
+    run: str | Path, *, device: str = "auto", checkpoint: str = "best.pt", precision: str = "auto"
+) -> LoadedRun:
     """The fusion run in folder ``run``: its config, classes, head with the weights of
-    ``checkpoint``, normalisation and feature sets. Raises :class:`RunError` when ``run`` is
+    ``checkpoint``, normalisation and feature sets, to run on ``device`` in ``precision``
+    (``--precision``, resolved there). Raises :class:`RunError` when ``run`` is
     no fusion run or its ``config.yaml`` is not a fusion run's (naming the file and the key)."""
     run = Path(run)
     if not (run / CONFIG_YAML).is_file():
@@ -57,6 +62,7 @@ def load_run(run: str | Path, *, device: str = "auto", checkpoint: str = "best.p
     classes = read_classes(run / "classes.txt")
     meta = json.loads((run / "feature_sets.json").read_text())
     dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     model = build_head(cfg, meta["dims"], len(classes))
     state = load_state(run / checkpoint)
     if "optimizer" in state:  # last.pt: the training state around the weights
@@ -65,7 +71,8 @@ def load_run(run: str | Path, *, device: str = "auto", checkpoint: str = "best.p
         model, state, f"{run / checkpoint}: refused, not a plain state dict of this run's head"
     )
     model.to(dev).eval()
-    return LoadedRun(run, cfg, classes, model, load_norm(run / "norm.npz"), meta["sets"], dev)
+    norm = load_norm(run / "norm.npz")
+    return LoadedRun(run, cfg, classes, model, norm, meta["sets"], dev, prec)
 
 
 def check_store_matches(lr: LoadedRun, store: str | Path) -> None:
@@ -91,7 +98,7 @@ def run_scores(lr: LoadedRun, store: str | Path, videos: VideoList, batch_size: 
     check_store_matches(lr, store)
     ds = FusionDataset(store, lr.config.features, videos, norm=lr.norm, cache=False)
     loader = DataLoader(ds, batch_size=batch_size)
-    return predict_scores(lr.model, loader, lr.device), ds
+    return predict_scores(lr.model, loader, lr.device, lr.precision), ds
 
 
 def evaluate(
@@ -103,10 +110,11 @@ def evaluate(
     name: str | None = None,
     video_root=None,
     overwrite: bool = False,
+    precision: str = "auto",
 ) -> dict:
     """Prec@1/5 and mean class accuracy; writes RUN/eval-<name>/ (scores.csv, per_class.csv,
     confusion.png). An earlier evaluation of that name is refused unless ``overwrite``."""
-    lr = load_run(run, device=device)
+    lr = load_run(run, device=device, precision=precision)
     videos = load_list(videos_path, classes=lr.classes, require_labels=True, video_root=video_root)
     check_store_matches(lr, store)  # a store that cannot be evaluated is named first
     out = lr.path / f"eval-{name or Path(videos_path).stem}"
@@ -115,6 +123,7 @@ def evaluate(
     labels = np.asarray(videos.label_indices())
     res = summarize(scores, labels, len(lr.classes))
     res["videos"] = len(videos)
+    res["precision"] = lr.precision.name
     res["notes"] = ds.report.lines()
     write_scores_csv(out / "scores.csv", videos.ids(), scores, lr.classes, labels)
     cm = confusion_matrix(scores.argmax(1), labels, len(lr.classes))
@@ -138,11 +147,12 @@ def predict(
     *,
     device: str = "auto",
     video_root=None,
+    precision: str = "auto",
 ) -> int:
     """Per-video class scores + top-5 labels (CSV) for a list, labelled or not."""
     from dataclasses import replace
 
-    lr = load_run(run, device=device)
+    lr = load_run(run, device=device, precision=precision)
     listed = load_list(videos_path, video_root=video_root)
     # prediction ignores labels: a list may carry labels the run never saw
     videos = VideoList(

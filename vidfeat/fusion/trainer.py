@@ -58,6 +58,7 @@ from vidfeat.models.config import CONFIG_YAML
 from vidfeat.nets.torchfile import fit_state
 from vidfeat.outdir import atomic_write, claim_out_dir, remove_stale_temps, write_atomic
 from vidfeat.plots import plot_curves
+from vidfeat.precision import Precision, resolve_name
 from vidfeat.provenance import file_sha256
 from vidfeat.schedule import lr_factor
 from vidfeat.stop import StopSignals, ignore_stop_signals
@@ -83,13 +84,18 @@ def build_head(cfg: FuseConfig, dims: dict[str, int], num_classes: int) -> nn.Mo
 
 
 @torch.no_grad()
-def predict_scores(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
-    """Softmax class probabilities ``(N, K)`` in dataset order."""
+def predict_scores(
+    model: nn.Module, loader: DataLoader, device: torch.device, precision: Precision | None = None
+) -> np.ndarray:
+    """Softmax class probabilities ``(N, K)`` in dataset order (``precision``: default fp32)."""
     model.eval()
     out = []
+    prec = precision or Precision()
     for batch in loader:
         feats, masks, _ = _to(batch, device)
-        out.append(torch.softmax(model(feats, masks).float(), dim=1).cpu().numpy())
+        with prec.autocast(device):
+            logits = model(feats, masks)
+        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -341,6 +347,7 @@ def _train(
     # same seed on every rank: identical initial weights (DDP also broadcasts rank 0's)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    cfg.precision = resolve_name(cfg.precision, device)  # config.yaml records what runs
     data = _load_data(cfg, out, ctx, resume=resume, echo=echo)
     model, net, opt = _build_model(cfg, data, ctx, device, out / "last.pt")
     loop = _Loop(cfg, out, ctx, device, data, model, net, opt, echo=echo)
@@ -435,6 +442,9 @@ class _Loop:
         echo: Callable[[str], Any],
     ) -> None:
         self.cfg, self.out, self.ctx, self.device, self.echo = cfg, out, ctx, device, echo
+        self.precision = Precision(cfg.precision)  # resolved by _train
+        # fp16's narrow range needs loss scaling; bf16 has float32's
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         self.data, self.model, self.net, self.opt = data, model, net, opt
         # Rank r takes samples r, r+world, ... of the epoch's permutation; its k-th batch of
         # batch/world samples and the other ranks' k-th batches together are exactly the k-th
@@ -542,11 +552,13 @@ class _Loop:
             for g in self.opt.param_groups:
                 g["lr"] = lr_at(cfg, epoch * self.steps_per_epoch + step, self.total)
             feats, masks, y = _to(batch, device)
-            logits = self.net(feats, masks)
-            loss = self.loss_fn(logits, y)
+            with self.precision.autocast(device):
+                logits = self.net(feats, masks)
+                loss = self.loss_fn(logits.float(), y)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
             step += 1
             sums[0] += loss.item() * len(y)
             sums[1] += int((logits.argmax(1) == y).sum())
@@ -579,7 +591,12 @@ class _Loop:
             if data.val_loader is not None and data.val_ds is not None:
                 row.update(
                     _validate(
-                        self.model, data.val_loader, data.val_ds, self.device, len(data.classes)
+                        self.model,
+                        data.val_loader,
+                        data.val_ds,
+                        self.device,
+                        len(data.classes),
+                        self.precision,
                     )
                 )
             row["seconds"] = time.perf_counter() - t0
@@ -626,8 +643,9 @@ def _validate(
     ds: FusionDataset,
     device: torch.device,
     num_classes: int,
+    precision: Precision,
 ) -> dict[str, float]:
-    scores = predict_scores(model, loader, device)
+    scores = predict_scores(model, loader, device, precision)
     labels = np.asarray(ds.labels)
     s = summarize(scores, labels, num_classes)
     val_loss = float(

@@ -214,6 +214,7 @@ def describe_run(run: str | Path) -> dict:
     else:
         info["origin"] = "trained by vidfeat"
         info["training"] = _training_record(run, cfg)
+        info["precision"] = cfg.precision  # what training ran in ("auto": not recorded)
     return info
 
 
@@ -266,4 +267,7 @@ def format_description(info: dict) -> str:
         ]
     else:
         lines.append(f"training:       {info['training']}")
+        prec = info.get("precision")
+        ran = "not recorded (an older vidfeat)" if prec == "auto" else prec
+        lines.append(f"precision:      trained in {ran}; extraction picks its own (--precision)")
     return "\n".join(lines)

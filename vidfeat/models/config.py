@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from vidfeat._version import __version__
 from vidfeat.errors import ConfigError, RunError
 from vidfeat.params import param
+from vidfeat.precision import PRECISION_HELP, PRECISIONS
 
 CONFIG_YAML = "config.yaml"
 MODALITIES = ("rgb", "flow", "audio")
@@ -115,7 +116,10 @@ class TrainConfig:
     fields_set: str | None = None
     workers: int = param(2, "DataLoader workers.", group="train")
     device: str = param("auto", "auto, cpu, cuda or cuda:N.", group="train")
-    amp: bool = param(True, "No mixed precision on CUDA.", flags=("--no-amp",), group="train")
+    # as asked, until `train` resolves it on its device: config.yaml records what ran
+    precision: str = param(
+        "auto", PRECISION_HELP + " Weights stay fp32.", choices=PRECISIONS, group="train"
+    )
     seed: int = param(0, "Random seed (same seed, same run).", group="train")
     video_root: str | None = param(
         None,
@@ -145,6 +149,20 @@ class TrainConfig:
         group="net",
     )
     init_sha256: str | None = None
+
+    # keys of older vidfeats' configs, read and translated by :meth:`upgrade`
+    LEGACY_KEYS = ("amp",)
+
+    @staticmethod
+    def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        """A config of an older vidfeat in today's keys: ``amp: false`` (mixed precision off)
+        is ``precision: fp32``; ``amp: true`` did not record what ran (AMP on CUDA, float32
+        on the CPU), so it reads as ``auto``."""
+        data = dict(data)
+        if "amp" in data:
+            amp = data.pop("amp")
+            data.setdefault("precision", "auto" if amp else "fp32")
+        return data
 
     def validate(self) -> None:
         checks = [
@@ -289,7 +307,8 @@ def check_mapping(
             f"(every {kind} records {', '.join(required)}); pass the --out folder "
             f"of {made_by}",
         )
-    unknown = [k for k in data if k not in fields]
+    legacy = set(getattr(cls, "LEGACY_KEYS", ()))
+    unknown = [k for k in data if k not in fields and k not in legacy]
     if unknown:
         raise RunError(
             path,
@@ -299,6 +318,8 @@ def check_mapping(
             "upgrade vidfeat to read it)",
         )
     for k, v in data.items():
+        if k in legacy:
+            continue
         want = _TYPES.get(_annotation(fields[k]))
         if want is not None and not _is(v, want):
             raise RunError(path, k, f"{k} must be {want[0]} (got {_short(v)})")
@@ -306,6 +327,8 @@ def check_mapping(
 
 def from_mapping(cls: type[C], data: dict[str, Any]) -> C:
     """``cls`` of a mapping :func:`check_mapping` passed; null mapping fields become ``{}``."""
+    upgrade = getattr(cls, "upgrade", None)
+    data = upgrade(data) if upgrade is not None else data
     mappings = {f.name for f in dataclasses.fields(cls) if _annotation(f) == "dict"}
     return cls(**{k: ({} if k in mappings and v is None else v) for k, v in data.items()})
 

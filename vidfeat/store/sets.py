@@ -37,8 +37,9 @@ from vidfeat.store.reader import FeatureSet
 INFORMATIONAL_SUFFIXES = ("_version", "_path", "_info")
 # Identity keys with a meaning when absent: a set written before the key existed (or by a run
 # that did not set it) compares as if it had recorded this value. ``storage_dtype`` is only
-# written for --float16 runs; without it arrays are stored in the extractor's own dtype.
-IMPLICIT_DEFAULTS: dict[str, Any] = {"storage_dtype": "native"}
+# written for --float16 runs; without it arrays are stored in the extractor's own dtype. Sets
+# written before ``--precision`` (and sets of no network) were computed in float32.
+IMPLICIT_DEFAULTS: dict[str, Any] = {"storage_dtype": "native", "precision": "fp32"}
 # Identity keys compared only when both the set and the run record them: a set records the
 # class list of the run that created it, and a later run over a list without labels has none.
 COMPARED_WHEN_BOTH = frozenset({"classes"})
