@@ -260,3 +260,33 @@ def test_a_run_of_an_older_vidfeat_with_amp_still_reads(tmp_path: Path) -> None:
         p = tmp_path / f"config-{amp}.yaml"
         p.write_text(yaml.safe_dump({"modality": "rgb", "train": "t.csv", "val": None, "amp": amp}))
         assert read_run_config(p).precision == want
+
+
+@needs_bf16
+def test_raft_fields_record_their_precision_and_never_mix(clip: Path, tmp_path: Path) -> None:
+    from torchvision.models.optical_flow import raft_small
+
+    torch.manual_seed(0)
+    weights = tmp_path / "raft.pth"
+    torch.save(raft_small(weights=None).state_dict(), weights)
+    store = tmp_path / "store"
+
+    def run(listing: str, precision: str) -> tuple[int, str]:
+        r = CliRunner().invoke(
+            main,
+            ["extract", "flow", "--method", "raft", "--model", "small", "--num-flow-updates",
+             "1", "--flow-weights", str(weights), "-T", "2", "-N", "1", "--short-side", "96",
+             "--device", "cpu", "--videos", str(clip / listing), "--store", str(store),
+             "--precision", precision, "--quiet"],
+        )  # fmt: skip
+        return r.exit_code, r.output
+
+    code, text = run("list.csv", "fp32")
+    assert code == 0, text
+    fields = FeatureStore(store).open_set("raft-fields")
+    assert fields.config["precision"] == "fp32"
+    (clip / "c.mp4").write_bytes((clip / "a.mp4").read_bytes())
+    (clip / "raft.csv").write_text("path,label\na.mp4,c0\nc.mp4,c0\n")
+    code, text = run("raft.csv", "bf16")
+    assert code != 0 and "precision" in text and "fp32" in text and "bf16" in text, text
+    assert FeatureStore(store).open_set("raft-fields").ids() == ["a"]

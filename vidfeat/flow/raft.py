@@ -81,7 +81,8 @@ class RAFT(FlowMethod):
     uses_torch = True
     precisions = ("auto", "fp32", "bf16", "fp16")
     default_precision = "auto"
-    channels_last = True  # 2.8x faster in fp32 on the CPU (bench/bench_precision.py)
+    # channels_last: no faster on the CPU (0.9x in fp32, 1.05x in bf16; bench_precision.py)
+    channels_last = False
 
     def validate(self) -> None:
         _at_least(self.params, 1, "num_flow_updates")
@@ -145,7 +146,6 @@ class RAFT(FlowMethod):
         return prov
 
     def _build(self, path: Path, device: Any) -> Any:
-        import torch
         from torchvision.models.optical_flow import raft_large, raft_small
 
         from vidfeat.nets.torchfile import load_torch_file
@@ -165,7 +165,7 @@ class RAFT(FlowMethod):
                 f"weights of the other network need --model "
                 f"{'small' if self.params.model == 'large' else 'large'}"
             ) from None
-        return net.eval().to(device, memory_format=torch.channels_last)  # see channels_last
+        return net.eval().to(device)
 
     def _precision(self, dev: Any) -> Any:
         """``--precision`` on ``dev`` (fields of one set never mix precisions: recorded)."""
