@@ -290,3 +290,23 @@ def test_raft_fields_record_their_precision_and_never_mix(clip: Path, tmp_path: 
     code, text = run("raft.csv", "bf16")
     assert code != 0 and "precision" in text and "fp32" in text and "bf16" in text, text
     assert FeatureStore(store).open_set("raft-fields").ids() == ["a"]
+
+
+@pytest.mark.parametrize("layout", ["stnet", "tsn"])
+def test_uint8_crops_normalised_on_the_device_equal_the_dataset_s(layout: str, clip: Path) -> None:
+    """The extractor and the trainer move uint8 crops and normalise them where the network
+    runs: bit for bit what the dataset computes itself, with any mean and std."""
+    from vidfeat.clips import ClipSpec, RGBClips
+    from vidfeat.videolist import load_list
+
+    vl = load_list(clip / "list.csv")
+    for spec in (
+        ClipSpec(3, 2, 48, 56, train=False),
+        ClipSpec(3, 2, 48, 56, train=False, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)),
+    ):
+        ref = RGBClips(vl, spec, layout=layout)[0]["x"]
+        fast = RGBClips(vl, spec, layout=layout, normalize=False)
+        item = fast[0]["x"]
+        assert item.dtype == torch.uint8 and item.shape == ref.shape
+        assert torch.equal(fast.on_device(item[None])[0], ref)
+        assert fast.on_device(ref) is ref  # an already normalised batch is left alone

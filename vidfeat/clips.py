@@ -14,6 +14,11 @@ DataLoader worker; training counts and skips it, extraction records it as a fail
 Train mode: random segment offsets, one random crop + horizontal flip (``ClipSpec.flip``) for
 the whole clip (a flip negates the x component of flow). Test mode: centred segments and a
 centre crop.
+
+``RGBClips(..., normalize=False)`` hands the crops over as uint8 and
+:meth:`RGBClips.on_device` normalises a batch where the network runs, bit for bit as the
+dataset would have: a decoding worker then does a third of the work and moves a quarter of the
+bytes, which on a CPU leaves the cores to the network (the trainer and the extractor do so).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,14 +135,32 @@ class RGBClips(_Base):
     """RGB clips decoded on the fly (see module docstring for the layouts)."""
 
     def __init__(
-        self, videos: VideoList, spec: ClipSpec, layout: str = "stnet", seed: int = 0
+        self,
+        videos: VideoList,
+        spec: ClipSpec,
+        layout: str = "stnet",
+        seed: int = 0,
+        normalize: bool = True,
     ) -> None:
         super().__init__(videos, spec, seed)
         if layout not in ("stnet", "tsn"):
             raise ConfigError(f"rgb layout must be stnet or tsn (got {layout!r})")
         self.layout = layout
+        self.normalize = normalize
         n = spec.frames if layout == "stnet" else 1
         self.grid = SegmentGrid(spec.segments, n, "train" if spec.train else spec.test_grid)
+
+    def on_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A collated batch ``[B, T, 3n, S, S]`` as the network takes it: uint8 crops
+        (``normalize=False``) normalised with the spec's mean and std, in the dataset's own
+        float32 arithmetic and order; an already normalised batch as it is."""
+        if x.dtype != torch.uint8:
+            return x
+        c = x.shape[-3]
+        mean = torch.tensor(self.spec.mean, dtype=torch.float32, device=x.device).repeat(c // 3)
+        std = torch.tensor(self.spec.std, dtype=torch.float32, device=x.device).repeat(c // 3)
+        shape = (1,) * (x.dim() - 3) + (c, 1, 1)
+        return x.float().div_(255.0).sub_(mean.view(shape)).div_(std.view(shape))
 
     def load(self, i: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, dict]:
         rec = self.records[i]
@@ -155,9 +179,12 @@ class RGBClips(_Base):
         clip = frames[:, y0 : y0 + s, x0 : x0 + s]
         if rng is not None and self.spec.flip and rng.uniform() < 0.5:
             clip = clip[:, :, ::-1]
-        mean = np.asarray(self.spec.mean, dtype=np.float32)
-        std = np.asarray(self.spec.std, dtype=np.float32)
-        x = (clip.astype(np.float32) / 255.0 - mean) / std
+        if self.normalize:
+            mean = np.asarray(self.spec.mean, dtype=np.float32)
+            std = np.asarray(self.spec.std, dtype=np.float32)
+            x = (clip.astype(np.float32) / 255.0 - mean) / std
+        else:
+            x = clip  # uint8: on_device() normalises the batch
         T, n = g.indices.shape
         # [T*n, S, S, 3] -> [T, n*3, S, S], channel 3*j + c
         x = x.reshape(T, n, s, s, 3).transpose(0, 1, 4, 2, 3).reshape(T, n * 3, s, s)
@@ -313,6 +340,13 @@ def _meta(rec, info, g) -> dict:
     from vidfeat.videolist import base_attrs
 
     return base_attrs(rec, None, info, g)
+
+
+def on_input(loader: Any, x: torch.Tensor) -> torch.Tensor:
+    """A batch as the network takes it: what the loader's dataset leaves to the device
+    (``RGBClips.on_device``: uint8 crops normalised there) done."""
+    finish = getattr(loader.dataset, "on_device", None)
+    return finish(x) if finish is not None else x
 
 
 def collate(items: list[dict]) -> dict:

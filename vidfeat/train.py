@@ -30,6 +30,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
+from vidfeat.clips import on_input
 from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError
 from vidfeat.metrics import summarize
@@ -56,8 +57,8 @@ def build_dataset(cfg: TrainConfig, videos: VideoList, train: bool, segments: in
         train,
         flip=cfg.flip,
     )
-    if cfg.modality == "rgb":
-        return RGBClips(videos, spec, layout=cfg.arch, seed=cfg.seed)
+    if cfg.modality == "rgb":  # uint8 crops, normalised on the device (on_input)
+        return RGBClips(videos, spec, layout=cfg.arch, seed=cfg.seed, normalize=False)
     if cfg.modality == "flow":
         return FlowClips(videos, spec, cfg.store, cfg.fields_set, seed=cfg.seed)
     return AudioClips(videos, spec, seed=cfg.seed)
@@ -95,7 +96,7 @@ def predict(
         errors += batch["errors"]
         if "x" not in batch:
             continue
-        x = batch["x"].to(device, non_blocking=True)
+        x = on_input(loader, batch["x"].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(x)
         p = torch.softmax(logits.float(), 1).cpu().numpy()
@@ -380,7 +381,7 @@ def _train_epoch(fit: _Fit, epoch: int, *, progress: bool, echo) -> dict:
                 echo(f"skipping unreadable video {fit.train_list.records[idx].video_id}: {err[1]}")
         if "x" not in batch:
             continue
-        x = batch["x"].to(device, non_blocking=True)
+        x = on_input(fit.loader, batch["x"].to(device, non_blocking=True))
         y = batch["label"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=fit.dtype, enabled=fit.dtype is not None):
             logits = model(x)

@@ -98,6 +98,7 @@ class NetworkTask:
     def run_local(self, job: Job) -> None:
         import torch
 
+        from vidfeat.clips import on_input
         from vidfeat.device import resolve_device
 
         device = resolve_device(self.device) if isinstance(self.device, str) else self.device
@@ -114,7 +115,7 @@ class NetworkTask:
                     job.fail(job.todo[idx], cls, msg)
                 if "x" not in batch:
                     continue
-                x = batch["x"].to(device, non_blocking=True)
+                x = on_input(loader, batch["x"].to(device, non_blocking=True))
                 with torch.no_grad(), prec.autocast(device):
                     feats = model.forward_features(x)
                     scores = (
@@ -359,7 +360,7 @@ class RGBNetwork(_RunTask):
             resize=pre.resize,
             test_grid=self.grid,
         )
-        return RGBClips(videos, spec, layout=cfg.arch)
+        return RGBClips(videos, spec, layout=cfg.arch, normalize=False)  # on the device
 
 
 class FlowNetwork(_RunTask):
