@@ -80,6 +80,10 @@ def make_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         drop_last=False,
+        # the loader's base seed comes from its own generator, not torch's global one: a
+        # workers=0 loader draws it every epoch, persistent workers once, and each draw would
+        # shift the dropout masks of the steps that follow (weights would follow --workers)
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -364,6 +368,9 @@ def _train_epoch(fit: _Fit, epoch: int, *, progress: bool, echo) -> dict:
 
     cfg, model, opt, device = fit.cfg, fit.model, fit.opt, fit.device
     fit.loader.sampler.set_epoch(epoch)
+    # dropout of this epoch: a function of (seed, epoch), so a resumed run draws what an uncut
+    # one draws, whatever ran before (validation, loaders, a restored checkpoint)
+    torch.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0]))
     model.train()
     loss_fn = nn.CrossEntropyLoss()
     losses, correct, seen = [], 0, 0
