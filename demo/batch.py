@@ -2,8 +2,9 @@
 
 Usage: python demo/batch.py COMMAND ARGS... [:: COMMAND ARGS...]...
 (e.g. ``fuse eval --run A ... :: fuse eval --run B ...``: the words of ``vidfeat`` commands,
-separated by ``::``). The demo evaluates its fusion heads so: each evaluation takes a fraction
-of a second once torch is imported, and importing it again costs ~3 s a command on 2 cores.
+separated by ``::``). The demo trains and evaluates its fusion heads so: a head trains in
+seconds and evaluates in a fraction of one once torch is imported, and importing it again would
+cost ~4 s a command on 2 cores.
 Stops at the first command that fails, with that command's exit code and message.
 """
 

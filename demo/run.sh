@@ -22,7 +22,7 @@
 # test, which no model was selected on; the ensemble is cross-fitted on test (out-of-fold).
 # The networks train once (seed 0); the fusion heads, seconds each, train once per seed in
 # SEEDS (runs fuse-<head>-s<seed>) and the report gives their mean and spread; the ensemble
-# takes seed 0's heads.
+# stacks the first seed's heads.
 set -euo pipefail
 OUT=${1:-demo/out}
 VF=${VIDFEAT:-.venv/bin/vidfeat}
@@ -132,38 +132,38 @@ for method in tvl1 farneback; do
 done
 stage "4c extract audio" "" "$VF" extract audio --checkpoint "$RUNS/audio" "${EXTRACT[@]}"
 
+# The fusion heads: each trains once per seed in SEEDS and is evaluated on test, all in one
+# Python process (demo/batch.py): a head trains in seconds, and importing torch again would cost
+# ~4 s a command on 2 cores (24 trainings, 24 evaluations). A run with a best.pt is kept, an
+# evaluation with a metrics.json too.
 FUSE=(--store "$STORE" --train "$DATA/train.csv" --val "$DATA/val.csv"
       --epochs "$FUSE_EPOCHS" --batch-size 16 --precision "$PRECISION" --quiet --overwrite)
-for m in rgb tvl1 farneback audio; do
+TRAINS=()
+EVALS=()
+add_head() {  # add_head NAME FUSE_TRAIN_OPTIONS...: runs fuse-NAME-s<seed>, for every seed
+  local name=$1 s r; shift
   for s in $SEEDS; do
-    stage "5 fuse single ($m, seed $s)" "$RUNS/fuse-single-$m-s$s/best.pt" \
-      "$VF" fuse train --features "$m" --head single --out "$RUNS/fuse-single-$m-s$s" \
-      --seed "$s" "${FUSE[@]}"
+    r=$RUNS/fuse-$name-s$s
+    [ -e "$r/best.pt" ] || TRAINS+=(fuse train "$@" --out "$r" --seed "$s" "${FUSE[@]}" ::)
+    [ -e "$r/eval-test/metrics.json" ] \
+      || EVALS+=(fuse eval --run "$r" --store "$STORE" --videos "$DATA/test.csv" --name test
+                 --precision "$PRECISION" --overwrite ::)
   done
+}
+for m in rgb tvl1 farneback audio; do
+  add_head "single-$m" --features "$m" --head single
 done
-ALLF=rgb,tvl1,farneback,audio
 declare -A HEAD_OPTS=([txn]="width=256" [itxn]="width=256" [fflstm]="hidden=128"
                       [attention-clusters]="clusters=32")
 for head in txn fflstm attention-clusters itxn; do
-  for s in $SEEDS; do
-    stage "5 fuse $head (seed $s)" "$RUNS/fuse-$head-s$s/best.pt" \
-      "$VF" fuse train --features "$ALLF" --head "$head" --out "$RUNS/fuse-$head-s$s" \
-      --seed "$s" "${FUSE[@]}" --head-opt "${HEAD_OPTS[$head]}"
-  done
+  add_head "$head" --features rgb,tvl1,farneback,audio --head "$head" \
+    --head-opt "${HEAD_OPTS[$head]}"
 done
-# the heads' test evaluations in one Python process (demo/batch.py): each is a fraction of a
-# second once torch is imported, which alone costs ~3 s a command on 2 cores
-EVALS=()
-for r in "$RUNS"/fuse-*; do
-  case "$r" in *.replaced-*) continue ;; esac  # an unfinished attempt moved aside
-  [ -e "$r/eval-test/metrics.json" ] && continue
-  EVALS+=(fuse eval --run "$r" --store "$STORE" --videos "$DATA/test.csv" --name test
-          --precision "$PRECISION" --overwrite ::)
-done
-if [ ${#EVALS[@]} -eq 0 ]; then
-  echo; echo "== 5 eval heads on test"; echo "(done: every $RUNS/fuse-*/eval-test exists)"
+if [ ${#TRAINS[@]} -eq 0 ] && [ ${#EVALS[@]} -eq 0 ]; then
+  echo; echo "== 5 fusion heads"; echo "(done: every head's runs and test evaluations exist)"
 else
-  stage "5 eval heads on test" "" "$PY" demo/batch.py "${EVALS[@]}"
+  stage "5 fusion heads (8 heads x seeds $SEEDS: train, eval on test)" "" \
+    "$PY" demo/batch.py "${TRAINS[@]}" "${EVALS[@]}"
 fi
 
 read -ra SEED_LIST <<< "$SEEDS"
