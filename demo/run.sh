@@ -5,25 +5,31 @@
 #
 # Rerunnable: a stage whose result exists is skipped (delete its folder to redo it); the store
 # resumes by itself. Sizes are environment variables so the demo scales up:
-#   CLASSES PER_CLASS SECONDS_PER_CLIP SIZE FPS  dataset           (12 30 3 64 15)
+#   CLASSES PER_CLASS SECONDS_PER_CLIP SIZE FPS  dataset           (12 36 3 64 15)
+#   TEST_FRACTION                               test split's share (0.3; val: 0.2)
 #   T N TRAIN_T                                 grid; segments in training (4 3 3)
 #   BACKBONE EPOCHS FLOW_EPOCHS BATCH LR        segment networks  (resnet10t 16 6 8 0.003)
 #   SHORT CROP                                  training frames: short side, crop (56 48)
 #   AUDIO_WIDTH AUDIO_EPOCHS                    audio network     (0.125 8)
-#   FUSE_EPOCHS                                 fusion heads      (20)
+#   FUSE_EPOCHS SEEDS                           fusion heads      (20; seeds "0 1 2")
 #   TVL1_EPSILON                                TV-L1 stopping threshold (0.05; OpenCV: 0.01)
 #   WORKERS                                     processes         (2)
+#   PRECISION                                   auto|fp32|bf16|fp16 of every network (auto)
 # The defaults fit the demo in about 12 minutes on 2 CPU cores (the budget is 15).
 #
-# Protocol: the dataset has train / val / test splits (60/20/20 % per class). Networks and
-# heads keep their best epoch by val Prec@1; the report's figures are on test, which no model
-# was selected on; the ensemble is cross-fitted on test (out-of-fold).
+# Protocol: the dataset has train / val / test splits (50/20/30 % per class: 216 / 84 / 132
+# videos). Networks and heads keep their best epoch by val Prec@1; the report's figures are on
+# test, which no model was selected on; the ensemble is cross-fitted on test (out-of-fold).
+# The networks train once (seed 0); the fusion heads, seconds each, train once per seed in
+# SEEDS (runs fuse-<head>-s<seed>) and the report gives their mean and spread; the ensemble
+# stacks the first seed's heads.
 set -euo pipefail
 OUT=${1:-demo/out}
 VF=${VIDFEAT:-.venv/bin/vidfeat}
 PY=${PYTHON:-.venv/bin/python}
 CLASSES=${CLASSES:-12}
-PER_CLASS=${PER_CLASS:-30}
+PER_CLASS=${PER_CLASS:-36}
+TEST_FRACTION=${TEST_FRACTION:-0.3}
 SECS=${SECONDS_PER_CLIP:-3}
 SIZE=${SIZE:-64}
 FPS=${FPS:-15}
@@ -38,8 +44,10 @@ LR=${LR:-0.003}
 AUDIO_WIDTH=${AUDIO_WIDTH:-0.125}
 AUDIO_EPOCHS=${AUDIO_EPOCHS:-8}
 FUSE_EPOCHS=${FUSE_EPOCHS:-20}
+SEEDS=${SEEDS:-0 1 2}
 TVL1_EPSILON=${TVL1_EPSILON:-0.05}
 WORKERS=${WORKERS:-2}
+PRECISION=${PRECISION:-auto}
 SHORT=${SHORT:-$(( SIZE * 7 / 8 ))}   # training frames are resized to this short side...
 CROP=${CROP:-$(( SIZE * 3 / 4 ))}    # ...and randomly cropped to this square
 
@@ -65,7 +73,7 @@ stage() {  # stage NAME DONE_MARKER COMMAND...
 
 stage "1 synthetic dataset" "$DATA/synth.json" \
   "$VF" data synth "$DATA" --classes "$CLASSES" --per-class "$PER_CLASS" --seconds "$SECS" \
-  --size "$SIZE" --fps "$FPS" --val-fraction 0.2 --test-fraction 0.2
+  --size "$SIZE" --fps "$FPS" --val-fraction 0.2 --test-fraction "$TEST_FRACTION"
 "$VF" data probe "$DATA/val.csv" --quiet
 
 ALL=$OUT/all.csv
@@ -90,7 +98,8 @@ done
 # synthetic classes move left or right, and a mirrored "left" clip is a "right" clip.
 COMMON=(--val "$DATA/val.csv" --segments "$TRAIN_T" --test-segments "$T" --frames "$N"
         --size "$CROP" --epochs "$EPOCHS" --batch-size "$BATCH" --workers "$WORKERS"
-        --optimizer adamw --lr "$LR" --schedule cosine --no-flip --quiet --overwrite)
+        --optimizer adamw --lr "$LR" --schedule cosine --no-flip --precision "$PRECISION"
+        --quiet --overwrite)
 stage "3a train rgb (StNet)" "$RUNS/rgb-stnet/best.pt" \
   "$VF" train rgb --videos "$DATA/train.csv" --out "$RUNS/rgb-stnet" --arch stnet \
   --backbone "$BACKBONE" --short-side "$SHORT" "${COMMON[@]}" --net-opt txb_width=256 \
@@ -107,9 +116,11 @@ done
 stage "3d train audio" "$RUNS/audio/best.pt" \
   "$VF" train audio --videos "$DATA/train.csv" --val "$DATA/val.csv" --out "$RUNS/audio" \
   --width "$AUDIO_WIDTH" --segments "$T" --epochs "$AUDIO_EPOCHS" --batch-size 16 \
-  --workers "$WORKERS" --optimizer adamw --lr 0.001 --schedule cosine --quiet --overwrite
+  --workers "$WORKERS" --optimizer adamw --lr 0.001 --schedule cosine --precision "$PRECISION" \
+  --quiet --overwrite
 
-EXTRACT=(--videos "$ALL" --store "$STORE" -T "$T" --workers "$WORKERS" --batch-size 8 --quiet)
+EXTRACT=(--videos "$ALL" --store "$STORE" -T "$T" --workers "$WORKERS" --batch-size 8
+         --precision "$PRECISION" --quiet)
 stage "4a extract rgb" "" "$VF" extract rgb --checkpoint "$RUNS/rgb-stnet" "${EXTRACT[@]}"
 # TSN's clip scores too, for Table 1 (StNet vs TSN on the same test grid)
 stage "4a extract rgb (TSN)" "" \
@@ -121,30 +132,46 @@ for method in tvl1 farneback; do
 done
 stage "4c extract audio" "" "$VF" extract audio --checkpoint "$RUNS/audio" "${EXTRACT[@]}"
 
+# The fusion heads: each trains once per seed in SEEDS and is evaluated on test, all in one
+# Python process (demo/batch.py): a head trains in seconds, and importing torch again would cost
+# ~4 s a command on 2 cores (24 trainings, 24 evaluations). A run with a best.pt is kept, an
+# evaluation with a metrics.json too.
 FUSE=(--store "$STORE" --train "$DATA/train.csv" --val "$DATA/val.csv"
-      --epochs "$FUSE_EPOCHS" --batch-size 16 --quiet --overwrite)
+      --epochs "$FUSE_EPOCHS" --batch-size 16 --precision "$PRECISION" --quiet --overwrite)
+TRAINS=()
+EVALS=()
+add_head() {  # add_head NAME FUSE_TRAIN_OPTIONS...: runs fuse-NAME-s<seed>, for every seed
+  local name=$1 s r; shift
+  for s in $SEEDS; do
+    r=$RUNS/fuse-$name-s$s
+    [ -e "$r/best.pt" ] || TRAINS+=(fuse train "$@" --out "$r" --seed "$s" "${FUSE[@]}" ::)
+    [ -e "$r/eval-test/metrics.json" ] \
+      || EVALS+=(fuse eval --run "$r" --store "$STORE" --videos "$DATA/test.csv" --name test
+                 --precision "$PRECISION" --overwrite ::)
+  done
+}
 for m in rgb tvl1 farneback audio; do
-  stage "5 fuse single ($m)" "$RUNS/fuse-single-$m/best.pt" \
-    "$VF" fuse train --features "$m" --head single --out "$RUNS/fuse-single-$m" "${FUSE[@]}"
+  add_head "single-$m" --features "$m" --head single
 done
-ALLF=rgb,tvl1,farneback,audio
 declare -A HEAD_OPTS=([txn]="width=256" [itxn]="width=256" [fflstm]="hidden=128"
                       [attention-clusters]="clusters=32")
 for head in txn fflstm attention-clusters itxn; do
-  stage "5 fuse $head" "$RUNS/fuse-$head/best.pt" \
-    "$VF" fuse train --features "$ALLF" --head "$head" --out "$RUNS/fuse-$head" "${FUSE[@]}" \
+  add_head "$head" --features rgb,tvl1,farneback,audio --head "$head" \
     --head-opt "${HEAD_OPTS[$head]}"
 done
-for r in "$RUNS"/fuse-*; do
-  case "$r" in *.replaced-*) continue ;; esac  # an unfinished attempt moved aside
-  stage "5 eval $(basename "$r")" "$r/eval-test/metrics.json" \
-    "$VF" fuse eval --run "$r" --store "$STORE" --videos "$DATA/test.csv" --name test \
-    --overwrite
-done
+if [ ${#TRAINS[@]} -eq 0 ] && [ ${#EVALS[@]} -eq 0 ]; then
+  echo; echo "== 5 fusion heads"; echo "(done: every head's runs and test evaluations exist)"
+else
+  stage "5 fusion heads (8 heads x seeds $SEEDS: train, eval on test)" "" \
+    "$PY" demo/batch.py "${TRAINS[@]}" "${EVALS[@]}"
+fi
 
+read -ra SEED_LIST <<< "$SEEDS"
+S0=${SEED_LIST[0]}  # the ensemble stacks the first seed's heads
 stage "6 ensemble" "$OUT/ensemble/table.csv" \
   "$VF" ensemble --store "$STORE" --videos "$DATA/test.csv" --out "$OUT/ensemble" --overwrite \
-  --members "$RUNS/fuse-txn,$RUNS/fuse-fflstm,$RUNS/fuse-attention-clusters,$RUNS/fuse-itxn" \
+  --members "$RUNS/fuse-txn-s$S0,$RUNS/fuse-fflstm-s$S0,$RUNS/fuse-attention-clusters-s$S0" \
+  --members "$RUNS/fuse-itxn-s$S0" \
   --members "set:rgb,set:tvl1,set:farneback,set:audio"
 
 # a contact sheet of one test video: its frames, flow fields, audio windows, feature norms and

@@ -91,6 +91,70 @@ def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
+def videos(share: float, n: int) -> int:
+    """How many of ``n`` videos a share of them is (an accuracy back to a count)."""
+    return int(round(share * n))
+
+
+def counts(a: float | None, b: float | None, n: int) -> str:
+    """``: A against B of n videos`` for two accuracies on the same n videos (or nothing)."""
+    if a is None or b is None:
+        return ""
+    return f": {videos(a, n)} against {videos(b, n)} of {n} videos"
+
+
+FUSION_HEADS = ("txn", "fflstm", "attention-clusters", "itxn")
+
+
+@dataclass
+class Seeded:
+    """One fusion head's evaluations over its seeds (runs ``fuse-<name>-s<seed>``): Prec@1 and
+    Prec@5 per seed, in seed order. The spread the report gives is min–max over the seeds."""
+
+    seeds: list[int]
+    prec1: list[float]
+    prec5: list[float]
+
+    @property
+    def mean1(self) -> float:
+        return float(np.mean(self.prec1))
+
+    @property
+    def mean5(self) -> float:
+        return float(np.mean(self.prec5))
+
+    @property
+    def spread1(self) -> float:
+        """max − min of Prec@1 over the seeds."""
+        return max(self.prec1) - min(self.prec1)
+
+    def mean_range(self) -> str:
+        """Prec@1 as ``mean (min–max)`` in %; the value alone for one seed."""
+        if len(self.prec1) == 1:
+            return pct(self.prec1[0])
+        return f"{pct(self.mean1)} ({pct(min(self.prec1))}–{pct(max(self.prec1))})"
+
+    def per_seed(self) -> str:
+        return " / ".join(pct(x) for x in self.prec1)
+
+
+def fuse_evals(runs: Path, name: str, split: str) -> Seeded | None:
+    """The evaluations of head ``name`` over every seed that ran (``runs/fuse-<name>-s<seed>``;
+    a demo folder from before the seeds has one ``runs/fuse-<name>``, read as seed 0)."""
+    found: dict[int, tuple[float, float]] = {}
+    pattern = re.compile(rf"fuse-{re.escape(name)}-s(\d+)")
+    for run in runs.glob(f"fuse-{name}-s*"):
+        m = pattern.fullmatch(run.name)
+        if m and (r := fuse_eval(run, split)):
+            found[int(m.group(1))] = r
+    if not found and (r := fuse_eval(runs / f"fuse-{name}", split)):
+        found[0] = r
+    if not found:
+        return None
+    seeds = sorted(found)
+    return Seeded(seeds, [found[s][0] for s in seeds], [found[s][1] for s in seeds])
+
+
 @dataclass
 class Demo:
     """What the demo stages left in OUT, and what the report gathers while it is written:
@@ -107,6 +171,7 @@ class Demo:
     design: dict  # the synthetic classes' cues, by class name
     claims: list[tuple[str, bool | None]] = field(default_factory=list)
     bars: list[tuple] = field(default_factory=list)
+    heads: dict[str, Seeded] = field(default_factory=dict)  # the heads' evaluations, by name
 
 
 def load_demo(out: Path) -> Demo:
@@ -129,6 +194,7 @@ def main(out: Path) -> None:
     lines += ensemble_section(d)
     lines += bars_plot(d)
     lines += sheet_section(d)
+    lines += variation_section(d)
     lines += claims_section(d)
     lines += timings_section(d)
     (out / "report.md").write_text("\n".join(lines))
@@ -136,12 +202,16 @@ def main(out: Path) -> None:
 
 
 def intro(d: Demo) -> list[str]:
+    n = len(d.listed)
     return [
         "# vidfeat demo report",
         "",
-        f"Synthetic dataset: {len(d.listed)} {d.split} videos, {len(d.listed.classes)} classes "
-        f"(`{d.data / 'README.txt'}`). Prec@1 / Prec@5 in %, on the {d.split} split. "
-        "Ceilings: the Bayes accuracy of a model that sees only that modality's cues.",
+        f"Synthetic dataset: {len(d.listed.classes)} classes (`{d.data / 'README.txt'}`). "
+        f"Prec@1 / Prec@5 in %, on the {n} videos of the {d.split} split: one video is "
+        f"{100 / n:.2f} points. Ceilings: the Bayes accuracy of a model that sees only that "
+        "modality's cues. The networks ran once (seed 0); the fusion heads (`single` included) "
+        "ran once per seed, and their figures are the mean over the seeds with the min–max "
+        "range in brackets (see *How much the figures vary*).",
         "",
     ]
 
@@ -175,10 +245,16 @@ def table1_rgb(d: Demo) -> list[str]:
             f"| {pct(cm)} | {pct(cm_ceiling)} |"
         )
     (st, st_cm), (ts, ts_cm) = rgb_acc["rgb"], rgb_acc["rgb-tsn"]
-    d.claims.append(("StNet >= TSN on RGB (Prec@1)", None if not (st and ts) else st[0] >= ts[0]))
     d.claims.append(
         (
-            "StNet > TSN on the motion cue (colour + motion accuracy)",
+            f"StNet >= TSN on RGB (Prec@1{counts(st and st[0], ts and ts[0], len(d.listed))})",
+            None if not (st and ts) else st[0] >= ts[0],
+        )
+    )
+    d.claims.append(
+        (
+            "StNet > TSN on the motion cue (colour + motion accuracy"
+            f"{counts(st_cm, ts_cm, len(d.listed))})",
             None if st_cm is None or ts_cm is None else st_cm > ts_cm,
         )
     )
@@ -187,10 +263,13 @@ def table1_rgb(d: Demo) -> list[str]:
 
 
 def table2_modalities(d: Demo) -> tuple[list[str], float]:
-    """Table 2: each modality alone (clip scores of the extracted sets) and single heads; the
-    lines and the best single-modality Prec@1."""
+    """Table 2: each modality alone (clip scores of the extracted sets) and single heads (seed
+    means); the lines and the best single-modality Prec@1 (a network's, or a head's mean)."""
     lines = [
         "## Table 2 — each modality alone",
+        "",
+        "Network clip scores: one training run (seed 0). `single` head: a linear head on the "
+        "features, mean over the seeds (min–max).",
         "",
         "| modality | network clip scores P@1 | P@5 | `single` head on features P@1 | P@5 "
         "| ceiling |",
@@ -205,40 +284,60 @@ def table2_modalities(d: Demo) -> tuple[list[str], float]:
     single_best = 0.0
     for m, c in modal_ceil.items():
         net = stored_scores(d.store, m, d.listed)
-        head = fuse_eval(d.runs / f"fuse-single-{m}", d.split)
-        single_best = max([single_best] + [x[0] for x in (net, head) if x])
+        head = fuse_evals(d.runs, f"single-{m}", d.split)
+        single_best = max(
+            [single_best, *([net[0]] if net else []), *([head.mean1] if head else [])]
+        )
         if head:
-            d.bars.append((f"single {m}", *head))
+            d.heads[f"single {m}"] = head
+            d.bars.append((f"single {m}", head.mean1, head.mean5))
         lines.append(
             f"| {m} | {pct(net and net[0])} | {pct(net and net[1])} | "
-            f"{pct(head and head[0])} | {pct(head and head[1])} | {pct(d.ceil[c])} |"
+            f"{head.mean_range() if head else pct(None)} | {pct(head and head.mean5)} "
+            f"| {pct(d.ceil[c])} |"
         )
     lines.append("")
     return lines, single_best
 
 
 def table3_fusion(d: Demo, single_best: float) -> list[str]:
-    """Table 3: the fusion heads on all four feature sets."""
+    """Table 3: the fusion heads on all four feature sets, over their seeds; the claims that
+    compare heads use the seed means."""
+    found = {h: fuse_evals(d.runs, h, d.split) for h in FUSION_HEADS}
+    seeds = max((r.seeds for r in found.values() if r), key=len, default=[0])
     lines = [
         "## Table 3 — fusion of rgb + tvl1 + farneback + audio",
         "",
-        "| head | Prec@1 | Prec@5 |",
-        "|---|---:|---:|",
+        f"Each head trained with seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))} on "
+        "the same features; "
+        "Prec@1 is the mean over the seeds with the min–max range in brackets, then each seed's "
+        "value; Prec@5 the mean.",
+        "",
+        f"| head | Prec@1 mean (min–max) | Prec@1 per seed ({' / '.join(f's{s}' for s in seeds)}) "
+        "| Prec@5 mean |",
+        "|---|---:|---:|---:|",
     ]
-    for head in ("txn", "fflstm", "attention-clusters", "itxn"):
-        r = fuse_eval(d.runs / f"fuse-{head}", d.split)
-        lines.append(f"| {head} | {pct(r and r[0])} | {pct(r and r[1])} |")
-        if r:
-            d.bars.append((head, *r))
+    for head, r in found.items():
+        if r is None:
+            lines.append(f"| {head} | — | — | — |")
+        else:
+            lines.append(f"| {head} | {r.mean_range()} | {r.per_seed()} | {pct(r.mean5)} |")
+            d.heads[head] = r
+            d.bars.append((head, r.mean1, r.mean5))
         d.claims.append(
             (
-                f"{head} > best single modality ({pct(single_best)})",
-                None if r is None else r[0] > single_best,
+                f"{head} > best single modality ({pct(single_best)}; seed means)",
+                None if r is None else r.mean1 > single_best,
             )
         )
-    txn, itxn = fuse_eval(d.runs / "fuse-txn", d.split), fuse_eval(d.runs / "fuse-itxn", d.split)
-    d.claims.append(("itxn >= txn", None if not (txn and itxn) else itxn[0] >= txn[0]))
-    lines += [f"| ceiling (all cues) | {pct(d.ceil['all cues (fusion)'])} | |", ""]
+    txn, itxn = found["txn"], found["itxn"]
+    text = "itxn >= txn (seed means"
+    if txn and itxn:
+        ahead = sum(a >= b for a, b in zip(itxn.prec1, txn.prec1, strict=False))
+        text += f": {pct(itxn.mean1)} against {pct(txn.mean1)}; itxn >= txn in {ahead} of "
+        text += f"{min(len(itxn.prec1), len(txn.prec1))} seeds"
+    d.claims.append((text + ")", None if not (txn and itxn) else itxn.mean1 >= txn.mean1))
+    lines += [f"| ceiling (all cues) | {pct(d.ceil['all cues (fusion)'])} | | |", ""]
     return lines
 
 
@@ -294,6 +393,42 @@ def sheet_section(d: Demo) -> list[str]:
         "![contact sheet](sheet.png)",
         "",
     ]
+
+
+def variation_section(d: Demo) -> list[str]:
+    """How much each figure varies: the test split's resolution and sampling error, and the
+    seed spread of the heads (the networks ran once: their spread over seeds is not known)."""
+    n = len(d.listed)
+    se = {p: 100 * np.sqrt(p * (1 - p) / n) for p in (0.5, 0.9)}
+    lines = [
+        "## How much the figures vary",
+        "",
+        f"The {d.split} split has {n} videos: one video is {100 / n:.2f} points, and a Prec@1 "
+        f"near 50 % (90 %) has a sampling standard error of ±{se[0.5]:.1f} (±{se[0.9]:.1f}) "
+        "points — what another draw of as many test videos would move it by. "
+        "Two figures closer than about twice that are not told apart by this split.",
+        "",
+    ]
+    if d.heads:
+        spreads = ", ".join(
+            f"{name} {100 * r.spread1:.1f}" for name, r in d.heads.items() if len(r.seeds) > 1
+        )
+        if spreads:
+            worst = max(d.heads.items(), key=lambda kv: kv[1].spread1)
+            lines += [
+                "Seed spread (max − min Prec@1 over the seeds, points) of each head trained on "
+                f"the same features: {spreads}; the largest is {worst[0]}'s "
+                f"({100 * worst[1].spread1:.1f}).",
+                "",
+            ]
+    lines += [
+        "The networks (Table 1 and the clip-score columns of Table 2) and the GBDT's members "
+        "(the first seed's heads) ran once each, to keep the demo within its time budget: their "
+        "figures carry the sampling error above, and their variation over seeds is not measured "
+        "here.",
+        "",
+    ]
+    return lines
 
 
 def claims_section(d: Demo) -> list[str]:
