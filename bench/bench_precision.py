@@ -1,7 +1,7 @@
 """bf16 and channels_last against float32: every network family's forward, extraction end to
 end, a training epoch, and the machine's practical roof (issue 23).
 
-1. roof: a float32 and a bfloat16 GEMM of the same FLOPs (square, n=2048) on the device.
+1. roof: a float32 and a bfloat16 GEMM of the same FLOPs (square, n=4096) on the device.
 2. per family (StNet-R50, TSN-R50, VGGish, RAFT-small): the bare forward on rows already in
    memory in fp32 contiguous (what vidfeat ran before --precision), fp32 channels_last and bf16
    channels_last — rows/s, GFLOP/s (FLOPs counted by torch's FlopCounterMode on one batch) and
@@ -21,9 +21,13 @@ Usage: python bench/bench_precision.py [--quick] [--device D] [--json OUT]
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the command line sets it (vidfeat.cli)
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
 import statistics
 import sys
 import tempfile
@@ -76,7 +80,7 @@ def contiguous(*classes: type) -> Iterator[None]:
             c.channels_last = v
 
 
-def roof(device: torch.device, n: int = 2048, reps: int = 5) -> dict[str, float]:
+def roof(device: torch.device, n: int = 4096, reps: int = 3) -> dict[str, float]:
     """GFLOP/s of an n×n×n GEMM in float32 and bfloat16 (median of ``reps``)."""
     out = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -404,7 +408,7 @@ def main() -> int:
     a.roof = roof(device)
     print(
         f"device {device}, torch threads {torch.get_num_threads()}, --precision auto = {a.fast}; "
-        f"GEMM roof (n=2048): fp32 {a.roof['fp32']:.0f} GFLOP/s, bf16 {a.roof['bf16']:.0f} "
+        f"GEMM roof (n=4096): fp32 {a.roof['fp32']:.0f} GFLOP/s, bf16 {a.roof['bf16']:.0f} "
         f"GFLOP/s (x{a.roof['bf16'] / a.roof['fp32']:.2f})"
     )
     figures: dict[str, Any] = {"device": str(device), "auto": a.fast, "roof": a.roof}
