@@ -21,7 +21,6 @@ and CUDA, in every precision.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,12 +155,3 @@ def resolve_precision(
     name = resolve_name(asked, device, flag=flag)
     fast_format = bool(getattr(model, "channels_last", False)) and device.type in ("cpu", "cuda")
     return Precision(name, fast_format)
-
-
-@contextlib.contextmanager
-def running(precision: Precision, device: Any) -> Iterator[None]:
-    """Inference under ``precision``: no gradients, autocast."""
-    import torch
-
-    with torch.no_grad(), precision.autocast(device):
-        yield
