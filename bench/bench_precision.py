@@ -33,23 +33,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
+from bench_extract_rgb import make_run  # a run folder with random weights (bench/ is on the path)
 
 from vidfeat.audio import VGGish
 from vidfeat.device import resolve_device
 from vidfeat.extract import RunOptions
 from vidfeat.extract.network import extract_audio_features, extract_rgb_features
-from vidfeat.models import TrainConfig, build_model, load_trained
+from vidfeat.models import TrainConfig, load_trained
 from vidfeat.nets.segment import SegmentNet
 from vidfeat.precision import Precision, resolve_name
 from vidfeat.synth import SynthConfig, generate
-from vidfeat.videolist import VideoList, load_list, write_classes
+from vidfeat.videolist import VideoList, load_list
 
 TARGET_E2E, TARGET_EXTRACT, TARGET_TRAIN = 0.85, 2.5, 1.8
 
@@ -177,15 +176,6 @@ def synth_videos(root: Path, n: int, px: int, seconds: float = 3.0) -> VideoList
     return load_list(listing)
 
 
-def make_run(out: Path, cfg: TrainConfig, classes: list[str]) -> Path:
-    out.mkdir(parents=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    write_classes(out / "classes.txt", classes)
-    torch.manual_seed(cfg.seed)
-    torch.save(build_model(cfg, len(classes)).state_dict(), out / "best.pt")
-    return out
-
-
 def rgb_cfg(arch: str, videos: VideoList, size: int, short: int, T: int, N: int) -> TrainConfig:
     return TrainConfig(
         modality="rgb",
@@ -222,7 +212,8 @@ def rgb_family(
 
     T, N, size, short, batch = geo["T"], geo["N"], geo["size"], geo["short"], geo["batch"]
     N = N if arch == "stnet" else 1
-    run = make_run(root / f"run-{arch}", rgb_cfg(arch, videos, size, short, T, N), videos.classes)
+    run = root / f"run-{arch}"
+    make_run(run, rgb_cfg(arch, videos, size, short, T, N), videos.classes)
     model = load_trained(run).model.to(device).eval()
     ds = RGBClips(videos, ClipSpec(T, N, size, short, train=False), layout=arch)
     xs = [ds[i]["x"] for i in range(len(ds))]
