@@ -60,13 +60,9 @@ class NetworkTask:
     def __init__(self, *, batch_size: int, device: str, precision: str = "auto") -> None:
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1 (got {batch_size})")
-        from vidfeat.precision import PRECISIONS
-
-        if precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}")
         self.batch_size = batch_size
         self.device = device
-        self.precision = precision  # as asked; resolved where the network runs
+        self.precision = precision  # as asked; checked and resolved by config() and run_local
 
     # ------------------------------------------------------------------ what subclasses say
 
