@@ -58,6 +58,17 @@ def make_run(out: Path, cfg: TrainConfig, classes: list[str]) -> None:
     torch.save(build_model(cfg, len(classes)).state_dict(), out / "best.pt")
 
 
+def synth_clips(root: Path, n: int, px: int) -> VideoList:
+    """``n`` synthetic videos of ``px`` pixels (12 classes, train and val splits), listed in
+    ``clips.csv`` beside them (paths stay relative to it)."""
+    data = root / f"synth{px}"
+    generate(data, SynthConfig(classes=12, per_class=max(2, -(-n // 12)), size=px), progress=False)
+    rows = [ln for s in ("train", "val") for ln in (data / f"{s}.csv").read_text().splitlines()[1:]]
+    listing = data / "clips.csv"
+    listing.write_text("path,label,video_id,split\n" + "\n".join(rows[:n]) + "\n")
+    return load_list(listing)
+
+
 def bare_forward(model: torch.nn.Module, batches: list[torch.Tensor]) -> float:
     """The runner's calls alone: features, head, softmax — on tensors already in memory."""
     t0 = time.perf_counter()
@@ -78,6 +89,7 @@ def extract(videos: VideoList, run: Path, store: Path, T: int, batch: int, worke
         segments=T,
         batch_size=batch,
         device="cpu",
+        precision="fp32",  # as the bare forward (bench_precision measures auto)
         opts=RunOptions(workers=workers, progress=False),
         echo=lambda line: None,
     )
@@ -97,7 +109,7 @@ def peak_rss(listing: Path, run: Path, store: Path, T: int, batch: int, workers:
         f"h0={hwm};"
         f"v=load_list(Path(r'{listing}'));"
         f"r=extract_rgb_features(v,Path(r'{store}'),set_name='rgb',checkpoint=Path(r'{run}'),"
-        f"segments={T},batch_size={batch},device='cpu',"
+        f"segments={T},batch_size={batch},device='cpu',precision='fp32',"
         f"opts=RunOptions(workers={workers},progress=False),echo=lambda s:None);"
         "assert r.failed==0 and r.done==len(v);"
         # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec
@@ -125,20 +137,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        data = root / "synth"
-        per_class = max(2, -(-n_clips // 12))
-        generate(data, SynthConfig(classes=12, per_class=per_class, size=video_px), progress=False)
-        rows = [
-            ln
-            for split in ("train", "val")
-            for ln in (data / f"{split}.csv").read_text().splitlines()[1:]
-        ]
-        listing = data / "clips.csv"  # beside the videos: paths stay relative to it
-        listing.write_text("path,label,video_id,split\n" + "\n".join(rows[:n_clips]) + "\n")
-        videos = load_list(listing)
+        videos = synth_clips(root, n_clips, video_px)
+        listing = videos.source
         cfg = TrainConfig(
             modality="rgb",
-            train=str(data / "train.csv"),
+            train=str(listing),  # the run records it; nothing trains
             val=None,
             arch="stnet",
             backbone=a.backbone,

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_extract_rgb import make_run  # a run folder with random weights (bench/ is on the path)
+from bench_extract_rgb import make_run, synth_clips  # bench/ is on the path
 
 from vidfeat.audio import VGGish
 from vidfeat.device import resolve_device
@@ -47,8 +47,7 @@ from vidfeat.extract.network import extract_audio_features, extract_rgb_features
 from vidfeat.models import TrainConfig, load_trained
 from vidfeat.nets.segment import SegmentNet
 from vidfeat.precision import Precision, resolve_name
-from vidfeat.synth import SynthConfig, generate
-from vidfeat.videolist import VideoList, load_list
+from vidfeat.videolist import VideoList
 
 TARGET_E2E, TARGET_EXTRACT, TARGET_TRAIN = 0.85, 2.5, 1.8
 
@@ -161,19 +160,6 @@ def report(
 
 
 # --------------------------------------------------------------------------- data and runs
-
-
-def synth_videos(root: Path, n: int, px: int, seconds: float = 3.0) -> VideoList:
-    data = root / f"synth{px}"
-    generate(
-        data,
-        SynthConfig(classes=12, per_class=max(2, -(-n // 12)), size=px, seconds=seconds),
-        progress=False,
-    )
-    rows = [ln for s in ("train", "val") for ln in (data / f"{s}.csv").read_text().splitlines()[1:]]
-    listing = data / "clips.csv"
-    listing.write_text("path,label,video_id,split\n" + "\n".join(rows[:n]) + "\n")
-    return load_list(listing)
 
 
 def rgb_cfg(arch: str, videos: VideoList, size: int, short: int, T: int, N: int) -> TrainConfig:
@@ -406,7 +392,7 @@ def main() -> int:
     geo = {"T": 8, "N": 3, "size": 160, "short": 180, "batch": 8}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        rgb_videos = synth_videos(root, n, 196)
+        rgb_videos = synth_clips(root, n, 196)
         figures["stnet"], e2e = rgb_family("stnet", root, rgb_videos, geo, device, a)
         before, auto = statistics.median(e2e["before"]), statistics.median(e2e["auto"])
         print(
@@ -416,7 +402,7 @@ def main() -> int:
         figures["extract_rgb_speedup"] = before / auto
         figures["tsn"], _ = rgb_family("tsn", root, rgb_videos, geo, device, a)
         figures["vggish"] = vggish_family(root, rgb_videos, device, a)
-        figures["raft"] = raft_family(root, synth_videos(root, 4 if a.quick else 8, 128), device, a)
+        figures["raft"] = raft_family(root, synth_clips(root, 4 if a.quick else 8, 128), device, a)
         figures["train"] = train_epochs(root, rgb_videos, device, a)
     if a.json:
         a.json.write_text(json.dumps(figures, indent=2))
