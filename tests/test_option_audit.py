@@ -668,8 +668,19 @@ def _extract_flow() -> dict[str, list[Check]]:
         refused("--float16", says="flow fields are stored as uint8"),
     ]
     out.update(flow_param_checks(ex))
+    out.update(_grid_checks("flow"))
     out.update(
         {
+            "keep_fields": [
+                Acts(
+                    (*SNIPPETS, "--keep-fields"),
+                    at("keep_fields"),
+                    True,
+                    base=(*FLOW, "--checkpoint", "{run}"),
+                    target=ROWS.format("flow"),
+                ),
+                refused("--keep-fields", says="--keep-fields applies to --grid snippets|windows"),
+            ],  # fmt: skip
             "method": [Acts(("--method", "dis"), at(1, "method", "name"), "dis")],
             "short_side": [
                 Acts(("--short-side", "128"), at(1, "short_side"), 128),
@@ -704,6 +715,7 @@ def _extract_flow() -> dict[str, list[Check]]:
             "segments": [
                 Acts(("-T", "3"), at(1, "grid", "T"), 3),
                 Acts(("-T", "3"), at("segments"), 3, **FLOW_CK),
+                refused(*SNIPPETS, "-T", "3", says="-T/--segments is the segments grid's"),
             ],
             "frames": [
                 Acts(("-N", "2"), at(1, "grid", "N"), 2),
@@ -715,6 +727,12 @@ def _extract_flow() -> dict[str, list[Check]]:
             ],
             "batch_size": [
                 Acts(("--batch-size", "2"), at("batch_size"), 2, **FLOW_CK),
+                Acts(
+                    (*SNIPPETS, "--batch-size", "5"),
+                    at("batch_size"),
+                    5,
+                    target=ROWS.format("flow"),
+                ),  # fmt: skip
                 Acts(("--method", "raft", "--batch-size", "2"), at(1, "method", "batch_size"), 2),
                 refused("--batch-size", "2", says="--batch-size does not apply to --method"),
             ],
@@ -777,6 +795,41 @@ def _extract_flow() -> dict[str, list[Check]]:
     return out
 
 
+ROWS = "vidfeat.extract.rows.extract_{}_rows"
+SNIPPETS = ("--grid", "snippets", "--stride", "4")
+
+
+def _grid_checks(name: str, **kw: Any) -> dict[str, list[Check]]:
+    """--grid, --stride, --window, --fps of `extract NAME`: handed to the grid of rows, refused
+    on the segments grid."""
+    rows = dict(target=ROWS.format(name), **kw)
+    says = "apply to --grid snippets|windows"
+    windows = ("--grid", "windows", "--window", "16")
+    grid: list[Check] = [Acts(SNIPPETS, at("grid", "mode"), "snippets", **rows)]
+    if name != "rgb":
+        grid.append(refused("--grid", "reference", says="--grid reference is extract rgb's"))
+    return {
+        "grid": grid,
+        "stride": [
+            Acts((*windows, "--stride", "2"), at("grid", "stride"), 2, **rows),
+            refused("--stride", "4", says=says),
+        ],
+        "window": [
+            Acts(
+                ("--grid", "windows", "--stride", "4", "--window", "8"),
+                at("grid", "window"),
+                8,
+                **rows,
+            ),
+            refused("--window", "16", says=says),
+        ],  # fmt: skip
+        "fps": [
+            Acts((*SNIPPETS, "--fps", "10"), at("grid", "fps"), 10.0, **rows),
+            refused("--fps", "10", says=says),
+        ],
+    }
+
+
 def _network_extract(name: str, target: str) -> dict[str, list[Check]]:
     """What `extract rgb` and `extract audio` share."""
     out = run_option_checks(lambda n: at("opts", n))
@@ -787,9 +840,17 @@ def _network_extract(name: str, target: str) -> dict[str, list[Check]]:
             "video_root": video_root_checks(source_and_ids(0), ("{kin}", KIN_IDS)),
             "store_root": [Acts(("--store", "{store2}"), at(1), "{store2}")],
             "name": [Acts(("--name", "mine"), at("set_name"), "mine")],
-            "segments": [Acts(("-T", "3"), at("segments"), 3)],
+            "segments": [
+                Acts(("-T", "3"), at("segments"), 3),
+                refused(*SNIPPETS, "-T", "3", says="-T/--segments is the segments grid's"),
+            ],
             "frames": [refused("-N", "2", says=f"extract {name} takes no -N/--frames")],
-            "batch_size": [Acts(("--batch-size", "2"), at("batch_size"), 2)],
+            "batch_size": [
+                Acts(("--batch-size", "2"), at("batch_size"), 2),
+                Acts(
+                    (*SNIPPETS, "--batch-size", "7"), at("batch_size"), 7, target=ROWS.format(name)
+                ),
+            ],  # fmt: skip
             "device": [Acts(("--device", "cpu"), at("device"), "cpu")],
             "precision": [Acts(("--precision", "fp32"), at("precision"), "fp32")],
         }
@@ -799,6 +860,7 @@ def _network_extract(name: str, target: str) -> dict[str, list[Check]]:
 
 def _extract_rgb() -> dict[str, list[Check]]:
     out = _network_extract("rgb", CMDS[("extract", "rgb")].target)
+    out.update(_grid_checks("rgb"))
     out.update(
         {
             "checkpoint": [
@@ -806,7 +868,10 @@ def _extract_rgb() -> dict[str, list[Check]]:
                 refused("--name", "x", says="extract rgb needs --checkpoint RUN", base=FLOW[2:]),
             ],
             "crop_size": [Acts(("--crop-size", "64"), at("crop_size"), 64)],
-            "grid": [Acts(("--grid", "reference"), at("grid"), "reference")],
+            "grid": [
+                Acts(("--grid", "reference"), at("grid"), "reference"),
+                *out["grid"],
+            ],
         }
     )
     return out
@@ -844,6 +909,8 @@ def _audio_run_embedding(env: Env) -> None:
 
 def _extract_audio() -> dict[str, list[Check]]:
     out = _network_extract("audio", CMDS[("extract", "audio")].target)
+    out.update(_grid_checks("audio"))
+    out["frames"].append(Acts((*SNIPPETS, "-N", "3"), at("frames"), 3, target=ROWS.format("audio")))
     out.update(
         {
             "checkpoint": [Acts(("--checkpoint", "{weights}"), at("checkpoint"), "{weights}")],

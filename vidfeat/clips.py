@@ -82,6 +82,31 @@ def _crop_box(h: int, w: int, size: int, rng: np.random.Generator | None) -> tup
     return int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
 
 
+def resize_args(spec: ClipSpec, info: Any) -> dict:
+    """``read_frames``'s resize of a video under ``spec``: its short side to ``short_side``, or
+    the authors' fixed 4:3 size (``resize="fixed-4:3"``), which leaves a frame whose short side
+    already fits as it is."""
+    short, size = spec.short_side, None
+    if spec.resize == "fixed-4:3" and min(info.width, info.height) != short:
+        long = int(short * 4.0 / 3.0)
+        short, size = None, (long, short) if info.width >= info.height else (short, long)
+    elif spec.resize == "fixed-4:3":
+        short = None
+    return {"short_side": short, "size": size}
+
+
+def normalize_on_device(x: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
+    """uint8 ``[..., C, S, S]`` (C a multiple of 3) → float32 ``(x / 255 - mean) / std`` per
+    channel, in the datasets' own float32 arithmetic and order; a float tensor as it is."""
+    if x.dtype != torch.uint8:
+        return x
+    c = x.shape[-3]
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).repeat(c // 3)
+    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).repeat(c // 3)
+    shape = (1,) * (x.dim() - 3) + (c, 1, 1)
+    return x.float().div_(255.0).sub_(mean_t.view(shape)).div_(std_t.view(shape))
+
+
 class _Base(Dataset):
     def __init__(self, videos: VideoList, spec: ClipSpec, seed: int = 0) -> None:
         self.with_meta = False  # extraction also wants the attrs stored with the features
@@ -154,25 +179,13 @@ class RGBClips(_Base):
         """A collated batch ``[B, T, 3n, S, S]`` as the network takes it: uint8 crops
         (``normalize=False``) normalised with the spec's mean and std, in the dataset's own
         float32 arithmetic and order; an already normalised batch as it is."""
-        if x.dtype != torch.uint8:
-            return x
-        c = x.shape[-3]
-        mean = torch.tensor(self.spec.mean, dtype=torch.float32, device=x.device).repeat(c // 3)
-        std = torch.tensor(self.spec.std, dtype=torch.float32, device=x.device).repeat(c // 3)
-        shape = (1,) * (x.dim() - 3) + (c, 1, 1)
-        return x.float().div_(255.0).sub_(mean.view(shape)).div_(std.view(shape))
+        return normalize_on_device(x, self.spec.mean, self.spec.std)
 
     def load(self, i: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, dict]:
         rec = self.records[i]
         info = self._probe(i)
         g = self.grid.sample(info.num_frames, info.fps, rng)
-        short, size = self.spec.short_side, None
-        if self.spec.resize == "fixed-4:3" and min(info.width, info.height) != short:
-            long = int(short * 4.0 / 3.0)
-            short, size = None, (long, short) if info.width >= info.height else (short, long)
-        elif self.spec.resize == "fixed-4:3":
-            short = None  # the authors leave a frame whose short side already fits as it is
-        frames = read_frames(rec.path, g.indices.reshape(-1), short_side=short, size=size)
+        frames = read_frames(rec.path, g.indices.reshape(-1), **resize_args(self.spec, info))
         _, h, w, _ = frames.shape
         s = self.spec.size
         y0, x0 = _crop_box(h, w, s, rng)

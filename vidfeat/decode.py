@@ -280,6 +280,19 @@ def probe(path: str | Path, *, count_frames: bool = True) -> VideoInfo:
         )
 
 
+def frame_times(path: str | Path) -> np.ndarray | None:
+    """Each frame's presentation time in seconds from the first, in presentation order, read
+    by a demux-only pass; None when the stream carries no usable timestamps (then frame j is at
+    ``j / fps``)."""
+    with open_container(path) as container:
+        stream = _video_stream(container, path)
+        index = _stream_index(container, stream, path)
+        if index.table is None or not stream.time_base:
+            return None
+        pts = np.asarray(index.table.pts, dtype=np.float64)
+        return (pts - pts[0]) * float(stream.time_base)
+
+
 def output_size(
     width: int, height: int, *, short_side: int | None = None, size: tuple[int, int] | None = None
 ) -> tuple[int, int]:
@@ -314,7 +327,8 @@ def read_frames(
     threads: int = 1,
     stats: dict | None = None,
     on_frame: Callable[[int, np.ndarray], None] | None = None,
-) -> np.ndarray:
+    keep: bool = True,
+) -> np.ndarray | None:
     """Decode the frames at ``indices`` (presentation order, any order, repeats allowed).
 
     Returns uint8 ``(len(indices), H, W, 3)`` RGB, or ``(len(indices), H, W)`` with ``gray``.
@@ -326,7 +340,9 @@ def read_frames(
     ``sequential`` (1 when the sequential decode ran) counts. ``on_frame(index, frame)``, if
     given, is called once per distinct index as soon as its frame is converted (ascending order
     within each pass), so a caller in another thread can start on the first frames while the
-    rest decode; an exception it raises stops decoding and propagates.
+    rest decode; an exception it raises stops decoding and propagates. ``keep=False`` (with
+    ``on_frame``) keeps no frame: they are only handed to ``on_frame`` (a long video streamed
+    in bounded memory), and None is returned.
     """
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     if idx.size == 0:
@@ -357,7 +373,7 @@ def read_frames(
             raise CorruptVideoError(
                 path, f"frame {wanted[-1]} asked, the file holds {index.count} frames"
             )
-        got: dict[int, np.ndarray] = {} if on_frame is None else _Reporting(on_frame)
+        got: dict[int, np.ndarray] = {} if on_frame is None else _Reporting(on_frame, keep)
         if index.table is not None:
             _threads(stream, threads)
             try:
@@ -366,6 +382,8 @@ def read_frames(
                 pass
     if len(got) < len(wanted):
         _decode_sequential(path, index, wanted, convert, counts, got, threads)
+    if on_frame is not None and not keep:
+        return None
     first = got[wanted[0]]
     out = np.empty((idx.size, *first.shape), dtype=np.uint8)
     for i, j in enumerate(idx.tolist()):
@@ -385,12 +403,12 @@ Convert = Callable[[av.VideoFrame], np.ndarray]
 class _Reporting(dict):
     """The decoded-frames dict of :func:`read_frames` that calls ``on_frame`` per new entry."""
 
-    def __init__(self, on_frame: Callable[[int, np.ndarray], None]) -> None:
+    def __init__(self, on_frame: Callable[[int, np.ndarray], None], keep: bool = True) -> None:
         super().__init__()
-        self.on_frame = on_frame
+        self.on_frame, self.keep = on_frame, keep
 
     def __setitem__(self, rank: int, frame: np.ndarray) -> None:
-        super().__setitem__(rank, frame)
+        super().__setitem__(rank, frame if self.keep else None)  # type: ignore[assignment]
         self.on_frame(rank, frame)
 
 

@@ -19,6 +19,21 @@ imported authors' network sees exactly their frames: segments of ``⌊L/T⌋`` f
 from ``t·⌊L/T⌋``, its run at offset ``(⌊L/T⌋ − span) // 2`` (at the segment start when the
 segment is shorter than the run; frame t when ``⌊L/T⌋ = 0``), indices wrapping modulo L.
 The ``⌊t·L/T⌋`` boundaries of the other modes spread the remainder over the video instead.
+
+**Untrimmed video** has two more grids, whose row count L grows with the video
+(:class:`RowGrid`): ``snippets`` (N frames centred every S frames: centres ``S//2 + kS`` while
+below L, frames ``centre - N//2 … centre + N - N//2 - 1`` clamped to ``[0, L-1]``; ActivityNet's
+TSN features, mmaction2's ``UntrimmedSampleFrames``) and ``windows`` (W frames starting at
+``0, S, 2S, …``, complete windows only: ``⌊(L−W)/S⌋ + 1`` rows; a video shorter than W gives
+one window padded with its last frame). A video too short for any snippet centre (L ≤ S//2)
+gets one row centred on its middle frame, where mmaction2 gives none: a video never has no row.
+
+Their frames are on the grid's frame axis: the video's own frames, or (``fps=F``) frames taken
+at F per second, the decoded frame nearest each ``k/F`` (:func:`frames_at_fps`). One time
+convention for every grid of rows: frame k spans ``[k/fps, (k+1)/fps)``; a row starts at its
+first frame's start, ends at its last frame's end, and its centre is the midpoint, so a window
+starting at frame s has centre ``(s + W/2)/fps``. Flow computes, for each of a row's frames f,
+the pair ``(f, min(f + 1, L - 1))``: the row keeps the frame indices of every other modality.
 """
 
 from __future__ import annotations
@@ -47,10 +62,28 @@ class GridSample:
     centre: np.ndarray
     num_frames: int
     fps: float
+    # grids of rows: the video frame (source rank) of each frame of the grid's axis when frames
+    # are taken at another rate (``--fps``), ``(num_frames,)``, else None (the video's own)
+    source: np.ndarray | None = None
+    padded: int = 0
 
     @property
     def T(self) -> int:  # noqa: N802 - T is the paper's name
         return int(self.indices.shape[0])
+
+    @property
+    def decoded(self) -> np.ndarray:
+        """The video frames to decode for ``indices`` (source ranks), ``(T, span)``."""
+        return self.indices if self.source is None else self.source[self.indices]
+
+    def video_frames(self, indices: np.ndarray) -> np.ndarray:
+        """The video frames (source ranks) of frame ``indices`` of the grid's axis."""
+        return indices if self.source is None else self.source[indices]
+
+    @property
+    def times(self) -> np.ndarray:
+        """``(T, 3)`` float64: start, end, centre of each row (seconds)."""
+        return np.stack([self.start, self.end, self.centre], axis=1)
 
 
 @dataclass(frozen=True)
@@ -140,3 +173,109 @@ class SegmentGrid:
             indices=idx, start=start, end=end, centre=(start + end) / 2.0, num_frames=L,
             fps=float(fps),
         )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- grids of rows
+
+ROW_GRIDS = ("snippets", "windows")
+
+
+@dataclass(frozen=True)
+class RowGrid:
+    """A grid of rows for untrimmed video (see the module docstring): ``snippets`` of ``frames``
+    frames centred every ``stride`` frames, or ``windows`` of ``window`` frames every ``stride``
+    frames; ``fps``: take the frames at this rate (None: the video's own)."""
+
+    mode: str
+    stride: int
+    frames: int = 1  # snippets: N frames per row
+    window: int = 0  # windows: W frames per row
+    fps: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ROW_GRIDS:
+            raise ConfigError(f"--grid must be snippets or windows here (got {self.mode!r})")
+        if self.stride < 1:
+            raise ConfigError(f"--stride must be >= 1 frame (got {self.stride})")
+        if self.mode == "snippets" and self.frames < 1:
+            raise ConfigError(f"frames per snippet must be >= 1 (got {self.frames})")
+        if self.mode == "windows" and self.window < 1:
+            raise ConfigError(f"--window must be >= 1 frame (got {self.window})")
+        if self.fps is not None and not 0 < self.fps <= 1000:
+            raise ConfigError(f"--fps must be in (0, 1000] frames per second (got {self.fps})")
+
+    @property
+    def span(self) -> int:
+        """Frames per row."""
+        return self.frames if self.mode == "snippets" else self.window
+
+    def config(self) -> dict:
+        """What set.json records (``grid``): a set never mixes grids."""
+        out: dict = {"mode": self.mode, "stride": self.stride}
+        out.update({"frames": self.frames} if self.mode == "snippets" else {"window": self.window})
+        out["fps"] = self.fps
+        return out
+
+    def rows(self, L: int) -> tuple[np.ndarray, int]:
+        """``(rows, span)`` frame indices of a video of ``L`` frames, and the frames of padding."""
+        if L < 1:
+            raise ConfigError("a video with no frames has no rows")
+        S, span = self.stride, self.span
+        if self.mode == "snippets":
+            centres = np.arange(S // 2, L, S, dtype=np.int64)
+            if centres.size == 0:
+                centres = np.array([(L - 1) // 2], dtype=np.int64)
+            offsets = np.arange(-(span // 2), span - span // 2, dtype=np.int64)
+            return np.clip(centres[:, None] + offsets[None, :], 0, L - 1), 0
+        if L < span:  # one window, padded with the last frame
+            return np.minimum(np.arange(span, dtype=np.int64), L - 1)[None, :], span - L
+        starts = np.arange(0, L - span + 1, S, dtype=np.int64)
+        return starts[:, None] + np.arange(span, dtype=np.int64)[None, :], 0
+
+    def sample(self, num_frames: int, fps: float, times: np.ndarray | None = None) -> GridSample:
+        """The rows of a video of ``num_frames`` frames at ``fps``. With the grid's ``fps`` the
+        frames are those at that rate, the decoded frame nearest each ``k/F`` by ``times``
+        (each frame's presentation time in seconds from the first; None: ``j/fps``)."""
+        if num_frames < 1:
+            raise ConfigError("a video with no frames has no rows")
+        if not fps > 0:
+            raise ConfigError(f"fps must be > 0 to place rows in time (got {fps})")
+        source = None
+        rate = float(fps)
+        L = int(num_frames)
+        if self.fps is not None:
+            source = frames_at_fps(num_frames, fps, self.fps, times)
+            rate, L = float(self.fps), int(source.size)
+        idx, padded = self.rows(L)
+        first = idx.min(axis=1).astype(np.float64)
+        last = idx.max(axis=1).astype(np.float64)
+        start, end = first / rate, (last + 1) / rate
+        return GridSample(
+            indices=idx,
+            start=start,
+            end=end,
+            centre=(start + end) / 2.0,
+            num_frames=L,
+            fps=rate,
+            source=source,
+            padded=padded,
+        )
+
+
+def frames_at_fps(
+    num_frames: int, fps: float, rate: float, times: np.ndarray | None = None
+) -> np.ndarray:
+    """The video frames (ranks) taken at ``rate`` frames per second: for each ``k/rate`` below
+    the video's duration, the frame whose presentation time is nearest (the earlier on a tie).
+    ``times``: each frame's presentation time in seconds from the first (None: ``j/fps``).
+    The duration is the last frame's time plus one frame (``1/fps``)."""
+    n = int(num_frames)
+    t = np.arange(n, dtype=np.float64) / fps if times is None else np.asarray(times, np.float64)
+    if t.shape != (n,):
+        raise ConfigError(f"{t.size} frame times for {n} frames")
+    duration = float(t[-1]) + 1.0 / fps
+    count = max(1, int(np.ceil(duration * rate - 1e-9)))
+    want = np.arange(count, dtype=np.float64) / rate
+    hi = np.clip(np.searchsorted(t, want, side="left"), 0, n - 1)
+    lo = np.clip(hi - 1, 0, n - 1)
+    return np.where(np.abs(t[lo] - want) <= np.abs(t[hi] - want), lo, hi).astype(np.int64)

@@ -77,7 +77,33 @@ def run_options(f: Any) -> Any:
                 "-N",
                 default=5,
                 show_default=True,
-                help="Frames per segment (flow: pairs per segment).",
+                help="Frames per segment or snippet (flow: pairs per segment or snippet).",
+            ),
+            click.option(
+                "--grid",
+                type=click.Choice(GRIDS),
+                default="segments",
+                show_default=True,
+                help="segments: T equal segments per video (trimmed clips, (T, D)); snippets: "
+                "N frames centred every --stride frames; windows: --window frames every "
+                "--stride frames (untrimmed video, (L, D) with L growing with the video). "
+                "extract rgb also takes reference: the authors' test reader.",
+            ),
+            click.option(
+                "--stride",
+                type=click.IntRange(min=1),
+                help="snippets/windows: frames between rows (e.g. 16; I3D's THUMOS features: 4).",
+            ),
+            click.option(
+                "--window",
+                type=click.IntRange(min=1),
+                help="windows: frames per row (e.g. 16).",
+            ),
+            click.option(
+                "--fps",
+                type=click.FloatRange(min=0, min_open=True, max=1000),
+                help="snippets/windows: take frames at this rate by their timestamps (the "
+                "frame nearest each k/F) instead of the video's own frames.",
             ),
             dataclass_options(_run_options_class),
         ],
@@ -95,12 +121,49 @@ def network_options(f: Any) -> Any:
                 help="A `vidfeat train` run folder (its best.pt) or a checkpoint in one.",
             ),
             click.option(
-                "--batch-size", default=4, show_default=True, help="Videos per forward pass."
+                "--batch-size",
+                type=click.IntRange(min=1),
+                help="Videos per forward pass on the segments grid [default: 4]; rows per "
+                "forward pass on snippets/windows [default: 32].",
             ),
             DEVICE,
             PRECISION,
         ],
     )
+
+
+GRIDS = ["segments", "snippets", "windows", "reference", "centred"]
+
+
+def row_grid_options(command: str, kw: dict[str, Any]) -> dict[str, Any] | None:
+    """The grid of rows the options ask for (None: the segments grid). Options of the other
+    kind of grid are refused, naming it."""
+    mode = kw["grid"]
+    rows_only = [f for f in ("stride", "window", "fps") if kw[f] is not None]
+    if mode in ("segments", "reference", "centred"):
+        if rows_only:
+            flags = ", ".join(f"--{f}" for f in rows_only)
+            raise click.UsageError(
+                f"{flags} apply to --grid snippets|windows (untrimmed video); the {mode} grid "
+                "has T segments per video (-T)"
+            )
+        if mode != "segments" and command != "extract rgb":
+            raise click.UsageError(
+                f"--grid {mode} is extract rgb's (the authors' test reader); use segments, "
+                "snippets or windows"
+            )
+        return None
+    if given("segments"):
+        raise click.UsageError(
+            f"-T/--segments is the segments grid's; --grid {mode} gives each video as many "
+            "rows as its length (--stride)"
+        )
+    return {"mode": mode, "stride": kw["stride"], "window": kw["window"], "fps": kw["fps"]}
+
+
+def segments_batch(kw: dict[str, Any]) -> int:
+    """--batch-size on the segments grid: videos per forward pass."""
+    return kw["batch_size"] or 4
 
 
 def build_run_options(kw: dict[str, Any]) -> Any:
@@ -186,6 +249,12 @@ def finish(rep: Any, store_root: Path, set_name: str) -> None:
 )
 @click.option("--fields-name", help="Set holding the flow fields (default <method>-fields).")
 @click.option(
+    "--keep-fields",
+    is_flag=True,
+    help="--grid snippets|windows with --checkpoint: also store the rows' fields in "
+    "--fields-name (by default they go straight into the network: an hour of fields is GBs).",
+)
+@click.option(
     "--crop-size",
     type=click.IntRange(min=16),
     help="With --checkpoint: the network's test crop [default: the run's training size].",
@@ -209,6 +278,16 @@ def extract_flow(method: str, **kw: Any) -> None:
     """
     params = flow_params(method, kw)
     fields_set = kw["fields_name"] or f"{method}-fields"
+    grid = row_grid_options("extract flow", kw)
+    if grid is None and kw["keep_fields"]:
+        raise click.UsageError(
+            "--keep-fields applies to --grid snippets|windows with --checkpoint: on the "
+            "segments grid the fields set is always kept"
+        )
+    if grid is not None:
+        set_name = kw["name"] or (method if kw["checkpoint"] else fields_set)
+        finish(_flow_rows(method, params, fields_set, set_name, grid, kw), kw["store_root"],
+               set_name)  # fmt: skip
     if kw["checkpoint"] is None:
         set_name = kw["name"] or fields_set
         rep = _flow_fields(method, params, set_name, kw)
@@ -216,6 +295,54 @@ def extract_flow(method: str, **kw: Any) -> None:
         set_name = kw["name"] or method
         rep = _flow_features(method, params, fields_set, set_name, kw)
     finish(rep, kw["store_root"], set_name)
+
+
+def _flow_rows(
+    method: str, params: dict[str, Any], fields_set: str, set_name: str, grid: dict,
+    kw: dict[str, Any],
+) -> Any:  # fmt: skip
+    """`extract flow --grid snippets|windows`: the rows' fields, or a network on them."""
+    from vidfeat.extract.rows import extract_flow_rows
+
+    if kw["checkpoint"] is None:
+        for flag in ("crop_size",):
+            if kw[flag] is not None:
+                raise click.UsageError("--crop-size applies with --checkpoint (the network's crop)")
+        if kw["float16"]:
+            raise click.UsageError("--float16 narrows float features; flow fields are uint8")
+    else:
+        refuse_timeout_in_process(kw)
+        if given("frames"):
+            raise click.UsageError(
+                "-N: the flow network reads its own pairs per row (its run records N); leave -N out"
+            )
+    uses_device = kw["checkpoint"] is not None
+    return extract_flow_rows(
+        videos(kw),
+        kw["store_root"],
+        method=method,
+        params=params,
+        set_name=set_name,
+        fields_set=fields_set,
+        checkpoint=kw["checkpoint"],
+        grid=grid,
+        frames=kw["frames"],
+        # with a network: the scale of its training fields unless given
+        short_side=kw["short_side"] if (given("short_side") or not kw["checkpoint"]) else None,
+        bound=kw["bound"],
+        keep_fields=kw["keep_fields"],
+        batch_size=kw["batch_size"],
+        device=kw["device"],
+        precision=kw["precision"],
+        crop_size=kw["crop_size"],
+        opts=build_run_options(kw),
+        runtime={
+            "device": kw["device"] if (uses_device or given("device")) else None,
+            "weights": kw["flow_weights"],
+            "precision": kw["precision"] if given("precision") else None,
+        },
+        echo=click.echo,
+    )
 
 
 def _flow_fields(method: str, params: dict[str, Any], set_name: str, kw: dict[str, Any]) -> Any:
@@ -283,7 +410,7 @@ def _flow_features(
         segments=kw["segments"],
         short_side=kw["short_side"],
         bound=kw["bound"],
-        batch_size=kw["batch_size"],
+        batch_size=segments_batch(kw),
         device=kw["device"],
         opts=build_run_options(kw),
         echo=click.echo,
@@ -314,15 +441,6 @@ def _flow_features(
     help="Test crop in pixels [default: the run's recorded test crop: the training size for "
     "vidfeat runs, 256 for the authors' StNet].",
 )
-@click.option(
-    "--grid",
-    type=click.Choice(["centred", "reference"]),
-    default="centred",
-    show_default=True,
-    help="Test frames: centred runs in floor(t*L/T) segments (every modality's grid), or the "
-    "authors' reader (floor(L/T)-frame segments) so an imported authors' network sees "
-    "exactly their frames.",
-)
 def extract_rgb(**kw: Any) -> None:
     """Per-segment RGB features `(T, D)` and clip scores of a trained StNet/TSN (set `rgb`).
 
@@ -339,19 +457,37 @@ def extract_rgb(**kw: Any) -> None:
     refuse_frames("extract rgb", "frames per segment are the network's (its run records N)")
     refuse_timeout_in_process(kw)
     set_name = kw["name"] or "rgb"
+    grid = row_grid_options("extract rgb", kw)
+    if grid is not None:
+        from vidfeat.extract.rows import extract_rgb_rows
+
+        rep = extract_rgb_rows(
+            videos(kw),
+            kw["store_root"],
+            set_name=set_name,
+            checkpoint=kw["checkpoint"],
+            grid=grid,
+            batch_size=kw["batch_size"],
+            device=kw["device"],
+            precision=kw["precision"],
+            crop_size=kw["crop_size"],
+            opts=build_run_options(kw),
+            echo=click.echo,
+        )
+        finish(rep, kw["store_root"], set_name)
     rep = extract_rgb_features(
         videos(kw),
         kw["store_root"],
         set_name=set_name,
         checkpoint=kw["checkpoint"],
         segments=kw["segments"],
-        batch_size=kw["batch_size"],
+        batch_size=segments_batch(kw),
         device=kw["device"],
         precision=kw["precision"],
         opts=build_run_options(kw),
         echo=click.echo,
         crop_size=kw["crop_size"],
-        grid=kw["grid"],
+        grid="reference" if kw["grid"] == "reference" else "centred",
     )
     finish(rep, kw["store_root"], set_name)
 
@@ -384,9 +520,31 @@ def extract_audio(**kw: Any) -> None:
     """
     from vidfeat.extract.network import extract_audio_features
 
-    refuse_frames("extract audio", "audio takes one 0.96 s example per segment")
     refuse_timeout_in_process(kw)
     set_name = kw["name"] or "audio"
+    grid = row_grid_options("extract audio", kw)
+    if grid is not None:
+        from vidfeat.extract.rows import extract_audio_rows
+
+        rep = extract_audio_rows(
+            videos(kw),
+            kw["store_root"],
+            set_name=set_name,
+            checkpoint=kw["checkpoint"],
+            pca=kw["pca"],
+            embedding=kw["embedding"] if given("embedding") else None,
+            random_init=kw["random_init"],
+            grid=grid,
+            # the rows' frames (their times) match a video set's of -N frames; 1 by default
+            frames=kw["frames"] if given("frames") else 1,
+            batch_size=kw["batch_size"],
+            device=kw["device"],
+            precision=kw["precision"],
+            opts=build_run_options(kw),
+            echo=click.echo,
+        )
+        finish(rep, kw["store_root"], set_name)
+    refuse_frames("extract audio", "audio takes one 0.96 s example per segment")
     rep = extract_audio_features(
         videos(kw),
         kw["store_root"],
@@ -396,7 +554,7 @@ def extract_audio(**kw: Any) -> None:
         embedding=kw["embedding"] if given("embedding") else None,  # a run's is its own
         random_init=kw["random_init"],
         segments=kw["segments"],
-        batch_size=kw["batch_size"],
+        batch_size=segments_batch(kw),
         device=kw["device"],
         precision=kw["precision"],
         opts=build_run_options(kw),

@@ -389,6 +389,26 @@ class Job:
             self.report.note(note)
         self.progress(1)
 
+    def begin(self, record: VideoRecord, arrays: dict, attrs: dict) -> Any:
+        """Start one video written row by row (:class:`~vidfeat.store.VideoSink`): ``arrays``
+        name → (shape, dtype), ``features`` first. :meth:`commit` completes it."""
+        from vidfeat.store import VideoSink
+
+        assert self._writer is not None, "Job.begin outside Job.writing()"
+        attrs["written_at"] = time.time()
+        return VideoSink(self._writer, record.video_id, arrays, attrs)
+
+    def commit(
+        self, record: VideoRecord, sink: Any, notes: list[str] | tuple[str, ...] = ()
+    ) -> None:
+        """A video begun with :meth:`begin` is complete (the writer may rotate the shard)."""
+        self._added.append(record.video_id)
+        sink.commit()
+        self.report.done += 1
+        for note in notes:
+            self.report.note(note)
+        self.progress(1)
+
     def fail(self, record: VideoRecord, error_class: str, message: str) -> None:
         """Record one failed video in the failures file and the report; the run goes on."""
         if self._failures is None:

@@ -43,6 +43,8 @@ Modules, each importing only those listed above it (no import cycles)::
                 helpers, reading set.json, partial-shard locks and the cleanup of stale partials
     shardindex  the index each shard carries: encoding, decoding, the scan of older shards
     writer      ShardWriter, FailureLog and read_failures, the codec of HDF5 attrs
+    rows        VideoSink: one video written row by row into the writer's shard (untrimmed
+                grids: L rows, never all in memory)
     setindex    SetIndex: every copy of every video as numpy columns, cached in .index.npz
     reader      FeatureSet: the set index kept current, duplicates, the pread fast path
     sets        set identity (identity, is_informational, config comparison) and FeatureStore
@@ -69,6 +71,7 @@ from vidfeat.store.reader import INDEX_FILE as INDEX_FILE
 from vidfeat.store.reader import INDEX_FORMAT as INDEX_FORMAT
 from vidfeat.store.reader import INDEX_JSON as INDEX_JSON
 from vidfeat.store.reader import FeatureSet, MissingVideoError
+from vidfeat.store.rows import VideoSink
 from vidfeat.store.sets import COMPARED_WHEN_BOTH as COMPARED_WHEN_BOTH
 from vidfeat.store.sets import IMPLICIT_DEFAULTS as IMPLICIT_DEFAULTS
 from vidfeat.store.sets import INFORMATIONAL_SUFFIXES as INFORMATIONAL_SUFFIXES
@@ -92,6 +95,7 @@ __all__ = [
     "ShardWriter",
     "StoreWarning",
     "VerifyReport",
+    "VideoSink",
     "check_video_id",
     "cleanup_stale_partials",
     "format_info",

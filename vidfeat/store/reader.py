@@ -581,6 +581,25 @@ class FeatureSet:
             return None
         return None if is_group else self._dataset(video_id, g, name)
 
+    def rows(self, video_id: str) -> dict[str, np.ndarray]:
+        """Where each row of a video lies: ``frame_indices`` ``(L, span)`` and ``start``,
+        ``end``, ``centre`` ``(L,)`` in seconds. A set of an untrimmed grid stores them as the
+        datasets ``frame_indices`` and ``times``; a segments set as its attrs."""
+        times = self.get_extra(video_id, "times")
+        if times is not None:
+            fi = self.get_extra(video_id, "frame_indices")
+            if times.ndim != 2 or times.shape[1] != 3 or fi is None or len(fi) != len(times):
+                raise StoreError(
+                    f"video {video_id!r} of set {self.name!r} has malformed row times; run "
+                    f"`vidfeat store verify {self.dir.parent}`"
+                )
+            return {"frame_indices": fi, "start": times[:, 0], "end": times[:, 1],
+                    "centre": times[:, 2]}  # fmt: skip
+        a = self.attrs(video_id)
+        start, end = np.asarray(a.get("segment_start")), np.asarray(a.get("segment_end"))
+        return {"frame_indices": np.asarray(a.get("frame_indices")), "start": start, "end": end,
+                "centre": (start + end) / 2.0}  # fmt: skip
+
     def attrs(self, video_id: str) -> dict:
         """The attrs of a video without reading its features."""
         g = self._group(video_id)

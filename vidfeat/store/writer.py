@@ -206,6 +206,7 @@ class ShardWriter:
         self._bytes = 0
         self._written: list[str] = []
         self._shards: list[Path] = []
+        self._sinks: set = set()  # videos being written row by row (vidfeat.store.rows)
         self._closed = False
 
     # -- public
@@ -292,11 +293,16 @@ class ShardWriter:
         self._index[video_id] = (*layout, written_at_value(enc["written_at"]))
         self._bytes += feats.nbytes + sum(a.nbytes for a in extras.values())
         _checkpoint("after-add")
-        if len(self._pending) >= self.max_videos or self._bytes >= self.max_bytes:
+        if not self._sinks and (
+            len(self._pending) >= self.max_videos or self._bytes >= self.max_bytes
+        ):
             self.flush()
 
     def flush(self) -> None:
-        """Complete the current partial shard (close, fsync, rename) if it holds anything."""
+        """Complete the current partial shard (close, fsync, rename) if it holds anything.
+        Videos still being written row by row leave it first: a shard never holds half a video."""
+        for sink in list(self._sinks):
+            sink.abort()
         if self._file is None:
             return
         f, partial, final = self._file, self._partial, self._final

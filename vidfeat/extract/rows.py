@@ -1,0 +1,414 @@
+"""Untrimmed video: `vidfeat extract rgb|flow|audio --grid snippets|windows`, `(L, D)` per video.
+
+A :class:`RowTask` streams each video through decode → a batch of rows → forward → write
+(:class:`~vidfeat.rowclips.RowStream` in DataLoader workers, then this process): a video of
+any length is never held whole, neither its frames nor its features, since the writer
+allocates the video's ``(L, D)`` array when its rows are known and fills it batch by batch
+(:class:`~vidfeat.store.VideoSink`). ``--batch-size`` counts rows here, not videos. Every row
+of every modality of a video has the frame indices and times its grid gives
+(:class:`~vidfeat.grid.RowGrid`): the sets align row for row by construction.
+
+A network sees each row as a one-segment clip (``[R, 1, C, S, S]``): a segment network's
+temporal layers (StNet's) then see one segment, so a row's feature never depends on its
+neighbours or on where a batch starts. Without a network (``extract flow`` alone) the rows'
+uint8 flow fields ``(L, k, 2, H, W)`` are the set.
+
+:func:`row_task` wraps the network task of a segments extraction (its run, preprocessing,
+classes and provenance) for a grid of rows; :func:`fields_row_task` is flow without a network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+
+from vidfeat.errors import ConfigError
+from vidfeat.extract.job import Job
+from vidfeat.grid import RowGrid
+
+DEFAULT_ROWS = 32  # rows per forward pass when --batch-size is not given
+
+
+class RowTask:
+    """A grid of rows over a list (see the module docstring). ``base``: the network task of the
+    same extraction on the segments grid (None: flow fields alone); ``maker``: the row maker
+    of :mod:`vidfeat.rowclips`; ``rows``: rows per forward pass."""
+
+    def __init__(self, base: Any, grid: RowGrid, maker: Any, *, rows: int, fields_job=None):
+        if rows < 1:
+            raise ConfigError(f"--batch-size must be >= 1 row (got {rows})")
+        self.base, self.grid, self.maker, self.rows = base, grid, maker, int(rows)
+        self.fields_job = fields_job  # --keep-fields: a Job of the fields set, written alongside
+
+    # ------------------------------------------------------------------ what the set records
+
+    def config(self) -> dict:
+        if self.base is None:
+            conf = dict(self.maker_config)
+        else:
+            conf = dict(self.base.config())
+        for k in ("T", "grid_mode", "pairs"):
+            conf.pop(k, None)
+        conf["grid"] = self.grid.config()
+        conf["N"] = self.grid.span
+        shape = list(conf.get("feature_shape") or [None, None])
+        conf["feature_shape"] = [-1, *shape[1:]]
+        return conf
+
+    maker_config: dict = {}
+
+    # ------------------------------------------------------------------ the loop
+
+    def run_local(self, job: Job) -> None:
+        from vidfeat.device import resolve_device
+        from vidfeat.rowclips import RowStream
+
+        model = prec = device = postprocess = None
+        if self.base is not None:
+            device = resolve_device(self.base.device)
+            model, postprocess = self.base.build(device)
+            prec = self.base._precision_here(model, device, job.config)
+            model = prec.prepare(model).eval()
+        self._classes = len(job.config.get("classes") or [])
+        self._norm = None
+        if model is not None and self.maker.modality == "rgb":
+            pre = self.base.preprocessing()
+            self._norm = (pre.mean, pre.std)
+        stream = RowStream(job.videos, self.grid, self.maker, self.rows)
+        stream.class_of = job.class_of
+        loader = self._loader(job, stream, device)
+        sinks: dict[int, Any] = {}
+        with job.writing(), self._fields_writing():
+            try:
+                for item in _items(loader, job.opts.timeout):
+                    if job.stop_requested:
+                        break
+                    self._item(job, item, sinks, model, prec, device, postprocess)
+            finally:
+                for sink in sinks.values():
+                    for s in sink:
+                        s.abort()
+
+    @contextlib.contextmanager
+    def _fields_writing(self):
+        if self.fields_job is None:
+            yield
+            return
+        with self.fields_job.writing():
+            yield
+
+    def _loader(self, job: Job, stream: Any, device: Any):
+        from torch.utils.data import DataLoader
+
+        from vidfeat.stop import ignore_stop_signals
+
+        workers = job.opts.workers
+        return DataLoader(
+            stream,
+            batch_size=None,  # the stream's items are batches of rows already
+            num_workers=workers,
+            pin_memory=device is not None and device.type == "cuda",
+            worker_init_fn=ignore_stop_signals if workers > 0 else None,
+            timeout=job.opts.timeout if workers > 0 else 0,
+        )
+
+    def _item(self, job: Job, item: dict, sinks: dict, model, prec, device, postprocess) -> None:
+        i = item["index"]
+        rec = job.todo[i]
+        if "error" in item:
+            for s in sinks.pop(i, ()):
+                s.abort()
+            job.fail(rec, *item["error"])
+        elif "begin" in item:
+            sinks[i] = self._begin(job, rec, item["begin"], model)
+        elif "end" in item:
+            main, *rest = sinks.pop(i)
+            if rest:
+                self.fields_job.commit(rec, rest[0])
+            job.commit(rec, main, [main.note] if getattr(main, "note", "") else [])
+        else:
+            self._rows(sinks[i], item, model, prec, device, postprocess)
+
+    def _begin(self, job: Job, rec, meta: dict, model) -> list:
+        attrs = dict(meta["attrs"])
+        L = len(meta["times"])
+        idx = job.class_index(rec)
+        if idx is not None:
+            attrs["class_index"] = idx
+        if model is None:
+            k, two, h, w = meta["row_shapes"]["fields"]
+            arrays = {"features": ((L, k, two, h, w), np.uint8)}
+        else:
+            arrays = {"features": ((L, int(model.feature_dim)), np.float32)}
+            if hasattr(model, "forward_head"):
+                arrays["scores"] = ((L, self._classes), np.float32)
+        arrays["frame_indices"] = (meta["frame_indices"].shape, np.int64)
+        arrays["times"] = ((L, 3), np.float64)
+        out = [job.begin(rec, arrays, attrs)]
+        if self.fields_job is not None:
+            k, two, h, w = meta["row_shapes"]["fields"]
+            fields = {"features": ((L, k, two, h, w), np.uint8)}
+            fields.update({n: arrays[n] for n in ("frame_indices", "times")})
+            out.append(self.fields_job.begin(rec, fields, dict(meta["attrs"])))
+        for s in out:
+            s.write("frame_indices", 0, meta["frame_indices"])
+            s.write("times", 0, meta["times"])
+            s.silent = attrs.get("has_audio") is False and self.maker.modality == "audio"
+        return out
+
+    def _rows(self, sinks: list, item: dict, model, prec, device, postprocess) -> None:
+        import torch
+
+        from vidfeat.clips import normalize_on_device
+
+        main = sinks[0]
+        start = item["start"]
+        if "fields" in item:
+            (sinks[1] if len(sinks) > 1 else main).write("features", start, item["fields"].numpy())
+        if model is None:
+            return
+        x = item["x"].to(device, non_blocking=True)
+        if x.dtype == torch.uint8 and self._norm is not None:
+            x = normalize_on_device(x, *self._norm)
+        with torch.no_grad(), prec.autocast(device):
+            feats = model.forward_features(x)
+            scores = (
+                torch.softmax(model.forward_head(feats).float(), 1)
+                if hasattr(model, "forward_head")
+                else None
+            )
+        f = feats.float().cpu().numpy()[:, 0]
+        if main.silent:  # no audio track: zeros (fusion masks them) and no opinion on the class
+            f = np.zeros_like(f)
+            scores = None if scores is None else torch.full_like(scores, 1.0 / scores.shape[1])
+        elif postprocess is not None:
+            f = postprocess(f)
+        main.write("features", start, f)
+        if scores is not None:
+            main.write("scores", start, scores.cpu().numpy())
+
+
+def _items(loader, timeout: float):
+    """The loader's items; an item whose decoding overruns ``--timeout`` stops the run with a
+    clear error instead of hanging it."""
+    from vidfeat.extract.network import _batches
+
+    return _batches(loader, timeout, 1)
+
+
+# --------------------------------------------------------------------------- use cases
+
+
+def row_grid(mode: str, *, stride: int | None, window: int | None, frames: int, fps) -> RowGrid:
+    """The grid of rows ``--grid``, ``--stride``, ``--window`` and ``--fps`` ask for, with
+    ``frames`` per snippet (the network's, or -N)."""
+    if stride is None:
+        raise ConfigError(f"--grid {mode} needs --stride S (frames between rows, e.g. 16)")
+    if mode == "snippets" and window is not None:
+        raise ConfigError("--window applies to --grid windows; snippets take -N frames per row")
+    if mode == "windows" and window is None:
+        raise ConfigError("--grid windows needs --window W (frames per row, e.g. 16)")
+    return RowGrid(mode, int(stride), frames=int(frames), window=int(window or 0), fps=fps)
+
+
+def _network_frames(grid: RowGrid, frames: int, what: str) -> None:
+    """A segment network reads ``frames`` frames per row: a window of another length cannot
+    be its input."""
+    if grid.mode == "windows" and grid.window != frames:
+        raise ConfigError(
+            f"{what} reads {frames} frame(s) per row, so its windows are {frames} frames: pass "
+            f"--window {frames}, or --grid snippets (windows of other lengths are for clip "
+            "networks)"
+        )
+
+
+def extract_rgb_rows(
+    videos,
+    store_root,
+    *,
+    set_name: str,
+    checkpoint,
+    grid: dict,
+    batch_size: int | None,
+    device: str,
+    precision: str,
+    crop_size: int | None,
+    opts,
+    echo=print,
+):
+    """``extract rgb --grid snippets|windows``: a run's features (and clip scores) per row."""
+    from vidfeat.clips import ClipSpec
+    from vidfeat.extract import run_extraction
+    from vidfeat.extract.network import RGBNetwork
+    from vidfeat.rowclips import RGBRows
+
+    base = RGBNetwork(
+        checkpoint,
+        segments=1,
+        batch_size=1,
+        device=device,
+        precision=precision,
+        crop_size=crop_size,
+    )
+    base.check_classes(videos)
+    cfg = base.net().config
+    n = 1 if cfg.arch == "tsn" else cfg.frames
+    g = row_grid(frames=n, **grid)
+    _network_frames(g, n, f"the {cfg.arch} network {checkpoint}")
+    pre = base.preprocessing()
+    spec = ClipSpec(
+        1, n, pre.crop, pre.short_side, train=False, mean=pre.mean, std=pre.std, resize=pre.resize
+    )
+    task = RowTask(base, g, RGBRows(spec), rows=batch_size or DEFAULT_ROWS)
+    return run_extraction(videos, task, store_root, set_name, opts, echo)
+
+
+def extract_audio_rows(
+    videos,
+    store_root,
+    *,
+    set_name: str,
+    checkpoint,
+    pca,
+    embedding,
+    random_init: bool,
+    grid: dict,
+    frames: int,
+    batch_size: int | None,
+    device: str,
+    precision: str,
+    opts,
+    echo=print,
+):
+    """``extract audio --grid snippets|windows``: one VGGish example per row, centred on the
+    row's centre."""
+    from vidfeat.audio import require_weights
+    from vidfeat.extract import run_extraction
+    from vidfeat.extract.network import AudioNetwork
+    from vidfeat.rowclips import AudioRows
+
+    warning = require_weights(checkpoint, random_init)
+    if warning:
+        echo(warning)
+    base = AudioNetwork(
+        checkpoint,
+        pca=pca,
+        embedding=embedding,
+        random_init=random_init,
+        segments=1,
+        batch_size=1,
+        device=device,
+        precision=precision,
+    )
+    if base.is_run:
+        base.check_classes(videos)
+    task = RowTask(
+        base, row_grid(frames=frames, **grid), AudioRows(), rows=batch_size or DEFAULT_ROWS
+    )
+    return run_extraction(videos, task, store_root, set_name, opts, echo)
+
+
+def _fields_config(ex: Any) -> dict:
+    """What a fields set of rows records (the method, its parameters, the quantisation)."""
+    conf = ex.config()
+    conf["feature_shape"] = [-1, ex.grid.N, 2, -1, -1]
+    return conf
+
+
+def extract_flow_rows(
+    videos,
+    store_root,
+    *,
+    method: str,
+    params: dict,
+    set_name: str,
+    fields_set: str,
+    checkpoint,
+    grid: dict,
+    frames: int,
+    short_side: int,
+    bound: float,
+    keep_fields: bool,
+    batch_size: int | None,
+    device: str,
+    precision: str,
+    crop_size: int | None,
+    opts,
+    runtime: dict | None = None,
+    echo=print,
+):
+    """``extract flow --grid snippets|windows``: without ``checkpoint`` the rows' uint8 fields
+    are the set; with one, the fields of each batch of rows go straight into the flow network
+    (and into ``fields_set`` too with ``keep_fields``), never all of a video's at once.
+    ``short_side`` None: the network's training fields' (256 without a network)."""
+    from dataclasses import replace
+
+    from vidfeat.extract import run_extraction
+    from vidfeat.extract.fields import FlowFieldsExtractor, thread_budget_for
+    from vidfeat.extract.job import open_job
+    from vidfeat.extract.network import FlowNetwork
+    from vidfeat.rowclips import FlowRows
+
+    base = None
+    if checkpoint is not None:
+        base = FlowNetwork(
+            checkpoint,
+            segments=1,
+            batch_size=1,
+            device=device,
+            precision=precision,
+            store_root=store_root,
+            fields_set=fields_set,
+            fields=None,
+            crop_size=crop_size,
+        )
+        base.check_classes(videos)
+        run = base.net().config
+        frames = run.frames
+        if run.method is not None and run.method != method:
+            raise ConfigError(
+                f"the flow network {checkpoint} was trained on {run.method} flow; pass "
+                f"--method {run.method}"
+            )
+        short_side = short_side or run.short_side  # the scale its fields were trained at
+    elif keep_fields:
+        raise ConfigError(
+            "--keep-fields applies with --checkpoint: without a network the fields are the set"
+        )
+    short_side = short_side or 256
+    g = row_grid(frames=frames, **grid)
+    if base is not None:
+        _network_frames(g, frames, f"the flow network {checkpoint}")
+    ex = FlowFieldsExtractor(
+        method,
+        params=params,
+        runtime=runtime,
+        segments=1,
+        frames=g.span,
+        short_side=short_side,
+        bound=bound,
+        applicable_only=base is not None,
+    )
+    maker = FlowRows(
+        ex.method,
+        short_side,
+        float(bound),
+        crop=None if base is None else base.crop,
+        keep_fields=base is None or keep_fields,
+        threads=thread_budget_for(opts),
+    )
+    fields_conf = RowTask(None, g, maker, rows=1)
+    fields_conf.maker_config = _fields_config(ex)
+    fields_job = None
+    if base is not None:
+        base.fields = ex
+        if keep_fields:
+            fopts = replace(opts, retry_failed=False, limit=None, overwrite=True, float16=False)
+            fields_job = open_job(videos, fields_conf.config(), store_root, fields_set, fopts, echo)
+    task = RowTask(base, g, maker, rows=batch_size or DEFAULT_ROWS, fields_job=fields_job)
+    if base is None:
+        task.maker_config = fields_conf.maker_config
+    rep = run_extraction(videos, task, store_root, set_name, opts, echo)
+    return rep
