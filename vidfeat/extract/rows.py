@@ -141,7 +141,7 @@ class RowTask:
             k, two, h, w = meta["row_shapes"]["fields"]
             arrays = {"features": ((L, k, two, h, w), np.uint8)}
         else:
-            arrays = {"features": ((L, int(model.feature_dim)), np.float32)}
+            arrays = {"features": ((L, int(job.config["feature_shape"][-1])), np.float32)}
             if hasattr(model, "forward_head"):
                 arrays["scores"] = ((L, self._classes), np.float32)
         arrays["frame_indices"] = (meta["frame_indices"].shape, np.int64)
