@@ -92,8 +92,12 @@ def test_frames_at_fps_take_the_nearest_frame_by_timestamp() -> None:
 def test_grid_options_are_checked() -> None:
     from vidfeat.errors import ConfigError
 
-    for bad in (dict(mode="snippets", stride=0), dict(mode="windows", stride=4, window=0),
-                dict(mode="snippets", stride=4, fps=-1.0), dict(mode="blocks", stride=4)):  # fmt: skip
+    for bad in (
+        dict(mode="snippets", stride=0),
+        dict(mode="windows", stride=4, window=0),
+        dict(mode="snippets", stride=4, fps=-1.0),
+        dict(mode="blocks", stride=4),
+    ):
         with pytest.raises(ConfigError):
             RowGrid(**bad)
 
