@@ -341,3 +341,26 @@ def test_float16_rows_and_json_of_set(media: Path, tmp_path: Path) -> None:
     assert fs.features("a").dtype == np.float16
     conf = json.loads((store / "rgb" / "set.json").read_text())
     assert conf["grid"]["mode"] == "snippets" and conf["N"] == 1
+
+
+def test_fusion_refuses_untrimmed_rows_and_names_the_exports(tmp_path: Path) -> None:
+    """The fusion heads classify clips on T segments: a set of rows is refused by name, with
+    the export layouts as the way out, rather than cut or resampled silently."""
+    from vidfeat.store import ShardWriter
+
+    store = FeatureStore(tmp_path / "store")
+    config = {"modality": "rgb", "grid": {"mode": "snippets", "stride": 16, "frames": 1,
+              "fps": None}, "feature_shape": [-1, 8], "dtype": "float32"}  # fmt: skip
+    store.ensure_set("rgb", config)
+    with ShardWriter(store.set_dir("rgb"), "j") as w:
+        for k, L in enumerate((3, 40)):
+            w.add(f"v{k}", np.ones((L, 8), np.float32), {"label": f"c{k}"})
+    lst = tmp_path / "list.csv"
+    lst.write_text("path,label,video_id\nv0.mp4,c0,v0\nv1.mp4,c1,v1\n")
+    r = CliRunner().invoke(main, ["fuse", "train", "--store", str(tmp_path / "store"),
+                                  "--features", "rgb", "--head", "single", "--train", str(lst),
+                                  "--val", str(lst), "--out", str(tmp_path / "run")])  # fmt: skip
+    text = " ".join(r.output.split())
+    assert r.exit_code != 0 and "holds untrimmed rows" in text, r.output
+    assert "--layout actionformer|bmn|gtad" in text and "Traceback" not in r.output
+    assert not (tmp_path / "run" / "best.pt").exists()

@@ -60,6 +60,15 @@ def open_sets(store_root: str | Path, features: list[str]):
     sets = {}
     for name in features:
         fs = store.open_set(name)
+        grid = fs.config.get("grid")
+        if isinstance(grid, dict) and grid.get("mode") in ("snippets", "windows"):
+            raise ConfigError(
+                f"set {name!r} holds untrimmed rows (--grid {grid['mode']}: L rows per video, L "
+                "growing with the video); the fusion heads classify clips on T segments and "
+                "would have to cut or resample the rows. Extract on the segments grid (-T) for "
+                "fusion, or export the rows for a localization codebase: `vidfeat store export "
+                f"STORE --set {name} --layout actionformer|bmn|gtad`"
+            )
         shape = fs.config.get("feature_shape")
         if shape is not None and (not isinstance(shape, list) or len(shape) != 2):
             raise ConfigError(

@@ -581,6 +581,13 @@ class FeatureSet:
             return None
         return None if is_group else self._dataset(video_id, g, name)
 
+    def lengths(self) -> np.ndarray:
+        """The first dimension of each video's ``features`` (its rows, or T segments), read
+        from the set's index, not from the arrays; -1 where the index does not know it."""
+        code = np.asarray(self._index.layout)[list(self._row.values())]
+        firsts = np.array([shape[0] if shape else -1 for shape, _, _ in self._layouts] + [-1])
+        return firsts[code] if len(code) else np.zeros(0, np.int64)
+
     def rows(self, video_id: str) -> dict[str, np.ndarray]:
         """Where each row of a video lies: ``frame_indices`` ``(L, span)`` and ``start``,
         ``end``, ``centre`` ``(L,)`` in seconds. A set of an untrimmed grid stores them as the

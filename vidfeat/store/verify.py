@@ -12,6 +12,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from vidfeat.errors import StoreError
 from vidfeat.store.guard import ShapeRule, file_kind, link_problem, parse_dtype
 from vidfeat.store.paths import (
@@ -331,6 +333,7 @@ def store_info(root: str | Path) -> list[dict]:
                     "partials": partials,
                     "duplicates": len(fs.duplicates()),
                     "notes": notes,
+                    "rows": fs.lengths() if "grid" in fs.config else None,
                 }
             )
         finally:
@@ -369,6 +372,14 @@ def format_info(rows: list[dict]) -> str:
         if r.get("error"):
             out.append(f"  error: {r['error']}")
         out += [f"  note: {n}" for n in r.get("notes") or []]
+        rows = r.get("rows")
+        if rows is not None and len(rows[rows >= 0]):
+            L = rows[rows >= 0]
+            q = np.percentile(L, [0, 50, 90, 100]).astype(int)
+            out.append(
+                f"  rows per video: min {q[0]:,}, median {q[1]:,}, 90% {q[2]:,}, max {q[3]:,} "
+                f"({int(L.sum()):,} rows)"
+            )
         cfg = r.get("config") or {}
         main = {k: v for k, v in cfg.items() if not k.endswith("_version")}
         versions = {k: v for k, v in cfg.items() if k.endswith("_version")}
