@@ -123,8 +123,9 @@ def network_options(f: Any) -> Any:
             click.option(
                 "--batch-size",
                 type=click.IntRange(min=1),
-                help="Videos per forward pass on the segments grid [default: 4]; rows per "
-                "forward pass on snippets/windows [default: 32].",
+                help="Videos per forward pass on the segments grid [default: as many as make "
+                "32 segments, at least 1]; rows per forward pass on snippets/windows "
+                "[default: 32].",
             ),
             DEVICE,
             PRECISION,
@@ -162,8 +163,11 @@ def row_grid_options(command: str, kw: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def segments_batch(kw: dict[str, Any]) -> int:
-    """--batch-size on the segments grid: videos per forward pass."""
-    return kw["batch_size"] or 4
+    """--batch-size on the segments grid: videos per forward pass; by default as many as make
+    about 32 rows (segments), at least one: a batch's memory grows with videos x T."""
+    from vidfeat.extract.rows import DEFAULT_ROWS
+
+    return kw["batch_size"] or max(1, DEFAULT_ROWS // max(1, kw["segments"]))
 
 
 def build_run_options(kw: dict[str, Any]) -> Any:
