@@ -67,11 +67,11 @@ def long_video(path: Path, minutes: float) -> Path:
         for i in range(n):
             x = (i * 3) % W
             frame = np.ascontiguousarray(tex[:, x : x + W])
-            frame[: 8, : (i % W)] = 255
+            frame[:8, : (i % W)] = 255
             out.mux(vs.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             while t_audio < (i + 1) * 16000 // FPS:
                 k = np.arange(t_audio, t_audio + 1024)
-                wave = (0.2 * np.sin(2 * np.pi * (300 + (k // 16000) % 7 * 50) * k / 16000))
+                wave = 0.2 * np.sin(2 * np.pi * (300 + (k // 16000) % 7 * 50) * k / 16000)
                 af = av.AudioFrame.from_ndarray(wave.astype(np.float32)[None], format="fltp",
                                                 layout="mono")  # fmt: skip
                 af.sample_rate = 16000
@@ -128,9 +128,10 @@ def runs(root: Path) -> dict[str, Path]:
     for modality, frames in (("rgb", 1), ("flow", 5)):
         path = root / f"{modality}-r50"
         extra = {"method": "farneback"} if modality == "flow" else {}
+        short = 256 if modality == "rgb" else 128
         cfg = TrainConfig(modality=modality, train="x.csv", val=None, arch="tsn",
-                          backbone="resnet50", frames=frames, size=224,
-                          short_side=256 if modality == "rgb" else 128, net_options={}, **extra)  # fmt: skip
+                          backbone="resnet50", frames=frames, size=224, short_side=short,
+                          net_options={}, **extra)  # fmt: skip
         if not path.exists():
             make_run(path, cfg, [f"c{k}" for k in range(10)])
         out[modality] = path
@@ -143,10 +144,26 @@ def commands(kind: str, lst: Path, store: Path, run: dict[str, Path]) -> list[st
     base = [sys.executable, "-m", "vidfeat", "extract"]
     return {
         "rgb": [*base, "rgb", "--checkpoint", str(run["rgb"]), *grid],
-        "flow-fields": [*base, "flow", "--method", "farneback", "--short-side", "128",
-                        "-N", "5", *grid],  # fmt: skip
-        "flow-network": [*base, "flow", "--method", "farneback", "--checkpoint",
-                         str(run["flow"]), *grid],  # fmt: skip
+        "flow-fields": [
+            *base,
+            "flow",
+            "--method",
+            "farneback",
+            "--short-side",
+            "128",
+            "-N",
+            "5",
+            *grid,
+        ],  # fmt: skip
+        "flow-network": [
+            *base,
+            "flow",
+            "--method",
+            "farneback",
+            "--checkpoint",
+            str(run["flow"]),
+            *grid,
+        ],  # fmt: skip
         "audio": [*base, "audio", "--random-init", *grid],
     }[kind]
 
@@ -217,7 +234,7 @@ def speed(kinds: list[str], video: Path, run: dict[str, Path], tmp: Path, rounds
     out = {}
     for kind in kinds:
         items, model = _rows_inputs(kind, video, run)
-        rows = sum(len(next(iter(v for k, v in it.items() if k in ("x", "fields")))) for it in items)
+        rows = sum(len(it["x"] if "x" in it else it["fields"]) for it in items)
         prec = resolve_precision("auto", torch.device("cpu"), model) if model is not None else None
         if model is not None:
             model = prec.prepare(model)

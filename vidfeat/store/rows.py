@@ -59,7 +59,18 @@ class VideoSink:
         enc = {k: e for k, v in attrs.items() if (e := _encode_attr(k, v)) is not None}
         enc.setdefault("written_at", time.time())
         self.written_at = enc["written_at"]
-        writer._check_free_space(video_id, self.nbytes)
+        # contiguous arrays take their whole size at the first write; chunked (compressed)
+        # ones are checked batch by batch (:meth:`write`), where their size is known
+        self.chunked = {
+            k for k, shp in self.shapes.items()
+            if layout(shp, dtypes[k], writer.compression, writer.compression_level).method
+        }  # fmt: skip
+        whole = sum(
+            int(np.prod(shp)) * dtypes[k].itemsize
+            for k, shp in self.shapes.items()
+            if k not in self.chunked
+        )
+        writer._check_free_space(video_id, self.nbytes, whole)
         f = writer._ensure_open()
         if video_id in f:
             raise StoreError(f"video {video_id!r} is already in this job's open shard")
@@ -111,6 +122,8 @@ class VideoSink:
                     f"features of video {self.video_id!r} exceed the float16 range; extract "
                     "without --float16"
                 )
+        if name in self.chunked:  # compressed rows: their size bounds what they add
+            self.writer._check_free_space(self.video_id, a.nbytes)
         try:
             self.group[name][start : start + len(a)] = a.astype(self.dtypes[name], copy=False)
         except OSError as exc:

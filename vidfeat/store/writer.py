@@ -121,6 +121,11 @@ def _read_attrs(obj: h5py.Group) -> dict:
 # --------------------------------------------------------------------------- writer
 
 
+def _file_bytes(a: np.ndarray | Deflated) -> int:
+    """The bytes an array adds to a shard: its deflated chunks, or (an upper bound) its size."""
+    return sum(len(c) for c in a.chunks) if isinstance(a, Deflated) else int(a.nbytes)
+
+
 def _checkpoint(name: str) -> None:
     """A named moment in the life of a shard; does nothing.
 
@@ -262,7 +267,11 @@ class ShardWriter:
                 enc[k] = e
         enc.setdefault("written_at", time.time())
 
-        self._check_free_space(video_id, feats.nbytes + sum(a.nbytes for a in extras.values()))
+        self._check_free_space(
+            video_id,
+            feats.nbytes + sum(a.nbytes for a in extras.values()),
+            _file_bytes(feats) + sum(a.nbytes for a in extras.values()),
+        )
         f = self._ensure_open()
         if video_id in f:
             del f[video_id]
@@ -416,10 +425,11 @@ class ShardWriter:
         ks = [int(m.group(1)) for p in os.listdir(self.set_dir) if (m := pat.match(p))]
         return max(ks) + 1 if ks else 0
 
-    def _check_free_space(self, video_id: str, nbytes: int) -> None:
+    def _check_free_space(self, video_id: str, nbytes: int, file_bytes: int | None = None) -> None:
         """Refuse to write when the disk is nearly full. HDF5 does not survive running out of
         space mid-write (it can crash the process), so the writer stops first, completing
         the current shard in the reserve it kept."""
+        self._check_file_limit(video_id, nbytes if file_bytes is None else file_bytes)
         try:
             st = os.statvfs(self.set_dir)
         except OSError:
@@ -434,6 +444,40 @@ class ShardWriter:
                     f"{self.min_free / _MIB:g} MiB reserve (--min-free-mb); free disk space "
                     f"and rerun: completed videos are kept (stopped before {video_id!r})"
                 )
+
+    def _check_file_limit(self, video_id: str, nbytes: int) -> None:
+        """Keep every shard below the process's file-size limit (``ulimit -f``, RLIMIT_FSIZE):
+        HDF5 does not survive a write past it (EFBIG), so the writer completes the current
+        shard before a video that would not fit in it, and refuses a video that would not fit
+        in any shard."""
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit == resource.RLIM_INFINITY:
+            return
+        need = int(nbytes * 1.1) + _MIB  # HDF5's metadata and chunk overhead
+        if need > limit:
+            self.flush()
+            raise StoreError(
+                f"file-size limit: {video_id!r} needs about {need / _MIB:.1f} MiB in one shard "
+                f"of {self.set_dir}, over this process's file-size limit of {limit / _MIB:.1f} "
+                "MiB (ulimit -f); raise the limit and rerun: completed videos are kept"
+            )
+        size = 0
+        if self._partial is not None:
+            with contextlib.suppress(OSError):
+                size = self._partial.stat().st_size
+        if size + need <= limit:
+            return
+        if self._pending and not self._sinks:
+            self.flush()  # a new shard starts empty
+            return
+        self.flush()  # completes the shard without the video being written
+        raise StoreError(
+            f"file-size limit: shard {self._final or self.set_dir} would pass this process's "
+            f"file-size limit of {limit / _MIB:.1f} MiB (ulimit -f) with {video_id!r}; raise "
+            "the limit (or lower --shard-mb) and rerun: completed videos are kept"
+        )
 
     def _ensure_open(self) -> h5py.File:
         if self._file is not None:
