@@ -625,22 +625,76 @@ def _export_flatten_refused(env: Env) -> None:
     assert res.exit_code == 0, res.output
 
 
+LAYOUT = "vidfeat.layouts.export_layout"
+EXPORT = CMDS[("store", "export")].base
+
+
+def _layout(layout: str) -> dict[str, Any]:
+    """The base and target of a check of `store export --layout LAYOUT`."""
+    return {"base": (*EXPORT, "--layout", layout), "target": LAYOUT}
+
+
 def _export() -> dict[str, list[Check]]:
     ids = at("video_ids")
+    no_layout = "applies without --layout"
     return {
-        "set_name": [Acts(("--set", "audio"), at(1), "audio")],
-        "fmt": [Acts(("--format", "csv"), at(3), "csv")],
-        "out": [Acts(("--out", "{out}/exp2"), at(2), "{out}/exp2")],
-        "videos": [Acts(("--videos", "{train}"), ids, TRAIN_IDS)],
+        "set_name": [
+            Acts(("--set", "audio"), at(1), "audio"),
+            Acts(("--set", "rgb,flow", "--layout", "gtad"), at(1), ["rgb", "flow"], target=LAYOUT),
+            refused("--set", "rgb,flow", says="several sets are concatenated only with --layout"),
+        ],
+        "layout": [Acts(("--layout", "bmn"), at(3), "bmn", target=LAYOUT)],
+        "fmt": [
+            Acts(("--format", "csv"), at(3), "csv"),
+            refused("--layout", "bmn", "--format", "csv", says=f"--format {no_layout}"),
+        ],
+        "out": [
+            Acts(("--out", "{out}/exp2"), at(2), "{out}/exp2"),
+            Acts(("--out", "{out}/exp2"), at(2), "{out}/exp2", **_layout("bmn")),
+        ],
+        "prefix": [
+            Acts(("--prefix", "v_"), at("prefix"), "v_", **_layout("actionformer")),
+            refused("--prefix", "v_", says="--prefix applies with --layout"),
+            refused("--layout", "gtad", "--prefix", "a/b", says="--prefix 'a/b' cannot start"),
+        ],
+        "steps": [
+            Acts(("--steps", "50"), at("steps"), 50, **_layout("bmn")),
+            refused("--steps", "50", says="--steps applies with --layout"),
+            refused("--layout", "gtad", "--steps", "50", says="--steps applies to --layout bmn"),
+            refused("--layout", "bmn", "--steps", "1", says="--steps must be >= 2"),
+        ],
+        "split": [
+            Acts(("--split", "rgb_val"), at("split"), "rgb_val", **_layout("gtad")),
+            refused("--split", "rgb_val", says="--split applies with --layout"),
+            refused("--layout", "bmn", "--split", "x", says="--split applies to --layout gtad"),
+            refused("--layout", "gtad", "--split", ".x", says="--split '.x' is no file name"),
+        ],
+        "videos": [
+            Acts(("--videos", "{train}"), ids, TRAIN_IDS),
+            Acts(("--videos", "{train}"), ids, TRAIN_IDS, **_layout("gtad")),
+        ],
         "video_root": [
             Acts(KIN, ids, KIN_IDS),
             refused("--video-root", "{vroot}", says="--video-root applies only with --videos"),
             refused("--videos", "{train}", "--video-root", "{vroot}", says=NOT_KINETICS),
         ],
-        "with_scores": [Acts(("--with-scores",), at("with_scores"), True)],
-        "flatten": [Acts(("--flatten",), at("flatten"), True), Custom(_export_flatten_refused)],
-        "overwrite": [Acts(("--overwrite",), at("overwrite"), True)],
-        "quiet": [Acts(("--quiet",), at("progress"), False)],
+        "with_scores": [
+            Acts(("--with-scores",), at("with_scores"), True),
+            refused("--layout", "bmn", "--with-scores", says=f"--with-scores {no_layout}"),
+        ],
+        "flatten": [
+            Acts(("--flatten",), at("flatten"), True),
+            Custom(_export_flatten_refused),
+            refused("--layout", "gtad", "--flatten", says=f"--flatten {no_layout}"),
+        ],
+        "overwrite": [
+            Acts(("--overwrite",), at("overwrite"), True),
+            Acts(("--overwrite",), at("overwrite"), True, **_layout("actionformer")),
+        ],
+        "quiet": [
+            Acts(("--quiet",), at("progress"), False),
+            Acts(("--quiet",), at("progress"), False, **_layout("bmn")),
+        ],
     }
 
 

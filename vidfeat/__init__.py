@@ -7,8 +7,9 @@ One import name holds everything; the packages and modules, from the command lin
 - ``fusion``: what learns from stored features (fusion heads, their trainer, evaluation,
   the LightGBM ensemble); only ``cli`` imports it;
 - ``extract``: extraction over a video list (jobs, engines, flow fields, network features);
-  ``export``, ``show``, ``probe``: a set to plain files, a contact sheet of one video, a table
-  of what a list's videos hold;
+  ``export``, ``layouts``, ``rowsets``, ``show``, ``probe``: a set to plain files, row sets in
+  the layouts of ActionFormer, BMN (mmaction2) and G-TAD, several row sets read row for row, a
+  contact sheet of one video, a table of what a list's videos hold;
 - ``train``, ``schedule``: the training loop of a modality network on videos; the
   learning-rate schedule both trainers share;
 - ``models``: the run folder (its config, building and loading its network, its

@@ -11,7 +11,8 @@ Output folder ``DIR``:
 * ``<stem>.npy`` — the ``(T, D)`` float32 array; ``.npz`` — key ``features`` (and ``scores``
   with ``--with-scores``); ``.csv`` — a header ``f0,...,f{D-1}`` then T rows written with
   ``%.9g`` (enough digits for float32 to round-trip exactly);
-* ``<stem>.scores.npy`` — the clip scores ``(K,)`` float32 (``--with-scores``, npy and csv);
+* ``<stem>.scores.npy`` — the clip scores ``(K,)`` float32 (``--with-scores``, npy and csv;
+  a row set's per-row scores ``(L, K)`` as stored, with empty top-1 cells in the manifest);
 * ``manifest.csv`` — one row per exported video: id, file, label, T, D, fps, duration,
   segment_start, segment_end (``;``-joined seconds), and with scores ``scores_file`` (npy, csv),
   ``top1_index``, ``top1_score`` and ``top1`` (class name; only when set.json has ``classes``).
@@ -21,6 +22,10 @@ Output folder ``DIR``:
   with_scores, flatten): a later run of the same export resumes, anything else is refused
   unless ``overwrite``;
 * ``missing.txt`` — the ids asked for (``video_ids``) that the set does not hold, if any.
+
+The store is opened read-only: an export writes nothing into it (a store on read-only media
+exports the same). Row sets (untrimmed grids: ``(L, D)`` per video, L from 1 up) export like any
+``(T, D)`` set; :mod:`vidfeat.layouts` writes them as localisation codebases read them.
 
 A store may have been written by someone else: a video whose id is no file name (``..``),
 whose attrs are not of their kind (a string fps) or whose arrays are refused by the store's
@@ -67,11 +72,17 @@ import numpy as np
 
 from vidfeat import csvsafe
 from vidfeat.errors import ConfigError, StoreError
-from vidfeat.outdir import atomic_write, refuse_planted_links, remove_stale_temps, write_atomic
+from vidfeat.outdir import (
+    atomic_write,
+    refuse_planted_links,
+    remove_stale_temps,
+    write_atomic,
+    write_error,
+)
 from vidfeat.store import FeatureSet, FeatureStore, check_video_id
 from vidfeat.store.guard import MAX_JSON_BYTES, parse_json, read_capped
 
-__all__ = ["FORMATS", "ExportReport", "export_set", "export_stem"]
+__all__ = ["FORMATS", "ExportReport", "export_set", "export_stem", "save_npy"]
 
 FORMATS: tuple[str, ...] = ("npy", "npz", "csv")
 MANIFEST = "manifest.csv"
@@ -170,6 +181,22 @@ class ExportReport:
 # --------------------------------------------------------------------------- files
 
 
+class _Chunks:
+    """A file numpy cannot tell is one: ``np.save`` then writes through ``write`` in chunks of
+    16 MiB, not with ``ndarray.tofile``, whose error on a short write carries no errno ("3000
+    requested and 1468 written"); so a full disk or the file-size limit says ENOSPC or EFBIG."""
+
+    def __init__(self, fh: Any) -> None:
+        self.write = fh.write
+
+
+def save_npy(path: Path, arr: np.ndarray) -> None:
+    """``np.save`` of ``arr`` to ``path``, whole or not at all (:func:`atomic_write`); a
+    failed write raises OSError with its errno."""
+    with atomic_write(path) as fh:
+        np.save(_Chunks(fh), arr, allow_pickle=False)
+
+
 def _csv_bytes(arr: np.ndarray) -> bytes:
     buf = io.StringIO()
     header = ",".join(f"f{j}" for j in range(arr.shape[1]))
@@ -223,22 +250,33 @@ def _read_json(path: Path) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _prepare_out(out: Path, ident: dict, overwrite: bool) -> None:
-    """Refuse a foreign ``out`` (unless ``overwrite``), create it, record ``export.json``."""
+def _prepare_out(
+    out: Path,
+    ident: dict,
+    overwrite: bool,
+    keys: Sequence[str] = _IDENTITY,
+    name: str = EXPORT_JSON,
+    shared: str | None = None,
+) -> None:
+    """Refuse a foreign ``out`` (unless ``overwrite``), create it, record ``ident`` in ``name``
+    (``export.json``); ``keys``: the entries of ``ident`` a resumed export must match.
+    ``shared``: a layout whose exports share a folder, each with its own ``name`` (G-TAD reads
+    ``rgb_val.h5`` and ``flow_val.h5`` from one folder): a folder holding another export of
+    that layout is taken."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the export")
     refuse_planted_links(out)  # its files are kept (resumed, or --overwrite'n one by one)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        prev = _read_json(out / EXPORT_JSON)
-        if prev is None:
+        prev = _read_json(out / name)
+        if prev is None and not (shared and _holds_export_of(out, shared)):
             raise ConfigError(
-                f"--out {out} is not empty and holds no vidfeat export ({EXPORT_JSON} absent); "
+                f"--out {out} is not empty and holds no vidfeat export ({name} absent); "
                 "choose an empty or new folder, or pass --overwrite to export into it anyway "
                 "(files with the same names are replaced, other files are left alone)"
             )
-        diff = [k for k in _IDENTITY if prev.get(k) != ident[k]]
+        diff = [k for k in keys if prev is not None and prev.get(k) != ident[k]]
         if diff:
-            was = ", ".join(f"{k}={prev.get(k)!r}" for k in diff)
+            was = ", ".join(f"{k}={prev.get(k)!r}" for k in diff)  # type: ignore[union-attr]
             now = ", ".join(f"{k}={ident[k]!r}" for k in diff)
             raise ConfigError(
                 f"--out {out} holds another export ({was}; this one has {now}); choose another "
@@ -248,9 +286,14 @@ def _prepare_out(out: Path, ident: dict, overwrite: bool) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
-        write_atomic(out / EXPORT_JSON, json.dumps(ident, indent=2, sort_keys=True) + "\n")
+        write_atomic(out / name, json.dumps(ident, indent=2, sort_keys=True) + "\n")
     except OSError as exc:
-        raise StoreError(f"cannot write to --out {out} ({exc}); check the path") from exc
+        raise write_error(out, name, exc) from exc
+
+
+def _holds_export_of(out: Path, layout: str) -> bool:
+    """``out`` holds a ``*.export.json`` of an export in ``layout``."""
+    return any((_read_json(p) or {}).get("layout") == layout for p in out.glob("*." + EXPORT_JSON))
 
 
 # --------------------------------------------------------------------------- checks
@@ -354,8 +397,7 @@ class _Exporter:
         data, scores_path = self.files(vid)
         try:
             if self.fmt == "npy":
-                with atomic_write(data) as fh:
-                    np.save(fh, feats, allow_pickle=False)
+                save_npy(data, feats)
             elif self.fmt == "npz":
                 arrays = {"features": feats} | ({SCORES: sc} if sc is not None else {})
                 with atomic_write(data) as fh:
@@ -363,13 +405,9 @@ class _Exporter:
             else:
                 write_atomic(data, _csv_bytes(feats))
             if scores_path is not None and sc is not None:
-                with atomic_write(scores_path) as fh:
-                    np.save(fh, sc, allow_pickle=False)
+                save_npy(scores_path, sc)
         except OSError as exc:
-            raise StoreError(
-                f"cannot write {data.name} in --out {self.out} ({exc}); check free space and "
-                "permissions, then run the same command again (written files are kept)"
-            ) from exc
+            raise write_error(self.out, data.name, exc) from exc
 
     def row(self, vid: str, attrs: dict, shape: tuple[int, int], sc: np.ndarray | None) -> list:
         """The manifest row of a video (ValueError when an attr is not of its kind: a store
@@ -384,6 +422,9 @@ class _Exporter:
         if self.with_scores:
             assert sc is not None
             r += [scores_path.name] if scores_path is not None else []
+            if sc.ndim != 1:  # a row set's (L, K) scores: no one top-1 for the video
+                r += [""] * (3 if self.classes is not None else 2)
+                return r
             k = int(np.argmax(sc)) if sc.size else -1
             r += [k, float(sc.reshape(-1)[k]) if k >= 0 else ""]
             if self.classes is not None:
@@ -417,7 +458,7 @@ def export_set(
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
     st = FeatureStore(store)
     rep = ExportReport(out=Path(out), set_name=set_name, format=fmt)
-    with st.open_set(set_name) as fs:
+    with st.open_set(set_name, read_only=True) as fs:  # a store may be read-only
         rep.unreadable = fs.bad_shards()
         ids = _ids_to_export(st, fs, video_ids, rep, with_scores, flatten)
         ident = {
@@ -513,25 +554,34 @@ def _first_readable(fs: FeatureSet, ids: list[str], tries: int = 20) -> str | No
     return None
 
 
-def _finish(out: Path, header: list[str], rows: list[list], missing: list[str]) -> None:
+def _finish(
+    out: Path,
+    header: list[str],
+    rows: list[list],
+    missing: list[str],
+    manifest: str = MANIFEST,
+    missing_name: str = MISSING_TXT,
+) -> None:
     """Write the manifest (complete, atomically) and ``missing.txt``; fsync the folder."""
     buf = io.StringIO()
     w = csvsafe.writer(buf, lineterminator="\n")  # no cell a spreadsheet runs as a formula
     w.writerow(header)
     w.writerows(rows)
     body = buf.getvalue().encode("utf-8")
+    name = manifest
     try:
-        write_atomic(out / MANIFEST, body)
+        write_atomic(out / manifest, body)
+        name = missing_name
         if missing:
             text = "".join(v + "\n" for v in missing).encode("utf-8", "surrogatepass")
-            write_atomic(out / MISSING_TXT, text)
+            write_atomic(out / missing_name, text)
         else:
             with contextlib.suppress(FileNotFoundError):
-                (out / MISSING_TXT).unlink()
+                (out / missing_name).unlink()
         fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
     except OSError as exc:
-        raise StoreError(f"cannot write {out / MANIFEST} ({exc}); check free space") from exc
+        raise write_error(out, name, exc) from exc

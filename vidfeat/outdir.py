@@ -119,12 +119,16 @@ _TEMP_RE = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{8,16}$")
 _NAME_KEEP = 100  # characters of the target's name kept in its temporary's (names <= 255 bytes)
 
 
-def open_temp_beside(path: str | Path, mode: int = 0o666) -> tuple[int, Path]:
-    """A new, empty temporary file in ``path``'s folder, open for writing: its descriptor and
-    its path. Created with ``O_EXCL | O_NOFOLLOW`` under a random name (never an existing file
-    or a planted symlink); ``mode`` is filtered by the umask, as for any new file."""
+def open_temp_beside(
+    path: str | Path, mode: int = 0o666, *, read: bool = False
+) -> tuple[int, Path]:
+    """A new, empty temporary file in ``path``'s folder, open for writing (and reading with
+    ``read``): its descriptor and its path. Created with ``O_EXCL | O_NOFOLLOW`` under a random
+    name (never an existing file or a planted symlink); ``mode`` is filtered by the umask, as
+    for any new file."""
     path = Path(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = (os.O_RDWR if read else os.O_WRONLY) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    flags |= os.O_CLOEXEC
     for _ in range(100):
         tmp = path.with_name(f".{path.name[:_NAME_KEEP]}.tmp-{os.getpid()}-{secrets.token_hex(8)}")
         try:
@@ -209,3 +213,41 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# --------------------------------------------------------------------------- write failures
+
+_CAUSES = {
+    errno.ENOSPC: ("the disk is full (ENOSPC)", "free some space"),
+    errno.EDQUOT: ("the disk quota is used up (EDQUOT)", "free some space"),
+    errno.EFBIG: (
+        "a file reached the size limit (EFBIG: `ulimit -f`, or the file system's largest file)",
+        "raise the limit (ulimit -f unlimited) or pick an --out on another file system",
+    ),
+    errno.EROFS: ("the file system is read-only (EROFS)", "pick a writable --out"),
+    errno.EACCES: ("permission denied (EACCES)", "pick a writable --out"),
+    errno.EPERM: ("operation not permitted (EPERM)", "pick a writable --out"),
+}
+# HDF5 reports the C library's errno only inside its message ("errno = 28, error message = ...")
+_HDF5_ERRNO = re.compile(r"errno = (\d+)")
+
+
+def error_number(exc: BaseException) -> int | None:
+    """The errno behind a failed write: an OSError's own, or the one HDF5 (h5py raises
+    RuntimeError or OSError) names in its message; None when there is none."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    m = _HDF5_ERRNO.search(str(exc))
+    return int(m[1]) if m else None
+
+
+def write_error(out: str | Path, name: str, exc: BaseException) -> StoreError:
+    """A failed write of file ``name`` into output folder ``out``, as the one line the command
+    line prints: the file, the folder, the cause and what to do. The caller has removed what it
+    had half written (:func:`atomic_write` does)."""
+    n = error_number(exc)
+    cause, fix = _CAUSES.get(n or -1, (os.strerror(n) if n else str(exc), "check the folder"))
+    return StoreError(
+        f"cannot write {name} in --out {out}: {cause}; nothing half-written was kept: {fix}, "
+        "then run the same command again (complete files are kept and skipped)"
+    )

@@ -10,6 +10,8 @@ the classes every command and group of the tree is made of.
 
 from __future__ import annotations
 
+import signal
+import threading
 import warnings
 from typing import Any
 
@@ -57,12 +59,29 @@ class Root(Group):
     group_class = Group
 
     def invoke(self, ctx: click.Context) -> Any:
+        _writes_past_the_size_limit_fail()
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             try:
                 return super().invoke(ctx)
             except VidfeatError as exc:
                 raise click_error(exc) from exc
+
+
+def _writes_past_the_size_limit_fail() -> None:
+    """Ignore SIGXFSZ, so that a write past the file-size limit (``ulimit -f``,
+    RLIMIT_FSIZE) fails with EFBIG, which the commands report as one line naming their --out
+    and the cause, instead of the signal killing the process (its default action: terminate
+    with a core dump) with a half-written temporary left behind and no message.
+
+    CPython's own startup already ignores SIGXFSZ (Python/pylifecycle.c, with SIGPIPE), so
+    under ``vidfeat`` and ``python -m vidfeat`` this restates it; it matters where that did not
+    happen: an interpreter embedded without its signal handlers, or a caller that restored the
+    default before calling :data:`main` (as ``subprocess`` does for the programs it starts).
+    Only the main thread may set a handler; elsewhere the process's disposition stands."""
+    sigxfsz = getattr(signal, "SIGXFSZ", None)  # POSIX only
+    if sigxfsz is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(sigxfsz, signal.SIG_IGN)
 
 
 _python_showwarning = warnings.showwarning

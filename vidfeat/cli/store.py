@@ -56,22 +56,52 @@ def export_formats() -> list[str]:
     return list(FORMATS)
 
 
+def export_layouts() -> list[str]:
+    from vidfeat.layouts import LAYOUTS
+
+    return list(LAYOUTS)
+
+
 @store.command("export")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--set", "set_name", required=True, help="The set to export (see `store info`).")
+@click.option(
+    "--set",
+    "set_name",
+    required=True,
+    help="The set to export (see `store info`); with --layout several, comma-separated "
+    "(rgb,flow): their rows concatenated along C in that order.",
+)
+@click.option(
+    "--layout",
+    type=RegistryChoice(export_layouts),
+    help="Row sets as a localisation codebase reads them: actionformer (<id>.npy (L, C) + "
+    "actionformer.yaml), bmn (mmaction2: <id>.csv of --steps rows), gtad (one <split>.h5).",
+)
 @click.option(
     "--format",
     "fmt",
     type=RegistryChoice(export_formats),
-    default="npy",
-    show_default=True,
-    help="npy: (T, D) float32 per file; npz: key 'features'; csv: T rows x D columns + header.",
+    help="Without --layout (default npy): npy: (T, D) float32 per file; npz: key 'features'; "
+    "csv: T rows x D columns + header.",
 )
 @click.option(
     "--out",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for one file per video id, manifest.csv and export.json.",
+    help="Folder for one file per video id (gtad: one .h5), manifest.csv and export.json.",
+)
+@click.option(
+    "--prefix",
+    help="--layout: put this before every id in file names (gtad: dataset names), e.g. v_.",
+)
+@click.option(
+    "--steps",
+    type=int,
+    help="--layout bmn: rows per video, resampled as mmaction2 does (default 100).",
+)
+@click.option(
+    "--split",
+    help="--layout gtad: the HDF5 file's name without .h5, e.g. rgb_val (default features).",
 )
 @click.option(
     "--videos",
@@ -98,8 +128,12 @@ def export_formats() -> list[str]:
 def store_export_cmd(
     root: Path,
     set_name: str,
-    fmt: str,
+    layout: str | None,
+    fmt: str | None,
     out: Path,
+    prefix: str | None,
+    steps: int | None,
+    split: str | None,
     videos: Path | None,
     video_root: Path | None,
     with_scores: bool,
@@ -107,32 +141,91 @@ def store_export_cmd(
     overwrite: bool,
     quiet: bool,
 ) -> None:
-    """Write one (T, D) float32 file per video of a set, named by its id, plus manifest.csv.
+    """Write one (T, D) float32 file per video of a set, named by its id, plus manifest.csv;
+    or, with --layout, untrimmed row sets as ActionFormer, BMN (mmaction2) or G-TAD read them.
 
-    The layout action localisation tools read (np.load(f) -> (T, D)). Resumable: files
-    already written are skipped. Exits 1 when ids are missing from the set or videos failed.
+    Resumable: files already written are skipped. Exits 1 when ids are missing from the set
+    or videos failed; a full disk or file-size limit stops it with one line (exit 2).
     """
     from vidfeat.export import export_set
     from vidfeat.videolist import load_list
 
     video_root_applies(video_root, videos)
+    names = set_name.split(",")
+    _export_options_apply(layout, names, fmt, with_scores, flatten, prefix, steps, split)
     ids = load_list(videos, video_root=video_root).ids() if videos else None
-    rep = export_set(
-        root,
-        set_name,
-        out,
-        fmt,
-        video_ids=ids,
-        with_scores=with_scores,
-        flatten=flatten,
-        overwrite=overwrite,
-        progress=not quiet,
-    )
+    if layout is not None:
+        from vidfeat.layouts import export_layout
+
+        rep = export_layout(
+            root,
+            names,
+            out,
+            layout,
+            video_ids=ids,
+            prefix=prefix or "",
+            steps=steps,
+            split=split,
+            overwrite=overwrite,
+            progress=not quiet,
+        )
+    else:
+        rep = export_set(
+            root,
+            set_name,
+            out,
+            fmt or "npy",
+            video_ids=ids,
+            with_scores=with_scores,
+            flatten=flatten,
+            overwrite=overwrite,
+            progress=not quiet,
+        )
     for line in rep.problem_lines():
         click.echo(line, err=True)
     click.echo(rep.summary())
     if not rep.ok:
         sys.exit(1)
+
+
+def _export_options_apply(
+    layout: str | None,
+    names: list[str],
+    fmt: str | None,
+    with_scores: bool,
+    flatten: bool,
+    prefix: str | None,
+    steps: int | None,
+    split: str | None,
+) -> None:
+    """Refuse, before any work, the options of `store export` that would change nothing."""
+    if layout is None:
+        given = [("--prefix", prefix is not None), ("--steps", steps is not None)]
+        given += [("--split", split is not None)]
+        for flag, on in given:
+            if on:
+                raise click.UsageError(
+                    f"{flag} applies with --layout (actionformer, bmn or gtad; see --help); "
+                    "the per-file formats name files by id alone"
+                )
+        if len(names) > 1:
+            raise click.UsageError(
+                f"--set {','.join(names)}: several sets are concatenated only with --layout; "
+                "--format exports one set: run one export per set"
+            )
+        return
+    why = {
+        "--format": (fmt is not None, "a layout fixes its files (actionformer .npy, bmn .csv, "
+                     "gtad .h5)"),
+        "--with-scores": (with_scores, "the layouts hold features only"),
+        "--flatten": (flatten, "the layouts take (L, D) row sets"),
+    }  # fmt: skip
+    for flag, (on, reason) in why.items():
+        if on:
+            raise click.UsageError(f"{flag} applies without --layout: {reason}; drop {flag}")
+    from vidfeat.layouts import check_layout_options
+
+    check_layout_options(layout, prefix=prefix or "", steps=steps, split=split)
 
 
 @click.command("show", cls=Command)
