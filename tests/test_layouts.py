@@ -58,9 +58,10 @@ def add_set(st: FeatureStore, name: str, grid: dict | None, dim: int, lengths: d
         for vid, n in lengths.items():
             x = (rng.standard_normal((n, dim)) * 3).astype(np.float32)
             idx, times = rows_of(grid or WINDOWS, n, fps)
-            if kw.get("shift") == vid:  # rows another set does not share
-                idx = idx.copy()
+            if kw.get("shift") == vid:  # rows another set does not share: a frame later
+                idx, times = idx.copy(), times.copy()
                 idx[3:] += 1
+                times[3:] += 1 / fps
             attrs = {"fps": 25.0 if not (grid or {}).get("fps") else 29.97, "grid_fps": fps,
                      "duration": 12.5, "num_rows": n, "video_id": vid}  # fmt: skip
             extra = {"times": times, "frame_indices": idx}
@@ -277,7 +278,7 @@ def test_videos_whose_rows_differ_between_sets_are_refused_by_name(store, tmp_pa
     code, _, err = run(root, "--set", "rgb,flowbad", "--layout", "bmn", "--out", out)
     assert code == 1
     assert "failed: b: set 'flowbad' has 6 rows, set 'rgb' 7" in err
-    assert "failed: c: frame_indices of set 'flowbad' differ from set 'rgb' (first at row 3)" in err
+    assert "failed: c: row centres of set 'flowbad' differ from set 'rgb' (first at row 3)" in err
     assert "failed: sp ace: not in set 'flowbad'" in err
     assert sorted(p.name for p in out.glob("*.csv")) == ["a.csv", "manifest.csv"]
 

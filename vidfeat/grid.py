@@ -254,7 +254,8 @@ class RowGrid:
             indices=idx,
             start=start,
             end=end,
-            centre=(start + end) / 2.0,
+            # from frame numbers, so rows of other spans around one centre agree exactly
+            centre=(first + last + 1) / (2.0 * rate),
             num_frames=L,
             fps=rate,
             source=source,

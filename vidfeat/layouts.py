@@ -362,8 +362,11 @@ def _num_frames(src: RowSets, videos: list[RowVideo], rep: LayoutReport) -> int 
         if not isinstance(fps, int | float) or isinstance(fps, bool) or fps <= 0:
             implied[v.vid] = None
             continue
-        off = v.times[:, 2] * float(fps) - np.arange(v.rows) * src.stride
-        implied[v.vid] = round(2 * float(off.mean()), 6) if np.ptp(off) < 1e-3 else None
+        off = np.round(v.times[:, 2] * float(fps) - np.arange(v.rows) * src.stride, 3)
+        # the offset most rows share: a snippet clamped at the video's end is off by a frame
+        vals, counts = np.unique(off, return_counts=True)
+        best = int(np.argmax(counts))
+        implied[v.vid] = round(2 * float(vals[best]), 6) if counts[best] * 2 > v.rows else None
     values = set(implied.values())
     if len(values) == 1 and None not in values:
         (value,) = values

@@ -7,9 +7,13 @@ A row set is an untrimmed set: set.json ``grid`` of mode ``snippets`` (N frames 
 or ``windows`` (W frames every S), ``feature_shape`` ``[-1, D]``, and per video ``features``
 ``(L, D)``, ``times`` ``(L, 3)`` (start, end, centre in seconds) and ``frame_indices``
 ``(L, span)``, L >= 1. Sets go together only when they share the grid row for row: the same
-set.json ``grid`` (else :class:`~vidfeat.errors.ConfigError` naming the set and the keys that
-differ) and, per video, the same L and identical ``frame_indices`` and ``times`` (else that
-video is refused with a ValueError naming the set and what differs). The sets are opened
+set.json ``grid`` but for the frames per snippet (else :class:`~vidfeat.errors.ConfigError`
+naming the set and the keys that differ) and, per video, the same L and the same row centres
+(to a microsecond; to half the longer snippet between snippets of other N, whose centres move
+apart where a snippet is clamped at the video's end), else that video is refused with a
+ValueError naming the set and what differs. Snippets of another N share a grid when their
+centres agree: ActivityNet's two-stream features take RGB snippets of 1 frame and flow
+snippets of 5 pairs around the same centres. The sets are opened
 read-only: reading them writes nothing into the store.
 """
 
@@ -77,8 +81,10 @@ class RowSets:
         self.sets = [stack.enter_context(store.open_set(n, read_only=True)) for n in names]
         grids = [row_grid(fs) for fs in self.sets]
         for name, g in zip(self.names[1:], grids[1:], strict=True):
-            if g != grids[0]:
-                diff = sorted(k for k in set(g) | set(grids[0]) if g.get(k) != grids[0].get(k))
+            free = {"frames"} if g["mode"] == "snippets" == grids[0]["mode"] else set()
+            keys = (set(g) | set(grids[0])) - free
+            if any(g.get(k) != grids[0].get(k) for k in keys):
+                diff = sorted(k for k in keys if g.get(k) != grids[0].get(k))
                 what = ", ".join(f"{k} {g.get(k)!r} vs {grids[0].get(k)!r}" for k in diff)
                 raise ConfigError(
                     f"set {name!r} is on another grid than set {self.names[0]!r} ({what}); "
@@ -95,6 +101,16 @@ class RowSets:
     @property
     def span(self) -> int:
         return int(self.grid[_SPAN_KEY[self.grid["mode"]]])
+
+    def _tolerance(self, attrs: dict) -> float:
+        """How far (seconds) the centres of one row may differ between the sets: by half the
+        longest snippet, where a snippet clamped at the video's end has moved its centre
+        (rows of 1 and 5 frames around frame L-1); 1 µs when the spans are equal."""
+        spans = {int(fs.config["grid"].get(_SPAN_KEY[self.grid["mode"]], 1)) for fs in self.sets}
+        fps = attrs.get("grid_fps") or self.grid.get("fps") or attrs.get("fps")
+        if len(spans) == 1 or not isinstance(fps, int | float) or fps <= 0:
+            return 1e-6
+        return max(spans) / 2.0 / float(fps) + 1e-6
 
     def ids(self, video_ids: Sequence[str] | None, missing: list[str]) -> list[str]:
         """The ids to export: ``video_ids`` (those no set holds are appended to ``missing``)
@@ -116,14 +132,13 @@ class RowSets:
                 "; extract it there too, or export the sets without it (--videos)"
             )
         first: tuple[str, np.ndarray, np.ndarray] | None = None
-        attrs = []
+        attrs = [fs.attrs(vid) for fs in self.sets]
         for name, fs in zip(self.names, self.sets, strict=True):
             times, idx = _rows_of(fs, vid)
             if first is None:
                 first = (name, times, idx)
             else:
-                _same_rows(first, (name, times, idx))
-            attrs.append(fs.attrs(vid))
+                _same_rows(first, (name, times, idx), self._tolerance(attrs[0]))
         assert first is not None
         # the newest copy among the sets: a file older than it is stale
         stamps = [float(w) for a in attrs if isinstance(w := a.get("written_at"), int | float)]
@@ -166,16 +181,18 @@ def _rows_of(fs: FeatureSet, vid: str) -> tuple[np.ndarray, np.ndarray]:
     return times, idx
 
 
-def _same_rows(a: tuple[str, np.ndarray, np.ndarray], b: tuple[str, np.ndarray, np.ndarray]):
-    (na, ta, ia), (nb, tb, ib) = a, b
+def _same_rows(
+    a: tuple[str, np.ndarray, np.ndarray], b: tuple[str, np.ndarray, np.ndarray], tol: float
+) -> None:
+    (na, ta, _), (nb, tb, _) = a, b
     if ta.shape[0] != tb.shape[0]:
         raise ValueError(
             f"set {nb!r} has {tb.shape[0]} rows, set {na!r} {ta.shape[0]}: the sets do not share "
             "its rows (extracted with other options or from another file?)"
         )
-    for what, x, y in (("frame_indices", ia, ib), ("times", ta, tb)):
-        if x.shape != y.shape or not np.array_equal(x, y):
-            bad = np.flatnonzero(np.any((x != y).reshape(x.shape[0], -1), axis=1))
+    for what, x, y in (("row centres", ta[:, 2:], tb[:, 2:]),):
+        if x.shape != y.shape or not np.allclose(x, y, rtol=0, atol=tol):
+            bad = np.flatnonzero(np.any((np.abs(x - y) > tol).reshape(x.shape[0], -1), axis=1))
             row = f" (first at row {bad[0]})" if x.shape == y.shape and bad.size else ""
             raise ValueError(
                 f"{what} of set {nb!r} differ from set {na!r}{row}: the sets do not share its rows"

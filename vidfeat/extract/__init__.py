@@ -14,9 +14,10 @@ workers may use (:meth:`Engine.threads_per_worker`), never the engine's name.
 
 Layout: ``job`` (options, plan, the open set, writing outcomes) and ``worker`` (the per-video
 call) are the base; the engines ``local`` and ``ray`` import them, never the reverse; the
-tasks ``fields`` (flow fields) and ``network`` (batched network features from a run) import the
-base and call :func:`run_extraction`. May import vidfeat's store, decode, grid, flow, audio,
-nets and train (to load runs); never fusion or the CLI.
+tasks ``fields`` (flow fields), ``network`` (batched network features from a run) and ``rows``
+(untrimmed video: a grid of rows streamed through a network or the flow method, ``(L, D)``)
+import the base and call :func:`run_extraction`. May import vidfeat's store, decode, grid,
+flow, audio, nets and train (to load runs); never fusion or the CLI.
 """
 
 from __future__ import annotations

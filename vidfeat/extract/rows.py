@@ -346,33 +346,22 @@ def extract_flow_rows(
     from dataclasses import replace
 
     from vidfeat.extract import run_extraction
-    from vidfeat.extract.fields import FlowFieldsExtractor, thread_budget_for
     from vidfeat.extract.job import open_job
-    from vidfeat.extract.network import FlowNetwork
-    from vidfeat.rowclips import FlowRows
 
     base = None
     if checkpoint is not None:
-        base = FlowNetwork(
+        base = _flow_network(
             checkpoint,
-            segments=1,
-            batch_size=1,
+            method,
+            videos,
             device=device,
             precision=precision,
             store_root=store_root,
             fields_set=fields_set,
-            fields=None,
             crop_size=crop_size,
         )
-        base.check_classes(videos)
-        run = base.net().config
-        frames = run.frames
-        if run.method is not None and run.method != method:
-            raise ConfigError(
-                f"the flow network {checkpoint} was trained on {run.method} flow; pass "
-                f"--method {run.method}"
-            )
-        short_side = short_side or run.short_side  # the scale its fields were trained at
+        frames = base.net().config.frames
+        short_side = short_side or base.net().config.short_side  # its training fields' scale
     elif keep_fields:
         raise ConfigError(
             "--keep-fields applies with --checkpoint: without a network the fields are the set"
@@ -381,6 +370,45 @@ def extract_flow_rows(
     g = row_grid(frames=frames, **grid)
     if base is not None:
         _network_frames(g, frames, f"the flow network {checkpoint}")
+    ex, maker = _flow_maker(method, params, runtime, g, short_side, bound, base, keep_fields, opts)
+    fields_conf = RowTask(None, g, maker, rows=1)
+    fields_conf.maker_config = _fields_config(ex)
+    fields_job = None
+    if base is not None:
+        base.fields = ex
+        if keep_fields:
+            fopts = replace(opts, retry_failed=False, limit=None, overwrite=True, float16=False)
+            fields_job = open_job(videos, fields_conf.config(), store_root, fields_set, fopts, echo)
+    task = RowTask(base, g, maker, rows=batch_size or DEFAULT_ROWS, fields_job=fields_job)
+    if base is None:
+        task.maker_config = fields_conf.maker_config
+    rep = run_extraction(videos, task, store_root, set_name, opts, echo)
+    return rep
+
+
+def _flow_network(checkpoint, method: str, videos, **kw: Any) -> Any:
+    """The flow network task of ``checkpoint``, checked against the list's labels and the
+    flow method it was trained on."""
+    from vidfeat.extract.network import FlowNetwork
+
+    base = FlowNetwork(checkpoint, segments=1, batch_size=1, fields=None, **kw)
+    base.check_classes(videos)
+    run = base.net().config
+    if run.method is not None and run.method != method:
+        raise ConfigError(
+            f"the flow network {checkpoint} was trained on {run.method} flow; pass "
+            f"--method {run.method}"
+        )
+    return base
+
+
+def _flow_maker(method, params, runtime, g: RowGrid, short_side: int, bound: float, base,
+                keep_fields: bool, opts) -> tuple[Any, Any]:  # fmt: skip
+    """The fields' configuration (a one-segment extractor of the row's pairs, for set.json
+    and the configured method) and the row maker of the flow rows."""
+    from vidfeat.extract.fields import FlowFieldsExtractor, thread_budget_for
+    from vidfeat.rowclips import FlowRows
+
     ex = FlowFieldsExtractor(
         method,
         params=params,
@@ -399,16 +427,4 @@ def extract_flow_rows(
         keep_fields=base is None or keep_fields,
         threads=thread_budget_for(opts),
     )
-    fields_conf = RowTask(None, g, maker, rows=1)
-    fields_conf.maker_config = _fields_config(ex)
-    fields_job = None
-    if base is not None:
-        base.fields = ex
-        if keep_fields:
-            fopts = replace(opts, retry_failed=False, limit=None, overwrite=True, float16=False)
-            fields_job = open_job(videos, fields_conf.config(), store_root, fields_set, fopts, echo)
-    task = RowTask(base, g, maker, rows=batch_size or DEFAULT_ROWS, fields_job=fields_job)
-    if base is None:
-        task.maker_config = fields_conf.maker_config
-    rep = run_extraction(videos, task, store_root, set_name, opts, echo)
-    return rep
+    return ex, maker
