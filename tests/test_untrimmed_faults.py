@@ -117,3 +117,57 @@ def test_a_full_disk_mid_video_keeps_what_was_done(
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and "1 done, 1 skipped" in r.output, r.output
     assert FeatureStore(store).open_set("farneback-fields").features("b").shape[0] == 50
+
+
+READ_ONLY = """
+import errno, os, sys
+import h5py
+store = os.path.realpath(sys.argv[1])
+
+def inside(path):
+    try:
+        return os.path.realpath(os.fsdecode(path)).startswith(store)
+    except (TypeError, ValueError):
+        return False
+
+def hook(event, args):
+    if event == "open":
+        path, mode, flags = (list(args) + [None, None])[:3]
+        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+            isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+        if writing and inside(path):
+            raise OSError(errno.EROFS, "Read-only file system", path)
+    elif event in ("os.rename", "os.replace", "os.remove", "os.mkdir") and inside(args[0]):
+        raise OSError(errno.EROFS, "Read-only file system", args[0])
+
+real = h5py.File.__init__
+def init(self, name, mode="r", *a, **k):
+    if mode != "r" and inside(name):
+        raise OSError(errno.EROFS, "Read-only file system", name)
+    return real(self, name, mode, *a, **k)
+h5py.File.__init__ = init
+sys.addaudithook(hook)
+from vidfeat.cli import main
+sys.argv = ["vidfeat", *sys.argv[2:]]
+main()
+"""
+
+
+def test_info_verify_and_export_work_on_a_read_only_store(two: Path, tmp_path: Path) -> None:
+    """Every write into the store fails as on a read-only filesystem (EROFS; chmod does not
+    bind root, so the child process refuses them itself): `store info`, `store verify` and
+    `store export --layout actionformer` still do their work and exit 0."""
+    run = _run(tmp_path, "tsn")
+    store = tmp_path / "store"
+    assert _extract(two, run, store, None).returncode == 0
+    for p in store.rglob(".index.npz"):
+        p.unlink()  # a fresh reader would want to write its cache
+    for args in (["store", "info", str(store)], ["store", "verify", str(store)],
+                 ["store", "export", str(store), "--set", "rgb", "--layout", "actionformer",
+                  "--out", str(tmp_path / "out"), "-q"]):  # fmt: skip
+        r = subprocess.run([sys.executable, "-c", READ_ONLY, str(store), *args],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert r.returncode == 0, (args, r.stdout + r.stderr)
+        assert "Traceback" not in r.stderr, r.stderr
+    assert np.load(tmp_path / "out" / "b.npy").shape == (400, 512)
+    assert not list(store.rglob(".index.npz"))
