@@ -124,7 +124,7 @@ def _run(root: Path, arch: str, modality: str = "rgb", frames: int = 1) -> Path:
 
     run = root / f"{modality}-{arch}"
     run.mkdir()
-    extra = {"method": "farneback", "short_side": 64} if modality == "flow" else {}
+    extra = {"method": "farneback"} if modality == "flow" else {}
     cfg = TrainConfig(modality=modality, train="list.csv", val=None, arch=arch,
                       backbone="resnet10t", frames=frames, size=48, short_side=64,
                       net_options={}, **extra)  # fmt: skip
@@ -364,3 +364,35 @@ def test_fusion_refuses_untrimmed_rows_and_names_the_exports(tmp_path: Path) -> 
     assert r.exit_code != 0 and "holds untrimmed rows" in text, r.output
     assert "--layout actionformer|bmn|gtad" in text and "Traceback" not in r.output
     assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_a_flow_network_on_rows_reads_fields_it_never_stores(media: Path, tmp_path: Path) -> None:
+    """`extract flow --checkpoint --grid snippets` feeds each batch's fields straight into the
+    network: no fields set appears unless --keep-fields, whose fields equal a fields-only
+    extraction; the features equal the network on the centre crop of those fields."""
+    from vidfeat.flow import to_network_input
+
+    run = _run(tmp_path, "tsn", modality="flow", frames=2)
+    store = tmp_path / "store"
+    grid = ("--grid", "snippets", "--stride", "16", "--precision", "fp32", "--device", "cpu")
+    base = ("extract", "flow", "--method", "farneback", "--videos", media / "list.csv",
+            "--store", store)  # fmt: skip
+    _vidfeat(*base, "--checkpoint", run, *grid, "--name", "net")
+    assert sorted(FeatureStore(store).sets()) == ["net"]
+    _vidfeat(*base, "--checkpoint", run, *grid, "--name", "net2", "--keep-fields",
+             "--fields-name", "kept")  # fmt: skip
+    _vidfeat(*base, *grid[:4], "-N", "2", "--short-side", "64", "--name", "alone")
+    st = FeatureStore(store)
+    assert st.open_set("net").config["grid"] == st.open_set("alone").config["grid"]
+    model = _model(run)
+    for vid in ("a", "b"):
+        kept, alone = st.open_set("kept").features(vid), st.open_set("alone").features(vid)
+        assert np.array_equal(kept, alone) and kept.shape[1:3] == (2, 2)
+        h, w = alone.shape[-2:]
+        crop = alone[..., (h - 48) // 2 : (h - 48) // 2 + 48, (w - 48) // 2 : (w - 48) // 2 + 48]
+        x = to_network_input(crop).reshape(len(alone), 1, 4, 48, 48)
+        with torch.no_grad():
+            want = model.forward_features(torch.from_numpy(x))[:, 0].numpy()
+        for name in ("net", "net2"):
+            got = st.open_set(name).features(vid)
+            assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()

@@ -9,9 +9,10 @@ Input: row sets of one store (set.json ``grid`` of mode ``snippets`` or ``window
 ``feature_shape`` ``[-1, D]``; per video ``features`` ``(L, D)``, ``times`` ``(L, 3)`` and
 ``frame_indices`` ``(L, span)``, L from 1 up). Several sets
 (``--set rgb,flow``) are concatenated along C in the order given, only when they share a grid
-row for row: the same set.json ``grid``, and per video the same number of rows L and identical
-``frame_indices`` and ``times``. A video absent from one of the sets, or whose rows differ, is
-reported in ``failed`` (exit 1) and the others are exported. Values are written as float32
+row for row: the same set.json ``grid`` (snippets of another N allowed), and per video the
+same number of rows L and the same row centres (:mod:`vidfeat.rowsets`). A video absent from
+one of the sets, or whose rows differ, is reported in ``failed`` (exit 1) and the others are
+exported. Values are written as float32
 (float16 sets convert exactly).
 
 Layouts (``P`` = ``--prefix``, default ''; ``<stem>`` = :func:`~vidfeat.export.export_stem`
