@@ -579,16 +579,50 @@ def _version(env: Env) -> None:
     assert "torch" in res.output and "CUDA" in res.output
 
 
+UNTRIMMED = "vidfeat.synth_untrimmed.generate_untrimmed"
+UNTRIMMED_BASE = ("{out}/ds", "--untrimmed")
+
+
 def _synth() -> dict[str, list[Check]]:
     def cfg(name: str) -> Callable[[Calls], Any]:
         return at(1, name)
+
+    def untrimmed(flag: str, value: Any) -> Acts:
+        name = flag[2:].replace("-", "_")
+        return Acts((flag, str(value)), cfg(name), value, base=UNTRIMMED_BASE, target=UNTRIMMED)
 
     values = {"classes": 5, "per_class": 3, "seconds": 1.5, "fps": 10, "size": 64, "seed": 7,
               "val_fraction": 0.5, "test_fraction": 0.2}  # fmt: skip
     out: dict[str, list[Check]] = {
         k: [Acts((f"--{k.replace('_', '-')}", str(v)), cfg(k), v)] for k, v in values.items()
     }
-    out["quiet"] = [Acts(("--quiet",), at("progress"), False)]
+    out["quiet"] = [
+        Acts(("--quiet",), at("progress"), False),
+        Acts(("--quiet",), at("progress"), False, base=UNTRIMMED_BASE, target=UNTRIMMED),
+    ]
+    # options both kinds use reach the untrimmed generator too
+    for k in ("classes", "fps", "size", "seed", "test_fraction"):
+        out[k].append(untrimmed(f"--{k.replace('_', '-')}", values[k]))
+    out["untrimmed"] = [Acts(("--untrimmed",), cfg("videos"), 8, target=UNTRIMMED)]
+    for flag, value in (("--videos", 3), ("--min-seconds", 30.0), ("--max-seconds", 40.0)):
+        out[flag[2:].replace("-", "_")] = [
+            untrimmed(flag, value),
+            refused(flag, str(value), says=f"{flag} apply to untrimmed videos: add --untrimmed"),
+        ]
+    for flag, value, why in (
+        ("--per-class", 3, "several actions of random classes"),
+        ("--seconds", 1.5, "untrimmed videos last --min-seconds to --max-seconds"),
+        ("--val-fraction", 0.5, "split into validation and test by --test-fraction"),
+    ):
+        out[flag[2:].replace("-", "_")].append(
+            refused(
+                flag,
+                str(value),
+                base=UNTRIMMED_BASE,
+                target=UNTRIMMED,
+                says=(f"{flag} applies to trimmed", why),
+            )
+        )
     return out
 
 

@@ -17,6 +17,7 @@ One import name holds everything; the packages and modules, from the command lin
 - ``store``: the HDF5 feature store, a writer/reader pair;
 - ``nets``, ``audio``, ``flow``: segment networks, VGGish, optical-flow methods;
 - ``clips``, ``decode``, ``grid``, ``videolist``, ``synth``: videos in, clips out;
+  ``synth_untrimmed``: long synthetic videos with annotated actions (``synth``'s classes);
 - ``device``, ``precision``, ``cores``, ``children``, ``metrics``, ``plots``: where networks
   run and in what precision and memory format (``--precision``), how many threads a process
   may use, the safe path of the processes it starts; Prec@k and confusion matrices; training
