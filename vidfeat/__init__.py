@@ -8,7 +8,7 @@ One import name holds everything; the packages and modules, from the command lin
   the LightGBM ensemble); only ``cli`` imports it;
 - ``extract``: extraction over a video list (jobs, engines, flow fields, network features);
   ``export``, ``show``, ``probe``: a set to plain files, a contact sheet of one video, a table
-  of what a list's videos hold;
+  of what a list's videos hold; ``timeline``: the sheet's per-row score timeline of a row set;
 - ``train``, ``schedule``: the training loop of a modality network on videos; the
   learning-rate schedule both trainers share;
 - ``models``: the run folder (its config, building and loading its network, its
