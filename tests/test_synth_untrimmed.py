@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from vidfeat.cli import main
 from vidfeat.decode import probe, read_audio, read_frames
 from vidfeat.errors import ConfigError
-from vidfeat.synth import COLOURS, class_design
+from vidfeat.synth import COLOURS, class_design, write_mp4_stream
 from vidfeat.synth_untrimmed import UntrimmedConfig, generate_untrimmed, plan_video
 from vidfeat.videolist import load_list
 
@@ -148,3 +148,28 @@ def test_lengths_vary_within_the_range() -> None:
 def test_config_is_validated(bad: dict, flag: str) -> None:
     with pytest.raises(ConfigError, match=flag):
         UntrimmedConfig(**bad).validate()
+
+
+def test_track_does_not_depend_on_its_chunks() -> None:
+    """The soundtrack is made in chunks (an hour need not be held whole): the samples, and the
+    encoded bytes, are those of the track made or encoded in one piece."""
+    from vidfeat.synth_untrimmed import _streams, render_soundtrack
+
+    plan = plan_video(SMALL, class_design(12), 1)
+    tracks = []
+    for chunk_seconds in (10.0, 3.7, 60.0):
+        *_, floor, sounds = _streams(SMALL, 1)
+        tracks.append(
+            np.concatenate(list(render_soundtrack(plan, 10, floor, sounds, chunk_seconds)))
+        )
+    assert len(tracks[0]) == 20 * 22050
+    assert np.array_equal(tracks[0], tracks[1]) and np.array_equal(tracks[0], tracks[2])
+
+
+def test_audio_in_chunks_encodes_to_the_same_bytes(tmp_path: Path) -> None:
+    frames = np.zeros((10, 32, 32, 3), np.uint8)
+    track = np.sin(np.arange(30_000) / 7.0).astype(np.float32) * 0.3
+    write_mp4_stream(tmp_path / "a.mp4", iter(frames), (32, 32), 10, track, bframes=0)
+    parts = np.split(track, [1000, 1500, 9999, 20_000])
+    write_mp4_stream(tmp_path / "b.mp4", iter(frames), (32, 32), 10, iter(parts), bframes=0)
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()

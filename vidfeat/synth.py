@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -414,7 +415,8 @@ def write_mp4_stream(
     mbtree: bool = False,
 ) -> None:
     """Encode ``frames``, (H, W, 3) uint8 RGB arrays of ``size`` = (H, W) (even), one at a
-    time as they come (a long video need not fit in memory), as H.264 (+ mono ``audio``) in MP4.
+    time as they come (a long video need not fit in memory), as H.264 (+ mono ``audio``:
+    samples, or chunks of them, encoded after the frames) in MP4.
 
     ``gop`` defaults to one keyframe per second, which makes seeking meaningful on longer clips;
     ``faststart`` puts the index (moov) first, as web-optimised files do. x264 (through PyAV 18)
@@ -461,33 +463,51 @@ def write_mp4_stream(
             _encode_audio(out, aus, audio, audio_rate, audio_layout)
 
 
-def _encode_audio(out, stream, audio: np.ndarray, rate: int, layout: str) -> None:
+def _encode_audio(out, stream, audio, rate: int, layout: str) -> None:
+    """Encode ``audio``, (S,) or (channels, S) float samples, or an iterable of such chunks (a
+    long track made while it is encoded), in frames of the codec's size; the same frames, so
+    the same bytes, however the track is chunked."""
     channels = 2 if layout == "stereo" else 1
-    data = np.asarray(audio, dtype=np.float32)
-    if data.ndim == 1:  # mono: a view, not a copy (an hour of audio is 300 MB)
-        data = data[None, :] if channels == 1 else np.repeat(data[None, :], channels, axis=0)
     fmt = stream.codec_context.format.name if stream.codec_context.format else "fltp"
     frame_size = stream.codec_context.frame_size or 1024
+    # the encoder may read a frame's samples after encode() returns: the last frames are kept
+    # alive (a few frames of delay; an hour of frames would hold the whole track)
+    alive: deque = deque(maxlen=256)
     pos = 0
-    n = data.shape[1]
-    alive = []  # the encoder may read a frame's samples after encode() returns
-    while pos < n:
-        chunk = data[:, pos : pos + frame_size]
-        if fmt.endswith("p"):
-            arr, packed_fmt = np.ascontiguousarray(chunk), fmt
-        else:
-            arr, packed_fmt = np.ascontiguousarray(chunk.T.reshape(1, -1)), fmt
-        if "s16" in fmt:
-            arr = np.clip(arr * 32767, -32768, 32767).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(arr, format=packed_fmt, layout=layout)
-        alive.append((arr, frame))
-        frame.sample_rate = rate
-        frame.pts = pos
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        pos += frame_size
+    rest = np.zeros((channels, 0), np.float32)
+    for part in [audio] if isinstance(audio, np.ndarray) else audio:
+        data = np.asarray(part, dtype=np.float32)
+        if data.ndim == 1:  # mono: a view, not a copy
+            data = data[None, :] if channels == 1 else np.repeat(data[None, :], channels, axis=0)
+        if rest.shape[1]:
+            data = np.concatenate([rest, data], axis=1)
+        whole = data.shape[1] - data.shape[1] % frame_size
+        for k in range(0, whole, frame_size):
+            chunk = data[:, k : k + frame_size]
+            alive.append(_audio_frame(out, stream, chunk, pos, fmt, layout, rate))
+            pos += frame_size
+        rest = data[:, whole:]
+    if rest.shape[1]:
+        alive.append(_audio_frame(out, stream, rest, pos, fmt, layout, rate))
     for packet in stream.encode(None):
         out.mux(packet)
+
+
+def _audio_frame(out, stream, chunk: np.ndarray, pos: int, fmt: str, layout: str, rate: int):
+    """Encode one frame of samples ``chunk`` (channels, n) at sample ``pos``; what must stay
+    alive while the encoder may read it."""
+    if fmt.endswith("p"):
+        arr = np.ascontiguousarray(chunk)
+    else:
+        arr = np.ascontiguousarray(chunk.T.reshape(1, -1))
+    if "s16" in fmt:
+        arr = np.clip(arr * 32767, -32768, 32767).astype(np.int16)
+    frame = av.AudioFrame.from_ndarray(arr, format=fmt, layout=layout)
+    frame.sample_rate = rate
+    frame.pts = pos
+    for packet in stream.encode(frame):
+        out.mux(packet)
+    return arr, frame
 
 
 # --------------------------------------------------------------------------- dataset

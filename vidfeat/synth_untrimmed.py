@@ -120,9 +120,10 @@ class VideoPlan:
 
 
 def _streams(cfg: UntrimmedConfig, number: int) -> list[np.random.Generator]:
-    """The layout, scene, pixel-noise and sound streams of video ``number``."""
+    """The layout, scene, pixel-noise, noise-floor and action-sound streams of video
+    ``number``."""
     seq = np.random.SeedSequence([cfg.seed, STREAM, number])
-    return [np.random.default_rng(s) for s in seq.spawn(4)]
+    return [np.random.default_rng(s) for s in seq.spawn(5)]
 
 
 def plan_video(cfg: UntrimmedConfig, design: list[SynthClass], number: int) -> VideoPlan:
@@ -186,15 +187,34 @@ def render_frames(
         yield compose_frame(bg, shift, distractor, f, actor, f - start, pixel_noise)
 
 
-def render_soundtrack(plan: VideoPlan, fps: int, rng: np.random.Generator) -> np.ndarray:
-    """The track (samples,) float32 at AUDIO_RATE: a quiet noise floor, and each action's sound
-    on exactly its frames' samples."""
+def render_soundtrack(
+    plan: VideoPlan,
+    fps: int,
+    floor: np.random.Generator,
+    sounds: np.random.Generator,
+    chunk_seconds: float = 10.0,
+) -> Iterator[np.ndarray]:
+    """The track at AUDIO_RATE in float32 chunks of ``chunk_seconds`` (an hour-long track need
+    not be held whole): a quiet noise floor (from ``floor``), and each action's sound (from
+    ``sounds``, drawn in action order) on exactly its frames' samples."""
     n = int(round(plan.num_frames * AUDIO_RATE / fps))
-    track = rng.standard_normal(n, dtype=np.float32) * np.float32(rng.uniform(0.002, 0.006))
-    for a in plan.actions:
-        s0, s1 = (int(round(x * AUDIO_RATE / fps)) for x in (a.start, a.end))
-        track[s0:s1] += render_sound(a.klass.sound, (s1 - s0) / AUDIO_RATE, rng)[: s1 - s0]
-    return track
+    sigma = np.float32(floor.uniform(0.002, 0.006))
+    bounds = [[int(round(x * AUDIO_RATE / fps)) for x in (a.start, a.end)] for a in plan.actions]
+    step = int(chunk_seconds * AUDIO_RATE)
+    k, sound = 0, None  # the next action to reach, and its sound once rendered
+    for c0 in range(0, n, step):
+        c1 = min(n, c0 + step)
+        chunk = floor.standard_normal(c1 - c0, dtype=np.float32) * sigma
+        while k < len(bounds) and bounds[k][0] < c1:
+            s0, s1 = bounds[k]
+            if sound is None:
+                sound = render_sound(plan.actions[k].klass.sound, (s1 - s0) / AUDIO_RATE, sounds)
+            lo, hi = max(s0, c0), min(s1, c1)
+            chunk[lo - c0 : hi - c0] += sound[lo - s0 : hi - s0]
+            if s1 > c1:  # it goes on in the next chunk
+                break
+            k, sound = k + 1, None
+        yield chunk
 
 
 def annotation_entry(plan: VideoPlan, fps: int) -> dict:
@@ -252,8 +272,8 @@ def generate_untrimmed(
     total = sum(p.num_frames for p in plans)
     with tqdm(total=total, desc="synth untrimmed", unit="frame", disable=not progress) as bar:
         for plan in plans:
-            _, scene, noise, sound = _streams(cfg, plan.number)
-            audio = render_soundtrack(plan, cfg.fps, sound)
+            _, scene, noise, floor, sounds = _streams(cfg, plan.number)
+            audio = render_soundtrack(plan, cfg.fps, floor, sounds)
             frames = render_frames(plan, cfg, scene, noise)
             write_mp4_stream(
                 out / plan.path, _counted(frames, bar), (cfg.size, cfg.size), cfg.fps, audio,
