@@ -238,6 +238,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     fs.ensure_set("f", {"modality": "rgb", "T": 2, "feature_shape": [2, 3], "dtype": "float32"})
     with ShardWriter(fs.set_dir("f"), "fixture") as w:
         w.add("a", np.zeros((2, 3), np.float32), {"label": "x"})
+    # a row set (windows grid) with row scores, and an annotation file that lists only "b"
+    rs = FeatureStore(d / "rowstore")
+    grid = {"mode": "windows", "stride": 4, "window": 16, "fps": None}
+    rs.ensure_set("r", {"modality": "rgb", "grid": grid, "feature_shape": [-1, 3],
+                        "classes": ["x", "y"]})  # fmt: skip
+    times = np.array([[0.0, 1.0, 0.5], [0.25, 1.25, 0.75]])
+    with ShardWriter(rs.set_dir("r"), "fixture") as w:
+        extra = {"times": times, "scores": np.full((2, 2), 0.5, np.float32)}
+        w.add("a", np.zeros((2, 3), np.float32), {}, extra=extra)
+    (d / "annot.json").write_text(json.dumps({"database": {"b": {"annotations": []}}}))
     # a run's config.yaml as vidfeat.models reads it (every run records modality, train, val)
     run_cfg = {"modality": "rgb", "train": "train.csv", "val": None, "arch": "stnet",
                "backbone": "resnet50", "frames": 5}  # fmt: skip
@@ -251,9 +261,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     for name in ("ens", "ens2"):
         (d / name).mkdir()
         (d / name / "ensemble.json").write_text(json.dumps({"members": [str(d / "scores.csv")]}))
-    dirs = ["vroot", "store", "store2", "fstore", "tdstore", "run", "run2", "ens", "ens2"]
+    dirs = ["vroot", "store", "store2", "fstore", "tdstore", "rowstore", "run", "run2", "ens",
+            "ens2"]  # fmt: skip
     files = ["train.csv", "val.csv", "kin.csv", "weights.pt", "classes.txt", "scores.csv",
-             "scores2.csv"]  # fmt: skip
+             "scores2.csv", "annot.json"]  # fmt: skip
     out = {n: str(d / n) for n in dirs} | {f.split(".")[0]: str(d / f) for f in files}
     out["out"] = str(d / "out")
     return out
@@ -579,16 +590,50 @@ def _version(env: Env) -> None:
     assert "torch" in res.output and "CUDA" in res.output
 
 
+UNTRIMMED = "vidfeat.synth_untrimmed.generate_untrimmed"
+UNTRIMMED_BASE = ("{out}/ds", "--untrimmed")
+
+
 def _synth() -> dict[str, list[Check]]:
     def cfg(name: str) -> Callable[[Calls], Any]:
         return at(1, name)
+
+    def untrimmed(flag: str, value: Any) -> Acts:
+        name = flag[2:].replace("-", "_")
+        return Acts((flag, str(value)), cfg(name), value, base=UNTRIMMED_BASE, target=UNTRIMMED)
 
     values = {"classes": 5, "per_class": 3, "seconds": 1.5, "fps": 10, "size": 64, "seed": 7,
               "val_fraction": 0.5, "test_fraction": 0.2}  # fmt: skip
     out: dict[str, list[Check]] = {
         k: [Acts((f"--{k.replace('_', '-')}", str(v)), cfg(k), v)] for k, v in values.items()
     }
-    out["quiet"] = [Acts(("--quiet",), at("progress"), False)]
+    out["quiet"] = [
+        Acts(("--quiet",), at("progress"), False),
+        Acts(("--quiet",), at("progress"), False, base=UNTRIMMED_BASE, target=UNTRIMMED),
+    ]
+    # options both kinds use reach the untrimmed generator too
+    for k in ("classes", "fps", "size", "seed", "test_fraction"):
+        out[k].append(untrimmed(f"--{k.replace('_', '-')}", values[k]))
+    out["untrimmed"] = [Acts(("--untrimmed",), cfg("videos"), 8, target=UNTRIMMED)]
+    for flag, value in (("--videos", 3), ("--min-seconds", 30.0), ("--max-seconds", 40.0)):
+        out[flag[2:].replace("-", "_")] = [
+            untrimmed(flag, value),
+            refused(flag, str(value), says=f"{flag} apply to untrimmed videos: add --untrimmed"),
+        ]
+    for flag, value, why in (
+        ("--per-class", 3, "several actions of random classes"),
+        ("--seconds", 1.5, "untrimmed videos last --min-seconds to --max-seconds"),
+        ("--val-fraction", 0.5, "split into validation and test by --test-fraction"),
+    ):
+        out[flag[2:].replace("-", "_")].append(
+            refused(
+                flag,
+                str(value),
+                base=UNTRIMMED_BASE,
+                target=UNTRIMMED,
+                says=(f"{flag} applies to trimmed", why),
+            )
+        )
     return out
 
 
@@ -979,8 +1024,26 @@ def _extract_audio() -> dict[str, list[Check]]:
     return out
 
 
+def _show_annotations_refused(env: Env) -> None:
+    """The real sheet: --annotations is refused where no set has a score timeline to shade,
+    and for a video the file does not list; both before anything is drawn."""
+    base = ("show", "a", "--annotations", "{annot}", "--out", "{out}/ann.png")
+    res, _ = env.invoke((*base, "--store", "{tdstore}"), {})
+    text = " ".join(res.output.split())
+    assert res.exit_code != 0 and "--annotations applies to a row set's score timeline" in text
+    res, _ = env.invoke((*base, "--store", "{rowstore}"), {})
+    text = " ".join(res.output.split())
+    assert res.exit_code != 0 and "video 'a' is not in --annotations" in text, res.output
+    assert "ids present include b" in text
+    assert not Path(env.fmt("{out}/ann.png")).exists()
+
+
 def _show() -> dict[str, list[Check]]:
     return {
+        "annotations": [
+            Acts(("--annotations", "{annot}"), at("annotations"), "{annot}"),
+            Custom(_show_annotations_refused),
+        ],
         "store": [Acts(("--store", "{store2}"), at(0), "{store2}")],
         "videos": [Acts(("--videos", "{train}"), at(3), "{train}")],
         "video_root": [

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -138,3 +139,16 @@ def test_test_split_is_stratified_and_disjoint(tmp_path: Path) -> None:
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     assert all(len(set(v.classes)) == 4 for v in lists.values())  # every class in every split
     assert "select models on val, report on test" in (tmp_path / "README.txt").read_text()
+
+
+def test_trimmed_rendering_is_unchanged() -> None:
+    """The trimmed clips' pixels and sound, drawn through the pieces the untrimmed videos share
+    (Actor, Distractor, compose_frame), are those of before the split: same seed, same data.
+    (The digest is of numpy/OpenCV output: a new version of either may move it.)"""
+    cfg = SynthConfig(classes=12, seconds=1.0, fps=10, size=64, seed=5)
+    h = hashlib.sha256()
+    for k in class_design(12):
+        clip = render_clip(k, cfg, np.random.default_rng([5, k.index]))
+        h.update(clip.frames.tobytes())
+        h.update(b"" if clip.audio is None else clip.audio.tobytes())
+    assert h.hexdigest() == "e24c400620cd21b34fe8361c43c043b7e961e15a5c4629623aab20080ec9d644"

@@ -9,7 +9,8 @@ One import name holds everything; the packages and modules, from the command lin
 - ``extract``: extraction over a video list (jobs, engines, flow fields, network features);
   ``export``, ``layouts``, ``rowsets``, ``show``, ``probe``: a set to plain files, row sets in
   the layouts of ActionFormer, BMN (mmaction2) and G-TAD, several row sets read row for row, a
-  contact sheet of one video, a table of what a list's videos hold;
+  contact sheet of one video, a table of what a list's videos hold; ``timeline``: the sheet's
+  per-row score timeline of a row set;
 - ``train``, ``schedule``: the training loop of a modality network on videos; the
   learning-rate schedule both trainers share;
 - ``models``: the run folder (its config, building and loading its network, its
@@ -18,7 +19,8 @@ One import name holds everything; the packages and modules, from the command lin
 - ``store``: the HDF5 feature store, a writer/reader pair;
 - ``nets``, ``audio``, ``flow``: segment networks, VGGish, optical-flow methods;
 - ``clips``, ``rowclips``, ``decode``, ``grid``, ``videolist``, ``synth``: videos in, clips
-  out (``rowclips``: the rows of untrimmed video, streamed);
+  out (``rowclips``: the rows of untrimmed video, streamed); ``synth_untrimmed``: long
+  synthetic videos with annotated actions (``synth``'s classes);
 - ``device``, ``precision``, ``cores``, ``children``, ``metrics``, ``plots``: where networks
   run and in what precision and memory format (``--precision``), how many threads a process
   may use, the safe path of the processes it starts; Prec@k and confusion matrices; training

@@ -16,7 +16,14 @@ Panels, top to bottom (each drawn only when the store has what it needs):
 * ``norms`` — per ``(T, D)`` feature set, the L2 norm of each segment's feature against the
   segment centre time, one line per set;
 * ``scores:<set>`` — per set with a ``scores`` extra and ``classes`` in its set.json, the top-5
-  classes as horizontal bars.
+  classes as horizontal bars;
+* ``timeline:<set>`` — per row set (a snippets / windows grid: one row per grid position, with
+  ``times`` and ``(L, K)`` ``scores``), the scores against the row centre time
+  (:mod:`vidfeat.timeline`), with the intervals of ``--annotations`` shaded.
+
+Row sets stand in for segments elsewhere too: their rows' ``times`` place the thumbnails, norms
+and audio windows; panels of long videos pool or thin what they draw, so the time a sheet takes
+is bounded whatever the number of rows.
 
 Sets are discovered from the store; a set that holds the video but fits no panel is listed in
 :attr:`SheetResult.skipped` with the reason. Figures are built on a bare ``Figure`` (Agg canvas,
@@ -34,6 +41,7 @@ import numpy as np
 
 from vidfeat.errors import ConfigError, StoreError
 from vidfeat.outdir import atomic_write
+from vidfeat.timeline import PANEL_HEIGHT, check_rows, is_row_set, load_intervals, timeline_panel
 
 MAX_THUMBS = 12  # thumbnails in the frame strip
 FLOW_SEGMENTS = 4  # segments shown per flow-fields set
@@ -41,6 +49,8 @@ TOP_K = 5
 THUMB_SHORT_SIDE = 112
 MAX_MEL_COLUMNS = 2000  # log-mel frames are max-pooled in time down to this many columns
 FIG_WIDTH = 14.0  # inches, at 100 dpi
+MAX_NORM_POINTS = 2000  # a long row set's norms are averaged over consecutive rows to this many
+MAX_WINDOWS = 48  # audio example windows outlined at most (evenly picked)
 
 __all__ = ["SheetResult", "contact_sheet", "flow_to_rgb"]
 
@@ -78,6 +88,7 @@ class _Set:
     attrs: dict
     features: np.ndarray
     scores: np.ndarray | None
+    times: np.ndarray | None = None  # (L, 3) start, end, centre of a row set's rows
 
 
 def _load_sets(store, video_id: str) -> list[_Set]:
@@ -96,6 +107,8 @@ def _load_sets(store, video_id: str) -> list[_Set]:
             if video_id in fs:
                 arr, attrs = fs.get(video_id)
                 s = _Set(name, fs.config, attrs, arr, fs.get_extra(video_id, "scores"))
+                if is_row_set(fs.config):
+                    s.times = fs.get_extra(video_id, "times")
                 _check_set(s, f"video {video_id!r} in set {name!r} ({fs.shard_of(video_id).name})")
                 found.append(s)
             else:
@@ -209,6 +222,8 @@ def _segment_times(s: _Set, info) -> tuple[np.ndarray, np.ndarray]:
     """A set's stored segment start/end times, else (none stored, or not one per row of its
     features) those of a test-mode grid of its T."""
     T = int(s.features.shape[0])
+    if _rows_ok(s):
+        return np.asarray(s.times[:, 0], float), np.asarray(s.times[:, 1], float)
     start = np.asarray(s.attrs.get("segment_start", []), float).reshape(-1)
     end = np.asarray(s.attrs.get("segment_end", []), float).reshape(-1)
     if len(start) == len(end) == T:
@@ -219,9 +234,28 @@ def _segment_times(s: _Set, info) -> tuple[np.ndarray, np.ndarray]:
     return g.start, g.end
 
 
+def _rows_ok(s: _Set) -> bool:
+    """A row set whose ``times`` are one finite (start, end, centre) per row."""
+    t = s.times
+    return (
+        t is not None
+        and t.shape == (s.features.shape[0], 3)
+        and t.dtype.kind in "iuf"
+        and bool(np.isfinite(t).all())
+    )
+
+
 def _strip_grid(sets: list[_Set], info) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(frame per segment, start, end, source) of the frame strip."""
+    """(frame per segment, start, end, source) of the frame strip: the finest stored segment
+    grid, else the rows of the row set with most rows (the frame at each row's centre, on the
+    video's own frame axis), else a test-mode grid."""
     stored = [s for s in sets if "frame_indices" in s.attrs]
+    rows = [s for s in sets if _rows_ok(s)]
+    if rows and not stored:
+        s = min(rows, key=lambda s: (-len(s.times), s.name))
+        frame = np.floor(s.times[:, 2] * info.fps).astype(np.int64)
+        start, end = _segment_times(s, info)
+        return np.clip(frame, 0, max(info.num_frames - 1, 0)), start, end, s.name
     if stored:
         # the finest grid; among equals the first set by name
         s = min(stored, key=lambda s: (-np.shape(s.attrs["frame_indices"])[0], s.name))
@@ -373,9 +407,12 @@ def _audio_panel(sf, h, path: Path, sets: list[_Set], info, grid_start, grid_end
         start, end = grid_start, grid_end
     lo = window_starts((start + end) / 2.0) / SAMPLE_RATE
     width = EXAMPLE_SAMPLES / SAMPLE_RATE
+    count = len(lo)
+    lo = lo[_evenly(count, MAX_WINDOWS)]  # a long row set: a few windows, evenly picked
     title = (
-        f"audio log-mel (16 kHz, 64 bands) with the {len(lo)} example windows ({width:.3f} s "
+        f"audio log-mel (16 kHz, 64 bands) with the {count} example windows ({width:.3f} s "
         "each, centred on the segment centres; zero-padded past the track's ends)"
+        + (f"; {len(lo)} of them outlined" if len(lo) < count else "")
     )
     (ax,) = _axes(sf, 1, h, title, head=0.3, foot=0.45)
     ax.imshow(
@@ -392,7 +429,7 @@ def _audio_panel(sf, h, path: Path, sets: list[_Set], info, grid_start, grid_end
     ax.set_xlabel("time (s)", fontsize=8)
     ax.set_ylabel("mel band", fontsize=8)
     ax.tick_params(labelsize=7)
-    return "audio", f"audio log-mel ({len(lo)} windows)"
+    return "audio", f"audio log-mel ({count} windows)"
 
 
 def _norms_panel(sf, h, feats: list[_Set], info) -> str:
@@ -405,12 +442,18 @@ def _norms_panel(sf, h, feats: list[_Set], info) -> str:
     (ax,) = _axes(sf, 1, h, title, head=0.3, foot=0.45)
     for i, (s, n) in enumerate(zip(feats, norms, strict=True)):
         start, end = _segment_times(s, info)
+        x = (start + end) / 2
         label = f"{s.name} (D={s.features.shape[1]})"
-        ax.plot((start + end) / 2, n, marker="o", ms=3, color=f"C{i}", label=label)
+        if len(n) > MAX_NORM_POINTS:  # a long row set: the mean of consecutive rows
+            at = np.arange(0, len(n), -(-len(n) // MAX_NORM_POINTS))
+            counts = np.diff(np.append(at, len(n)))
+            x, n = np.add.reduceat(x, at) / counts, np.add.reduceat(n, at) / counts
+            label += f", mean of {counts[0]} rows"
+        ax.plot(x, n, marker="o" if len(n) <= 200 else None, ms=3, color=f"C{i}", label=label)
     if log:
         ax.set_yscale("log")
     ax.set_xlim(0, info.duration)
-    ax.set_xlabel("segment centre (s)", fontsize=8)
+    ax.set_xlabel("segment / row centre (s)", fontsize=8)
     ax.set_ylabel("L2 norm", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7, loc="best")
@@ -457,10 +500,10 @@ def _save_atomic(fig, out: Path) -> None:
         fig.savefig(fh, format="png", dpi=100)
 
 
-def _sort_sets(sets: list) -> tuple[list, list, list, dict[str, str]]:
-    """The sets a sheet draws: flow fields, ``(T, D)`` features (their norms), clip scores with
-    their classes; and why each other one is left out."""
-    fields, feats, scored, skipped = [], [], [], {}
+def _sort_sets(sets: list) -> tuple[list, list, list, list, dict[str, str]]:
+    """The sets a sheet draws: flow fields, ``(T, D)`` / ``(L, D)`` features (their norms), clip
+    scores with their classes, row scores (timelines); and why each other one is left out."""
+    fields, feats, scored, timelines, skipped = [], [], [], [], {}
     for s in sets:
         if _is_fields(s):
             fields.append(s)
@@ -468,7 +511,14 @@ def _sort_sets(sets: list) -> tuple[list, list, list, dict[str, str]]:
             feats.append(s)
         else:
             skipped[s.name] = f"features {s.features.dtype} {tuple(s.features.shape)}"
-        if s.scores is not None:
+        if s.scores is not None and is_row_set(s.config):
+            rows = s.features.shape[0] if s.features.ndim else 0
+            why = check_rows(s.times, s.scores, s.config.get("classes"), rows)
+            if why is None:
+                timelines.append(s)
+                continue
+            skipped[s.name] = f"{skipped[s.name]}, {why}" if s.name in skipped else why
+        elif s.scores is not None:
             classes = s.config.get("classes")
             if not classes:
                 why = "scores but no classes in set.json"
@@ -478,26 +528,27 @@ def _sort_sets(sets: list) -> tuple[list, list, list, dict[str, str]]:
                 scored.append(s)
                 continue
             skipped[s.name] = f"{skipped[s.name]}, {why}" if s.name in skipped else why
-    return fields, feats, scored, skipped
+    return fields, feats, scored, timelines, skipped
 
 
-def contact_sheet(
-    store, video_id: str, out: str | Path, videos=None, *, video_root=None
-) -> SheetResult:
-    """Draw the contact sheet of ``video_id`` from ``store`` (a path or FeatureStore) to the PNG
-    ``out`` (written atomically). ``videos``: a list file or VideoList to find the video file
-    in when it moved (else the stored ``source_path``); ``video_root`` resolves that list.
+def _intervals(annotations, video_id: str, timelines: list[_Set], sets: list[_Set]):
+    """The annotated intervals of the video, or None without ``annotations``. Refused
+    (ConfigError) when no set can show them: they are drawn on the row scores' timeline."""
+    if annotations is None:
+        return None
+    if not timelines:
+        raise ConfigError(
+            f"--annotations applies to a row set's score timeline (a snippets/windows grid with "
+            f"scores); no set holding {video_id!r} has one ({', '.join(s.name for s in sets)}): "
+            "leave --annotations out"
+        )
+    return load_intervals(annotations, video_id)
 
-    Raises StoreError for an id in no set (naming ids that exist), ConfigError for options
-    that do not apply or a file that is not the one the store describes.
-    """
-    from matplotlib.figure import Figure
 
-    from vidfeat.decode import probe, read_frames
+def _probe_matching(path: Path, sets: list[_Set], video_id: str):
+    """The file's VideoInfo; ConfigError when its frame count is not the one stored."""
+    from vidfeat.decode import probe
 
-    out = _check_out(out)
-    sets = _load_sets(store, video_id)
-    path = _video_path(sets, video_id, videos, video_root)
     info = probe(path)
     stored_frames = _attr(sets, "num_frames")
     if stored_frames is not None and int(stored_frames) != info.num_frames:
@@ -505,25 +556,53 @@ def contact_sheet(
             f"{path} holds {info.num_frames} frames, the store recorded {int(stored_frames)} for "
             f"{video_id!r}: not the file its features came from; pass --videos with that file"
         )
-    fields, feats, scored, skipped = _sort_sets(sets)
-    frame_idx, start, end, grid_from = _strip_grid(sets, info)
-    T = len(frame_idx)
-    shown = _evenly(T, MAX_THUMBS)
-    thumbs = read_frames(path, frame_idx[shown], short_side=THUMB_SHORT_SIDE)
+    return info
 
-    label = _attr(sets, "label")
-    cls = _attr(sets, "class_index")
-    head = (
+
+def _header(video_id: str, sets: list[_Set], info, path: Path) -> str:
+    label, cls = _attr(sets, "label"), _attr(sets, "class_index")
+    return (
         f"{video_id}"
         + (f" — {label}" if label is not None else "")
         + (f" (class {int(cls)})" if cls is not None else "")
         + f" — {info.duration:.2f} s, {info.fps:g} fps, {info.num_frames} frames — {path}"
     )
+
+
+def contact_sheet(
+    store, video_id: str, out: str | Path, videos=None, *, video_root=None, annotations=None
+) -> SheetResult:
+    """Draw the contact sheet of ``video_id`` from ``store`` (a path or FeatureStore) to the PNG
+    ``out`` (written atomically). ``videos``: a list file or VideoList to find the video file
+    in when it moved (else the stored ``source_path``); ``video_root`` resolves that list;
+    ``annotations``: an ActivityNet/THUMOS JSON file whose intervals of the video are shaded on
+    the row sets' score timelines.
+
+    Raises StoreError for an id in no set (naming ids that exist), ConfigError for options
+    that do not apply, a video the annotations do not list, or a file that is not the one the
+    store describes.
+    """
+    from matplotlib.figure import Figure
+
+    from vidfeat.decode import read_frames
+
+    out = _check_out(out)
+    sets = _load_sets(store, video_id)
+    fields, feats, scored, timelines, skipped = _sort_sets(sets)
+    intervals = _intervals(annotations, video_id, timelines, sets)
+    path = _video_path(sets, video_id, videos, video_root)
+    info = _probe_matching(path, sets, video_id)
+    frame_idx, start, end, grid_from = _strip_grid(sets, info)
+    T = len(frame_idx)
+    shown = _evenly(T, MAX_THUMBS)
+    thumbs = read_frames(path, frame_idx[shown], short_side=THUMB_SHORT_SIDE)
+
     heights = [0.4, 2.1] + [2.4] * len(fields) + [2.5] + [2.5] * bool(feats)
-    heights += [0.3 * TOP_K + 1.0] * bool(scored)
+    heights += [0.3 * TOP_K + 1.0] * bool(scored) + [PANEL_HEIGHT] * len(timelines)
     fig = Figure(figsize=(FIG_WIDTH, sum(heights)))
     subs = list(fig.subfigures(len(heights), 1, height_ratios=heights, squeeze=False).ravel())
-    subs[0].text(0.01, 0.5, head, fontsize=10, fontweight="bold", va="center")
+    subs[0].text(0.01, 0.5, _header(video_id, sets, info, path), fontsize=10,
+                 fontweight="bold", va="center")  # fmt: skip
     rows = iter(zip(subs[1:], heights[1:], strict=True))
     panels = ["frames"]
     notes = [_frames_panel(*next(rows), thumbs, shown, start, end, T, grid_from)]
@@ -537,8 +616,13 @@ def contact_sheet(
         notes.append(_norms_panel(*next(rows), feats, info))
         panels.append("norms")
     if scored:
-        notes.append(_scores_panel(*next(rows), scored, label))
+        notes.append(_scores_panel(*next(rows), scored, _attr(sets, "label")))
         panels += [f"scores:{s.name}" for s in scored]
+    for s in timelines:
+        classes = list(s.config["classes"])
+        args = (s.name, s.times, s.scores, classes, intervals, info.duration)
+        notes.append(timeline_panel(*next(rows), *args))
+        panels.append(f"timeline:{s.name}")
     _save_atomic(fig, out)
     return SheetResult(
         path=out,

@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -217,68 +220,133 @@ class _Clip:
     nuisance: dict
 
 
-def render_clip(klass: SynthClass, cfg: SynthConfig, rng: np.random.Generator) -> _Clip:
-    """Frames and sound of one video of ``klass``."""
-    S, F = cfg.size, max(2, int(round(cfg.seconds * cfg.fps)))
-    pad = max(4, S // 16)  # room for camera jitter
-    bg = _background(rng, S + 2 * pad, S + 2 * pad)
-    colour = np.array(COLOURS[klass.colour], dtype=np.float64) * rng.uniform(0.85, 1.0)
-    shape = int(rng.integers(3))
-    radius = S * rng.uniform(0.13, 0.2)
-    speed = S * rng.uniform(0.025, 0.04) * 15.0 / cfg.fps  # px per frame, same per-second speed
-    x0, y0 = rng.uniform(0, S, size=2)
-    angle0 = rng.uniform(0, 2 * np.pi)
-    phase = rng.uniform(0, 1)
-    noise_sigma = rng.uniform(2.0, 6.0)
-    d_dir = rng.uniform(0, 2 * np.pi)
-    d_speed = S * rng.uniform(0.01, 0.03)
-    dx0, dy0 = rng.uniform(0, S, size=2)
-    jitter = np.cumsum(rng.normal(0, 0.6, size=(F, 2)), axis=0)
-    jitter = np.clip(jitter - jitter.mean(axis=0), -pad + 1, pad - 1)
+@dataclass(frozen=True)
+class Actor:
+    """The object of one class performing its motion: what a trimmed clip shows throughout,
+    and an untrimmed video during each of its actions (:mod:`vidfeat.synth_untrimmed`)."""
 
-    frames = np.empty((F, S, S, 3), dtype=np.uint8)
-    for f in range(F):
-        jx, jy = int(round(jitter[f, 0])), int(round(jitter[f, 1]))
-        img = bg[pad + jy : pad + jy + S, pad + jx : pad + jx + S].copy()
-        # distractor: a grey blob drifting in a random direction (never the class colour)
-        gx = (dx0 + f * d_speed * math.cos(d_dir)) % S
-        gy = (dy0 + f * d_speed * math.sin(d_dir)) % S
-        cv2.circle(img, (int(gx), int(gy)), max(2, S // 22), (200.0, 200.0, 200.0), -1, cv2.LINE_AA)
-        x, y, ang, r = x0, y0, angle0, radius
-        m = klass.motion
+    motion: str
+    colour: tuple[float, float, float]  # RGB, the class colour dimmed by a random factor
+    shape: int
+    radius: float  # px
+    speed: float  # px per frame
+    x0: float
+    y0: float
+    angle0: float
+    phase: float  # of the zoom saw-tooth
+
+    def draw(self, img: np.ndarray, f: int) -> None:
+        """Draw the object as it is ``f`` frames after it appeared on ``img`` (S, S, 3)."""
+        S = img.shape[0]
+        x, y, ang, r = self.x0, self.y0, self.angle0, self.radius
+        m, speed, radius = self.motion, self.speed, self.radius
         if m in ("right", "left", "up", "down"):
             v = {"right": (1, 0), "left": (-1, 0), "up": (0, -1), "down": (0, 1)}[m]
-            x, y = x0 + v[0] * speed * f, y0 + v[1] * speed * f
+            x, y = self.x0 + v[0] * speed * f, self.y0 + v[1] * speed * f
         elif m in ("rotate-cw", "rotate-ccw"):
-            ang = angle0 + (1 if m == "rotate-cw" else -1) * speed / radius * 1.5 * f
+            ang = self.angle0 + (1 if m == "rotate-cw" else -1) * speed / radius * 1.5 * f
         else:  # zoom: a saw-tooth scale with random phase, so one frame shows no trend
             rate = speed / (S * 0.5)
-            t = (phase + f * rate) % 1.0
+            t = (self.phase + f * rate) % 1.0
             scale = 0.6 + 0.8 * (t if m == "zoom-in" else 1 - t)
             r = radius * scale
-        pts = _shape_points(shape, r, ang)
+        pts = _shape_points(self.shape, r, ang)
         for ox in (-S, 0, S):  # wrap-around: draw the copies that straddle the borders
             for oy in (-S, 0, S):
                 cx, cy = (x % S) + ox, (y % S) + oy
                 if -2 * r < cx < S + 2 * r and -2 * r < cy < S + 2 * r:
                     poly = np.round((pts + (cx, cy)) * 16).astype(np.int32)
-                    cv2.fillPoly(img, [poly], colour.tolist(), cv2.LINE_AA, shift=4)
-        img += rng.normal(0, noise_sigma, size=img.shape).astype(np.float32)
-        frames[f] = np.clip(img, 0, 255).astype(np.uint8)
+                    cv2.fillPoly(img, [poly], list(self.colour), cv2.LINE_AA, shift=4)
+
+
+def draw_actor(klass: SynthClass, size: int, fps: float, rng: np.random.Generator) -> Actor:
+    """A random instance of ``klass``'s object: shape, size, speed, start position and phase."""
+    colour = np.array(COLOURS[klass.colour], dtype=np.float64) * rng.uniform(0.85, 1.0)
+    shape = int(rng.integers(3))
+    radius = size * rng.uniform(0.13, 0.2)
+    speed = size * rng.uniform(0.025, 0.04) * 15.0 / fps  # px per frame, same per-second speed
+    x0, y0 = rng.uniform(0, size, size=2)
+    angle0 = rng.uniform(0, 2 * np.pi)
+    phase = rng.uniform(0, 1)
+    return Actor(klass.motion, tuple(colour.tolist()), shape, radius, speed, x0, y0, angle0, phase)
+
+
+@dataclass(frozen=True)
+class Distractor:
+    """A grey blob drifting in a random direction (never a class colour)."""
+
+    direction: float
+    speed: float  # px per frame
+    x0: float
+    y0: float
+
+    def draw(self, img: np.ndarray, f: int) -> None:
+        S = img.shape[0]
+        gx = (self.x0 + f * self.speed * math.cos(self.direction)) % S
+        gy = (self.y0 + f * self.speed * math.sin(self.direction)) % S
+        cv2.circle(img, (int(gx), int(gy)), max(2, S // 22), (200.0, 200.0, 200.0), -1, cv2.LINE_AA)
+
+
+def draw_distractor(size: int, rng: np.random.Generator) -> Distractor:
+    direction = rng.uniform(0, 2 * np.pi)
+    speed = size * rng.uniform(0.01, 0.03)
+    x0, y0 = rng.uniform(0, size, size=2)
+    return Distractor(direction, speed, x0, y0)
+
+
+def compose_frame(
+    bg: np.ndarray,
+    shift: tuple[int, int],
+    distractor: Distractor,
+    f: int,
+    actor: Actor | None,
+    actor_frame: int,
+    noise: np.ndarray,
+) -> np.ndarray:
+    """Frame ``f`` of a scene: the (S + 2 pad)² background ``bg`` cropped at ``pad + shift``
+    (camera jitter), the distractor, the actor (if any) ``actor_frame`` frames into its action,
+    plus pixel ``noise`` (S, S, 3) float32. Returns (S, S, 3) uint8."""
+    S = noise.shape[0]
+    pad = (bg.shape[0] - S) // 2
+    jx, jy = shift
+    img = bg[pad + jy : pad + jy + S, pad + jx : pad + jx + S].copy()
+    distractor.draw(img, f)
+    if actor is not None:
+        actor.draw(img, actor_frame)
+    img += noise
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def render_clip(klass: SynthClass, cfg: SynthConfig, rng: np.random.Generator) -> _Clip:
+    """Frames and sound of one video of ``klass``."""
+    S, F = cfg.size, max(2, int(round(cfg.seconds * cfg.fps)))
+    pad = max(4, S // 16)  # room for camera jitter
+    bg = _background(rng, S + 2 * pad, S + 2 * pad)
+    actor = draw_actor(klass, S, cfg.fps, rng)
+    noise_sigma = rng.uniform(2.0, 6.0)
+    distractor = draw_distractor(S, rng)
+    jitter = np.cumsum(rng.normal(0, 0.6, size=(F, 2)), axis=0)
+    jitter = np.clip(jitter - jitter.mean(axis=0), -pad + 1, pad - 1)
+
+    frames = np.empty((F, S, S, 3), dtype=np.uint8)
+    for f in range(F):
+        shift = int(round(jitter[f, 0])), int(round(jitter[f, 1]))
+        noise = rng.normal(0, noise_sigma, size=(S, S, 3)).astype(np.float32)
+        frames[f] = compose_frame(bg, shift, distractor, f, actor, f, noise)
 
     audio = None
     if rng.uniform() >= cfg.no_audio_fraction:
-        audio = _render_sound(klass.sound, cfg.seconds, rng)
+        audio = render_sound(klass.sound, cfg.seconds, rng)
     nuisance = {
-        "shape": shape,
-        "radius": round(radius, 2),
-        "speed": round(speed, 3),
+        "shape": actor.shape,
+        "radius": round(actor.radius, 2),
+        "speed": round(actor.speed, 3),
         "noise_sigma": round(noise_sigma, 2),
     }
     return _Clip(frames, audio, nuisance)
 
 
-def _render_sound(kind: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
+def render_sound(kind: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
     sr = AUDIO_RATE
     t = np.arange(int(round(seconds * sr)), dtype=np.float64) / sr
     pitch = rng.uniform(0.95, 1.05)  # pitch jitter
@@ -322,6 +390,21 @@ def write_mp4(
     fps: int | Fraction,
     audio: np.ndarray | None = None,
     audio_rate: int = AUDIO_RATE,
+    **options: Any,
+) -> None:
+    """Encode ``frames`` (F, H, W, 3) uint8 RGB (even H, W) as H.264 (+ mono ``audio``) in MP4;
+    ``options`` are those of :func:`write_mp4_stream`."""
+    H, W = frames.shape[1:3]
+    write_mp4_stream(path, iter(frames), (H, W), fps, audio, audio_rate, **options)
+
+
+def write_mp4_stream(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    size: tuple[int, int],
+    fps: int | Fraction,
+    audio: np.ndarray | None = None,
+    audio_rate: int = AUDIO_RATE,
     *,
     gop: int | None = None,
     bframes: int = 2,
@@ -331,7 +414,9 @@ def write_mp4(
     faststart: bool = False,
     mbtree: bool = False,
 ) -> None:
-    """Encode ``frames`` (F, H, W, 3) uint8 RGB (even H, W) as H.264 (+ mono ``audio``) in MP4.
+    """Encode ``frames``, (H, W, 3) uint8 RGB arrays of ``size`` = (H, W) (even), one at a
+    time as they come (a long video need not fit in memory), as H.264 (+ mono ``audio``:
+    samples, or chunks of them, encoded after the frames) in MP4.
 
     ``gop`` defaults to one keyframe per second, which makes seeking meaningful on longer clips;
     ``faststart`` puts the index (moov) first, as web-optimised files do. x264 (through PyAV 18)
@@ -342,7 +427,7 @@ def write_mp4(
     So it is off by default (``mbtree=False``): the bytes depend only on the input, at any
     size, and a rerun writes the same files; ``mbtree=True`` turns it on again.
     """
-    F, H, W, _ = frames.shape
+    H, W = size
     opts = {"movflags": "faststart"} if faststart else {}
     x264 = {} if mbtree else {"mbtree": "0"}
     with av.open(str(path), mode="w", format="mp4", options=opts) as out:
@@ -367,8 +452,8 @@ def write_mp4(
         if audio is not None:
             aus = out.add_stream(audio_codec, rate=audio_rate, layout=audio_layout)
         time_base = Fraction(1, 1) / Fraction(fps)
-        for f in range(F):
-            frame = av.VideoFrame.from_ndarray(frames[f], format="rgb24")
+        for f, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = f, time_base
             for packet in vs.encode(frame):
                 out.mux(packet)
@@ -378,33 +463,51 @@ def write_mp4(
             _encode_audio(out, aus, audio, audio_rate, audio_layout)
 
 
-def _encode_audio(out, stream, audio: np.ndarray, rate: int, layout: str) -> None:
+def _encode_audio(out, stream, audio, rate: int, layout: str) -> None:
+    """Encode ``audio``, (S,) or (channels, S) float samples, or an iterable of such chunks (a
+    long track made while it is encoded), in frames of the codec's size; the same frames, so
+    the same bytes, however the track is chunked."""
     channels = 2 if layout == "stereo" else 1
-    data = np.asarray(audio, dtype=np.float32)
-    if data.ndim == 1:
-        data = np.repeat(data[None, :], channels, axis=0)
     fmt = stream.codec_context.format.name if stream.codec_context.format else "fltp"
     frame_size = stream.codec_context.frame_size or 1024
+    # the encoder may read a frame's samples after encode() returns: the last frames are kept
+    # alive (a few frames of delay; an hour of frames would hold the whole track)
+    alive: deque = deque(maxlen=256)
     pos = 0
-    n = data.shape[1]
-    alive = []  # the encoder may read a frame's samples after encode() returns
-    while pos < n:
-        chunk = data[:, pos : pos + frame_size]
-        if fmt.endswith("p"):
-            arr, packed_fmt = np.ascontiguousarray(chunk), fmt
-        else:
-            arr, packed_fmt = np.ascontiguousarray(chunk.T.reshape(1, -1)), fmt
-        if "s16" in fmt:
-            arr = np.clip(arr * 32767, -32768, 32767).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(arr, format=packed_fmt, layout=layout)
-        alive.append((arr, frame))
-        frame.sample_rate = rate
-        frame.pts = pos
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        pos += frame_size
+    rest = np.zeros((channels, 0), np.float32)
+    for part in [audio] if isinstance(audio, np.ndarray) else audio:
+        data = np.asarray(part, dtype=np.float32)
+        if data.ndim == 1:  # mono: a view, not a copy
+            data = data[None, :] if channels == 1 else np.repeat(data[None, :], channels, axis=0)
+        if rest.shape[1]:
+            data = np.concatenate([rest, data], axis=1)
+        whole = data.shape[1] - data.shape[1] % frame_size
+        for k in range(0, whole, frame_size):
+            chunk = data[:, k : k + frame_size]
+            alive.append(_audio_frame(out, stream, chunk, pos, fmt, layout, rate))
+            pos += frame_size
+        rest = data[:, whole:]
+    if rest.shape[1]:
+        alive.append(_audio_frame(out, stream, rest, pos, fmt, layout, rate))
     for packet in stream.encode(None):
         out.mux(packet)
+
+
+def _audio_frame(out, stream, chunk: np.ndarray, pos: int, fmt: str, layout: str, rate: int):
+    """Encode one frame of samples ``chunk`` (channels, n) at sample ``pos``; what must stay
+    alive while the encoder may read it."""
+    if fmt.endswith("p"):
+        arr = np.ascontiguousarray(chunk)
+    else:
+        arr = np.ascontiguousarray(chunk.T.reshape(1, -1))
+    if "s16" in fmt:
+        arr = np.clip(arr * 32767, -32768, 32767).astype(np.int16)
+    frame = av.AudioFrame.from_ndarray(arr, format=fmt, layout=layout)
+    frame.sample_rate = rate
+    frame.pts = pos
+    for packet in stream.encode(frame):
+        out.mux(packet)
+    return arr, frame
 
 
 # --------------------------------------------------------------------------- dataset

@@ -240,10 +240,26 @@ def _export_options_apply(
 )
 @VIDEO_ROOT
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
-def show(video_id: str, store: str, videos: str | None, video_root: str | None, out: str) -> None:
-    """A contact sheet of one video: frames, flow fields, audio, feature norms, clip scores."""
+@click.option(
+    "--annotations",
+    type=click.Path(exists=True, dir_okay=False),
+    help="ActivityNet/THUMOS JSON (e.g. a synth --untrimmed set's annotations.json): shade the "
+    "video's annotated intervals on the score timelines of row sets.",
+)
+def show(
+    video_id: str,
+    store: str,
+    videos: str | None,
+    video_root: str | None,
+    out: str,
+    annotations: str | None,
+) -> None:
+    """A contact sheet of one video: frames, flow fields, audio, feature norms, clip scores,
+    and per-row score timelines of row sets (snippets / windows grids)."""
     from vidfeat.show import contact_sheet
 
     video_root_applies(video_root, videos)
-    res = contact_sheet(store, video_id, out, videos, video_root=video_root)
+    res = contact_sheet(
+        store, video_id, out, videos, video_root=video_root, annotations=annotations
+    )
     click.echo(res.summary())
