@@ -238,6 +238,7 @@ def speed(kinds: list[str], video: Path, run: dict[str, Path], tmp: Path, rounds
         prec = resolve_precision("auto", torch.device("cpu"), model) if model is not None else None
         if model is not None:
             model = prec.prepare(model)
+        _bare(kind, items[:2], model, prec)  # warm-up: oneDNN builds its kernels once
         e2e, bare = [], []
         for r in range(rounds):
             store = tmp / f"speed-{kind}-{r}"

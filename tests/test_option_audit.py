@@ -814,7 +814,7 @@ def _extract_flow() -> dict[str, list[Check]]:
             "segments": [
                 Acts(("-T", "3"), at(1, "grid", "T"), 3),
                 Acts(("-T", "3"), at("segments"), 3, **FLOW_CK),
-                refused(*SNIPPETS, "-T", "3", says="-T/--segments is the segments grid's"),
+                refused(*SNIPPETS, "-T", "3", says="--segments is the segments grid's"),
             ],
             "frames": [
                 Acts(("-N", "2"), at(1, "grid", "N"), 2),
@@ -941,7 +941,7 @@ def _network_extract(name: str, target: str) -> dict[str, list[Check]]:
             "name": [Acts(("--name", "mine"), at("set_name"), "mine")],
             "segments": [
                 Acts(("-T", "3"), at("segments"), 3),
-                refused(*SNIPPETS, "-T", "3", says="-T/--segments is the segments grid's"),
+                refused(*SNIPPETS, "-T", "3", says="--segments is the segments grid's"),
             ],
             "frames": [refused("-N", "2", says=f"extract {name} takes no -N/--frames")],
             "batch_size": [

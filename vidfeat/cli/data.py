@@ -9,7 +9,14 @@ from pathlib import Path
 import click
 
 from vidfeat.cli.base import Group
-from vidfeat.cli.options import VIDEO_ROOT, given, progress_enabled, video_root_applies
+from vidfeat.cli.options import (
+    VIDEO_ROOT,
+    given,
+    not_applicable,
+    on_command_line,
+    progress_enabled,
+    video_root_applies,
+)
 
 # options of one kind of dataset only, and why the other kind has no use for them
 TRIMMED_ONLY = {
@@ -30,13 +37,17 @@ def _option(name: str) -> str:
 
 
 def _refuse_foreign(untrimmed: bool) -> None:
-    """Refuse (UsageError) the options the chosen kind of dataset would ignore."""
+    """Refuse (UsageError) the options the chosen kind of dataset would ignore; from their
+    environment variables, leave them out with a note (:func:`not_applicable`)."""
     if untrimmed:
         for name, why in TRIMMED_ONLY.items():
             if given(name):
-                raise click.UsageError(f"{_option(name)} applies to trimmed clips: {why}")
+                not_applicable(name, f"applies to trimmed clips: {why}")
     else:
-        named = [_option(n) for n in UNTRIMMED_ONLY if given(n)]
+        named = [_option(n) for n in UNTRIMMED_ONLY if on_command_line(n)]
+        for n in UNTRIMMED_ONLY:
+            if given(n) and not on_command_line(n):
+                not_applicable(n, "applies to untrimmed videos (--untrimmed)")
         if named:
             raise click.UsageError(
                 f"{', '.join(named)} apply to untrimmed videos: add --untrimmed, or leave "

@@ -27,6 +27,7 @@ from vidfeat.cli.options import (
     flow_method_options,
     flow_params,
     given,
+    not_applicable,
     progress_enabled,
     video_root_applies,
 )
@@ -155,9 +156,10 @@ def row_grid_options(command: str, kw: dict[str, Any]) -> dict[str, Any] | None:
             )
         return None
     if given("segments"):
-        raise click.UsageError(
-            f"-T/--segments is the segments grid's; --grid {mode} gives each video as many "
-            "rows as its length (--stride)"
+        not_applicable(
+            "segments",
+            f"is the segments grid's; --grid {mode} gives each video as many rows as its "
+            "length (--stride)",
         )
     return {"mode": mode, "stride": kw["stride"], "window": kw["window"], "fps": kw["fps"]}
 

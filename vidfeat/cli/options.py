@@ -75,6 +75,25 @@ def given(name: str) -> bool:
     return src not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
 
 
+def on_command_line(name: str) -> bool:
+    """True when option ``name`` was given on the command line (not by its environment
+    variable, nor defaulted)."""
+    return click.get_current_context().get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+
+def not_applicable(name: str, why: str) -> None:
+    """Option ``name`` does not apply to this run: refused when given on the command line; from
+    its ``VIDFEAT_...`` variable, which configures every run of the command, it is left out
+    with a note on stderr saying so."""
+    ctx = click.get_current_context()
+    param = next(p for p in ctx.command.params if p.name == name)
+    flag = max(param.opts, key=len)
+    if on_command_line(name):
+        raise click.UsageError(f"{flag} {why}")
+    var = param.envvar or f"{ctx.auto_envvar_prefix}_{name.upper()}"
+    click.echo(f"note: {var} ({flag}) left out: it {why}", err=True)
+
+
 def progress_enabled(quiet: bool) -> bool:
     """A progress bar unless --quiet, and only where someone watches it (stderr a terminal)."""
     return not quiet and sys.stderr.isatty()
