@@ -5,7 +5,7 @@ against the bare network on the same rows.
    from /proc every 50 ms) of ``vidfeat extract ... --grid snippets --stride 16`` on a
    60-minute video against the same command on a 1-minute video (target <= 1.3x), for
    ``extract rgb`` (TSN ResNet-50, crop 224), ``extract flow`` alone (Farneback fields, -N 5,
-   short side 128), ``extract flow --checkpoint`` (TSN ResNet-50 on 5 pairs) and
+   short side 128), ``extract flow --checkpoint`` (TSN ResNet-50 on 5 pairs, crop 112) and
    ``extract audio`` (VGGish).
 2. speed: rows/s of the same extraction in this process on a 5-minute video, against the bare
    network (flow alone: the flow method) on the same rows already in memory, in the same
@@ -128,9 +128,9 @@ def runs(root: Path) -> dict[str, Path]:
     for modality, frames in (("rgb", 1), ("flow", 5)):
         path = root / f"{modality}-r50"
         extra = {"method": "farneback"} if modality == "flow" else {}
-        short = 256 if modality == "rgb" else 128
+        short, size = (256, 224) if modality == "rgb" else (128, 112)
         cfg = TrainConfig(modality=modality, train="x.csv", val=None, arch="tsn",
-                          backbone="resnet50", frames=frames, size=224, short_side=short,
+                          backbone="resnet50", frames=frames, size=size, short_side=short,
                           net_options={}, **extra)  # fmt: skip
         if not path.exists():
             make_run(path, cfg, [f"c{k}" for k in range(10)])
@@ -223,7 +223,7 @@ def _maker(kind: str, run: dict[str, Path]) -> tuple[Any, Any, int]:
         return AudioRows(), VGGish().eval(), 1
     method = configure("farneback", {}, None)
     network = kind == "flow-network"
-    maker = FlowRows(method, 128, 20.0, crop=224 if network else None, keep_fields=not network,
+    maker = FlowRows(method, 128, 20.0, crop=112 if network else None, keep_fields=not network,
                      threads=torch.get_num_threads())  # fmt: skip
     return maker, (load_trained(run["flow"]).model.eval() if network else None), 5
 
@@ -325,6 +325,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json")
     ap.add_argument("--kinds", default="rgb,flow-fields,flow-network,audio")
+    ap.add_argument("--skip-memory", action="store_true", help="the speed figures alone")
     args = ap.parse_args()
     kinds = args.kinds.split(",")
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -338,7 +339,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         print(f"1. peak RSS, 1 min against {minutes} min", flush=True)
-        mem = memory(kinds, short, long, run, tmp)
+        mem = {} if args.skip_memory else memory(kinds, short, long, run, tmp)
         print("2. rows/s end to end against the bare network on the same rows (5 min video)")
         spd = speed(kinds, mid, run, tmp, 1 if args.quick else 3)
     if args.json:

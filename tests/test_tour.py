@@ -24,6 +24,11 @@ SMALL = {
     "VIDFEAT_DATA_SYNTH_PER_CLASS": "10",
     "VIDFEAT_DATA_SYNTH_SECONDS": "1",
     "VIDFEAT_DATA_SYNTH_FPS": "10",
+    # ... and 2 untrimmed videos of 13-15 s (each run of data synth leaves the other kind's
+    # variables out, with a note)
+    "VIDFEAT_DATA_SYNTH_VIDEOS": "2",
+    "VIDFEAT_DATA_SYNTH_MIN_SECONDS": "13",
+    "VIDFEAT_DATA_SYNTH_MAX_SECONDS": "15",
     # one epoch of every training, a smaller batch
     "VIDFEAT_TRAIN_RGB_EPOCHS": "1",
     "VIDFEAT_TRAIN_FLOW_EPOCHS": "1",
@@ -55,7 +60,9 @@ def test_the_tour_is_in_the_readme() -> None:
     text = "\n".join(blocks)
     assert len(blocks) >= 5
     for step in ("data synth", "extract flow", "train rgb", "--init", "extract rgb", "fuse train",
-                 "ensemble", "store verify", "store export", "vidfeat show"):  # fmt: skip
+                 "ensemble", "store verify", "store export", "vidfeat show", "--untrimmed",
+                 "--grid snippets", "--layout actionformer", "--layout bmn",
+                 "--layout gtad"):  # fmt: skip
         assert step in text, step
 
 
@@ -86,3 +93,12 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
     assert (tmp_path / "sheet.png").stat().st_size > 10_000
     assert len(list((tmp_path / "feats" / "rgb").glob("*.npy"))) == 40
     assert (tmp_path / "scores.csv").exists() and (tmp_path / "ens-scores.csv").exists()
+    # untrimmed: one (L, C) file per video, rgb + flow + audio along C; the BMN csv; G-TAD's h5
+    import numpy as np
+
+    af = sorted((tmp_path / "feats" / "af").glob("*.npy"))
+    assert len(af) == 2 and all(np.load(f).shape[0] > 20 for f in af)
+    assert "feat_stride: 4" in (tmp_path / "feats" / "af" / "actionformer.yaml").read_text()
+    assert len(list((tmp_path / "feats" / "bmn").glob("*.csv"))) == 3  # + manifest.csv
+    assert (tmp_path / "feats" / "gtad" / "rgb_test.h5").exists()
+    assert (tmp_path / "timeline.png").stat().st_size > 10_000

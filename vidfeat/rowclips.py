@@ -187,6 +187,9 @@ class FlowRows:
             keys = np.stack([pairs[r : r + R, :k], pairs[r : r + R, k:]], axis=2).reshape(-1, 2)
             q = flow_on_grid(both, self.method, keys, bound=self.bound, threads=self.threads)
             q = q.reshape(R, k, 2, *q.shape[-2:])
+            if self.crop is not None and min(q.shape[-2:]) < self.crop:
+                raise VidfeatError(f"{path}: flow fields of {q.shape[-1]}x{q.shape[-2]} are "
+                                   f"smaller than the network's crop {self.crop}")  # fmt: skip
             out: dict = {}
             if self.keep_fields:
                 out["fields"] = torch.from_numpy(q)

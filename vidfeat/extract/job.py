@@ -422,6 +422,11 @@ class Job:
         if self._bar is not None:
             self._bar.update(n)
 
+    def postfix(self, text: str) -> None:
+        """A note beside the progress bar (e.g. the rows of the video being extracted)."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+
     def say(self, message: str) -> None:
         if self._bar is not None:
             self._bar.write(message, file=sys.stderr)

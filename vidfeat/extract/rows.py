@@ -72,6 +72,7 @@ class RowTask:
             prec = self.base._precision_here(model, device, job.config)
             model = prec.prepare(model).eval()
         self._classes = len(job.config.get("classes") or [])
+        self._rows_done = 0
         self._norm = None
         if model is not None and self.maker.modality == "rgb":
             pre = self.base.preprocessing()
@@ -86,6 +87,7 @@ class RowTask:
                     if job.stop_requested:
                         break
                     self._item(job, item, sinks, model, prec, device, postprocess)
+                    job.postfix(f"{self._rows_done:,} rows")  # a long video moves the bar too
             finally:
                 for sink in sinks.values():
                     for s in sink:
@@ -168,6 +170,7 @@ class RowTask:
         if "fields" in item:
             (sinks[1] if len(sinks) > 1 else main).write("features", start, item["fields"].numpy())
         if model is None:
+            self._rows_done += len(item["fields"])
             return
         x = item["x"].to(device, non_blocking=True)
         if x.dtype == torch.uint8 and self._norm is not None:
@@ -188,6 +191,7 @@ class RowTask:
         main.write("features", start, f)
         if scores is not None:
             main.write("scores", start, scores.cpu().numpy())
+        self._rows_done += len(f)
 
 
 def _items(loader, timeout: float):
@@ -367,6 +371,12 @@ def extract_flow_rows(
             "--keep-fields applies with --checkpoint: without a network the fields are the set"
         )
     short_side = short_side or 256
+    if base is not None and short_side < base.crop:
+        raise ConfigError(
+            f"the flow network {checkpoint} takes {base.crop}-px crops of the fields, larger "
+            f"than their short side {short_side}: pass --short-side {base.crop} or more (or a "
+            "smaller --crop-size)"
+        )
     g = row_grid(frames=frames, **grid)
     if base is not None:
         _network_frames(g, frames, f"the flow network {checkpoint}")
@@ -376,6 +386,7 @@ def extract_flow_rows(
     fields_job = None
     if base is not None:
         base.fields = ex
+        base.fields_set = fields_set if keep_fields else None  # what set.json says it fed
         if keep_fields:
             fopts = replace(opts, retry_failed=False, limit=None, overwrite=True, float16=False)
             fields_job = open_job(videos, fields_conf.config(), store_root, fields_set, fopts, echo)
