@@ -231,12 +231,16 @@ def audio_rows(path, centres: np.ndarray, rows: int) -> Iterator[tuple[int, np.n
     while r < L:
         hi = min(r + rows, L)
         need = int(starts[hi - 1]) + EXAMPLE_SAMPLES
-        while not ended and buf_at + len(buf) < need:
+        parts, have = [buf], buf_at + len(buf)
+        while not ended and have < need:
             chunk = next(chunks, None)
             if chunk is None:
                 ended = True
             else:
-                buf = np.concatenate([buf, np.asarray(chunk, dtype=np.float32)])
+                parts.append(np.asarray(chunk, dtype=np.float32))
+                have += len(chunk)
+        if len(parts) > 1:  # one copy per batch, not one per chunk
+            buf = np.concatenate(parts)
         out = np.zeros((hi - r, EXAMPLE_SAMPLES), dtype=np.float32)
         for t in range(r, hi):
             lo = int(starts[t])
