@@ -396,3 +396,33 @@ def test_a_flow_network_on_rows_reads_fields_it_never_stores(media: Path, tmp_pa
         for name in ("net", "net2"):
             got = st.open_set(name).features(vid)
             assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_readers_take_videos_of_1_to_100000_rows(tmp_path: Path) -> None:
+    """FeatureSet, its index, store info and verify, and the export read a set whose videos
+    hold 1 and 100,000 rows."""
+    from vidfeat.store import ShardWriter, format_info, store_info, verify_store
+
+    store = FeatureStore(tmp_path / "store")
+    grid = RowGrid("snippets", 16, frames=1)
+    store.ensure_set("rgb", {"modality": "rgb", "grid": grid.config(), "feature_shape": [-1, 64],
+                             "dtype": "float32"})  # fmt: skip
+    with ShardWriter(store.set_dir("rgb"), "j") as w:
+        for vid, frames in (("one", 1), ("long", 1_600_000)):
+            g = grid.sample(frames, 25.0)
+            feats = np.random.default_rng(frames).standard_normal((g.T, 64)).astype(np.float32)
+            w.add(vid, feats, {"grid_fps": 25.0, "num_rows": g.T},
+                  extra={"frame_indices": g.indices, "times": g.times})  # fmt: skip
+    fs = FeatureStore(tmp_path / "store").open_set("rgb")
+    assert sorted(fs.lengths().tolist()) == [1, 100_000]
+    assert fs.features("long").shape == (100_000, 64) and fs.features("one").shape == (1, 64)
+    assert fs.rows("long")["centre"][-1] == pytest.approx((1_599_992 + 0.5) / 25.0)
+    assert "rows per video: min 1, median 50,000, 90% 90,000, max 100,000" in format_info(
+        store_info(tmp_path / "store")
+    )
+    assert verify_store(tmp_path / "store").ok
+    _ok_export = CliRunner().invoke(main, ["store", "export", str(tmp_path / "store"), "--set",
+                                           "rgb", "--layout", "actionformer", "--out",
+                                           str(tmp_path / "af"), "-q"])  # fmt: skip
+    assert _ok_export.exit_code == 0, _ok_export.output
+    assert np.load(tmp_path / "af" / "long.npy").shape == (100_000, 64)

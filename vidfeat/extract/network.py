@@ -103,7 +103,9 @@ class NetworkTask:
         model = prec.prepare(model).eval()
         loader = self._loader(job, device)
         has_head = hasattr(model, "forward_head")
-        with job.writing():
+        # no grad and autocast once for the run: autocast keeps the weights it cast until it
+        # exits, where a context per batch would cast them all again for every batch
+        with job.writing(), torch.no_grad(), prec.autocast(device):
             for batch in _batches(loader, job.opts.timeout, self.batch_size):
                 if job.stop_requested:
                     break
@@ -112,11 +114,8 @@ class NetworkTask:
                 if "x" not in batch:
                     continue
                 x = on_input(loader, batch["x"].to(device, non_blocking=True))
-                with torch.no_grad(), prec.autocast(device):
-                    feats = model.forward_features(x)
-                    scores = (
-                        torch.softmax(model.forward_head(feats).float(), 1) if has_head else None
-                    )
+                feats = model.forward_features(x)
+                scores = torch.softmax(model.forward_head(feats).float(), 1) if has_head else None
                 feats = feats.float().cpu().numpy()
                 scores = scores.cpu().numpy() if scores is not None else None
                 for b, idx in enumerate(batch["index"]):

@@ -10,8 +10,10 @@ completes a shard, so a shard never holds a half-written video. Several sinks ma
 once (one per decoding worker); the shard rotates only when none is.
 
 Datasets follow the writer's layout rule (float features contiguous, so the reader's one-pread
-path applies; integer arrays such as flow fields in gzip chunks of whole rows, compressed by
-HDF5 as each chunk is written). ``float16`` narrows float features as the writer does.
+path applies; integer arrays such as flow fields in gzip chunks of whole rows, deflated here as
+each chunk fills up, on threads and by ISA-L at ``auto`` as :mod:`~vidfeat.store.deflate` does
+for whole arrays, then written as they are). ``float16`` narrows float features as the writer
+does.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import h5py
 import numpy as np
 
 from vidfeat.errors import StoreError
-from vidfeat.store.deflate import layout
+from vidfeat.store.deflate import Layout, deflate, layout
 from vidfeat.store.paths import FEATURES, check_video_id
 from vidfeat.store.shardindex import dataset_layout, written_at_value
 from vidfeat.store.writer import _FLOAT16_MAX, FLOAT16_FROM, ShardWriter, _checkpoint, _encode_attr
@@ -74,6 +76,7 @@ class VideoSink:
         f = writer._ensure_open()
         if video_id in f:
             raise StoreError(f"video {video_id!r} is already in this job's open shard")
+        self.direct: dict[str, _Chunks] = {}  # gzip datasets: rows deflated chunk by chunk
         self.group: h5py.Group | None = f.create_group(video_id)
         writer._sinks.add(self)
         try:
@@ -89,6 +92,8 @@ class VideoSink:
         w = self.writer
         lay = layout(shape, dtype, w.compression, w.compression_level)
         assert self.group is not None
+        if lay.method == "gzip":  # deflated here (ISA-L at auto, on threads), whole chunks
+            self.direct[name] = _Chunks(lay)
         if lay.method is None:
             ds = self.group.create_dataset(name, shape=shape, dtype=dtype)
         else:
@@ -98,7 +103,7 @@ class VideoSink:
                 dtype=dtype,
                 chunks=lay.chunks,
                 compression=lay.method,
-                compression_opts=w.compression_level if lay.method == "gzip" else None,
+                compression_opts=lay.level if lay.method == "gzip" else None,
                 shuffle=lay.shuffle,
             )
         if name == FEATURES and self.from_dtype is not None:
@@ -125,7 +130,11 @@ class VideoSink:
         if name in self.chunked:  # compressed rows: their size bounds what they add
             self.writer._check_free_space(self.video_id, a.nbytes)
         try:
-            self.group[name][start : start + len(a)] = a.astype(self.dtypes[name], copy=False)
+            a = a.astype(self.dtypes[name], copy=False)
+            if name in self.direct:
+                self.direct[name].add(self.group[name], start, a)
+            else:
+                self.group[name][start : start + len(a)] = a
         except OSError as exc:
             raise StoreError(
                 f"cannot write video {self.video_id!r} to {self.writer._partial} ({exc}); check "
@@ -137,6 +146,14 @@ class VideoSink:
         w, g = self.writer, self.group
         if g is None:
             raise StoreError(f"video {self.video_id!r} was already committed or aborted")
+        try:
+            for name, chunks in self.direct.items():
+                chunks.finish(g[name])
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write video {self.video_id!r} to {w._partial} ({exc}); check free "
+                "disk space"
+            ) from exc
         lay = dataset_layout(g[FEATURES])
         self.group = None
         w._sinks.discard(self)
@@ -161,3 +178,39 @@ class VideoSink:
     @property
     def open(self) -> bool:
         return self.group is not None
+
+
+class _Chunks:
+    """Rows of a gzip dataset arriving in order, written as whole deflated chunks
+    (``write_direct_chunk``): the rows of a chunk not yet complete wait here, at most one
+    chunk's worth (about 1 MiB)."""
+
+    def __init__(self, lay: Layout) -> None:
+        assert lay.chunks is not None
+        self.lay, self.rows = lay, lay.chunks[0]
+        self.at = 0  # first row of the chunk being filled
+        self.next = 0  # the row expected next
+        self.parts: list[np.ndarray] = []
+
+    def add(self, ds: h5py.Dataset, start: int, a: np.ndarray) -> None:
+        if start != self.next:
+            raise StoreError(f"rows of a compressed array must come in order: row {start} "
+                             f"arrived, row {self.next} was expected")  # fmt: skip
+        self.parts.append(a)
+        self.next += len(a)
+        full = (self.next - self.at) // self.rows * self.rows
+        if full:
+            block = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+            self._write(ds, block[:full])
+            self.parts = [block[full:]] if full < len(block) else []
+            self.at += full
+
+    def finish(self, ds: h5py.Dataset) -> None:
+        if self.parts:
+            self._write(ds, np.concatenate(self.parts))  # the edge chunk, padded by deflate
+            self.parts = []
+
+    def _write(self, ds: h5py.Dataset, block: np.ndarray) -> None:
+        zero = (0,) * (block.ndim - 1)
+        for k, data in enumerate(deflate(block, self.lay).chunks):
+            ds.id.write_direct_chunk((self.at + k * self.rows, *zero), data)
