@@ -26,6 +26,8 @@ from __future__ import annotations
 import os
 import sys
 
+from vidfeat.cores import fixed_mmap_threshold
+
 # OpenMP threads that wait sleep instead of spinning. The decoding workers share the cores with
 # the network's threads, and a spinning thread takes a core a decoder needs (bench_precision:
 # `extract rgb` end to end 0.70 -> 0.75 of the bare forward, a `train rgb` epoch 13 % faster,
@@ -33,6 +35,10 @@ import sys
 # a value the user set is kept.
 if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+if sys.platform.startswith("linux"):
+    fixed_mmap_threshold()  # (vidfeat.cores: a long extraction's memory stays flat)
 
 from vidfeat.cli.base import main  # noqa: E402
 from vidfeat.cli.data import data
