@@ -303,26 +303,13 @@ def extract_audio_rows(
 ):
     """``extract audio --grid snippets|windows``: one VGGish example per row, centred on the
     row's centre."""
-    from vidfeat.audio import require_weights
     from vidfeat.extract import run_extraction
-    from vidfeat.extract.network import AudioNetwork
+    from vidfeat.extract.network import audio_task
     from vidfeat.rowclips import AudioRows
 
-    warning = require_weights(checkpoint, random_init)
-    if warning:
-        echo(warning)
-    base = AudioNetwork(
-        checkpoint,
-        pca=pca,
-        embedding=embedding,
-        random_init=random_init,
-        segments=1,
-        batch_size=1,
-        device=device,
-        precision=precision,
-    )
-    if base.is_run:
-        base.check_classes(videos)
+    base = audio_task(videos, checkpoint, echo, pca=pca, embedding=embedding,
+                      random_init=random_init, segments=1, batch_size=1, device=device,
+                      precision=precision)  # fmt: skip
     task = RowTask(
         base, row_grid(frames=frames, **grid), AudioRows(), rows=batch_size or DEFAULT_ROWS
     )
