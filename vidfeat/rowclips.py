@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vidfeat.clips import ClipSpec, resize_args
+from vidfeat.clips import ClipSpec, _crop_box, resize_args
 from vidfeat.decode import frame_times, output_size, probe, read_frames
 from vidfeat.errors import CorruptVideoError, TooFewFramesError, VidfeatError
 from vidfeat.grid import GridSample, RowGrid
@@ -111,10 +111,9 @@ def row_frames(
 
 def _centre_crop(frames: np.ndarray, size: int, *, channels_last: bool) -> np.ndarray:
     """``(..., H, W, C)`` (``channels_last``) or ``(..., H, W)`` → the centred ``size`` ×
-    ``size`` crop, as the test clips take it."""
+    ``size`` crop, the box the test clips take (:func:`~vidfeat.clips._crop_box`)."""
     lead = frames.ndim - (3 if channels_last else 2)
-    h, w = frames.shape[lead : lead + 2]
-    y0, x0 = (h - size) // 2, (w - size) // 2
+    y0, x0 = _crop_box(*frames.shape[lead : lead + 2], size, None)
     box = (Ellipsis, slice(y0, y0 + size), slice(x0, x0 + size))
     return frames[(*box, slice(None))] if channels_last else frames[box]
 
@@ -261,7 +260,6 @@ class RowStream(IterableDataset):
     def __init__(self, videos: VideoList, grid: RowGrid, maker: Any, rows: int) -> None:
         super().__init__()
         self.videos, self.grid, self.maker, self.rows = videos, grid, maker, int(rows)
-        self.class_of: dict[str, int] = {}
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -293,7 +291,7 @@ class RowStream(IterableDataset):
         info = probe(rec.path)
         times = frame_times(rec.path) if self.grid.fps is not None else None
         sample = self.grid.sample(info.num_frames, info.fps, times)
-        attrs = base_attrs(rec, self.class_of.get(rec.label or ""), info, sample)
+        attrs = base_attrs(rec, None, info, sample)  # the writer adds the set's class_index
         for k in ("segment_start", "segment_end", "frame_indices"):
             attrs.pop(k)  # datasets of their own: frame_indices, times
         attrs.update(grid_fps=sample.fps, grid_frames=sample.num_frames, num_rows=sample.T)

@@ -37,28 +37,28 @@ class RowTask:
     same extraction on the segments grid (None: flow fields alone); ``maker``: the row maker
     of :mod:`vidfeat.rowclips`; ``rows``: rows per forward pass."""
 
-    def __init__(self, base: Any, grid: RowGrid, maker: Any, *, rows: int, fields_job=None):
+    def __init__(
+        self,
+        base: Any,
+        grid: RowGrid,
+        maker: Any,
+        *,
+        rows: int,
+        fields_job: Job | None = None,
+        fields_config: dict | None = None,
+    ) -> None:
         if rows < 1:
             raise ConfigError(f"--batch-size must be >= 1 row (got {rows})")
         self.base, self.grid, self.maker, self.rows = base, grid, maker, int(rows)
         self.fields_job = fields_job  # --keep-fields: a Job of the fields set, written alongside
+        self.fields_config = fields_config  # without a network: what the fields set records
 
     # ------------------------------------------------------------------ what the set records
 
     def config(self) -> dict:
-        if self.base is None:
-            conf = dict(self.maker_config)
-        else:
-            conf = dict(self.base.config())
-        for k in ("T", "grid_mode", "pairs"):
-            conf.pop(k, None)
-        conf["grid"] = self.grid.config()
-        conf["N"] = self.grid.span
-        shape = list(conf.get("feature_shape") or [None, None])
-        conf["feature_shape"] = [-1, *shape[1:]]
-        return conf
-
-    maker_config: dict = {}  # noqa: RUF012 - what a fields set records (no network: no base)
+        conf = self.base.config() if self.base is not None else self.fields_config
+        assert conf is not None, "a RowTask without a network needs its fields_config"
+        return rows_config(conf, self.grid)
 
     # ------------------------------------------------------------------ the loop
 
@@ -79,7 +79,6 @@ class RowTask:
             pre = self.base.preprocessing()
             self._norm = (pre.mean, pre.std)
         stream = RowStream(job.videos, self.grid, self.maker, self.rows)
-        stream.class_of = job.class_of
         loader = self._loader(job, stream, device)
         sinks: dict[int, Any] = {}
         with job.writing(), self._fields_writing(), _inference(prec, device):
@@ -130,7 +129,7 @@ class RowTask:
             main, *rest = sinks.pop(i)
             if rest:
                 self.fields_job.commit(rec, rest[0])
-            job.commit(rec, main, [main.note] if getattr(main, "note", "") else [])
+            job.commit(rec, main)
         else:
             self._rows(sinks[i], item, model, prec, device, postprocess)
 
@@ -316,6 +315,20 @@ def extract_audio_rows(
     return run_extraction(videos, task, store_root, set_name, opts, echo)
 
 
+def rows_config(conf: dict, grid: RowGrid) -> dict:
+    """What set.json records of an extraction on ``grid``: the configuration ``conf`` of the
+    same extraction on the segments grid, its T and segment mode replaced by the grid, and
+    ``feature_shape`` open in L."""
+    conf = dict(conf)
+    for k in ("T", "grid_mode", "pairs"):
+        conf.pop(k, None)
+    conf["grid"] = grid.config()
+    conf["N"] = grid.span
+    shape = list(conf.get("feature_shape") or [None, None])
+    conf["feature_shape"] = [-1, *shape[1:]]
+    return conf
+
+
 def _fields_config(ex: Any) -> dict:
     """What a fields set of rows records (the method, its parameters, the quantisation)."""
     conf = ex.config()
@@ -383,20 +396,19 @@ def extract_flow_rows(
     if base is not None:
         _network_frames(g, frames, f"the flow network {checkpoint}")
     ex, maker = _flow_maker(method, params, runtime, g, short_side, bound, base, keep_fields, opts)
-    fields_conf = RowTask(None, g, maker, rows=1)
-    fields_conf.maker_config = _fields_config(ex)
+    fields_conf = _fields_config(ex)
     fields_job = None
     if base is not None:
         base.fields = ex
         base.fields_set = fields_set if keep_fields else None  # what set.json says it fed
         if keep_fields:
             fopts = replace(opts, retry_failed=False, limit=None, overwrite=True, float16=False)
-            fields_job = open_job(videos, fields_conf.config(), store_root, fields_set, fopts, echo)
-    task = RowTask(base, g, maker, rows=batch_size or DEFAULT_ROWS, fields_job=fields_job)
-    if base is None:
-        task.maker_config = fields_conf.maker_config
-    rep = run_extraction(videos, task, store_root, set_name, opts, echo)
-    return rep
+            fields_job = open_job(
+                videos, rows_config(fields_conf, g), store_root, fields_set, fopts, echo
+            )
+    task = RowTask(base, g, maker, rows=batch_size or DEFAULT_ROWS, fields_job=fields_job,
+                   fields_config=fields_conf if base is None else None)  # fmt: skip
+    return run_extraction(videos, task, store_root, set_name, opts, echo)
 
 
 def _flow_network(checkpoint, method: str, videos, **kw: Any) -> Any:
