@@ -20,13 +20,23 @@ if TYPE_CHECKING:
 
 
 def in_channels(cfg: TrainConfig) -> int:
-    """Input channels per segment: a StNet super-image of N RGB frames (3N), one RGB frame
-    (TSN), N flow pairs (2N), one log-mel example (1)."""
+    """Input channels per segment: a StNet super-image or a clip network's window of N RGB
+    frames (3N), one RGB frame (TSN, a per-frame network), N flow pairs (2N), one log-mel
+    example (1)."""
     if cfg.modality == "rgb":
-        return 3 * cfg.frames if cfg.arch == "stnet" else 3
+        return 3 * cfg.frames if stacks_frames(cfg.arch) else 3
     if cfg.modality == "flow":
         return 2 * cfg.frames
     return 1
+
+
+def stacks_frames(arch: str) -> bool:
+    """Whether a row of ``arch`` holds N stacked RGB frames (StNet, clip networks) or one."""
+    from vidfeat.nets.clipnet import CLIP_NETS, is_clip_arch
+
+    if is_clip_arch(arch):
+        return CLIP_NETS.get(arch).stacks_frames
+    return arch == "stnet"
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
@@ -40,8 +50,10 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
             load_vggish_weights(net, cfg.vggish_weights)
         return VGGishTSN(net, num_classes)
     from vidfeat.nets import create_segment_net
+    from vidfeat.nets.clipnet import create_clip_net, is_clip_arch
 
-    return create_segment_net(
+    create = create_clip_net if is_clip_arch(cfg.arch) else create_segment_net
+    return create(
         cfg.arch,
         cfg.backbone,
         num_classes,

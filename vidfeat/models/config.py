@@ -190,8 +190,10 @@ def explicit_net_options(arch: str, modality: str, options: dict, legacy: bool =
     if modality == "audio":
         return dict(options)
     from vidfeat.nets import SEGMENT_NETS
+    from vidfeat.nets.clipnet import CLIP_NETS, is_clip_arch
 
-    defaults = SEGMENT_NETS.get(arch).option_defaults()
+    registry = CLIP_NETS if is_clip_arch(arch) else SEGMENT_NETS
+    defaults = registry.get(arch).option_defaults()
     if legacy and arch == "stnet" and "tmb" not in options:
         defaults["tmb"] = "paper"
     return {**defaults, **options}

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 MODEL_JSON = "model.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_MODES = ("short-side", "fixed-4:3")
+RESIZE_MODES = ("short-side", "fixed-4:3", "fixed")
+RESAMPLERS = ("ffmpeg", "torch")
+INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -45,17 +47,39 @@ class Preprocessing:
     resize: str = "short-side"
     interpolation: str = "bilinear"  # what the weights were trained with (vidfeat: bilinear)
     notes: tuple[str, ...] = ()  # differences extraction does not reproduce
+    # "fixed": every frame resized to (height, width) = resize_size, whatever its aspect
+    resize_size: tuple[int, int] | None = None
+    # who resizes: "ffmpeg" (the decoder's scaler, vidfeat's own runs and the Paddle imports)
+    # or "torch": torchvision's resize of the decoded uint8 frame (the library's own transform,
+    # for weights whose preprocessing is torchvision's or timm's), with ``interpolation`` and
+    # ``antialias``, and torchvision's centre crop (offset round((h - crop) / 2))
+    resampler: str = "ffmpeg"
+    antialias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"resize must be one of {', '.join(RESIZE_MODES)} ({self.resize!r})")
+        if self.resampler not in RESAMPLERS:
+            raise ConfigError(f"resampler must be ffmpeg or torch ({self.resampler!r})")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation must be bilinear or bicubic ({self.interpolation!r})")
+        if (self.resize == "fixed") != (self.resize_size is not None):
+            raise ConfigError("resize 'fixed' takes resize_size (height, width), and only it does")
+        if self.resize_size is not None:
+            object.__setattr__(self, "resize_size", tuple(int(v) for v in self.resize_size))
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d.update(mean=list(self.mean), std=list(self.std), notes=list(self.notes))
+        if self.resize_size is not None:
+            d["resize_size"] = list(self.resize_size)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        for k in ("mean", "std", "notes"):
-            if k in known:
+        for k in ("mean", "std", "notes", "resize_size"):
+            if k in known and known[k] is not None:
                 known[k] = tuple(known[k])
         return cls(**known)
 
@@ -64,8 +88,12 @@ class Preprocessing:
             f"short side {self.short_side} (fixed 4:3 frame, long side "
             f"{int(self.short_side * 4 / 3)})"
             if self.resize == "fixed-4:3"
+            else f"{self.resize_size[0]}x{self.resize_size[1]} (height x width, any aspect)"
+            if self.resize == "fixed"
             else f"short side {self.short_side}"
         )
+        if self.resampler == "torch":
+            resize += f" by torchvision{'' if self.antialias else ', no antialias'}"
         fmt = ", ".join
         return (
             f"resize {resize}, {self.interpolation}; centre crop {self.crop}; RGB/255 - mean "
