@@ -898,6 +898,19 @@ ROWS = "vidfeat.extract.rows.extract_{}_rows"
 SNIPPETS = ("--grid", "snippets", "--stride", "4")
 
 
+def _segment_window(name: str, says: str) -> list[Check]:
+    """--window on the segments grid: a clip network's frames per segment (rgb, flow with a
+    network); refused for the flow fields alone and for audio."""
+    if name == "rgb":
+        return [Acts(("--window", "16"), at("window"), 16)]
+    if name == "flow":
+        return [
+            Acts(("--window", "16"), at("window"), 16, **FLOW_CK),
+            refused("--window", "16", says="--window on the segments grid is a clip network's"),
+        ]
+    return [refused("--window", "16", says=says)]
+
+
 def _grid_checks(name: str, **kw: Any) -> dict[str, list[Check]]:
     """--grid, --stride, --window, --fps of `extract NAME`: handed to the grid of rows, refused
     on the segments grid."""
@@ -920,7 +933,7 @@ def _grid_checks(name: str, **kw: Any) -> dict[str, list[Check]]:
                 8,
                 **rows,
             ),
-            refused("--window", "16", says=says),
+            *_segment_window(name, says),
         ],  # fmt: skip
         "fps": [
             Acts((*SNIPPETS, "--fps", "10"), at("grid", "fps"), 10.0, **rows),

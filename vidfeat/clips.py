@@ -38,6 +38,8 @@ from vidfeat.flow import to_network_input
 from vidfeat.grid import SegmentGrid
 from vidfeat.videolist import VideoList
 
+RESIZES = ("short-side", "fixed-4:3", "fixed")
+RESAMPLERS = ("ffmpeg", "torch", "pil")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -63,10 +65,21 @@ class ClipSpec:
     # the test-time grid of RGB clips: "test" (centred runs in ⌊t·L/T⌋ segments) or
     # "reference" (the authors' reader, for their networks; see vidfeat.grid)
     test_grid: str = "test"
+    # an imported run's own resampling (test time; see library_transform): resize="fixed" to
+    # resize_size (height, width); resampler "ffmpeg" (the decoder's scaler), "torch"
+    # (torchvision's resize of the uint8 frame) or "pil" (Pillow's, as timm's eval transform)
+    resize_size: tuple[int, int] | None = None
+    resampler: str = "ffmpeg"
+    interpolation: str = "bilinear"
+    antialias: bool = True
 
     def __post_init__(self) -> None:
-        if self.resize not in ("short-side", "fixed-4:3"):
-            raise ConfigError(f"resize must be short-side or fixed-4:3 (got {self.resize!r})")
+        if self.resize not in RESIZES:
+            raise ConfigError(f"resize must be one of {', '.join(RESIZES)} (got {self.resize!r})")
+        if self.resampler not in RESAMPLERS:
+            raise ConfigError(f"resampler must be one of {', '.join(RESAMPLERS)}")
+        if (self.resize == "fixed") != (self.resize_size is not None):
+            raise ConfigError("resize 'fixed' takes resize_size (height, width), and only it does")
         if self.size < 16:
             raise ConfigError(f"--size must be >= 16 (got {self.size})")
         if self.short_side < self.size:
@@ -85,7 +98,13 @@ def _crop_box(h: int, w: int, size: int, rng: np.random.Generator | None) -> tup
 def resize_args(spec: ClipSpec, info: Any) -> dict:
     """``read_frames``'s resize of a video under ``spec``: its short side to ``short_side``, or
     the authors' fixed 4:3 size (``resize="fixed-4:3"``), which leaves a frame whose short side
-    already fits as it is."""
+    already fits as it is; a fixed (height, width) (``resize="fixed"``). None of them when a
+    library resamples (:func:`library_transform`): the frames are decoded at their own size."""
+    if spec.resampler != "ffmpeg":
+        return {"short_side": None, "size": None}
+    if spec.resize == "fixed":
+        h, w = spec.resize_size
+        return {"short_side": None, "size": (w, h)}
     short, size = spec.short_side, None
     if spec.resize == "fixed-4:3" and min(info.width, info.height) != short:
         long = int(short * 4.0 / 3.0)
@@ -93,6 +112,63 @@ def resize_args(spec: ClipSpec, info: Any) -> dict:
     elif spec.resize == "fixed-4:3":
         short = None
     return {"short_side": short, "size": size}
+
+
+def _library_size(h: int, w: int, spec: ClipSpec) -> tuple[int, int]:
+    """(height, width) after the library's resize: ``resize_size``, or the short side to
+    ``short_side`` and the long side ``int(short_side * long / short)``, as torchvision's
+    ``Resize(int)`` (which timm's eval transform uses) computes it."""
+    if spec.resize == "fixed":
+        return spec.resize_size
+    s = spec.short_side
+    if h <= w:
+        return s, int(s * w / h)
+    return int(s * h / w), s
+
+
+def library_transform(spec: ClipSpec):
+    """The weights' own test resize and centre crop of one decoded uint8 RGB frame ``(H, W, 3)``
+    → ``(S, S, 3)``, or None where FFmpeg's scaler resizes (:func:`resize_args`) and vidfeat's
+    crop (:func:`_crop_box`) follows.
+
+    ``resampler="torch"``: ``torchvision.transforms.functional.resize`` of the uint8 tensor
+    with the spec's interpolation and antialias, what torchvision's video presets run;
+    ``"pil"``: Pillow's ``Image.resize``, what timm's eval transform runs on a PIL image. Both
+    crop as torchvision's ``center_crop``: offset ``int(round((h - S) / 2))``.
+    """
+    if spec.resampler == "ffmpeg":
+        return None
+    s = spec.size
+
+    def crop(fr: np.ndarray) -> np.ndarray:
+        h, w = fr.shape[:2]
+        if min(h, w) < s:
+            raise VidfeatError(f"frames resized to {w}x{h} are smaller than the crop {s}")
+        y0, x0 = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+        return fr[y0 : y0 + s, x0 : x0 + s]
+
+    if spec.resampler == "pil":
+        from PIL import Image
+
+        method = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[spec.interpolation]
+
+        def pil(fr: np.ndarray) -> np.ndarray:
+            h, w = _library_size(*fr.shape[:2], spec)
+            return crop(np.asarray(Image.fromarray(fr).resize((w, h), method)))
+
+        return pil
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    mode = InterpolationMode(spec.interpolation)
+
+    def tv(fr: np.ndarray) -> np.ndarray:
+        size = list(_library_size(*fr.shape[:2], spec))
+        t = torch.from_numpy(np.ascontiguousarray(fr)).permute(2, 0, 1)
+        t = TF.resize(t, size, interpolation=mode, antialias=spec.antialias)
+        return crop(t.permute(1, 2, 0).numpy())
+
+    return tv
 
 
 def normalize_on_device(x: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
@@ -186,10 +262,14 @@ class RGBClips(_Base):
         info = self._probe(i)
         g = self.grid.sample(info.num_frames, info.fps, rng)
         frames = read_frames(rec.path, g.indices.reshape(-1), **resize_args(self.spec, info))
-        _, h, w, _ = frames.shape
         s = self.spec.size
-        y0, x0 = _crop_box(h, w, s, rng)
-        clip = frames[:, y0 : y0 + s, x0 : x0 + s]
+        lib = library_transform(self.spec) if rng is None else None
+        if lib is not None:  # the weights' own resize and crop (test time)
+            clip = np.stack([lib(fr) for fr in frames])
+        else:
+            _, h, w, _ = frames.shape
+            y0, x0 = _crop_box(h, w, s, rng)
+            clip = frames[:, y0 : y0 + s, x0 : x0 + s]
         if rng is not None and self.spec.flip and rng.uniform() < 0.5:
             clip = clip[:, :, ::-1]
         if self.normalize:

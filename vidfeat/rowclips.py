@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vidfeat.clips import ClipSpec, _crop_box, resize_args
+from vidfeat.clips import ClipSpec, _crop_box, library_transform, resize_args
 from vidfeat.decode import frame_times, output_size, probe, read_frames
 from vidfeat.errors import CorruptVideoError, TooFewFramesError, VidfeatError
 from vidfeat.grid import GridSample, RowGrid
@@ -50,11 +50,12 @@ class _Stopped(Exception):
 
 
 def row_frames(
-    path: Any, frames: np.ndarray, rows: int, **read_kw: Any
+    path: Any, frames: np.ndarray, rows: int, transform: Any = None, **read_kw: Any
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Batches of ``rows`` rows of decoded frames: ``(r, array (R, k, H, W[, 3]))`` for
     ``frames`` ``(L, k)`` video frame ranks, in row order. Rows' smallest ranks must not
-    decrease (true of every grid of rows). Frames no later row needs are dropped at once."""
+    decrease (true of every grid of rows). Frames no later row needs are dropped at once.
+    ``transform`` (one frame → one frame) runs in the decoding thread, before the queue."""
     L = len(frames)
     wanted = np.unique(frames)
     q: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
@@ -71,7 +72,11 @@ def row_frames(
 
     def decode() -> None:
         try:
-            read_frames(path, wanted, on_frame=lambda r, f: put((r, f)), keep=False, **read_kw)
+            if transform is None:
+                on_frame = lambda r, f: put((r, f))  # noqa: E731
+            else:
+                on_frame = lambda r, f: put((r, transform(f)))  # noqa: E731
+            read_frames(path, wanted, on_frame=on_frame, keep=False, **read_kw)
             put(("done", None))
         except _Stopped:
             pass
@@ -128,11 +133,13 @@ class RGBRows:
 
     def batches(self, path, info, sample: GridSample, rows: int) -> Iterator[tuple[int, dict]]:
         s = self.spec.size
-        for r, fr in row_frames(path, sample.decoded, rows, **resize_args(self.spec, info)):
+        lib = library_transform(self.spec)  # the weights' own resize and crop, if a library's
+        kw = resize_args(self.spec, info)
+        for r, fr in row_frames(path, sample.decoded, rows, lib, **kw):
             h, w = fr.shape[2:4]
             if min(h, w) < s:
                 raise VidfeatError(f"{path}: frames of {w}x{h} are smaller than the crop {s}")
-            clip = _centre_crop(fr, s, channels_last=True)  # (R, k, S, S, 3)
+            clip = fr if lib is not None else _centre_crop(fr, s, channels_last=True)
             R, k = clip.shape[:2]
             x = clip.transpose(0, 1, 4, 2, 3).reshape(R, 1, k * 3, s, s)
             yield r, {"x": torch.from_numpy(np.ascontiguousarray(x))}

@@ -98,7 +98,8 @@ def run_options(f: Any) -> Any:
             click.option(
                 "--window",
                 type=click.IntRange(min=1),
-                help="windows: frames per row (e.g. 16).",
+                help="windows: frames per row (e.g. 16); with a clip network (I3D, torchvision "
+                "video) on the segments grid: frames per segment [default: its clip length].",
             ),
             click.option(
                 "--fps",
@@ -142,6 +143,8 @@ def row_grid_options(command: str, kw: dict[str, Any]) -> dict[str, Any] | None:
     kind of grid are refused, naming it."""
     mode = kw["grid"]
     rows_only = [f for f in ("stride", "window", "fps") if kw[f] is not None]
+    if mode in ("segments", "reference", "centred") and command != "extract audio":
+        rows_only.remove("window") if "window" in rows_only else None  # a clip network's W
     if mode in ("segments", "reference", "centred"):
         if rows_only:
             flags = ", ".join(f"--{f}" for f in rows_only)
@@ -295,6 +298,11 @@ def extract_flow(method: str, **kw: Any) -> None:
         finish(_flow_rows(method, params, fields_set, set_name, grid, kw), kw["store_root"],
                set_name)  # fmt: skip
     if kw["checkpoint"] is None:
+        if kw["window"] is not None:
+            raise click.UsageError(
+                "--window on the segments grid is a clip network's frames per segment (with "
+                "--checkpoint); the fields alone take -N pairs per segment"
+            )
         set_name = kw["name"] or fields_set
         rep = _flow_fields(method, params, set_name, kw)
     else:
@@ -428,6 +436,7 @@ def _flow_features(
             "precision": kw["precision"] if given("precision") else None,
         },
         crop_size=kw["crop_size"],
+        window=kw["window"],
         given={  # the field options given, refused where the fields set or network fix them
             **{k: kw[k] for k in ("short_side", "bound", "frames") if given(k)},
             **params,  # only the method options given
@@ -494,6 +503,7 @@ def extract_rgb(**kw: Any) -> None:
         echo=click.echo,
         crop_size=kw["crop_size"],
         grid="reference" if kw["grid"] == "reference" else "centred",
+        window=kw["window"],
     )
     finish(rep, kw["store_root"], set_name)
 

@@ -53,6 +53,12 @@ def _batches(loader, timeout: float, batch_size: int) -> Iterator[dict]:
         yield batch
 
 
+def has_classifier(model: Any) -> bool:
+    """Whether ``model`` gives clip scores: a ``forward_head`` over at least one class (an
+    embedding network, such as CLIP's image tower or the raw VGGish, has none)."""
+    return hasattr(model, "forward_head") and getattr(model, "num_classes", 1) > 0
+
+
 class NetworkTask:
     """A network over a list, batched. Subclasses say what the network is (:meth:`build`),
     what it reads (:meth:`dataset`) and what the set records (:meth:`config`)."""
@@ -102,7 +108,7 @@ class NetworkTask:
         prec = self._precision_here(model, device, job.config)
         model = prec.prepare(model).eval()
         loader = self._loader(job, device)
-        has_head = hasattr(model, "forward_head")
+        has_head = has_classifier(model)
         # no grad and autocast once for the run: autocast keeps the weights it cast until it
         # exits, where a context per batch would cast them all again for every batch
         with job.writing(), torch.no_grad(), prec.autocast(device):
@@ -243,11 +249,19 @@ class _RunTask(NetworkTask):
     modality = ""
 
     def __init__(
-        self, checkpoint, *, segments: int, batch_size: int, device: str, precision: str = "auto"
+        self,
+        checkpoint,
+        *,
+        segments: int,
+        batch_size: int,
+        device: str,
+        precision: str = "auto",
+        window: int | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, device=device, precision=precision)
         self.checkpoint = checkpoint
         self.segments = segments
+        self.window = window  # a clip network's frames per row (--window), None: its own
         self._net = None
 
     def __getstate__(self) -> dict:
@@ -264,6 +278,14 @@ class _RunTask(NetworkTask):
                     f"{self.checkpoint} is a {modality} network; use `vidfeat extract {modality}`"
                 )
         return self._net
+
+    def frames(self) -> int:
+        """Frames a segment (or row) of the network holds: one for TSN on RGB and per-frame
+        networks, a clip network's window (``--window``, else the clip length its run records),
+        StNet's and the flow networks' N."""
+        from vidfeat.models.build import row_frames
+
+        return row_frames(self.net().config, self.window, str(self.checkpoint))
 
     def check_classes(self, videos: VideoList) -> None:
         """A labelled list must use the network's classes (unknown labels are an error)."""
@@ -287,7 +309,7 @@ class _RunTask(NetworkTask):
             "classes": loaded.classes,
             "T": self.segments,
             # frames per segment the network sees: TSN on RGB takes one (the segment's centre)
-            "N": 1 if (self.modality == "rgb" and cfg.arch == "tsn") else cfg.frames,
+            "N": self.frames(),
             "grid_mode": "test",
             "size": cfg.size,
             "dtype": "float32",
@@ -341,12 +363,22 @@ class RGBNetwork(_RunTask):
         }
 
     def dataset(self, videos: VideoList):
-        from vidfeat.clips import ClipSpec, RGBClips
+        from vidfeat.clips import RGBClips
+        from vidfeat.models.build import stacks_frames
 
-        cfg, pre = self.net().config, self.preprocessing()
-        spec = ClipSpec(
-            self.segments,
-            cfg.frames,
+        cfg = self.net().config
+        spec = self.clip_spec(self.segments, self.frames())
+        layout = "stnet" if stacks_frames(cfg.arch) else "tsn"
+        return RGBClips(videos, spec, layout=layout, normalize=False)  # on the device
+
+    def clip_spec(self, segments: int, frames: int):
+        """The clips of the run's test preprocessing (its resize, resampler, crop, mean/std)."""
+        from vidfeat.clips import ClipSpec
+
+        pre = self.preprocessing()
+        return ClipSpec(
+            segments,
+            frames,
             pre.crop,
             pre.short_side,
             train=False,
@@ -354,8 +386,11 @@ class RGBNetwork(_RunTask):
             std=pre.std,
             resize=pre.resize,
             test_grid=self.grid,
+            resize_size=pre.resize_size,
+            resampler=pre.resampler,
+            interpolation=pre.interpolation,
+            antialias=pre.antialias,
         )
-        return RGBClips(videos, spec, layout=cfg.arch, normalize=False)  # on the device
 
 
 class FlowNetwork(_RunTask):
@@ -386,8 +421,7 @@ class FlowNetwork(_RunTask):
     def dataset(self, videos: VideoList):
         from vidfeat.clips import ClipSpec, FlowClips
 
-        cfg = self.net().config
-        spec = ClipSpec(self.segments, cfg.frames, self.crop, self.crop, train=False)
+        spec = ClipSpec(self.segments, self.frames(), self.crop, self.crop, train=False)
         return FlowClips(videos, spec, self.store_root, self.fields_set)
 
 
@@ -507,7 +541,10 @@ def extract_rgb_features(
     precision: str = "auto",
     crop_size: int | None = None,
     grid: str = "centred",
+    window: int | None = None,
 ) -> Report:
+    """A run's features (and clip scores) on T segments of each video. ``window``: a clip
+    network's frames per segment (None: its clip length)."""
     task = RGBNetwork(
         checkpoint,
         segments=segments,
@@ -516,6 +553,7 @@ def extract_rgb_features(
         precision=precision,
         crop_size=crop_size,
         grid=grid,
+        window=window,
     )
     task.check_classes(videos)
     return run_extraction(videos, task, store_root, set_name, opts, echo)
@@ -541,6 +579,7 @@ def extract_flow_features(
     crop_size: int | None = None,
     flow_runtime: dict | None = None,
     given: dict | None = None,
+    window: int | None = None,
 ) -> Report:
     """The fields first (computed where missing, into ``fields_set``), then the network.
     ``flow_runtime``: the flow method's run-time settings (see ``fields_extractor_for``);
@@ -556,14 +595,15 @@ def extract_flow_features(
         fields_set=fields_set,
         fields=None,
         crop_size=crop_size,
+        window=window,
     )
     task.check_classes(videos)
-    frames = task.net().config.frames
+    frames = task.frames()
     asked = (given or {}).get("frames")
     if asked is not None and asked != frames:
         raise ConfigError(
             f"-N {asked}: the flow network {checkpoint} reads N={frames} pairs per segment; "
-            "leave -N out (it is the run's)"
+            "leave -N out (it is the run's; a clip network's window is --window)"
         )
     ex = fields_extractor_for(
         store_root,

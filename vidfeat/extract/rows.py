@@ -27,6 +27,7 @@ import numpy as np
 
 from vidfeat.errors import ConfigError
 from vidfeat.extract.job import Job
+from vidfeat.extract.network import has_classifier
 from vidfeat.grid import RowGrid
 
 DEFAULT_ROWS = 32  # rows per forward pass when --batch-size is not given
@@ -144,7 +145,7 @@ class RowTask:
             arrays = {"features": ((L, k, two, h, w), np.uint8)}
         else:
             arrays = {"features": ((L, int(job.config["feature_shape"][-1])), np.float32)}
-            if hasattr(model, "forward_head"):
+            if has_classifier(model):
                 arrays["scores"] = ((L, self._classes), np.float32)
         arrays["frame_indices"] = (meta["frame_indices"].shape, np.int64)
         arrays["times"] = ((L, 3), np.float64)
@@ -177,9 +178,7 @@ class RowTask:
             x = normalize_on_device(x, *self._norm)
         feats = model.forward_features(x)  # in _inference: no grad, the run's autocast
         scores = (
-            torch.softmax(model.forward_head(feats).float(), 1)
-            if hasattr(model, "forward_head")
-            else None
+            torch.softmax(model.forward_head(feats).float(), 1) if has_classifier(model) else None
         )
         f = feats.float().cpu().numpy()[:, 0]
         if main.silent:  # no audio track: zeros (fusion masks them) and no opinion on the class
@@ -231,15 +230,10 @@ def row_grid(mode: str, *, stride: int | None, window: int | None, frames: int, 
     return RowGrid(mode, int(stride), frames=int(frames), window=int(window or 0), fps=fps)
 
 
-def _network_frames(grid: RowGrid, frames: int, what: str) -> None:
-    """A segment network reads ``frames`` frames per row: a window of another length cannot
-    be its input."""
-    if grid.mode == "windows" and grid.window != frames:
-        raise ConfigError(
-            f"{what} reads {frames} frame(s) per row, so its windows are {frames} frames: pass "
-            f"--window {frames}, or --grid snippets (windows of other lengths are for clip "
-            "networks)"
-        )
+def _window(grid: dict) -> int | None:
+    """The frames per row a network is asked to read: ``--window`` on the windows grid (a
+    snippet holds the network's own N)."""
+    return grid.get("window") if grid.get("mode") == "windows" else None
 
 
 def extract_rgb_rows(
@@ -257,7 +251,6 @@ def extract_rgb_rows(
     echo=print,
 ):
     """``extract rgb --grid snippets|windows``: a run's features (and clip scores) per row."""
-    from vidfeat.clips import ClipSpec
     from vidfeat.extract import run_extraction
     from vidfeat.extract.network import RGBNetwork
     from vidfeat.rowclips import RGBRows
@@ -269,17 +262,12 @@ def extract_rgb_rows(
         device=device,
         precision=precision,
         crop_size=crop_size,
+        window=_window(grid),
     )
     base.check_classes(videos)
-    cfg = base.net().config
-    n = 1 if cfg.arch == "tsn" else cfg.frames
+    n = base.frames()  # refuses a window the network cannot read
     g = row_grid(frames=n, **grid)
-    _network_frames(g, n, f"the {cfg.arch} network {checkpoint}")
-    pre = base.preprocessing()
-    spec = ClipSpec(
-        1, n, pre.crop, pre.short_side, train=False, mean=pre.mean, std=pre.std, resize=pre.resize
-    )
-    task = RowTask(base, g, RGBRows(spec), rows=batch_size or DEFAULT_ROWS)
+    task = RowTask(base, g, RGBRows(base.clip_spec(1, n)), rows=batch_size or DEFAULT_ROWS)
     return run_extraction(videos, task, store_root, set_name, opts, echo)
 
 
@@ -378,8 +366,9 @@ def extract_flow_rows(
             store_root=store_root,
             fields_set=fields_set,
             crop_size=crop_size,
+            window=_window(grid),
         )
-        frames = base.net().config.frames
+        frames = base.frames()
         short_side = short_side or base.net().config.short_side  # its training fields' scale
     elif keep_fields:
         raise ConfigError(
@@ -393,8 +382,6 @@ def extract_flow_rows(
             "smaller --crop-size)"
         )
     g = row_grid(frames=frames, **grid)
-    if base is not None:
-        _network_frames(g, frames, f"the flow network {checkpoint}")
     ex, maker = _flow_maker(method, params, runtime, g, short_side, bound, base, keep_fields, opts)
     fields_conf = _fields_config(ex)
     fields_job = None

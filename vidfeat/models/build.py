@@ -39,6 +39,31 @@ def stacks_frames(arch: str) -> bool:
     return arch == "stnet"
 
 
+def row_frames(cfg: TrainConfig, window: int | None, what: str) -> int:
+    """Frames a segment or row of the run's network holds, with ``--window`` ``window``: one
+    for RGB networks that read a frame (TSN, per-frame networks); a clip network's window,
+    any length its architecture takes (else the clip length its run records); N for StNet and
+    the flow networks, whose window can only be N."""
+    from vidfeat.nets.clipnet import CLIP_NETS, is_clip_arch
+
+    if cfg.modality == "rgb" and not stacks_frames(cfg.arch):
+        own = 1
+    else:
+        own = int(cfg.frames)
+    if window is None or window == own:
+        return own
+    if is_clip_arch(cfg.arch) and CLIP_NETS.get(cfg.arch).stacks_frames:
+        cls = CLIP_NETS.get(cfg.arch)
+        if cls.variable_frames and window >= cls.min_frames:
+            return int(window)
+        need = f"at least {cls.min_frames}" if cls.variable_frames else f"exactly {own}"
+        raise ConfigError(f"--window {window}: {what} ({cfg.backbone}) takes {need} frames a row")
+    raise ConfigError(
+        f"{what} reads {own} frame(s) per row, so its windows are {own} frames: pass "
+        f"--window {own}, or --grid snippets (windows of other lengths are for clip networks)"
+    )
+
+
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """The network ``cfg`` describes, with ``num_classes`` outputs (initial weights: random,
     or the backbone / VGGish weights ``cfg`` names)."""

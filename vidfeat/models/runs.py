@@ -25,7 +25,7 @@ MODEL_JSON = "model.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("short-side", "fixed-4:3", "fixed")
-RESAMPLERS = ("ffmpeg", "torch")
+RESAMPLERS = ("ffmpeg", "torch", "pil")
 INTERPOLATIONS = ("bilinear", "bicubic")
 
 
@@ -49,10 +49,10 @@ class Preprocessing:
     notes: tuple[str, ...] = ()  # differences extraction does not reproduce
     # "fixed": every frame resized to (height, width) = resize_size, whatever its aspect
     resize_size: tuple[int, int] | None = None
-    # who resizes: "ffmpeg" (the decoder's scaler, vidfeat's own runs and the Paddle imports)
-    # or "torch": torchvision's resize of the decoded uint8 frame (the library's own transform,
-    # for weights whose preprocessing is torchvision's or timm's), with ``interpolation`` and
-    # ``antialias``, and torchvision's centre crop (offset round((h - crop) / 2))
+    # who resizes: "ffmpeg" (the decoder's scaler, vidfeat's own runs and the Paddle imports),
+    # "torch" (torchvision's resize of the decoded uint8 frame, as torchvision's video presets)
+    # or "pil" (Pillow's, as timm's eval transform), with ``interpolation`` and ``antialias``
+    # (torch), and torchvision's centre crop (offset round((h - crop) / 2))
     resampler: str = "ffmpeg"
     antialias: bool = True
 
@@ -60,7 +60,9 @@ class Preprocessing:
         if self.resize not in RESIZE_MODES:
             raise ConfigError(f"resize must be one of {', '.join(RESIZE_MODES)} ({self.resize!r})")
         if self.resampler not in RESAMPLERS:
-            raise ConfigError(f"resampler must be ffmpeg or torch ({self.resampler!r})")
+            raise ConfigError(
+                f"resampler must be one of {', '.join(RESAMPLERS)} ({self.resampler!r})"
+            )
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(f"interpolation must be bilinear or bicubic ({self.interpolation!r})")
         if (self.resize == "fixed") != (self.resize_size is not None):
@@ -94,6 +96,8 @@ class Preprocessing:
         )
         if self.resampler == "torch":
             resize += f" by torchvision{'' if self.antialias else ', no antialias'}"
+        elif self.resampler == "pil":
+            resize += " by Pillow"
         fmt = ", ".join
         return (
             f"resize {resize}, {self.interpolation}; centre crop {self.crop}; RGB/255 - mean "
