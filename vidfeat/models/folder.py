@@ -88,6 +88,14 @@ def init_options(run: str | Path, asked: dict[str, Any], given: Collection[str])
     others are defaults and take the run's). Raises :class:`RunError` when ``run`` is not a
     valid run, and :class:`~vidfeat.errors.ConfigError` when a given option contradicts it."""
     cfg = resolve_run(run, flag="--init").config
+    from vidfeat.nets.clipnet import is_clip_arch
+
+    if is_clip_arch(cfg.arch):
+        raise ConfigError(
+            f"--init {run}: an imported {cfg.arch} network ({cfg.backbone}) extracts features "
+            "(`vidfeat extract ... --checkpoint RUN`) but vidfeat does not fine-tune it; train "
+            "a fusion head on its features instead (`vidfeat fuse train`)"
+        )
     out: dict[str, Any] = {"init": str(run)}
     for key, flag in INIT_ARCH_FLAGS.items():
         have = getattr(cfg, key)
