@@ -229,6 +229,7 @@ def import_i3d(
     """
     from vidfeat.nets.backbones import count_parameters, read_state_dict
     from vidfeat.nets.clipnet import create_clip_net
+    from vidfeat.nets.i3d import describe
 
     if modality not in ("rgb", "flow"):
         raise ConfigError(f"--modality must be rgb or flow for I3D (got {modality!r})")
@@ -250,6 +251,7 @@ def import_i3d(
     mapped, tmap = _mapped_state(net, state, fmt, src)
     net.load_state_dict(mapped)  # strict
     meta = _meta(src, fmt, convention, len(state), pre, tmap, classes_from)
+    meta["network"] = describe(net)
     _write_run(out, cfg, names, mapped, meta)
     return ImportReport(
         out, "i3d", "i3d", BACKBONE, k, len(state), count_parameters(net), meta["source"]["sha256"],

@@ -51,7 +51,7 @@ from torch import nn
 from vidfeat.errors import ConfigError
 from vidfeat.nets.clipnet import CLIP_NETS, ClipNet
 
-__all__ = ["CONVENTIONS", "INCEPTION_BLOCKS", "InceptionI3d", "same_pad"]
+__all__ = ["CONVENTIONS", "INCEPTION_BLOCKS", "InceptionI3d", "describe", "same_pad"]
 
 CONVENTIONS = ("pytorch-i3d", "video_features")
 BN_EPS = {"pytorch-i3d": 1e-3, "video_features": 1e-5}
