@@ -578,6 +578,9 @@ CMDS: dict[tuple[str, ...], Cmd] = {
     ("models", "import", "timm"): Cmd(
         ("resnet18", "--out", "{out}/timm"), "vidfeat.models.import_timm"
     ),
+    ("models", "import", "i3d"): Cmd(
+        ("{weights}", "--modality", "rgb", "--out", "{out}/i3d"), "vidfeat.models.import_i3d"
+    ),
     ("models", "info"): Cmd(("{run}",), "vidfeat.models.describe_run"),
 }
 
@@ -1342,6 +1345,14 @@ AUDIT: dict[tuple[str, ...], dict[str, list[Check]]] = {
         "weights": [Acts(("--weights", "{weights}"), at("weights"), "{weights}")],
         "classes": [Acts(("--classes", "{classes}"), at("classes"), "{classes}")],
         "out": [Acts(("--out", "{out}/timm2"), at(1), "{out}/timm2")],
+    },
+    ("models", "import", "i3d"): {
+        "modality": [
+            Acts(("--modality", "flow"), at("modality"), "flow"),
+            refused("--modality", "audio", says="--modality"),
+        ],
+        "classes": [Acts(("--classes", "{classes}"), at("classes"), "{classes}")],
+        "out": [Acts(("--out", "{out}/i3d2"), at(1), "{out}/i3d2")],
     },
     ("models", "info"): {"as_json": [Custom(_models_info_json)]},
 }

@@ -1,5 +1,5 @@
 """``vidfeat models``: released weights imported as run folders (``import paddle-stnet``,
-``import paddle-tsn``, ``import timm``) and a run described (``info``)."""
+``import paddle-tsn``, ``import timm``, ``import i3d``) and a run described (``info``)."""
 
 from __future__ import annotations
 
@@ -108,6 +108,37 @@ def models_import_timm(name: str, weights: Path | None, classes: Path | None, ou
     from vidfeat.models import import_timm
 
     click.echo(import_timm(name, out, weights=weights, classes=classes).summary())
+
+
+@models_import.command("i3d")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--modality",
+    required=True,
+    type=click.Choice(["rgb", "flow"]),
+    help="The stream the file holds (checked: conv1 takes 3 channels for rgb, 2 for flow).",
+)
+@click.option(
+    "--classes",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Class names, one per line in the logits' order (default: numbered names).",
+)
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder."
+)
+def models_import_i3d(file: Path, modality: str, classes: Path | None, out: Path) -> None:
+    """I3D weights: pytorch-i3d's (rgb_imagenet.pt, flow_imagenet.pt) or video_features'
+    (i3d_rgb.pt, i3d_flow.pt) state dicts, told apart by their names.
+
+    Mapped tensor for tensor (every tensor used, every network tensor filled); the run
+    reproduces the source's padding, BatchNorm eps and pooling (net option `convention`).
+    Features: Mixed_5c average-pooled, 1024-d per window (default 64 frames); preprocessing
+    recorded: short side 256, centre crop 224, RGB scaled to [-1, 1]; flow fields of
+    `extract flow --bound 20`.
+    """
+    from vidfeat.models import import_i3d
+
+    click.echo(import_i3d(file, out, modality=modality, classes=classes).summary())
 
 
 @models.command("info")

@@ -28,6 +28,9 @@ Modules, each importing only those listed above it:
   for name by :mod:`vidfeat.nets.paddle`; :func:`import_timm`, a 2D timm ImageNet classifier
   packaged as a TSN run (its classifier as the TSN fc), offline: from the local timm / Hugging
   Face cache or a state-dict file.
+- :mod:`~vidfeat.models.import_i3d` — :func:`import_i3d`, two-stream I3D from the state dicts
+  of the pytorch-i3d port or of video_features (told by their names, mapped strictly onto
+  :class:`vidfeat.nets.i3d.InceptionI3d` with the source's padding ``convention``).
 - this module — :func:`load_model`, the network of any run (trained or imported) or
   ``.pdparams`` file, in eval mode: ``model(x)`` → logits ``[B, K]`` for ``x [B, T, C, H, W]``;
   ``model.forward_features(x)`` → ``[B, T, D]`` (what extraction stores);
@@ -93,6 +96,7 @@ from vidfeat.models.config import (
     read_run_config,
 )
 from vidfeat.models.folder import RunFolder, find_run, init_options, is_run, resolve_run
+from vidfeat.models.import_i3d import import_i3d
 from vidfeat.models.importers import _paddle_network, import_paddle, import_timm
 from vidfeat.models.runs import (
     PAPER_STNET,
@@ -120,6 +124,7 @@ __all__ = [
     "describe_run",
     "explicit_net_options",
     "find_run",
+    "import_i3d",
     "import_paddle",
     "import_timm",
     "in_channels",

@@ -6,6 +6,8 @@ fusion heads.
     txb        the temporal Xception block (StNet's head and the TXN fusion heads)
     paddle     the authors' PaddlePaddle ``.pdparams`` files: a restricted reader and the strict
                mapping of their names onto StNet and TSN
+    i3d        two-stream I3D (Inception-v1 inflated), the ``"i3d"`` clip network, with the
+               padding / BatchNorm / pooling conventions of pytorch-i3d and video_features
     torchfile  every ``.pt`` / ``.pth`` file vidfeat reads: checked (a regular file, its zip or
                legacy structure, its pickles' opcodes) before ``torch.load`` sees it
 
