@@ -1,11 +1,13 @@
-"""Segment networks (StNet, TSN on timm backbones) and the temporal layers shared with the
-fusion heads.
+"""Segment networks (StNet, TSN on timm backbones), the networks imported whole (clip networks
+and per-frame image networks) and the temporal layers shared with the fusion heads.
 
     backbones  timm backbones split into stages, conv1 inflation for 3N / 2N input channels
     segment    StNet and TSN, the ``SEGMENT_NETS`` registry, ``create_segment_net``
     txb        the temporal Xception block (StNet's head and the TXN fusion heads)
     paddle     the authors' PaddlePaddle ``.pdparams`` files: a restricted reader and the strict
                mapping of their names onto StNet and TSN
+    clipnet    the contract of the networks imported whole (rows ``[B, T, C·W, H, W]`` →
+               ``[B, T, D]``), the ``CLIP_NETS`` registry, ``create_clip_net``
     i3d        two-stream I3D (Inception-v1 inflated), the ``"i3d"`` clip network, with the
                padding / BatchNorm / pooling conventions of pytorch-i3d and video_features
     torchfile  every ``.pt`` / ``.pth`` file vidfeat reads: checked (a regular file, its zip or
