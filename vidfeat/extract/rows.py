@@ -28,6 +28,7 @@ import numpy as np
 from vidfeat.errors import ConfigError
 from vidfeat.extract.job import Job
 from vidfeat.grid import RowGrid
+from vidfeat.store import score_classes
 
 DEFAULT_ROWS = 32  # rows per forward pass when --batch-size is not given
 
@@ -72,7 +73,7 @@ class RowTask:
             model, postprocess = self.base.build(device)
             prec = self.base._precision_here(model, device, job.config)
             model = prec.prepare(model).eval()
-        self._classes = len(job.config.get("classes") or [])
+        self._classes = len(score_classes(job.config) or [])
         self._rows_done = 0
         self._norm = None
         if model is not None and self.maker.modality == "rgb":
@@ -270,7 +271,6 @@ def extract_rgb_rows(
         precision=precision,
         crop_size=crop_size,
     )
-    base.check_classes(videos)
     cfg = base.net().config
     n = 1 if cfg.arch == "tsn" else cfg.frames
     g = row_grid(frames=n, **grid)
@@ -412,12 +412,11 @@ def extract_flow_rows(
 
 
 def _flow_network(checkpoint, method: str, videos, **kw: Any) -> Any:
-    """The flow network task of ``checkpoint``, checked against the list's labels and the
-    flow method it was trained on."""
+    """The flow network task of ``checkpoint``, checked against the flow method it was
+    trained on."""
     from vidfeat.extract.network import FlowNetwork
 
     base = FlowNetwork(checkpoint, segments=1, batch_size=1, fields=None, **kw)
-    base.check_classes(videos)
     run = base.net().config
     if run.method is not None and run.method != method:
         raise ConfigError(
