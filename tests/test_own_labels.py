@@ -139,6 +139,17 @@ def test_the_networks_classes_label_their_own_list_as_before(
     assert code == 0, text
     meta = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
     assert meta["classes"] == network
+    # a list without labels: no class index, the scores still named
+    paths = [ln.split(",")[0] for ln in (tiny_synth / "val.csv").read_text().splitlines()[1:]]
+    bare = tmp_path / "bare.txt"
+    bare.write_text("".join(f"{(tiny_synth / q).resolve()}\n" for q in paths))
+    code, text = cli("extract", "rgb", "--checkpoint", run, "--videos", bare, "--store", store,
+                     "--name", "bare", "-T", "2", "--quiet", "--workers", "0")  # fmt: skip
+    assert code == 0, text
+    fs = FeatureStore(store).open_set("bare")
+    assert "classes" not in fs.config and fs.config["score_classes"] == network
+    assert all("label" not in fs.attrs(v) and "class_index" not in fs.attrs(v) for v in fs.ids())
+    fs.close()
 
 
 def test_older_sets_name_their_scores_by_classes_and_resume(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ Members are named on the command line as
 * a fusion run folder (``vidfeat fuse train --out RUN``): its head scores the videos from the
   store;
 * ``set:NAME``: the clip scores stored with a feature set by ``vidfeat extract rgb|flow|audio
-  --checkpoint`` (dataset ``scores`` of each video);
+  --checkpoint`` (dataset ``scores`` of each video, over the network's classes: set.json's
+  ``score_classes``, which are refused, named beside the list's, unless they are its classes);
 * a CSV file with ``video_id`` and one column per class (e.g. ``fuse eval``'s scores.csv).
 
 Scores are joined by video id; a member lacking some of the list's videos is an error that
