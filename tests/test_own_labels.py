@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from vidfeat.cli import main
 from vidfeat.csvsafe import uncell
 from vidfeat.errors import ConfigError
+from vidfeat.show import contact_sheet
 from vidfeat.store import FeatureStore, score_classes
 
 
@@ -88,6 +89,10 @@ def test_own_labels_through_extraction_export_fusion_and_ensemble(
     # resuming with the same list is the same set (both keys compared, nothing redone)
     code, text = cli(*base, "-T", "2")
     assert code == 0 and "0 done" in text and f"{len(labels)} skipped" in text, text
+
+    # the contact sheet names the scores by the network's classes (clip scores and timeline)
+    sheet = contact_sheet(store, vid, tmp_path / "sheet.png")
+    assert {"scores:rgb", "timeline:rows"} <= set(sheet.panels) and not sheet.skipped, sheet
 
     # export: the list's labels; top1 names the network's class of the best score
     out = tmp_path / "export"
