@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from vidfeat.errors import ConfigError
 from vidfeat.metrics import topk_accuracy
 from vidfeat.plots import plot_bars
-from vidfeat.store import FeatureStore
+from vidfeat.store import FeatureStore, score_classes
 from vidfeat.synth import load_ceilings
 from vidfeat.videolist import load_list
 
@@ -39,9 +40,15 @@ def stored_probs(store: Path, name: str, listed) -> np.ndarray | None:
     if name not in fs.sets():
         return None
     s = fs.open_set(name)
-    classes = s.config.get("classes")
+    classes = score_classes(s.config)  # the scores' columns: the network's classes
     if not classes:
         return None
+    missing = [c for c in listed.classes if c not in classes]
+    if missing:
+        raise ConfigError(
+            f"set {name!r} scores {len(classes)} classes (first {classes[:6]}) and not the "
+            f"list's labels {missing[:6]}: its scores are no predictions of the list's classes"
+        )
     order = [classes.index(c) for c in listed.classes]
     probs = []
     for r in listed.records:

@@ -1007,7 +1007,6 @@ def _audio_run_embedding(env: Env) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(network.AudioNetwork, "net", lambda self: run)
         mp.setattr(network._RunTask, "config", lambda self: {"modality": "audio"})
-        mp.setattr(network.AudioNetwork, "check_classes", lambda self, videos: None)
         mp.setattr(network, "run_extraction", run_extraction)
         argv = ("extract", "audio", "--checkpoint", "{run}", "--videos", "{train}", "--store",
                 "{store}")  # fmt: skip

@@ -13,9 +13,11 @@ Output folder ``DIR``:
   ``%.9g`` (enough digits for float32 to round-trip exactly);
 * ``<stem>.scores.npy`` — the clip scores ``(K,)`` float32 (``--with-scores``, npy and csv;
   a row set's per-row scores ``(L, K)`` as stored, with empty top-1 cells in the manifest);
-* ``manifest.csv`` — one row per exported video: id, file, label, T, D, fps, duration,
-  segment_start, segment_end (``;``-joined seconds), and with scores ``scores_file`` (npy, csv),
-  ``top1_index``, ``top1_score`` and ``top1`` (class name; only when set.json has ``classes``).
+* ``manifest.csv`` — one row per exported video: id, file, label (the list's, as extracted),
+  T, D, fps, duration, segment_start, segment_end (``;``-joined seconds), and with scores
+  ``scores_file`` (npy, csv), ``top1_index``, ``top1_score`` and ``top1`` (the name of the
+  scores' column, i.e. a network's class, which may be none of the labels; only when set.json
+  names the scores' columns: :func:`vidfeat.store.score_classes`).
   Text cells that begin like a spreadsheet formula (``=``, ``+``, ``-``, ``@``, tab, CR) get a
   leading ``'`` (:mod:`vidfeat.csvsafe`; ``csvsafe.uncell`` gives the text back);
 * ``export.json`` — what this folder is an export of (set, format, sha256 of set.json,
@@ -79,7 +81,7 @@ from vidfeat.outdir import (
     write_atomic,
     write_error,
 )
-from vidfeat.store import FeatureSet, FeatureStore, check_video_id
+from vidfeat.store import FeatureSet, FeatureStore, check_video_id, score_classes
 from vidfeat.store.guard import MAX_JSON_BYTES, parse_json, read_capped
 
 __all__ = ["FORMATS", "ExportReport", "export_set", "export_stem", "save_npy"]
@@ -358,8 +360,7 @@ class _Exporter:
     def __init__(self, fs: FeatureSet, out: Path, fmt: str, with_scores: bool, flatten: bool):
         self.fs, self.out, self.fmt = fs, out, fmt
         self.with_scores, self.flatten = with_scores, flatten
-        classes = fs.config.get("classes")
-        self.classes = [str(c) for c in classes] if isinstance(classes, list) else None
+        self.classes = score_classes(fs.config)  # the scores' columns, for top1 (not the labels)
         self.scores_file = with_scores and fmt != "npz"
 
     def header(self) -> list[str]:

@@ -90,6 +90,13 @@ class _Set:
     scores: np.ndarray | None
     times: np.ndarray | None = None  # (L, 3) start, end, centre of a row set's rows
 
+    @property
+    def score_names(self) -> list[str] | None:
+        """The names of the scores' columns (:func:`vidfeat.store.score_classes`)."""
+        from vidfeat.store import score_classes
+
+        return score_classes(self.config)
+
 
 def _load_sets(store, video_id: str) -> list[_Set]:
     """Every set holding ``video_id``, its features, attrs and scores read once."""
@@ -161,11 +168,12 @@ def _check_set(s: _Set, where: str) -> None:
         v = np.asarray(a["frame_indices"])
         if v.dtype.kind not in "iu" or v.ndim not in (1, 2) or not v.size or (v < 0).any():
             raise bad("attr 'frame_indices'", a["frame_indices"], "frame numbers")
-    classes = c.get("classes")
-    if classes is not None and not (
-        isinstance(classes, list) and all(isinstance(k, str) for k in classes)
-    ):
-        raise bad("set.json classes", classes, "a list of class names")
+    for key in ("classes", "score_classes"):
+        classes = c.get(key)
+        if classes is not None and not (
+            isinstance(classes, list) and all(isinstance(k, str) for k in classes)
+        ):
+            raise bad(f"set.json {key}", classes, "a list of class names")
     if "T" in c and c["T"] is not None and not (_is_int(c["T"]) and 0 < c["T"] < 2**20):
         raise bad("set.json T", c["T"], "a number of segments")
     if c.get("modality") == "flow-fields" or isinstance(c.get("quantization"), dict):
@@ -465,7 +473,7 @@ def _scores_panel(sf, h, scored: list[_Set], label) -> str:
     axes = _axes(sf, max(len(scored), 2), h, title, head=0.55, foot=0.35)
     for ax, s in zip(axes, scored, strict=False):
         p = np.asarray(s.scores, np.float64).reshape(-1)
-        classes = list(s.config["classes"])
+        classes = s.score_names or []
         top = np.argsort(-p, kind="stable")[:TOP_K]
         colours = ["C2" if classes[k] == label else "C0" for k in top]
         y = np.arange(len(top))
@@ -513,13 +521,13 @@ def _sort_sets(sets: list) -> tuple[list, list, list, list, dict[str, str]]:
             skipped[s.name] = f"features {s.features.dtype} {tuple(s.features.shape)}"
         if s.scores is not None and is_row_set(s.config):
             rows = s.features.shape[0] if s.features.ndim else 0
-            why = check_rows(s.times, s.scores, s.config.get("classes"), rows)
+            why = check_rows(s.times, s.scores, s.score_names, rows)
             if why is None:
                 timelines.append(s)
                 continue
             skipped[s.name] = f"{skipped[s.name]}, {why}" if s.name in skipped else why
         elif s.scores is not None:
-            classes = s.config.get("classes")
+            classes = s.score_names
             if not classes:
                 why = "scores but no classes in set.json"
             elif len(classes) != np.size(s.scores):
@@ -619,7 +627,7 @@ def contact_sheet(
         notes.append(_scores_panel(*next(rows), scored, _attr(sets, "label")))
         panels += [f"scores:{s.name}" for s in scored]
     for s in timelines:
-        classes = list(s.config["classes"])
+        classes = s.score_names or []
         args = (s.name, s.times, s.scores, classes, intervals, info.duration)
         notes.append(timeline_panel(*next(rows), *args))
         panels.append(f"timeline:{s.name}")

@@ -9,7 +9,10 @@ the failures file, the progress bar, the report and the stop flag, and :meth:`Jo
 
 Class index: a set created from a labelled list records its classes (sorted labels) in
 set.json, and every later list writes ``class_index`` against that stored list, so the attr
-means the same within a set; a network's set uses the network's classes.
+means the same within a set. A network's set does so too, whatever classes the network was
+trained on: its ``scores`` are over the network's classes, which set.json names apart as
+``score_classes`` (see :func:`vidfeat.store.score_classes`). Only a configuration that names
+``classes`` itself (an in-memory model's) makes them the class index.
 
 Job arrays: ``--shard i/N`` keeps the videos whose id hashes to i mod N (sha1 of the id, so the
 split does not depend on the order of the list file). Every job writes shards and a failures file
@@ -165,13 +168,15 @@ def check_options(opts: RunOptions) -> None:
 def set_classes(
     store: FeatureStore, set_name: str, config: dict, videos: VideoList, stored: dict | None
 ) -> list[str] | None:
-    """The class index ``class_index`` attrs follow: a network's classes (its scores are in
-    that order), else the classes the set recorded when it was created, else (new set) this
-    list's sorted labels. A label outside it is refused before any work."""
+    """The class index ``class_index`` attrs follow: the classes the configuration names
+    (an in-memory model's, given by its caller), else the classes the set recorded when it was
+    created, else (new set) this list's sorted labels. A label outside it is refused before
+    any work. A network's classes are not the index: they name its scores
+    (``score_classes``), and the list's labels may be others."""
     if "classes" in config:
         classes: list[str] | None = list(config["classes"])
-        whose = f"the network's {len(classes)} classes"
-        fix = "extract a list labelled with the network's classes"
+        whose = f"the {len(classes)} classes of the extraction's configuration"
+        fix = "extract a list labelled with those classes"
     elif stored is not None and "classes" in stored:
         classes = list(stored["classes"])
         whose = (

@@ -287,16 +287,6 @@ class _RunTask(NetworkTask):
 
         return row_frames(self.net().config, self.window, str(self.checkpoint))
 
-    def check_classes(self, videos: VideoList) -> None:
-        """A labelled list must use the network's classes (unknown labels are an error)."""
-        classes = self.net().classes
-        unknown = sorted({r.label for r in videos.records if r.label is not None} - set(classes))
-        if unknown:
-            raise ConfigError(
-                f"labels {unknown[:5]} of {videos.source} are not classes of the network "
-                f"({len(classes)} classes)"
-            )
-
     def config(self) -> dict:
         loaded = self.net()
         cfg = loaded.config
@@ -306,7 +296,9 @@ class _RunTask(NetworkTask):
             "checkpoint_path": str(loaded.checkpoint),
             "checkpoint_sha256": loaded.sha256,
             "run_info": asdict(cfg),  # how the network was trained (provenance)
-            "classes": loaded.classes,
+            # the names of the scores' columns; the list's labels may be other classes (the
+            # set's ``classes``, which ``class_index`` follows: see vidfeat.extract.job)
+            "score_classes": loaded.classes,
             "T": self.segments,
             # frames per segment the network sees: TSN on RGB takes one (the segment's centre)
             "N": self.frames(),
@@ -555,7 +547,6 @@ def extract_rgb_features(
         grid=grid,
         window=window,
     )
-    task.check_classes(videos)
     return run_extraction(videos, task, store_root, set_name, opts, echo)
 
 
@@ -597,7 +588,6 @@ def extract_flow_features(
         crop_size=crop_size,
         window=window,
     )
-    task.check_classes(videos)
     frames = task.frames()
     asked = (given or {}).get("frames")
     if asked is not None and asked != frames:
@@ -659,14 +649,11 @@ def extract_audio_features(
 
 def audio_task(videos: VideoList, checkpoint, echo: Echo, **kw: Any) -> AudioNetwork:
     """The audio network task of an extraction (``kw``: :class:`AudioNetwork`'s options),
-    after the warning about random weights, if any, and the list's labels checked against a
-    run's classes."""
+    after the warning about random weights, if any. ``videos``' labels need not be a run's
+    classes (the set records both: see :mod:`vidfeat.extract.job`)."""
     from vidfeat.audio import require_weights
 
     warning = require_weights(checkpoint, kw["random_init"])
     if warning:
         echo(warning)
-    task = AudioNetwork(checkpoint, **kw)
-    if task.is_run:
-        task.check_classes(videos)
-    return task
+    return AudioNetwork(checkpoint, **kw)

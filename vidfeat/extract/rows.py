@@ -29,6 +29,7 @@ from vidfeat.errors import ConfigError
 from vidfeat.extract.job import Job
 from vidfeat.extract.network import has_classifier
 from vidfeat.grid import RowGrid
+from vidfeat.store import score_classes
 
 DEFAULT_ROWS = 32  # rows per forward pass when --batch-size is not given
 
@@ -73,7 +74,7 @@ class RowTask:
             model, postprocess = self.base.build(device)
             prec = self.base._precision_here(model, device, job.config)
             model = prec.prepare(model).eval()
-        self._classes = len(job.config.get("classes") or [])
+        self._classes = len(score_classes(job.config) or [])
         self._rows_done = 0
         self._norm = None
         if model is not None and self.maker.modality == "rgb":
@@ -264,7 +265,6 @@ def extract_rgb_rows(
         crop_size=crop_size,
         window=_window(grid),
     )
-    base.check_classes(videos)
     n = base.frames()  # refuses a window the network cannot read
     g = row_grid(frames=n, **grid)
     task = RowTask(base, g, RGBRows(base.clip_spec(1, n)), rows=batch_size or DEFAULT_ROWS)
@@ -399,12 +399,11 @@ def extract_flow_rows(
 
 
 def _flow_network(checkpoint, method: str, videos, **kw: Any) -> Any:
-    """The flow network task of ``checkpoint``, checked against the list's labels and the
-    flow method it was trained on."""
+    """The flow network task of ``checkpoint``, checked against the flow method it was
+    trained on."""
     from vidfeat.extract.network import FlowNetwork
 
     base = FlowNetwork(checkpoint, segments=1, batch_size=1, fields=None, **kw)
-    base.check_classes(videos)
     run = base.net().config
     if run.method is not None and run.method != method:
         raise ConfigError(

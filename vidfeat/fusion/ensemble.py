@@ -5,7 +5,8 @@ Members are named on the command line as
 * a fusion run folder (``vidfeat fuse train --out RUN``): its head scores the videos from the
   store;
 * ``set:NAME``: the clip scores stored with a feature set by ``vidfeat extract rgb|flow|audio
-  --checkpoint`` (dataset ``scores`` of each video);
+  --checkpoint`` (dataset ``scores`` of each video, over the network's classes: set.json's
+  ``score_classes``, which are refused, named beside the list's, unless they are its classes);
 * a CSV file with ``video_id`` and one column per class (e.g. ``fuse eval``'s scores.csv).
 
 Scores are joined by video id; a member lacking some of the list's videos is an error that
@@ -232,11 +233,12 @@ def load_member(
     if kind == "set":
         if store is None:
             raise ConfigError(f"member {spec}: stored scores need --store")
-        from vidfeat.store import FeatureStore
+        from vidfeat.store import FeatureStore, score_classes
 
         fs = FeatureStore(store).open_set(spec[4:])
-        # flow fields and raw VGGish sets record the list's classes but store no scores
-        classes = fs.config.get("classes")
+        # the network's classes (a set's ``classes`` are its list's labels); flow fields and
+        # raw VGGish sets may record the list's classes but store no scores
+        classes = score_classes(fs.config)
         ids = fs.ids()
         if not classes or (ids and fs.get_extra(ids[0], "scores") is None):
             raise ConfigError(
@@ -295,10 +297,31 @@ def stack(
     mats = []
     for m in members:
         if set(m.classes) != set(classes):
-            raise ConfigError(f"member {m.name} was trained on other classes than the list")
+            raise ConfigError(_other_classes(m, videos, classes))
         order = [m.classes.index(c) for c in classes]
         mats.append(np.stack([m.scores[v][order] for v in keep]))
     return keep, mats
+
+
+def _names(classes: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(repr(c) for c in list(classes)[:limit])
+    return shown + (f" and {len(classes) - limit} more" if len(classes) > limit else "")
+
+
+def _other_classes(m: Member, videos: VideoList, classes: list[str]) -> str:
+    """Why member ``m``'s scores cannot be class predictions for the list: the stacker needs
+    every label of the list as a column of every member's scores."""
+    missing = [c for c in classes if c not in set(m.classes)]
+    extra = [c for c in m.classes if c not in set(classes)]
+    why = [f"it never scores {_names(missing)}"] if missing else []
+    why += [f"it scores {_names(extra)}, which the list does not label"] if extra else []
+    return (
+        f"member {m.name} scores other classes than the labels of {videos.source}: its scores "
+        f"are over {len(m.classes)} classes ({_names(m.classes)}), the list's labels are "
+        f"{len(classes)} classes ({_names(classes)}); {'; '.join(why)}. An ensemble stacks "
+        "scores of the list's classes (features of a network trained on other classes go to "
+        "`vidfeat fuse train`, which learns the list's labels)"
+    )
 
 
 # --------------------------------------------------------------------------- evaluation

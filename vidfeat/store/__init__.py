@@ -47,7 +47,8 @@ Modules, each importing only those listed above it (no import cycles)::
                 grids: L rows, never all in memory)
     setindex    SetIndex: every copy of every video as numpy columns, cached in .index.npz
     reader      FeatureSet: the set index kept current, duplicates, the pread fast path
-    sets        set identity (identity, is_informational, config comparison) and FeatureStore
+    sets        set identity (identity, is_informational, config comparison), score_classes
+                (what names a set's scores) and FeatureStore
     shardcheck  checking one shard for verify (videos, NaN/Inf, its index against its groups),
                 in worker processes for large stores
     verify      VerifyReport, verify_store, store_info and their text (format_verify,
@@ -75,7 +76,7 @@ from vidfeat.store.rows import VideoSink
 from vidfeat.store.sets import COMPARED_WHEN_BOTH as COMPARED_WHEN_BOTH
 from vidfeat.store.sets import IMPLICIT_DEFAULTS as IMPLICIT_DEFAULTS
 from vidfeat.store.sets import INFORMATIONAL_SUFFIXES as INFORMATIONAL_SUFFIXES
-from vidfeat.store.sets import FeatureStore, identity, is_informational
+from vidfeat.store.sets import FeatureStore, identity, is_informational, score_classes
 from vidfeat.store.shardindex import SHARD_INDEX_ATTR as SHARD_INDEX_ATTR
 from vidfeat.store.verify import (
     VerifyReport,
@@ -105,6 +106,7 @@ __all__ = [
     "is_informational",
     "partial_is_live",
     "read_failures",
+    "score_classes",
     "store_info",
     "verify_store",
 ]

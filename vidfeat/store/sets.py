@@ -1,6 +1,8 @@
 """Set identity and the folder of sets.
 
-``STORE/<set>/set.json`` records the configuration every video of a set shares.
+``STORE/<set>/set.json`` records the configuration every video of a set shares: among it
+``classes``, the class index of the videos' labels (``class_index`` attrs), and
+``score_classes``, the names of the ``scores`` columns (:func:`score_classes`).
 :func:`identity` keeps the keys that determine the arrays (provenance keys,
 :func:`is_informational`, dropped); :class:`FeatureStore` lists sets, creates one or checks that
 a run matches it (:meth:`FeatureStore.ensure_set`) and opens readers.
@@ -41,8 +43,18 @@ INFORMATIONAL_SUFFIXES = ("_version", "_path", "_info")
 # written before ``--precision`` (and sets of no network) were computed in float32.
 IMPLICIT_DEFAULTS: dict[str, Any] = {"storage_dtype": "native", "precision": "fp32"}
 # Identity keys compared only when both the set and the run record them: a set records the
-# class list of the run that created it, and a later run over a list without labels has none.
-COMPARED_WHEN_BOTH = frozenset({"classes"})
+# class list of the run that created it, and a later run over a list without labels has none;
+# sets written before ``score_classes`` existed name their scores' columns by ``classes``.
+COMPARED_WHEN_BOTH = frozenset({"classes", "score_classes"})
+
+
+def score_classes(config: dict) -> list[str] | None:
+    """The names of a set's ``scores`` columns, in order: ``score_classes`` (the network's
+    classes; a set's ``classes`` are its list's labels, which may be other classes), else
+    ``classes`` (a set written before ``score_classes`` existed: its scores are over its class
+    index). None when the set names neither."""
+    names = config.get("score_classes", config.get("classes"))
+    return [str(c) for c in names] if isinstance(names, list) else None
 
 
 # --------------------------------------------------------------------------- config (set.json)
@@ -139,7 +151,8 @@ class FeatureStore:
         keys (:func:`is_informational`) never refuse (a ``*_version`` difference warns,
         ``*_path`` and ``*_info`` are not compared); a missing key of ``IMPLICIT_DEFAULTS``
         compares as its default (no ``storage_dtype`` means ``"native"``); keys of
-        ``COMPARED_WHEN_BOTH`` (``classes``) are compared only when both sides have them.
+        ``COMPARED_WHEN_BOTH`` (``classes``, ``score_classes``) are compared only when both
+        sides have them.
         Returns the stored configuration.
         """
         d = self.set_dir(name)
