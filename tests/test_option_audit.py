@@ -1341,6 +1341,7 @@ AUDIT: dict[tuple[str, ...], dict[str, list[Check]]] = {
     ("models", "import", "timm"): {
         "weights": [Acts(("--weights", "{weights}"), at("weights"), "{weights}")],
         "classes": [Acts(("--classes", "{classes}"), at("classes"), "{classes}")],
+        "normalize": [Acts(("--normalize",), at("normalize"), True)],
         "out": [Acts(("--out", "{out}/timm2"), at(1), "{out}/timm2")],
     },
     ("models", "info"): {"as_json": [Custom(_models_info_json)]},

@@ -6,6 +6,10 @@ fusion heads.
     txb        the temporal Xception block (StNet's head and the TXN fusion heads)
     paddle     the authors' PaddlePaddle ``.pdparams`` files: a restricted reader and the strict
                mapping of their names onto StNet and TSN
+    clipnet    networks imported whole (``ClipNet``, the ``CLIP_NETS`` registry,
+               ``create_clip_net``)
+    framenet   any timm image model on every frame (``FrameNet``, arch ``frame``): ViTs,
+               ConvNeXt, EfficientNet, CLIP's image towers, ...
     torchfile  every ``.pt`` / ``.pth`` file vidfeat reads: checked (a regular file, its zip or
                legacy structure, its pickles' opcodes) before ``torch.load`` sees it
 
