@@ -9,6 +9,7 @@ Random weights only (nothing is downloaded); small models and inputs, except one
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -195,6 +196,11 @@ def test_clip_refusals(clip_run, tmp_path) -> None:
     with pytest.raises(ConfigError, match="holds no classifier"):
         import_timm(CLIP_NAME, tmp_path / "c", weights=src, classes=tmp_path / "c.txt")
     assert not (tmp_path / "c").exists() and not (tmp_path / "e").exists()
+    with warnings.catch_warnings():  # torch.jit.save is deprecated
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "ViT-B-16.pt")
+    with pytest.raises(ConfigError, match="OpenAI's own CLIP .pt files are TorchScript"):
+        import_timm(CLIP_NAME, tmp_path / "j", weights=tmp_path / "ViT-B-16.pt")
 
 
 # --------------------------------------------------------------------------- open_clip

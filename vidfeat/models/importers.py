@@ -256,7 +256,16 @@ def _timm_state(name: str, full, src: Path) -> tuple[dict, int, str]:
     timm ``name``'s with any classifier width (or none); with that width K and its format."""
     from vidfeat.nets.backbones import read_state_dict
 
-    state = read_state_dict(src, "--weights")  # .pth/.bin (no pickle runs) or .safetensors
+    try:
+        state = read_state_dict(src, "--weights")  # .pth/.bin (no pickle runs), .safetensors
+    except ConfigError as exc:
+        if "clip" not in name.lower():
+            raise
+        raise ConfigError(
+            f"{exc}. OpenAI's own CLIP .pt files are TorchScript programs, which vidfeat does not "
+            "run: pass open_clip's state dict (open_clip_pytorch_model.bin / .safetensors, or "
+            "the .pt open_clip saves) or timm's (model.safetensors)"
+        ) from None
     fmt = "timm state dict"
     if "visual.class_embedding" in state or any(k.startswith("visual.trunk.") for k in state):
         state = _clip_state(name, full, state, src)
