@@ -1343,6 +1343,7 @@ AUDIT: dict[tuple[str, ...], dict[str, list[Check]]] = {
     ("models", "import", "timm"): {
         "weights": [Acts(("--weights", "{weights}"), at("weights"), "{weights}")],
         "classes": [Acts(("--classes", "{classes}"), at("classes"), "{classes}")],
+        "normalize": [Acts(("--normalize",), at("normalize"), True)],
         "out": [Acts(("--out", "{out}/timm2"), at(1), "{out}/timm2")],
     },
     ("models", "import", "i3d"): {

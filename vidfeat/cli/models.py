@@ -89,7 +89,8 @@ def models_import_paddle_tsn(
 @click.option(
     "--weights",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A timm state dict of NAME (default: the local timm / Hugging Face cache).",
+    help="NAME's timm state dict (.pth/.bin/.safetensors), or for timm's ViT CLIP towers an "
+    "OpenAI / open_clip CLIP state dict (default: the local timm / Hugging Face cache).",
 )
 @click.option(
     "--classes",
@@ -97,17 +98,31 @@ def models_import_paddle_tsn(
     help="Class names, one per line (default: timm's ImageNet names).",
 )
 @click.option(
+    "--normalize",
+    is_flag=True,
+    help="Store the features L2-normalised (CLIP towers and other models without classifier).",
+)
+@click.option(
     "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder."
 )
-def models_import_timm(name: str, weights: Path | None, classes: Path | None, out: Path) -> None:
-    """A 2D timm ImageNet classifier as a TSN run (offline; nothing is downloaded).
+def models_import_timm(
+    name: str, weights: Path | None, classes: Path | None, normalize: bool, out: Path
+) -> None:
+    """Any timm image model as a run of per-frame features (offline; nothing is downloaded).
 
-    Its per-segment features are the pooled backbone output and its clip scores the ImageNet
-    logits averaged over segments; the run records timm's eval preprocessing.
+    ViTs, ConvNeXt, EfficientNet, RegNet, CLIP's image towers, ...: one frame per row, the
+    feature of each frame is the model's pooled pre-logits vector and the clip scores its logits
+    averaged over the rows. ResNet-family classifiers become TSN runs (trainable with `train
+    --init`). A CLIP tower (e.g. vit_base_patch16_clip_224.openai) has no classifier: its
+    feature is the image embedding after CLIP's projection. The run records timm's eval
+    preprocessing of NAME (resize, crop, interpolation, mean/std).
     """
     from vidfeat.models import import_timm
 
-    click.echo(import_timm(name, out, weights=weights, classes=classes).summary())
+    rep = import_timm(name, out, weights=weights, classes=classes, normalize=normalize)
+    click.echo(rep.summary())
+    for note in rep.notes:
+        click.echo(f"note: {note}")
 
 
 @models_import.command("i3d")

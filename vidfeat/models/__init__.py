@@ -25,9 +25,12 @@ Modules, each importing only those listed above it:
   the paper's :data:`PAPER_STNET` / :data:`PAPER_TSN`) and writing an imported run.
 - :mod:`~vidfeat.models.importers` — :func:`import_paddle`, the authors' PaddlePaddle
   ``STNET.pdparams`` / ``TSN.pdparams`` (PaddlePaddle/models, ``PaddleCV/video``), mapped name
-  for name by :mod:`vidfeat.nets.paddle`; :func:`import_timm`, a 2D timm ImageNet classifier
-  packaged as a TSN run (its classifier as the TSN fc), offline: from the local timm / Hugging
-  Face cache or a state-dict file.
+  for name by :mod:`vidfeat.nets.paddle`; :func:`import_timm`, any timm image model as a run of
+  per-frame features (a ResNet-family classifier as a TSN run, its classifier as the TSN fc;
+  any other model, CLIP's image towers included, as a ``frame`` run of
+  :mod:`vidfeat.nets.framenet`) with timm's eval preprocessing, offline: from the local timm /
+  Hugging Face cache or a state-dict file (an OpenAI / open_clip CLIP one for timm's ViT CLIP
+  towers).
 - :mod:`~vidfeat.models.import_i3d` — :func:`import_i3d`, two-stream I3D from the state dicts
   of the pytorch-i3d port or of video_features (told by their names, mapped strictly onto
   :class:`vidfeat.nets.i3d.InceptionI3d` with the source's padding ``convention``).

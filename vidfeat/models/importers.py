@@ -11,8 +11,6 @@ from vidfeat._version import __version__
 from vidfeat.errors import ConfigError
 from vidfeat.models.config import TrainConfig
 from vidfeat.models.runs import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     PAPER_STNET,
     PAPER_TSN,
     ImportReport,
@@ -153,6 +151,17 @@ def import_paddle(
 
 
 # --------------------------------------------------------------------------- timm import
+#
+# Any timm image model becomes a run. A classifier the segment networks can split into stages
+# (the ResNet families of vidfeat.nets.backbones) stays a TSN run, as before, so `train --init`
+# fine-tunes it; every other model, and every model without a classifier, becomes a per-frame
+# ``frame`` run (vidfeat.nets.framenet). Both record timm's own evaluation transform.
+
+TIMM_LABEL_SETS = ("in1k", "in12k", "in21k", "in22k")  # tags of heads fine-tuned on labels
+# timm's eval transform resizes a PIL image (torchvision's Resize calls Image.resize, which
+# filters like antialiasing); extraction reproduces it with Pillow ("torch" would be
+# torchvision's tensor resize, antialiased too, a few grey levels apart)
+TIMM_RESAMPLER = "pil"
 
 
 def _timm_weights_file(name: str) -> Path | None:
@@ -184,12 +193,6 @@ def _timm_weights_file(name: str) -> Path | None:
     return None
 
 
-def _read_timm_state(path: Path) -> dict:
-    from vidfeat.nets.backbones import read_state_dict
-
-    return read_state_dict(path, "--weights")
-
-
 def _imagenet_names(model, k: int) -> tuple[list[str], str] | None:
     """Readable unique class names of a timm ImageNet classifier (timm ships the synsets)."""
     try:
@@ -210,43 +213,123 @@ def _imagenet_names(model, k: int) -> tuple[list[str], str] | None:
     return names, f"timm ImageNetInfo({subset!r})"
 
 
-def _checked_timm_state(name: str, full, src: Path) -> tuple[dict, str]:
-    """The state dict of ``src``, refused unless it is exactly timm ``name``'s with its
-    ImageNet classifier; returns it and the classifier's name."""
-    state = _read_timm_state(src)
+def _timm_heads(full) -> tuple[str, ...]:
+    """The classifier's module name(s) from the model's pretrained cfg (``fc``, ``head``,
+    ``head.fc``, ``classifier``, ...)."""
     head = full.pretrained_cfg.get("classifier") or "fc"
-    head = head[0] if isinstance(head, list | tuple) else head
+    return (head,) if isinstance(head, str) else tuple(head)
+
+
+def _clip_state(name: str, full, state: dict, src: Path) -> dict:
+    """The visual tower of an OpenAI / open_clip CLIP state dict (``visual.*``), converted to
+    timm's names by timm's own ``checkpoint_filter_fn`` (tensor renames and reshapes only: the
+    file was read by :func:`~vidfeat.nets.backbones.read_state_dict`, nothing in it ran)."""
+    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+    if not isinstance(full, VisionTransformer):
+        raise ConfigError(
+            f"{src} is a CLIP checkpoint (visual.* tensors); vidfeat converts those only for "
+            f"timm's ViT CLIP towers (vit_*_clip_*), not for {name!r} ({type(full).__name__}); "
+            "pass the timm state dict of the model instead"
+        )
+    trunk = any(k.startswith("visual.trunk.") for k in state)
+    patch, pos = (
+        ("visual.trunk.patch_embed.proj.weight", "visual.trunk.pos_embed")
+        if trunk
+        else ("visual.conv1.weight", "visual.positional_embedding")
+    )
+    own_patch, own_pos = full.patch_embed.proj.weight.shape, full.pos_embed.shape
+    got_patch = tuple(state[patch].shape) if patch in state else None
+    got_pos = state[pos].shape[-2] if pos in state else None
+    # timm would resample another patch size or grid; such a file is another model's
+    if got_patch != tuple(own_patch) or got_pos != own_pos[1]:
+        raise ConfigError(
+            f"{src} is the CLIP visual tower of another model: {patch} {got_patch} and {pos} "
+            f"of {got_pos} tokens, where timm {name!r} has {tuple(own_patch)} and {own_pos[1]} "
+            "tokens; pass the weights of this exact model"
+        )
+    return checkpoint_filter_fn(state, full)
+
+
+def _timm_state(name: str, full, src: Path) -> tuple[dict, int, str]:
+    """The timm state dict in ``src`` (a CLIP checkpoint converted), refused unless it is
+    timm ``name``'s with any classifier width (or none); with that width K and its format."""
+    from vidfeat.nets.backbones import read_state_dict
+
+    try:
+        state = read_state_dict(src, "--weights")  # .pth/.bin (no pickle runs), .safetensors
+    except ConfigError as exc:
+        if "clip" not in name.lower():
+            raise
+        raise ConfigError(
+            f"{exc}. OpenAI's own CLIP .pt files are TorchScript programs, which vidfeat does not "
+            "run: pass open_clip's state dict (open_clip_pytorch_model.bin / .safetensors, or "
+            "the .pt open_clip saves) or timm's (model.safetensors)"
+        ) from None
+    fmt = "timm state dict"
+    if "visual.class_embedding" in state or any(k.startswith("visual.trunk.") for k in state):
+        state = _clip_state(name, full, state, src)
+        fmt = "OpenAI / open_clip CLIP state dict, visual tower (timm checkpoint_filter_fn)"
+    heads = tuple(f"{h}." for h in _timm_heads(full))
     own = full.state_dict()
-    missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
+    skip = ("num_batches_tracked",)
+    missing = sorted(
+        k for k in own if k not in state and not k.endswith(skip) and not k.startswith(heads)
+    )
     unexpected = sorted(k for k in state if k not in own)
-    bad = [k for k in own if k in state and state[k].shape != own[k].shape]
+    bad = [
+        k for k in own if k in state and state[k].shape != own[k].shape and not k.startswith(heads)
+    ]
     if missing or unexpected or bad:
         raise ConfigError(
             f"{src} is not a state dict of timm {name!r}: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}, mis-shaped {bad[:5]}; pass the weights of this exact model"
         )
-    if f"{head}.weight" not in state:
-        raise ConfigError(f"{src} has no ImageNet classifier ({head}.weight) to package")
-    return state, head
+    weight = f"{_timm_heads(full)[0]}.weight"
+    k = int(state[weight].shape[0]) if weight in state else 0
+    return state, k, fmt
 
 
 def _timm_preprocessing(name: str, full) -> Preprocessing:
-    """timm's evaluation transform of ``name`` (crop, crop_pct, mean/std, interpolation)."""
-    pcfg = full.pretrained_cfg
-    crop = int(pcfg.get("input_size", (3, 224, 224))[-1])
-    crop_pct = float(pcfg.get("crop_pct") or 0.875)
-    interp = str(pcfg.get("interpolation") or "bilinear")
+    """timm's evaluation transform of ``name`` (``resolve_data_config`` →
+    ``transforms_imagenet_eval``): resize by torchvision to ``floor(crop / crop_pct)`` (short
+    side; both sides for ``crop_mode='squash'``) by Pillow, centre crop, the cfg's mean/std."""
+    from timm.data import resolve_data_config
+
+    dc = resolve_data_config(model=full)
+    _, h, w = (int(v) for v in dc["input_size"])
+    crop_pct, mode, interp = float(dc["crop_pct"]), str(dc["crop_mode"]), str(dc["interpolation"])
+    why = (
+        f"its input is {h}x{w} (vidfeat crops square)"
+        if h != w
+        else f"its crop_pct {crop_pct} > 1 pads the frame"
+        if crop_pct > 1
+        else f"its crop_mode {mode!r} letterboxes the frame"
+        if mode not in ("center", "squash")
+        else f"its interpolation is {interp}"
+        if interp not in ("bilinear", "bicubic")
+        else f"it takes {len(dc['mean'])} channels"
+        if len(dc["mean"]) != 3
+        else ""
+    )
+    if why:
+        raise ConfigError(
+            f"timm evaluates {name!r} with a transform vidfeat does not reproduce: {why}; "
+            "choose another model or tag"
+        )
+    scale = math.floor(h / crop_pct)
     return Preprocessing(
-        short_side=max(crop, math.floor(crop / crop_pct)),  # timm's eval transform
-        crop=crop,
-        mean=tuple(float(v) for v in pcfg.get("mean", IMAGENET_MEAN)),
-        std=tuple(float(v) for v in pcfg.get("std", IMAGENET_STD)),
+        short_side=scale,
+        crop=h,
+        mean=tuple(float(v) for v in dc["mean"]),
+        std=tuple(float(v) for v in dc["std"]),
         segments=25,  # TSN tests with 25 segments
         frames=1,
+        resize="fixed" if mode == "squash" else "short-side",
+        resize_size=(scale, scale) if mode == "squash" else None,
         interpolation=interp,
-        notes=()
-        if interp == "bilinear"
-        else (f"timm evaluates {name} with {interp} resizing; vidfeat resizes bilinearly",),
+        resampler=TIMM_RESAMPLER,
+        antialias=True,
     )
 
 
@@ -254,7 +337,7 @@ def _timm_source(name: str, weights: str | Path | None) -> Path:
     src = Path(weights) if weights is not None else _timm_weights_file(name)
     if src is None:
         raise ConfigError(
-            f"the ImageNet weights of timm model {name!r} are not in the local cache "
+            f"the weights of timm model {name!r} are not in the local cache "
             "(nothing is downloaded). On a machine with network run "
             f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` and copy "
             "its Hugging Face cache (HF_HOME) here, or pass --weights FILE with the model's timm "
@@ -267,43 +350,75 @@ def _timm_source(name: str, weights: str | Path | None) -> Path:
 
 
 def _timm_model(name: str):
-    """timm's ``name`` without weights, refused unless timm has it and the segment networks can
-    run its family stage by stage."""
+    """timm's ``name`` with its default head, on the meta device (shapes, names and config, no
+    memory, no init: what checking a file and reading the model's cfg need), refused unless
+    timm has it."""
     import timm
-
-    from vidfeat.nets.backbones import family_of
+    import torch
 
     if not timm.is_model(name.split(".")[0]):
         raise ConfigError(
             f"{name!r} is not a timm model; list candidates with "
-            "`python -c \"import timm; print(timm.list_models('resnet*'))\"`"
+            "`python -c \"import timm; print(timm.list_models('vit_*'))\"`"
         )
-    full = timm.create_model(name, pretrained=False)
-    family_of(full)  # only families the segment networks can run stage by stage
-    return full
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False)
+    except RuntimeError as exc:  # an unknown pretrained tag
+        raise ConfigError(f"timm cannot build {name!r}: {exc}") from None
+
+
+def _is_projection(full, k: int) -> bool:
+    """Whether the file's head (``k`` outputs) is CLIP's image projection, not a classifier:
+    a CLIP-style image tower (``clip`` in its name, or Perception Encoder's ``vit_pe_core``)
+    whose pretrained tag names no label set and whose head has the tag's own width."""
+    pcfg = full.pretrained_cfg
+    arch, tag = str(pcfg.get("architecture") or ""), str(pcfg.get("tag") or "")
+    clip = "clip" in f"{arch}.{tag}".lower() or arch.startswith("vit_pe_core")
+    labelled = any(s in tag for s in TIMM_LABEL_SETS)
+    return bool(k) and clip and not labelled and k == pcfg.get("num_classes")
+
+
+def _splittable(full) -> bool:
+    from vidfeat.nets.backbones import family_of
+
+    try:
+        family_of(full)
+    except ConfigError:
+        return False
+    return True
 
 
 def _timm_classes(full, classes: str | Path | None, k: int, src: Path) -> tuple[list[str], str]:
     """The class names of the ``k`` outputs and where they came from: ``classes`` when given,
-    else timm's ImageNet names, else numbered names."""
+    else timm's ImageNet names, else numbered names (none without a classifier)."""
+    if k == 0:
+        if classes is not None:
+            raise ConfigError(
+                f"--classes: {src} holds no classifier (the head of timm "
+                f"{full.pretrained_cfg.get('architecture')} is absent or CLIP's projection); "
+                "import it without --classes"
+            )
+        return [], "none: features only"
     if classes is not None:
         return _resolve_classes(classes, None, k, str(src))
     return _imagenet_names(full, k) or _resolve_classes(None, k, k, str(src))
 
 
-def _timm_config(name: str, pre: Preprocessing) -> TrainConfig:
-    """The run config of a timm classifier packaged as TSN: one frame per segment."""
+def _timm_config(name: str, pre: Preprocessing, arch: str, options: dict) -> TrainConfig:
+    """The run config of a timm model: TSN (one frame per segment) or a per-frame network."""
     return TrainConfig(
         modality="rgb",
         train="",
         val=None,
-        arch="tsn",
+        arch=arch,
         backbone=name,
         segments=3,
         test_segments=pre.segments,
         frames=1,
         size=pre.crop,
         short_side=pre.short_side,
+        net_options=options,
     )
 
 
@@ -324,10 +439,44 @@ def _timm_tsn(name: str, state: dict, head: str, k: int):
     return net
 
 
-def _timm_meta(
-    name: str, src: Path, tensors: int, pcfg: dict, pre: Preprocessing, classes_from: str
-) -> dict:
+def _timm_frame(name: str, state: dict, k: int, options: dict, size: int):
+    """The per-frame network on timm ``name`` with ``state`` loaded strictly at ``net.``;
+    refused when its classifier is not a linear map of the pooled feature (checked on a
+    random frame: the logits from vidfeat's feature equal timm's own forward)."""
+    import torch
+
+    from vidfeat.nets.clipnet import create_clip_net
+
+    with torch.device("meta"):  # no random init of what the file fills
+        net = create_clip_net("frame", name, k, in_chans_per_segment=3, frames=1, **options)
+    state = dict(state)
+    for k2, v in net.net.state_dict().items():
+        if k2 in state:
+            state[k2] = state[k2].to(v.dtype)  # assign keeps the file's dtype otherwise
+        elif k2.endswith("num_batches_tracked"):  # BN counters old files lack
+            state[k2] = torch.zeros(v.shape, dtype=v.dtype)
+    net.net.load_state_dict(state, assign=True)  # strict: every tensor filled, every one used
+    if any(t.is_meta for t in (*net.parameters(), *net.buffers())):  # unsaved buffers: init
+        net = create_clip_net("frame", name, k, in_chans_per_segment=3, frames=1, **options)
+        net.net.load_state_dict(state)
+    net.eval()
+    if k:
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ff = net.net.forward_features(x)
+            want = net.net.forward_head(ff)
+            got = net.classify(net.net.forward_head(ff, pre_logits=True).flatten(1))
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-3):
+            raise ConfigError(
+                f"timm {name!r}'s logits are not its classifier applied to its pooled feature; "
+                "vidfeat cannot score frames from stored features of this model"
+            )
+    return net
+
+
+def _timm_meta(name: str, src: Path, tensors: int, full, pre: Preprocessing, cls_from, fmt):
     """model.json of a timm import (the weights' entry is added when best.pt is written)."""
+    pcfg = full.pretrained_cfg
     return {
         "format": "vidfeat-model/1",
         "origin": "imported",
@@ -339,15 +488,18 @@ def _timm_meta(
             "name": name,
             "sha256": _sha256(src),
             "size_bytes": src.stat().st_size,
-            "format": "timm state dict",
+            "format": fmt,
             "tensors": tensors,
             "pretrained_cfg": {
-                k2: pcfg.get(k2) for k2 in ("hf_hub_id", "url", "tag", "license") if pcfg.get(k2)
+                k2: pcfg.get(k2)
+                for k2 in ("architecture", "tag", "hf_hub_id", "url", "license")
+                if pcfg.get(k2)
             },
         },
-        "trained_by": f"timm {name} ImageNet weights (not vidfeat)",
-        "classes_from": classes_from,
+        "trained_by": f"timm {name} pretrained weights (not vidfeat)",
+        "classes_from": cls_from,
         "preprocessing": pre.as_dict(),
+        "notes": [str(n) for n in pcfg.get("notes") or ()],
         "versions": _versions(),
     }
 
@@ -358,28 +510,54 @@ def import_timm(
     *,
     weights: str | Path | None = None,
     classes: str | Path | None = None,
+    normalize: bool = False,
 ) -> ImportReport:
-    """Package the 2D timm ImageNet classifier ``name`` as a TSN run (one frame per segment,
-    the classifier's logits averaged over T), so ImageNet-only RGB features take the same path
-    as trained networks: ``forward_features`` is the pooled backbone feature per segment.
+    """Package the timm image model ``name`` (any: ResNets, ViTs, ConvNeXt, EfficientNet, CLIP's
+    image towers, ...) as a run of per-frame features, recording timm's eval preprocessing.
 
-    Offline: the weights come from ``weights`` (a timm state dict file) or the local timm /
-    Hugging Face cache; without either, :class:`ConfigError` says how to get them.
+    A ResNet-family classifier becomes a TSN run (trainable with ``train --init``); any other
+    model a ``frame`` run (:class:`~vidfeat.nets.framenet.FrameNet`). A classifier's feature is
+    its pooled pre-logits vector and its clip scores the logits averaged over T. A CLIP tower
+    (timm's head is CLIP's projection) has no classifier: its feature is the image embedding,
+    L2-normalised with ``normalize``. Offline: the weights come from ``weights`` (a timm state
+    dict, or an OpenAI / open_clip CLIP checkpoint for timm's ViT CLIP towers) or the local
+    timm / Hugging Face cache; without either, :class:`ConfigError` says how to get them.
     """
     from vidfeat.nets.backbones import count_parameters
 
     out = Path(out)
     _check_out(out)
     full = _timm_model(name)
-    src = _timm_source(name, weights)
-    state, head = _checked_timm_state(name, full, src)
-    k = int(state[f"{head}.weight"].shape[0])
-    names, classes_from = _timm_classes(full, classes, k, src)
     pre = _timm_preprocessing(name, full)
-    net = _timm_tsn(name, state, head, k)
-    meta = _timm_meta(name, src, len(state), full.pretrained_cfg, pre, classes_from)
+    src = _timm_source(name, weights)
+    state, k, fmt = _timm_state(name, full, src)
+    embed = k if _is_projection(full, k) else 0
+    k = 0 if embed else k
+    if normalize and k:
+        raise ConfigError(
+            f"--normalize: timm {name!r} has a {k}-class classifier, whose logits need the "
+            "features as they are; --normalize applies to CLIP towers and headless models"
+        )
+    names, classes_from = _timm_classes(full, classes, k, src)
+    if k and _splittable(full):
+        arch, options = "tsn", {}
+        net = _timm_tsn(name, state, _timm_heads(full)[0], k)
+    else:
+        arch, options = "frame", {"embed_dim": embed, "normalize": bool(normalize)}
+        net = _timm_frame(name, state, k, options, pre.crop)
+    meta = _timm_meta(name, src, len(state), full, pre, classes_from, fmt)
     state_out = {k2: v.detach().clone() for k2, v in net.state_dict().items()}
-    _write_run(out, _timm_config(name, pre), names, state_out, meta)
+    _write_run(out, _timm_config(name, pre, arch, options), names, state_out, meta)
+    for note in meta["notes"]:
+        log.warning("timm %s: %s", name, note)
     return ImportReport(
-        out, "timm", "tsn", name, k, len(state), count_parameters(net), meta["source"]["sha256"]
+        out,
+        "timm",
+        arch,
+        name,
+        k,
+        len(state),
+        count_parameters(net),
+        meta["source"]["sha256"],
+        notes=list(meta["notes"]),
     )

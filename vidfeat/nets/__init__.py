@@ -10,6 +10,8 @@ and per-frame image networks) and the temporal layers shared with the fusion hea
                ``[B, T, D]``), the ``CLIP_NETS`` registry, ``create_clip_net``
     i3d        two-stream I3D (Inception-v1 inflated), the ``"i3d"`` clip network, with the
                padding / BatchNorm / pooling conventions of pytorch-i3d and video_features
+    framenet   any timm image model on every frame (``FrameNet``, arch ``frame``): ViTs,
+               ConvNeXt, EfficientNet, CLIP's image towers, ...
     torchfile  every ``.pt`` / ``.pth`` file vidfeat reads: checked (a regular file, its zip or
                legacy structure, its pickles' opcodes) before ``torch.load`` sees it
 
