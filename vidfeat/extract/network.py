@@ -400,6 +400,19 @@ class FlowNetwork(_RunTask):
         """The test crop: --crop-size, else the training crop the run recorded."""
         return self.crop_size or self.net().config.size
 
+    def check_bound(self, bound: float) -> None:
+        """An imported flow network saw fields clipped to the bound its ``model.json``
+        records (I3D: ±20 px): fields of another bound would be another input scale."""
+        from vidfeat.models.runs import _read_model_json
+
+        meta = _read_model_json(self.net().path) or {}
+        want = (meta.get("flow") or {}).get("bound") if isinstance(meta, dict) else None
+        if isinstance(want, int | float) and float(want) != float(bound):
+            raise ConfigError(
+                f"--bound {bound:g}: the flow network {self.checkpoint} takes fields clipped to "
+                f"±{want:g} px and divided by {want:g}; pass --bound {want:g}"
+            )
+
     def config(self) -> dict:
         conf = super().config()
         conf.update(
@@ -589,6 +602,7 @@ def extract_flow_features(
         window=window,
     )
     frames = task.frames()
+    task.check_bound(bound)
     asked = (given or {}).get("frames")
     if asked is not None and asked != frames:
         raise ConfigError(

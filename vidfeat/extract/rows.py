@@ -369,6 +369,7 @@ def extract_flow_rows(
             window=_window(grid),
         )
         frames = base.frames()
+        base.check_bound(bound)
         short_side = short_side or base.net().config.short_side  # its training fields' scale
     elif keep_fields:
         raise ConfigError(
