@@ -578,6 +578,10 @@ CMDS: dict[tuple[str, ...], Cmd] = {
     ("models", "import", "timm"): Cmd(
         ("resnet18", "--out", "{out}/timm"), "vidfeat.models.import_timm"
     ),
+    ("models", "import", "torchvision"): Cmd(
+        ("r3d_18", "--weights", "{weights}", "--out", "{out}/tv"),
+        "vidfeat.models.import_torchvision",
+    ),
     ("models", "info"): Cmd(("{run}",), "vidfeat.models.describe_run"),
 }
 
@@ -1305,6 +1309,8 @@ def _models_info_json(env: Env) -> None:
         assert res.exit_code == 0 and res.output == "TEXT\n"
 
 
+TV_NO_WEIGHTS = ("r3d_18", "--out", "{out}/tv")  # `models import torchvision` without --weights
+
 AUDIT: dict[tuple[str, ...], dict[str, list[Check]]] = {
     (): {"version": [Custom(_version)]},
     ("data", "synth"): _synth(),
@@ -1329,6 +1335,14 @@ AUDIT: dict[tuple[str, ...], dict[str, list[Check]]] = {
         "weights": [Acts(("--weights", "{weights}"), at("weights"), "{weights}")],
         "classes": [Acts(("--classes", "{classes}"), at("classes"), "{classes}")],
         "out": [Acts(("--out", "{out}/timm2"), at(1), "{out}/timm2")],
+    },
+    ("models", "import", "torchvision"): {
+        "weights": [
+            Acts(("--weights", "{weights}"), at("weights"), "{weights}", base=TV_NO_WEIGHTS),
+            refused(says="Missing option '--weights'", base=TV_NO_WEIGHTS),
+        ],
+        "classes": [Acts(("--classes", "{classes}"), at("classes"), "{classes}")],
+        "out": [Acts(("--out", "{out}/tv2"), at(1), "{out}/tv2")],
     },
     ("models", "info"): {"as_json": [Custom(_models_info_json)]},
 }
