@@ -146,6 +146,34 @@ def _names(keys: list[str], limit: int = 6) -> str:
     return (", ".join(keys[:limit]) + more) or "none"
 
 
+def _shapes(name: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape of torchvision's ``name`` (built on the meta device: no memory)."""
+    import torch
+
+    from vidfeat.nets.tvvideo import build_torchvision
+
+    with torch.device("meta"):
+        return {
+            n: tuple(v.shape) for n, v in build_torchvision(name, num_classes).state_dict().items()
+        }
+
+
+def _looks_like(state: dict, name: str) -> str:
+    """ " (it holds torchvision's X)" when ``state``'s names are another supported model's."""
+    from vidfeat.nets.tvvideo import TV_VIDEO_MODELS, classifier_key
+
+    have = {n for n in state if not n.endswith("num_batches_tracked")}
+    for other in TV_VIDEO_MODELS:
+        head = classifier_key(other)
+        if other == name or head not in state:
+            continue
+        want = _shapes(other, int(state[head].shape[0]))
+        names = {n for n in want if not n.endswith("num_batches_tracked")}
+        if have == names and all(tuple(state[n].shape) == want[n] for n in have):
+            return f" (it holds torchvision's {other}: `vidfeat models import torchvision {other}`)"
+    return ""
+
+
 def _checked_state(name: str, src: Path) -> tuple[dict, int]:
     """The state dict of ``src`` and its number of classes, refused (one ConfigError listing
     the missing, unexpected and mis-shaped names) unless it is exactly torchvision's ``name``'s.
@@ -153,30 +181,48 @@ def _checked_state(name: str, src: Path) -> tuple[dict, int]:
     import torch
 
     from vidfeat.nets.backbones import read_state_dict
-    from vidfeat.nets.tvvideo import build_torchvision, classifier_key
+    from vidfeat.nets.tvvideo import classifier_key
 
     state = read_state_dict(src, "--weights")
     head = classifier_key(name)
     k = int(state[head].shape[0]) if head in state and state[head].dim() >= 1 else 400
-    own = build_torchvision(name, max(k, 1)).state_dict()
+    own = _shapes(name, max(k, 1))
     missing = sorted(n for n in own if n not in state and not n.endswith("num_batches_tracked"))
     unexpected = sorted(n for n in state if n not in own)
     bad = sorted(
-        f"{n} {tuple(state[n].shape)} (want {tuple(own[n].shape)})"
+        f"{n} {tuple(state[n].shape)} (want {own[n]})"
         for n in own
-        if n in state and state[n].shape != own[n].shape
+        if n in state and tuple(state[n].shape) != own[n]
     )
     if missing or unexpected or bad:
         raise ConfigError(
-            f"--weights {src} is not a state dict of torchvision's {name}: "
-            f"{len(missing)} missing ({_names(missing)}); {len(unexpected)} unexpected "
-            f"({_names(unexpected)}); {len(bad)} mis-shaped ({_names(bad)}). Pass torchvision's "
-            f"own weights file of {name} (or import it as the model it is)"
+            f"--weights {src} is not a state dict of torchvision's {name}"
+            f"{_looks_like(state, name)}: {len(missing)} missing ({_names(missing)}); "
+            f"{len(unexpected)} unexpected ({_names(unexpected)}); {len(bad)} mis-shaped "
+            f"({_names(bad)}). Pass torchvision's own weights file of {name}"
         )
-    for n, v in own.items():
+    for n in own:
         if n not in state:  # num_batches_tracked only
-            state[n] = torch.zeros_like(v)
+            state[n] = torch.zeros((), dtype=torch.long)
     return state, k
+
+
+def _network(name: str, k: int, frames: int, state: dict):
+    """The ``tvvideo`` network holding ``state`` (its tensors themselves: the network is built
+    on the meta device, so the weights are never allocated twice)."""
+    import itertools
+
+    import torch
+
+    from vidfeat.nets.tvvideo import TorchvisionVideoNet
+
+    with torch.device("meta"):
+        net = TorchvisionVideoNet(name, k, in_chans_per_segment=3 * frames, frames=frames)
+    state = {n: v.float() if v.is_floating_point() else v for n, v in state.items()}
+    net.net.load_state_dict(state, assign=True)  # strict: checked above
+    if any(t.is_meta for t in itertools.chain(net.parameters(), net.buffers())):
+        raise ConfigError(f"torchvision's {name} holds tensors no state dict fills; report this")
+    return net
 
 
 def _classes(entry: Any, classes: str | Path | None, k: int, src: Path) -> tuple[list[str], str]:
@@ -254,7 +300,7 @@ def import_torchvision(
     ``classes`` is given, the weights' Kinetics-400 class names. Nothing is downloaded."""
     from vidfeat.nets.backbones import count_parameters
     from vidfeat.nets.torchfile import check_regular
-    from vidfeat.nets.tvvideo import TorchvisionVideoNet, check_name
+    from vidfeat.nets.tvvideo import check_name
 
     out = Path(out)
     _check_out(out)
@@ -273,11 +319,10 @@ def import_torchvision(
     pre, rec = torchvision_preprocessing(name, entry)
     state, k = _checked_state(name, src)
     names, classes_from = _classes(entry, classes, k, src)
-    net = TorchvisionVideoNet(name, k, in_chans_per_segment=3 * pre.frames, frames=pre.frames)
-    net.net.load_state_dict(state)  # strict: checked above
+    net = _network(name, k, pre.frames, state)
     meta = _meta(src, entry, how, len(state), pre, rec)
     meta["classes_from"] = classes_from
-    state_out = {n: v.detach().clone() for n, v in net.state_dict().items()}
+    state_out = {n: v.detach() for n, v in net.state_dict().items()}
     _write_run(out, _config(name, pre), names, state_out, meta)
     return ImportReport(
         out,
