@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ import vidfeat
 from vidfeat.cli import main
 from vidfeat.errors import ConfigError
 from vidfeat.models import import_torchvision
-from vidfeat.models.import_torchvision import weights_entry
+from vidfeat.models.import_torchvision import DOCUMENTED_CLIPS, _documented_clips, weights_entry
 from vidfeat.nets.clipnet import create_clip_net
 from vidfeat.nets.tvvideo import TV_VIDEO_MODELS, classifier_key
 
@@ -37,6 +38,7 @@ INPUTS = {
     "swin3d_s": (1, 3, 112),
     "swin3d_b": (1, 3, 112),
 }
+TABLE = "vidfeat's table of torchvision 0.29's weight docs"
 SLOW = {"mvit_v1_b", "mvit_v2_s", "swin3d_b"}  # ~10 s each: MViT's forward, swin3d_b's 350 MB
 
 
@@ -181,6 +183,17 @@ def test_weights_entry_follows_the_file_name() -> None:
     assert repr(k22.transforms()) == repr(k1.transforms())
 
 
+def test_clip_length_from_the_weights_docs() -> None:
+    """The clip length is parsed from each weight's meta["_docs"]; the documented table (the
+    same figures) only serves a torchvision whose wording no longer parses."""
+    for name in TV_VIDEO_MODELS:
+        entry = torchvision.models.get_model_weights(name).DEFAULT
+        clips, where = _documented_clips(name, entry)
+        assert clips == DOCUMENTED_CLIPS[name] and where.endswith("meta['_docs']")
+    other = SimpleNamespace(meta={"_docs": "reworded"}, name="KINETICS400_V1")
+    assert _documented_clips("s3d", other) == (DOCUMENTED_CLIPS["s3d"], TABLE)
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """mc3_18 (the smallest file, 47 MB) saved under torchvision's own file name, imported;
@@ -224,6 +237,16 @@ def test_cli_import_and_classes(small: dict[str, Path]) -> None:
         import_torchvision(
             "mc3_18", small["dir"] / "bad", weights=small["mc3"], classes=small["five"]
         )
+
+
+def test_counters_may_be_absent(small: dict[str, Path]) -> None:
+    """A state dict without BatchNorm's num_batches_tracked (older saves) is accepted."""
+    state = _randomised("mc3_18").state_dict()
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    src = small["dir"] / "mc3_18-nocount.pth"
+    torch.save(state, src)
+    rep = import_torchvision("mc3_18", small["dir"] / "nocount", weights=src)
+    assert rep.num_classes == 400 and vidfeat.load_model(small["dir"] / "nocount").frames == 16
 
 
 def test_refusals(small: dict[str, Path]) -> None:

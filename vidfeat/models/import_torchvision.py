@@ -281,7 +281,8 @@ def _meta(src: Path, entry: Any, how: str, tensors: int, pre: Preprocessing, rec
             "recipe": entry.meta.get("recipe"),
             "preprocessing_from": rec,
         },
-        "trained_by": f"torchvision's {entry.url} (see its recipe; not vidfeat)",
+        "trained_by": f"torchvision's {type(entry).__name__}.{entry.name} ({entry.url}; recipe "
+        f"{entry.meta.get('recipe')}), not vidfeat",
         "preprocessing": pre.as_dict(),
         "versions": {**_versions(), "torchvision": torchvision.__version__},
     }
