@@ -581,6 +581,10 @@ CMDS: dict[tuple[str, ...], Cmd] = {
     ("models", "import", "i3d"): Cmd(
         ("{weights}", "--modality", "rgb", "--out", "{out}/i3d"), "vidfeat.models.import_i3d"
     ),
+    ("models", "import", "torchvision"): Cmd(
+        ("r3d_18", "--weights", "{weights}", "--out", "{out}/tv"),
+        "vidfeat.models.import_torchvision",
+    ),
     ("models", "info"): Cmd(("{run}",), "vidfeat.models.describe_run"),
 }
 
@@ -1320,6 +1324,8 @@ def _models_info_json(env: Env) -> None:
         assert res.exit_code == 0 and res.output == "TEXT\n"
 
 
+TV_NO_WEIGHTS = ("r3d_18", "--out", "{out}/tv")  # `models import torchvision` without --weights
+
 AUDIT: dict[tuple[str, ...], dict[str, list[Check]]] = {
     (): {"version": [Custom(_version)]},
     ("data", "synth"): _synth(),
@@ -1353,6 +1359,14 @@ AUDIT: dict[tuple[str, ...], dict[str, list[Check]]] = {
         ],
         "classes": [Acts(("--classes", "{classes}"), at("classes"), "{classes}")],
         "out": [Acts(("--out", "{out}/i3d2"), at(1), "{out}/i3d2")],
+    },
+    ("models", "import", "torchvision"): {
+        "weights": [
+            Acts(("--weights", "{weights}"), at("weights"), "{weights}", base=TV_NO_WEIGHTS),
+            refused(says="Missing option '--weights'", base=TV_NO_WEIGHTS),
+        ],
+        "classes": [Acts(("--classes", "{classes}"), at("classes"), "{classes}")],
+        "out": [Acts(("--out", "{out}/tv2"), at(1), "{out}/tv2")],
     },
     ("models", "info"): {"as_json": [Custom(_models_info_json)]},
 }

@@ -210,6 +210,7 @@ def test_clip_refusals(clip_run, tmp_path) -> None:
 def open_clip_model(tmp_path_factory):
     """open_clip's ViT-B-16 with random weights, its visual tower saved in open_clip's names."""
     import open_clip  # a test dependency (pyproject.toml: the test extra)
+
     torch.manual_seed(11)
     model = open_clip.create_model("ViT-B-16", pretrained=None)
     randomised(model.visual, 11)

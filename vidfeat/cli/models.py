@@ -1,5 +1,6 @@
 """``vidfeat models``: released weights imported as run folders (``import paddle-stnet``,
-``import paddle-tsn``, ``import timm``, ``import i3d``) and a run described (``info``)."""
+``import paddle-tsn``, ``import timm``, ``import i3d``, ``import torchvision``) and a run
+described (``info``)."""
 
 from __future__ import annotations
 
@@ -154,6 +155,36 @@ def models_import_i3d(file: Path, modality: str, classes: Path | None, out: Path
     from vidfeat.models import import_i3d
 
     click.echo(import_i3d(file, out, modality=modality, classes=classes).summary())
+
+
+@models_import.command("torchvision")
+@click.argument("name")
+@click.option(
+    "--weights",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="torchvision's own weights file of NAME (e.g. r3d_18-b3b3357e.pth); nothing is "
+    "downloaded.",
+)
+@click.option(
+    "--classes",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Class names, one per line (default: the weights' Kinetics-400 names).",
+)
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder."
+)
+def models_import_torchvision(name: str, weights: Path, classes: Path | None, out: Path) -> None:
+    """A torchvision video classifier (r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v1_b, mvit_v2_s,
+    swin3d_t, swin3d_s, swin3d_b) from its weights file, as a clip-network run.
+
+    Its per-row features are the pooled vector before its classifier and its scores its own
+    logits; the run records torchvision's preprocessing of those weights (resize, crop,
+    mean/std, clip length), read from torchvision's weights metadata.
+    """
+    from vidfeat.models import import_torchvision
+
+    click.echo(import_torchvision(name, out, weights=weights, classes=classes).summary())
 
 
 @models.command("info")

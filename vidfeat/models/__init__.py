@@ -34,6 +34,11 @@ Modules, each importing only those listed above it:
 - :mod:`~vidfeat.models.import_i3d` — :func:`import_i3d`, two-stream I3D from the state dicts
   of the pytorch-i3d port or of video_features (told by their names, mapped strictly onto
   :class:`vidfeat.nets.i3d.InceptionI3d` with the source's padding ``convention``).
+- :mod:`~vidfeat.models.import_torchvision` — :func:`import_torchvision`, torchvision's video
+  classifiers (``r3d_18``, ``mc3_18``, ``r2plus1d_18``, ``s3d``, ``mvit_v1_b``, ``mvit_v2_s``,
+  ``swin3d_t|s|b``) from their own weights file as ``tvvideo`` runs
+  (:mod:`vidfeat.nets.tvvideo`), with the preprocessing and clip length read from torchvision's
+  weights metadata at import time.
 - this module — :func:`load_model`, the network of any run (trained or imported) or
   ``.pdparams`` file, in eval mode: ``model(x)`` → logits ``[B, K]`` for ``x [B, T, C, H, W]``;
   ``model.forward_features(x)`` → ``[B, T, D]`` (what extraction stores);
@@ -100,6 +105,7 @@ from vidfeat.models.config import (
 )
 from vidfeat.models.folder import RunFolder, find_run, init_options, is_run, resolve_run
 from vidfeat.models.import_i3d import import_i3d
+from vidfeat.models.import_torchvision import import_torchvision
 from vidfeat.models.importers import _paddle_network, import_paddle, import_timm
 from vidfeat.models.runs import (
     PAPER_STNET,
@@ -130,6 +136,7 @@ __all__ = [
     "import_i3d",
     "import_paddle",
     "import_timm",
+    "import_torchvision",
     "in_channels",
     "init_options",
     "is_run",

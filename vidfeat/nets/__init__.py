@@ -14,6 +14,9 @@ and per-frame image networks) and the temporal layers shared with the fusion hea
                ConvNeXt, EfficientNet, CLIP's image towers, ...
     torchfile  every ``.pt`` / ``.pth`` file vidfeat reads: checked (a regular file, its zip or
                legacy structure, its pickles' opcodes) before ``torch.load`` sees it
+    tvvideo    torchvision's video classifiers (r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v1_b,
+               mvit_v2_s, swin3d_t|s|b) as the ``tvvideo`` clip network: the pooled feature
+               before their own classifier
 
 The segment-network names are imported lazily, so ``vidfeat.nets.txb`` (used by the fusion
 heads) does not pull in timm.
