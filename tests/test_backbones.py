@@ -283,3 +283,96 @@ def test_two_stream_i3d_on_tvl1_for_actionformer(clips: Path, i3d_runs: dict, tm
     assert feats.shape == (2, 2048) and feats.dtype == np.float32
     np.testing.assert_array_equal(feats[:, :1024], rgb["clip0"][0])
     np.testing.assert_array_equal(feats[:, 1024:], flow["clip0"][0])
+
+
+@pytest.fixture(scope="module")
+def timm_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A ViT classifier (bicubic, Pillow-resized) and CLIP's ViT-B/16 image tower (an embedding,
+    no classes), from timm state dicts with random weights."""
+    import timm
+
+    d = tmp_path_factory.mktemp("timm")
+    out = {}
+    for key, name in (
+        ("vit", "vit_tiny_patch16_224"),
+        ("clip", "vit_base_patch16_clip_224.openai"),
+    ):
+        src = d / f"{key}.pth"
+        torch.manual_seed(1)
+        torch.save(timm.create_model(name, pretrained=False).state_dict(), src)
+        out[key] = d / f"run-{key}"
+        run_cli("models", "import", "timm", name, "--weights", src, "--out", out[key])
+    return out
+
+
+def test_timm_per_frame_on_every_grid(clips: Path, timm_runs: dict, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    common = ("--videos", clips, "--store", store, "--checkpoint", timm_runs["vit"], "--precision",
+              "fp32")  # fmt: skip
+    run_cli("extract", "rgb", *common, "-T", "3", "--name", "seg")
+    run_cli("extract", "rgb", *common, "--grid", "snippets", "--stride", "8", "--name", "snip")
+    run_cli("extract", "rgb", *common, "--grid", "windows", "--window", "1", "--stride", "10",
+            "--name", "win")  # fmt: skip
+    for name, rows in (("seg", 3), ("snip", 5), ("win", 4)):
+        conf, got = stored(store, name)
+        assert conf["N"] == 1 and got["clip0"][0].shape == (rows, 192), name
+        if name != "seg":  # a row set stores its rows' frames (the segments: in the attrs)
+            assert got["clip0/frame_indices"].shape[-1] == 1
+    conf, snip = stored(store, "snip")
+    assert conf["preprocessing_info"]["resampler"] == "pil"
+    assert conf["preprocessing_info"]["interpolation"] == "bicubic"
+    # a stored frame is the ViT's feature of that frame, resized as timm's eval transform does
+    idx = snip["clip0/frame_indices"][1]
+    close(snip["clip0"][0][1], own_forward(timm_runs["vit"], clips.parent / "clip0.mp4", idx))
+
+
+def test_clip_embeddings_without_scores(clips: Path, timm_runs: dict, tmp_path: Path) -> None:
+    """CLIP's image embedding per frame (512-d): no classifier, so no scores and no
+    score_classes; the list's labels are still the set's."""
+    store = tmp_path / "store"
+    run_cli("extract", "rgb", "--videos", clips, "--store", store, "--checkpoint",
+            timm_runs["clip"], "--grid", "snippets", "--stride", "16", "--name", "clip",
+            "--precision", "fp32")  # fmt: skip
+    conf, got = stored(store, "clip")
+    assert got["clip0"][0].shape == (2, 512) and not conf.get("score_classes")
+    assert conf["classes"] == sorted(LABELS)
+    fs = FeatureStore(store).open_set("clip")
+    assert fs.get_extra("clip0", "scores") is None
+    idx = got["clip0/frame_indices"][0]
+    close(got["clip0"][0][0], own_forward(timm_runs["clip"], clips.parent / "clip0.mp4", idx))
+
+
+@pytest.fixture(scope="module")
+def r3d_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """torchvision's r3d_18 from its own weights file's format (random weights)."""
+    import torchvision
+
+    d = tmp_path_factory.mktemp("tv")
+    torch.manual_seed(2)
+    src = d / "r3d_18-b3b3357e.pth"
+    torch.save(torchvision.models.get_model("r3d_18", weights=None).state_dict(), src)
+    run_cli("models", "import", "torchvision", "r3d_18", "--weights", src, "--out", d / "run")
+    return d / "run"
+
+
+def test_torchvision_video_on_every_grid(clips: Path, r3d_run: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    common = ("--videos", clips, "--store", store, "--checkpoint", r3d_run, "--precision", "fp32")
+    run_cli("extract", "rgb", *common, "-T", "2", "--window", "8", "--name", "seg")
+    run_cli("extract", "rgb", *common, "--grid", "snippets", "--stride", "16", "--name", "snip")
+    run_cli("extract", "rgb", *common, "--grid", "windows", "--window", "8", "--stride", "12",
+            "--name", "win")  # fmt: skip
+    conf, seg = stored(store, "seg")
+    assert conf["N"] == 8 and seg["clip0"][0].shape == (2, 512)
+    conf, snip = stored(store, "snip")
+    assert conf["N"] == 16 and snip["clip0"][0].shape == (2, 512)  # the clip length: 16
+    conf, win = stored(store, "win")
+    assert (
+        conf["N"] == 8 and win["clip0"][0].shape == (3, 512) and len(conf["score_classes"]) == 400
+    )
+    pre = conf["preprocessing_info"]
+    assert (pre["resize"], pre["resize_size"], pre["crop"]) == ("fixed", [128, 171], 112)
+    assert (pre["resampler"], pre["antialias"]) == ("torch", False)
+    idx = win["clip0/frame_indices"][1]
+    np.testing.assert_array_equal(idx, np.arange(12, 20))
+    close(win["clip0"][0][1], own_forward(r3d_run, clips.parent / "clip0.mp4", idx))
