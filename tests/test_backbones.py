@@ -222,6 +222,9 @@ def test_two_stream_i3d_on_tvl1_for_actionformer(clips: Path, i3d_runs: dict, tm
     """The THUMOS recipe at test size: RGB and TV-L1 flow I3D on the same windows, exported
     as ActionFormer's (L, 2048) features."""
     store = tmp_path / "store"
+    one = clips.read_text().splitlines()[:2]  # one clip: TV-L1 on two cores is the slow part
+    clips = tmp_path / "one.csv"
+    clips.write_text("\n".join(one) + "\n")
     grid = (
         "--grid",
         "windows",
@@ -283,6 +286,10 @@ def test_two_stream_i3d_on_tvl1_for_actionformer(clips: Path, i3d_runs: dict, tm
     assert feats.shape == (2, 2048) and feats.dtype == np.float32
     np.testing.assert_array_equal(feats[:, :1024], rgb["clip0"][0])
     np.testing.assert_array_equal(feats[:, 1024:], flow["clip0"][0])
+    import yaml
+
+    keys = yaml.safe_load((out / "actionformer.yaml").read_text())["dataset"]
+    assert (keys["feat_stride"], keys["num_frames"], keys["input_dim"]) == (16, 16, 2048)
 
 
 @pytest.fixture(scope="module")

@@ -403,11 +403,10 @@ class FlowNetwork(_RunTask):
     def check_bound(self, bound: float) -> None:
         """An imported flow network saw fields clipped to the bound its ``model.json``
         records (I3D: ±20 px): fields of another bound would be another input scale."""
-        from vidfeat.models.runs import _read_model_json
+        from vidfeat.models.runs import recorded_flow_bound
 
-        meta = _read_model_json(self.net().path) or {}
-        want = (meta.get("flow") or {}).get("bound") if isinstance(meta, dict) else None
-        if isinstance(want, int | float) and float(want) != float(bound):
+        want = recorded_flow_bound(self.net().path)
+        if want is not None and want != float(bound):
             raise ConfigError(
                 f"--bound {bound:g}: the flow network {self.checkpoint} takes fields clipped to "
                 f"±{want:g} px and divided by {want:g}; pass --bound {want:g}"

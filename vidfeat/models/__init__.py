@@ -155,13 +155,19 @@ def load_model(run_or_file: str | Path, device: str | Any = "cpu"):
 
     ``run_or_file``: a run folder (``vidfeat train`` or ``vidfeat models import``), a
     checkpoint inside one (``best.pt``, ``last.pt``), or a Paddle ``.pdparams`` file (imported
-    in memory, classes numbered). Returns the :class:`~vidfeat.nets.segment.SegmentNet` (or the
-    audio network) with two extra attributes, ``classes`` (list of names) and ``preprocessing``
-    (:class:`Preprocessing`)::
+    in memory, classes numbered). Returns the network, whatever its family (a
+    :class:`~vidfeat.nets.segment.SegmentNet`, an imported
+    :class:`~vidfeat.nets.clipnet.ClipNet` — I3D, torchvision's video networks, a timm image
+    model — or the audio network) with two extra attributes, ``classes`` (list of names; empty
+    for an embedding such as CLIP's) and ``preprocessing`` (:class:`Preprocessing`)::
 
-        model(x)                   x [B, T, C, H, W] → logits [B, K]
-        model.forward_features(x)  → [B, T, D]   the per-segment features extraction stores
+        model(x)                   x [B, T, C·W, H, W] → logits [B, K]
+        model.forward_features(x)  → [B, T, D]   the per-row features extraction stores
         model.forward_head(f)      f [B, T, D] → logits [B, K]
+
+    A row holds the W frames of its window stacked frame-major (frame 0's C channels first),
+    as StNet's super-images; C = 3 for RGB, 2 for flow; a per-frame network (TSN, timm) takes
+    ``[B, T, 3, H, W]``. ``x`` is preprocessed as ``model.preprocessing`` says.
 
     ``model.double()`` runs it in float64.
     """

@@ -149,6 +149,14 @@ def preprocessing_of(run: str | Path, config: TrainConfig | None = None) -> Prep
     )
 
 
+def recorded_flow_bound(run: str | Path) -> float | None:
+    """The bound (px) an imported flow network's fields were clipped to, as its ``model.json``
+    records it (I3D: 20), or None."""
+    meta = _read_model_json(Path(run)) or {}
+    want = (meta.get("flow") or {}).get("bound") if isinstance(meta, dict) else None
+    return float(want) if isinstance(want, int | float) else None
+
+
 def _read_model_json(run: Path) -> dict | None:
     p = run / MODEL_JSON
     if not p.is_file():

@@ -206,8 +206,4 @@ def _register_families() -> None:
     import importlib
 
     for mod in _FAMILIES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+        importlib.import_module(mod)
