@@ -160,6 +160,7 @@ def test_i3d_rgb_on_every_grid(clips: Path, i3d_runs: dict, tmp_path: Path) -> N
     assert conf["N"] == 64 and snip["clip0"][0].shape == (2, 1024)  # centres 8 and 24
     conf, win = stored(store, "win")
     assert conf["N"] == 16 and conf["grid"]["window"] == 16
+    assert conf["memory_format_info"] == "channels_last_3d"  # the 3D CNNs' faster format
     assert win["clip0"][0].shape == (4, 1024) and win["clip1"][0].shape == (3, 1024)
     # the list's labels are the set's; the scores are over the network's 400 classes
     assert conf["classes"] == sorted(LABELS) and len(conf["score_classes"]) == 400
@@ -377,6 +378,7 @@ def test_torchvision_video_on_every_grid(clips: Path, r3d_run: Path, tmp_path: P
     assert (
         conf["N"] == 8 and win["clip0"][0].shape == (3, 512) and len(conf["score_classes"]) == 400
     )
+    assert conf["memory_format_info"] == "channels_last_3d"
     pre = conf["preprocessing_info"]
     assert (pre["resize"], pre["resize_size"], pre["crop"]) == ("fixed", [128, 171], 112)
     assert (pre["resampler"], pre["antialias"]) == ("torch", False)

@@ -43,6 +43,7 @@ class Precision:
 
     name: str = "fp32"
     channels_last: bool = False
+    dims: int = 2  # the network's convolutions: 2D (channels_last) or 3D (channels_last_3d)
 
     @property
     def dtype(self) -> Any:
@@ -54,7 +55,9 @@ class Precision:
 
     @property
     def memory_format(self) -> str:
-        return "channels_last" if self.channels_last else "contiguous"
+        if not self.channels_last:
+            return "contiguous"
+        return "channels_last_3d" if self.dims == 3 else "channels_last"
 
     def autocast(self, device: Any) -> contextlib.AbstractContextManager:
         """The autocast context of this precision on ``device`` (a no-op for fp32)."""
@@ -68,7 +71,8 @@ class Precision:
         import torch
 
         if self.channels_last and hasattr(model, "to"):
-            return model.to(memory_format=torch.channels_last)
+            fmt = torch.channels_last_3d if self.dims == 3 else torch.channels_last
+            return model.to(memory_format=fmt)
         return model
 
     def record(self) -> dict[str, str]:
@@ -151,7 +155,8 @@ def resolve_precision(
     asked: str, device: Any, model: Any = None, *, flag: str = "--precision"
 ) -> Precision:
     """The :class:`Precision` of ``asked`` on ``device`` for ``model`` (its family says whether
-    channels_last is faster: a ``channels_last`` attribute, True on the 2D CNNs)."""
+    channels_last is faster: a ``channels_last`` attribute, True on the 2D CNNs and the 3D ones,
+    whose ``memory_dims = 3`` asks for channels_last_3d)."""
     name = resolve_name(asked, device, flag=flag)
     fast_format = bool(getattr(model, "channels_last", False)) and device.type in ("cpu", "cuda")
-    return Precision(name, fast_format)
+    return Precision(name, fast_format, 3 if getattr(model, "memory_dims", 2) == 3 else 2)

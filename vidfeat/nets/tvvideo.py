@@ -124,6 +124,9 @@ class TorchvisionVideoNet(ClipNet):
             backbone_weights=backbone_weights,
         )
         self.family = check_name(backbone)
+        # the 3D CNNs run faster in channels_last_3d; MViT and Swin3D are token models
+        self.channels_last = self.family in ("resnet", "s3d")
+        self.memory_dims = 3
         if self.chans != 3:
             raise ConfigError(f"torchvision's {backbone} takes RGB clips (3 channels per frame)")
         if num_classes < 1:
