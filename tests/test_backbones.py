@@ -217,6 +217,13 @@ def test_i3d_window_refusals(clips: Path, i3d_runs: dict, tmp_path: Path) -> Non
         ],
     )
     assert res.exit_code != 0 and "pass --bound 20" in res.output
+    # fields stored with another bound are refused too, not fed at another scale
+    store = str(tmp_path / "s2")
+    common = ["--method", "farneback", "--videos", str(clips), "--store", store, "-T", "1"]
+    run_cli("extract", "flow", *common, "-N", "12", "--bound", "15", "--short-side", "112")
+    net = ["--checkpoint", str(i3d_runs["flow"]), "--window", "12", "--crop-size", "112"]
+    res = CliRunner().invoke(main, ["extract", "flow", *common, *net])
+    assert res.exit_code != 0 and "holds fields clipped to ±15 px" in res.output, res.output
 
 
 def test_two_stream_i3d_on_tvl1_for_actionformer(clips: Path, i3d_runs: dict, tmp_path: Path):

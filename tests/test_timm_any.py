@@ -236,6 +236,12 @@ def test_open_clip_checkpoint_gives_encode_image(open_clip_model, tmp_path) -> N
     assert close(got, F.normalize(want, dim=-1))
     with pytest.raises(ConfigError, match="CLIP visual tower of another model"):
         import_timm("vit_base_patch32_clip_224.openai", tmp_path / "b32", weights=path)
+    # the untagged name is timm's ImageNet fine-tune: a CLIP file is not its classifier
+    with pytest.raises(
+        ConfigError, match=r"fine-tuned classifier .* vit_base_patch16_clip_224\.openai"
+    ):
+        import_timm("vit_base_patch16_clip_224", tmp_path / "plain", weights=path)
+    assert not (tmp_path / "plain").exists()
 
 
 # --------------------------------------------------------------------------- refusals
@@ -250,6 +256,18 @@ def test_refuses_unknown_names_and_other_models_weights(small_runs, tmp_path) ->
         ConfigError, match=r"not a state dict of timm 'regnetx_002': missing \['s1\.b1"
     ):
         import_timm("regnetx_002", tmp_path / "x", weights=tmp_path / "b0.pth")
+    # a classifier of any width, but on the model's own features and whole
+    state = dict(model.state_dict())
+    state["classifier.weight"] = torch.zeros(7, 100)
+    state["classifier.bias"] = torch.zeros(7)
+    torch.save(state, tmp_path / "wide.pth")
+    with pytest.raises(ConfigError, match=r"classifier.weight is \(7, 100\)"):
+        import_timm("efficientnet_b0", tmp_path / "x", weights=tmp_path / "wide.pth")
+    del state["classifier.bias"]
+    state["classifier.weight"] = torch.zeros(7, 1280)
+    torch.save(state, tmp_path / "nobias.pth")
+    with pytest.raises(ConfigError, match="no classifier.bias"):
+        import_timm("efficientnet_b0", tmp_path / "x", weights=tmp_path / "nobias.pth")
     assert not (tmp_path / "x").exists()
 
 

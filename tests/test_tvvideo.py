@@ -273,3 +273,27 @@ def test_refusals(small: dict[str, Path]) -> None:
     )
     assert res.exit_code != 0 and "--weights" in res.output
     assert not any((d / f"x{i}").exists() for i in range(1, 6))
+
+
+def test_windows_and_crops_are_checked_before_any_work() -> None:
+    """What --window and --crop-size a run's network takes is known from its name, before a
+    set is opened: MViT exactly 16 frames of 224 px, S3D at least 14 frames and 224 px."""
+    from types import SimpleNamespace
+
+    from vidfeat.models.build import row_frames
+    from vidfeat.nets.tvvideo import TorchvisionVideoNet
+
+    def cfg(name: str, frames: int) -> SimpleNamespace:
+        return SimpleNamespace(modality="rgb", arch="tvvideo", backbone=name, frames=frames)
+
+    assert row_frames(cfg("r3d_18", 16), 4, "run") == 4
+    assert row_frames(cfg("mvit_v2_s", 16), 16, "run") == 16
+    with pytest.raises(ConfigError, match="--window 8: .* exactly 16"):
+        row_frames(cfg("mvit_v1_b", 16), 8, "run")
+    with pytest.raises(ConfigError, match="--window 4: .* at least 14"):
+        row_frames(cfg("s3d", 128), 4, "run")
+    TorchvisionVideoNet.check_crop("r3d_18", 64)
+    with pytest.raises(ConfigError, match="exactly 224 px, not 192"):
+        TorchvisionVideoNet.check_crop("mvit_v2_s", 192)
+    with pytest.raises(ConfigError, match=">= 224 px, not 112"):
+        TorchvisionVideoNet.check_crop("s3d", 112)

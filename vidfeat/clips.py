@@ -261,12 +261,16 @@ class RGBClips(_Base):
         rec = self.records[i]
         info = self._probe(i)
         g = self.grid.sample(info.num_frames, info.fps, rng)
-        frames = read_frames(rec.path, g.indices.reshape(-1), **resize_args(self.spec, info))
         s = self.spec.size
         lib = library_transform(self.spec) if rng is None else None
-        if lib is not None:  # the weights' own resize and crop (test time)
-            clip = np.stack([lib(fr) for fr in frames])
+        if lib is not None:  # the weights' own resize and crop (test time), frame by frame as
+            # they decode: the full-size frames of T·N indices are never held at once
+            small: dict[int, np.ndarray] = {}
+            read_frames(rec.path, g.indices.reshape(-1), on_frame=lambda r, f: small.__setitem__(
+                r, lib(f)), keep=False)  # fmt: skip
+            clip = np.stack([small[int(r)] for r in g.indices.reshape(-1)])
         else:
+            frames = read_frames(rec.path, g.indices.reshape(-1), **resize_args(self.spec, info))
             _, h, w, _ = frames.shape
             y0, x0 = _crop_box(h, w, s, rng)
             clip = frames[:, y0 : y0 + s, x0 : x0 + s]

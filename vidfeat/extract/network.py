@@ -342,6 +342,10 @@ class RGBNetwork(_RunTask):
                     f"{pre.short_side}: the crop is taken from the resized frame"
                 )
             pre = replace(pre, crop=self.crop_size)
+        from vidfeat.nets.clipnet import CLIP_NETS, is_clip_arch
+
+        if is_clip_arch(loaded.config.arch):
+            CLIP_NETS.get(loaded.config.arch).check_crop(loaded.config.backbone, pre.crop)
         return pre
 
     def config(self) -> dict:
@@ -400,17 +404,24 @@ class FlowNetwork(_RunTask):
         """The test crop: --crop-size, else the training crop the run recorded."""
         return self.crop_size or self.net().config.size
 
-    def check_bound(self, bound: float) -> None:
+    def check_bound(self, bound: float, fields_set: str | None = None) -> None:
         """An imported flow network saw fields clipped to the bound its ``model.json``
-        records (I3D: ±20 px): fields of another bound would be another input scale."""
+        records (I3D: ±20 px): fields of another bound would be another input scale.
+        ``fields_set``: the bound is that existing set's."""
         from vidfeat.models.runs import recorded_flow_bound
 
         want = recorded_flow_bound(self.net().path)
-        if want is not None and want != float(bound):
-            raise ConfigError(
-                f"--bound {bound:g}: the flow network {self.checkpoint} takes fields clipped to "
-                f"±{want:g} px and divided by {want:g}; pass --bound {want:g}"
-            )
+        if want is None or want == float(bound):
+            return
+        fix = f"pass --bound {want:g}"
+        what = f"--bound {bound:g}"
+        if fields_set is not None:
+            what = f"the fields set {fields_set!r} holds fields clipped to ±{bound:g} px:"
+            fix = f"pass --fields-name NEW --bound {want:g} for fields the network takes"
+        raise ConfigError(
+            f"{what} the flow network {self.checkpoint} takes fields clipped to ±{want:g} px "
+            f"and divided by {want:g}; {fix}"
+        )
 
     def config(self) -> dict:
         conf = super().config()
@@ -620,6 +631,7 @@ def extract_flow_features(
         runtime=flow_runtime,
         given=given,
     )
+    task.check_bound(ex.bound, fields_set)  # an existing fields set brings its own bound
     if ex.grid.T != segments:
         raise ConfigError(
             f"set {fields_set!r} holds fields on a T={ex.grid.T} grid, this run asks "

@@ -53,14 +53,14 @@ def row_frames(cfg: TrainConfig, window: int | None, what: str) -> int:
     if window is None or window == own:
         return own
     if is_clip_arch(cfg.arch) and CLIP_NETS.get(cfg.arch).stacks_frames:
-        cls = CLIP_NETS.get(cfg.arch)
-        if cls.variable_frames and window >= cls.min_frames:
+        variable, fewest = CLIP_NETS.get(cfg.arch).frame_limits(cfg.backbone)
+        if variable and window >= fewest:
             return int(window)
-        need = f"at least {cls.min_frames}" if cls.variable_frames else f"exactly {own}"
+        need = f"at least {fewest}" if variable else f"exactly {own}"
         raise ConfigError(f"--window {window}: {what} ({cfg.backbone}) takes {need} frames a row")
     raise ConfigError(
-        f"{what} reads {own} frame(s) per row, so its windows are {own} frames: pass "
-        f"--window {own}, or --grid snippets (windows of other lengths are for clip networks)"
+        f"--window {window}: {what} reads {own} frame(s) per row (its run records N); leave "
+        "--window out, or pass the same number (windows of other lengths are for clip networks)"
     )
 
 

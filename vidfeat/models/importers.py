@@ -285,8 +285,18 @@ def _timm_state(name: str, full, src: Path) -> tuple[dict, int, str]:
             f"{src} is not a state dict of timm {name!r}: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}, mis-shaped {bad[:5]}; pass the weights of this exact model"
         )
-    weight = f"{_timm_heads(full)[0]}.weight"
+    head = _timm_heads(full)[0]
+    weight = f"{head}.weight"
     k = int(state[weight].shape[0]) if weight in state else 0
+    if k:  # any width of classifier, but a whole one on the model's own features
+        want = own.get(weight)
+        if want is not None and tuple(state[weight].shape[1:]) != tuple(want.shape[1:]):
+            raise ConfigError(
+                f"{src}: its classifier {weight} is {tuple(state[weight].shape)}, which does not "
+                f"take timm {name!r}'s {tuple(want.shape[1:])} features; pass this model's weights"
+            )
+        if f"{head}.bias" in own and f"{head}.bias" not in state:
+            raise ConfigError(f"{src}: its classifier has {weight} but no {head}.bias")
     return state, k, fmt
 
 
@@ -377,6 +387,26 @@ def _is_projection(full, k: int) -> bool:
     clip = "clip" in f"{arch}.{tag}".lower() or arch.startswith("vit_pe_core")
     labelled = any(s in tag for s in TIMM_LABEL_SETS)
     return bool(k) and clip and not labelled and k == pcfg.get("num_classes")
+
+
+def _clip_tag_refusal(name: str, full) -> str:
+    """Why a CLIP checkpoint (its head CLIP's projection) cannot be imported as ``name``, whose
+    pretrained tag is a fine-tune on a label set (another head, another preprocessing)."""
+    import timm
+
+    arch = str(full.pretrained_cfg.get("architecture") or name.split(".")[0])
+    tags = [
+        t
+        for t in timm.list_pretrained(f"{arch}.*")
+        if not any(s in t.split(".", 1)[-1] for s in TIMM_LABEL_SETS)
+    ]
+    tags.sort(key=lambda t: not t.endswith(".openai"))  # the original CLIP first
+    listed = ", ".join(tags[:6]) or "none in this timm"
+    return (
+        f"the file is CLIP's image tower (its head is CLIP's projection, no classifier), but "
+        f"timm {name!r} is a fine-tuned classifier ({full.pretrained_cfg.get('tag')}); name the "
+        f"CLIP weights' own tag, whose preprocessing they were trained with: {listed}"
+    )
 
 
 def _splittable(full) -> bool:
@@ -531,6 +561,8 @@ def import_timm(
     pre = _timm_preprocessing(name, full)
     src = _timm_source(name, weights)
     state, k, fmt = _timm_state(name, full, src)
+    if fmt != "timm state dict" and not _is_projection(full, k):
+        raise ConfigError(_clip_tag_refusal(name, full))
     embed = k if _is_projection(full, k) else 0
     k = 0 if embed else k
     if normalize and k:

@@ -106,6 +106,16 @@ class ClipNet(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def frame_limits(cls, backbone: str) -> tuple[bool, int]:
+        """Whether ``backbone``'s rows take any number of frames, and the fewest they take
+        (before the network is built: what ``--window`` is checked against)."""
+        return cls.variable_frames, cls.min_frames
+
+    @classmethod
+    def check_crop(cls, backbone: str, crop: int) -> None:
+        """Refuse (ConfigError) a crop ``backbone`` cannot take, before any work."""
+
+    @classmethod
     def option_defaults(cls) -> dict[str, Any]:
         """The network's options (keyword-only ``__init__`` parameters) and their defaults."""
         common = set(inspect.signature(ClipNet.__init__).parameters)

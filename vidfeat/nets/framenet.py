@@ -10,7 +10,7 @@ The timm model sits whole at ``self.net`` (state-dict keys ``net.<timm key>``), 
 - a projection (``embed_dim = E > 0``, then ``num_classes = 0``): CLIP's image towers, whose timm
   head is CLIP's projection (timm's ``_convert_openai_clip`` maps ``visual.proj`` to
   ``head.weight`` with a zero bias); the feature is the model's whole output, the image
-  embedding ``encode_image`` gives; no classifier;
+  embedding open_clip's ``encode_image`` gives on the same input tensor; no classifier;
 - nothing (both 0): the pooled output of a headless model (DINOv2, SigLIP's image tower, ...).
 
 ``normalize=True`` stores a classifier-less run's feature L2-normalised (CLIP's cosine space).

@@ -154,6 +154,25 @@ class TorchvisionVideoNet(ClipNet):
                     f"(got {frames})"
                 )
 
+    @classmethod
+    def frame_limits(cls, backbone: str) -> tuple[bool, int]:
+        """MViT: exactly its weights' ``min_temporal_size`` (16); the others: at least it."""
+        return check_name(backbone) != "mvit", min_temporal_size(backbone)
+
+    @classmethod
+    def check_crop(cls, backbone: str, crop: int) -> None:
+        """The weights' ``meta["min_size"]``: MViT exactly (its positional encoding), the
+        others at least (S3D's 7x7 average pool)."""
+        import torchvision
+
+        h, w = torchvision.models.get_model_weights(backbone).DEFAULT.meta.get("min_size", (1, 1))
+        if check_name(backbone) == "mvit" and crop != h:
+            raise ConfigError(f"torchvision's {backbone} takes crops of exactly {h} px, not {crop}")
+        if crop < max(h, w):
+            raise ConfigError(
+                f"torchvision's {backbone} takes crops of >= {max(h, w)} px, not {crop}"
+            )
+
     def classifier_module(self) -> nn.Module:
         """The torchvision model's classifier: ``fc``, ``classifier[1]``, ``head[1]``, ``head``."""
         return self.net.get_submodule(CLASSIFIER[self.family])
