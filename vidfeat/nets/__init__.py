@@ -6,6 +6,7 @@ and per-frame image networks) and the temporal layers shared with the fusion hea
     txb        the temporal Xception block (StNet's head and the TXN fusion heads)
     paddle     the authors' PaddlePaddle ``.pdparams`` files: a restricted reader and the strict
                mapping of their names onto StNet and TSN
+    rownet     the contract every network of rows keeps (``RowNet``: options, forward, widths)
     clipnet    the contract of the networks imported whole (rows ``[B, T, C·W, H, W]`` →
                ``[B, T, D]``), the ``CLIP_NETS`` registry, ``create_clip_net``
     i3d        two-stream I3D (Inception-v1 inflated), the ``"i3d"`` clip network, with the

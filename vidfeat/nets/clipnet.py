@@ -26,20 +26,19 @@ The subclasses register themselves in :data:`CLIP_NETS`; :func:`create_clip_net`
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
-from torch import nn
 
 from vidfeat.errors import ConfigError
+from vidfeat.nets.rownet import RowNet
 from vidfeat.nets.txb import masked_mean
 from vidfeat.registry import Registry
 
 __all__ = ["CLIP_NETS", "ClipNet", "create_clip_net"]
 
 
-class ClipNet(nn.Module):
+class ClipNet(RowNet):
     """A network imported whole, applied to every row of ``[B, T, C·W, H, W]``."""
 
     arch: str = ""
@@ -115,25 +114,7 @@ class ClipNet(nn.Module):
     def check_crop(cls, backbone: str, crop: int) -> None:
         """Refuse (ConfigError) a crop ``backbone`` cannot take, before any work."""
 
-    @classmethod
-    def option_defaults(cls) -> dict[str, Any]:
-        """The network's options (keyword-only ``__init__`` parameters) and their defaults."""
-        common = set(inspect.signature(ClipNet.__init__).parameters)
-        return {
-            n: p.default
-            for n, p in inspect.signature(cls.__init__).parameters.items()
-            if p.kind is p.KEYWORD_ONLY and n not in common
-        }
-
     # -- the shared forward
-    @property
-    def feature_dim(self) -> int:
-        return self._feature_dim
-
-    @property
-    def output_dim(self) -> int:
-        return self._feature_dim
-
     def rows_as_clips(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, C·W, H, W]`` → ``[B·T, C, W, H, W]`` (per frame: ``[B·T, C, H, W]``)."""
         if x.dim() != 5 or x.shape[2] % self.chans:
@@ -164,12 +145,6 @@ class ClipNet(nn.Module):
             raise ConfigError(f"{self.arch} {self.backbone_name} has no classifier (features only)")
         return masked_mean(self.classify(feats).transpose(1, 2), mask)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x), mask)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
-
 
 CLIP_NETS: Registry[type[ClipNet]] = Registry("imported network")
 
@@ -188,13 +163,7 @@ def create_clip_net(
     """Build a registered imported network (random weights; a run's state dict fills them)."""
     _register_families()
     cls = CLIP_NETS.get(arch)
-    allowed = cls.option_defaults()
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        listed = ", ".join(f"{k}={v}" for k, v in allowed.items()) or "none"
-        raise ConfigError(
-            f"{unknown[0]}: not an option of the {arch} network; its options (defaults): {listed}"
-        )
+    cls.check_options(options)
     return cls(
         backbone,
         num_classes,

@@ -20,7 +20,6 @@ time (StNet trains with T=7 and tests with T=25) and nothing loops over T in Pyt
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from vidfeat.nets.backbones import (
     family_of,
     inflate_first_conv,
 )
+from vidfeat.nets.rownet import RowNet
 from vidfeat.nets.txb import TemporalXceptionBlock, masked_max, masked_mean
 from vidfeat.registry import Registry
 
@@ -113,7 +113,7 @@ class TemporalModelingBlock(nn.Module):
 # --------------------------------------------------------------------------- common model
 
 
-class SegmentNet(nn.Module):
+class SegmentNet(RowNet):
     """A timm 2D backbone applied to every segment of a clip, plus a clip-level head.
 
     Subclasses define the temporal blocks (``self.tmb``, keyed by the stage they follow), the
@@ -168,26 +168,7 @@ class SegmentNet(nn.Module):
     def forward_head(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    @classmethod
-    def option_defaults(cls) -> dict[str, Any]:
-        """The ``--net-opt`` options of this architecture and their defaults."""
-        common = set(inspect.signature(SegmentNet.__init__).parameters)
-        return {
-            n: p.default
-            for n, p in inspect.signature(cls.__init__).parameters.items()
-            if p.kind is p.KEYWORD_ONLY and n not in common
-        }
-
     # -- shared forward
-    @property
-    def feature_dim(self) -> int:
-        return self._feature_dim
-
-    @property
-    def output_dim(self) -> int:
-        """Alias of :attr:`feature_dim` (the per-segment width the store receives)."""
-        return self._feature_dim
-
     def segment_features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone (with any temporal blocks) + global average pool: ``[B, T, C_in, H, W]`` →
         ``[B, T, C5]``."""
@@ -206,13 +187,6 @@ class SegmentNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, C_in, H, W]`` → per-segment features ``[B, T, feature_dim]``."""
         return self.segment_features(x)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, T, C_in, H, W]`` → logits ``[B, K]``."""
-        return self.forward_head(self.forward_features(x), mask)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
 
 
 def _check_choice(flag: str, value: object, choices) -> None:
@@ -407,13 +381,7 @@ def create_segment_net(
     :class:`ConfigError`. ``create_segment_net(**net.config)`` rebuilds a network.
     """
     cls = SEGMENT_NETS.get(arch)
-    allowed = cls.option_defaults()
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        listed = ", ".join(f"{k}={v}" for k, v in allowed.items()) or "none"
-        raise ConfigError(
-            f"--net-opt {unknown[0]}: not an option of {arch}; its options (defaults) are: {listed}"
-        )
+    cls.check_options(options)
     return cls(
         backbone,
         num_classes,
