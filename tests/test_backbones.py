@@ -21,7 +21,6 @@ from vidfeat import load_model
 from vidfeat.cli import main
 from vidfeat.clips import library_transform, normalize_on_device
 from vidfeat.decode import read_frames
-from vidfeat.models.runs import preprocessing_of
 from vidfeat.store import FeatureStore
 from vidfeat.synth import write_mp4
 
@@ -80,40 +79,25 @@ def stored(store: Path, name: str) -> tuple[dict, dict]:
 
 
 def own_forward(run: Path, video: Path, frames: np.ndarray, crop: int | None = None) -> np.ndarray:
-    """The network's feature of one row, computed here from the decoded frames: the run's own
-    resize and crop, stacked frame-major ``[1, 1, 3·W, S, S]``, float32."""
-    from dataclasses import replace
-
-    from vidfeat.clips import ClipSpec, _crop_box, resize_args
+    """The network's feature of one row, computed here, alone, from the decoded frames: the
+    run's own resize and crop (test_library_resize.py checks them against the libraries'),
+    stacked frame-major ``[1, 1, 3·W, S, S]``, float32."""
+    from vidfeat.clips import _crop_box, resize_args
     from vidfeat.decode import probe
+    from vidfeat.extract.network import RGBNetwork
 
-    pre = preprocessing_of(run)
-    pre = replace(pre, crop=crop) if crop else pre
-    spec = ClipSpec(
-        1,
-        len(frames),
-        pre.crop,
-        pre.short_side,
-        train=False,
-        resize=pre.resize,
-        resize_size=pre.resize_size,
-        resampler=pre.resampler,
-        interpolation=pre.interpolation,
-        antialias=pre.antialias,
+    spec = RGBNetwork(run, segments=1, batch_size=1, device="cpu", crop_size=crop).clip_spec(
+        1, len(frames)
     )
     fr = read_frames(video, frames, **resize_args(spec, probe(video)))
     lib = library_transform(spec)
     if lib is not None:
         fr = np.stack([lib(f) for f in fr])
     else:
-        y0, x0 = _crop_box(fr.shape[1], fr.shape[2], pre.crop, None)
-        fr = fr[:, y0 : y0 + pre.crop, x0 : x0 + pre.crop]
-    x = (
-        torch.from_numpy(np.ascontiguousarray(fr))
-        .permute(0, 3, 1, 2)
-        .reshape(1, 1, -1, *fr.shape[1:3])
-    )
-    x = normalize_on_device(x, pre.mean, pre.std)
+        y0, x0 = _crop_box(fr.shape[1], fr.shape[2], spec.size, None)
+        fr = fr[:, y0 : y0 + spec.size, x0 : x0 + spec.size]
+    x = torch.from_numpy(np.ascontiguousarray(fr)).permute(0, 3, 1, 2)
+    x = normalize_on_device(x.reshape(1, 1, -1, *fr.shape[1:3]), spec.mean, spec.std)
     model = load_model(run)
     with torch.no_grad():
         return model.forward_features(x)[0, 0].numpy()
