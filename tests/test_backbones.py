@@ -286,15 +286,16 @@ def test_two_stream_i3d_on_tvl1_for_actionformer(clips: Path, i3d_runs: dict, tm
 
 @pytest.fixture(scope="module")
 def timm_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A ViT classifier (bicubic, Pillow-resized) and CLIP's ViT-B/16 image tower (an embedding,
-    no classes), from timm state dicts with random weights."""
+    """A ViT classifier (bicubic, Pillow-resized) and a CLIP image tower (TinyCLIP's ViT-XS/16,
+    a 512-d embedding, no classes; test_timm_any.py has ViT-B/16), from timm state dicts with
+    random weights."""
     import timm
 
     d = tmp_path_factory.mktemp("timm")
     out = {}
     for key, name in (
         ("vit", "vit_tiny_patch16_224"),
-        ("clip", "vit_base_patch16_clip_224.openai"),
+        ("clip", "vit_xsmall_patch16_clip_224.tinyclip_yfcc15m"),
     ):
         src = d / f"{key}.pth"
         torch.manual_seed(1)
