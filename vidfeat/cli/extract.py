@@ -142,10 +142,15 @@ def row_grid_options(command: str, kw: dict[str, Any]) -> dict[str, Any] | None:
     """The grid of rows the options ask for (None: the segments grid). Options of the other
     kind of grid are refused, naming it."""
     mode = kw["grid"]
-    rows_only = [f for f in ("stride", "window", "fps") if kw[f] is not None]
-    if mode in ("segments", "reference", "centred") and command != "extract audio":
-        rows_only.remove("window") if "window" in rows_only else None  # a clip network's W
-    if mode in ("segments", "reference", "centred"):
+    segment_grid = mode in ("segments", "reference", "centred")
+    # --window on the segments grid: a clip network's frames per segment (rgb, flow)
+    clip_window = segment_grid and command != "extract audio"
+    rows_only = [
+        f
+        for f in ("stride", "window", "fps")
+        if kw[f] is not None and not (f == "window" and clip_window)
+    ]
+    if segment_grid:
         if rows_only:
             flags = ", ".join(f"--{f}" for f in rows_only)
             raise click.UsageError(
