@@ -72,11 +72,8 @@ def row_frames(
 
     def decode() -> None:
         try:
-            if transform is None:
-                on_frame = lambda r, f: put((r, f))  # noqa: E731
-            else:
-                on_frame = lambda r, f: put((r, transform(f)))  # noqa: E731
-            read_frames(path, wanted, on_frame=on_frame, keep=False, **read_kw)
+            tf = transform or (lambda f: f)
+            read_frames(path, wanted, on_frame=lambda r, f: put((r, tf(f))), keep=False, **read_kw)
             put(("done", None))
         except _Stopped:
             pass
