@@ -100,3 +100,23 @@ def tiny_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
         progress=False,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_rgb_run(tiny_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny StNet run trained one epoch on ``tiny_synth``'s classes (32 px, T=2, N=2): a
+    network to extract with, read only by the tests that take it."""
+    from click.testing import CliRunner
+
+    from vidfeat.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "rgb"
+    args = [
+        "train", "rgb", "--videos", tiny_synth / "train.csv", "--out", out, "--backbone",
+        "resnet10t", "--net-opt", "txb_width=16", "--segments", "2", "--frames", "2", "--size",
+        "32", "--short-side", "48", "--epochs", "1", "--batch-size", "4", "--workers", "0",
+        "--quiet",
+    ]  # fmt: skip
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    return out

@@ -45,22 +45,11 @@ def test_reference_grid_is_the_authors_reader(L: int, T: int, N: int) -> None:
     assert g.indices.shape == (T, N) and g.start.shape == (T,)
 
 
-@pytest.fixture(scope="module")
-def run(tiny_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "rgb"
-    code, text = cli(
-        "train", "rgb", "--videos", tiny_synth / "train.csv", "--out", out, "--backbone",
-        "resnet10t", "--net-opt", "txb_width=16", "--segments", "2", "--frames", "2", "--size",
-        "32", "--short-side", "48", "--epochs", "1", "--batch-size", "4", "--workers", "0",
-        "--quiet",
-    )  # fmt: skip
-    assert code == 0, text
-    return out
-
-
-def test_grid_and_crop_size_act_and_n_is_refused(run: Path, tiny_synth: Path, tmp_path) -> None:
+def test_grid_and_crop_size_act_and_n_is_refused(
+    tiny_rgb_run: Path, tiny_synth: Path, tmp_path
+) -> None:
     val = tiny_synth / "val.csv"
-    base = ["extract", "rgb", "--checkpoint", run, "--videos", val, "-T", "3", "--quiet",
+    base = ["extract", "rgb", "--checkpoint", tiny_rgb_run, "--videos", val, "-T", "3", "--quiet",
             "--workers", "0"]  # fmt: skip
     assert cli(*base, "--store", tmp_path / "a")[0] == 0
     code, text = cli(*base, "--store", tmp_path / "b", "--grid", "reference", "--crop-size", "40")

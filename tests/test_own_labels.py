@@ -25,20 +25,6 @@ def cli(*args: str | Path) -> tuple[int, str]:
     return res.exit_code, res.output
 
 
-@pytest.fixture(scope="module")
-def run(tiny_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A network trained on the synthetic classes (classes A)."""
-    out = tmp_path_factory.mktemp("runs") / "rgb"
-    code, text = cli(
-        "train", "rgb", "--videos", tiny_synth / "train.csv", "--out", out, "--backbone",
-        "resnet10t", "--net-opt", "txb_width=16", "--segments", "2", "--frames", "2", "--size",
-        "32", "--short-side", "48", "--epochs", "1", "--batch-size", "4", "--workers", "0",
-        "--quiet",
-    )  # fmt: skip
-    assert code == 0, text
-    return out
-
-
 def own_list(tiny_synth: Path, out: Path) -> tuple[Path, dict[str, str], list[str]]:
     """The synthetic videos labelled with classes B: one of the network's (overlapping, at
     another index) and two it never saw."""
@@ -68,13 +54,13 @@ def check_set(fs, labels: dict[str, str], own: list[str], network: list[str]) ->
 
 
 def test_own_labels_through_extraction_export_fusion_and_ensemble(
-    run: Path, tiny_synth: Path, tmp_path: Path
+    tiny_rgb_run: Path, tiny_synth: Path, tmp_path: Path
 ) -> None:
     videos, labels, own = own_list(tiny_synth, tmp_path / "mine.csv")
-    network = (run / "classes.txt").read_text().split()
+    network = (tiny_rgb_run / "classes.txt").read_text().split()
     assert set(own) - set(network) and set(own) & set(network)
     store = tmp_path / "store"
-    base = ["extract", "rgb", "--checkpoint", run, "--videos", videos, "--store", store,
+    base = ["extract", "rgb", "--checkpoint", tiny_rgb_run, "--videos", videos, "--store", store,
             "--quiet", "--workers", "0"]  # fmt: skip
     code, text = cli(*base, "-T", "2")
     assert code == 0, text
@@ -126,14 +112,15 @@ def test_own_labels_through_extraction_export_fusion_and_ensemble(
 
 
 def test_the_networks_classes_label_their_own_list_as_before(
-    run: Path, tiny_synth: Path, tmp_path: Path
+    tiny_rgb_run: Path, tiny_synth: Path, tmp_path: Path
 ) -> None:
     """A list labelled with the network's classes: both keys name the same classes, and the
     set's scores are a member an ensemble accepts."""
     store = tmp_path / "store"
-    network = (run / "classes.txt").read_text().split()
-    code, text = cli("extract", "rgb", "--checkpoint", run, "--videos", tiny_synth / "all.csv",
-                     "--store", store, "-T", "2", "--quiet", "--workers", "0")  # fmt: skip
+    network = (tiny_rgb_run / "classes.txt").read_text().split()
+    code, text = cli("extract", "rgb", "--checkpoint", tiny_rgb_run, "--videos",
+                     tiny_synth / "all.csv", "--store", store, "-T", "2", "--quiet", "--workers",
+                     "0")  # fmt: skip
     assert code == 0, text
     fs = FeatureStore(store).open_set("rgb")
     assert fs.config["classes"] == sorted(network) == fs.config["score_classes"] == network
@@ -148,8 +135,8 @@ def test_the_networks_classes_label_their_own_list_as_before(
     paths = [ln.split(",")[0] for ln in (tiny_synth / "val.csv").read_text().splitlines()[1:]]
     bare = tmp_path / "bare.txt"
     bare.write_text("".join(f"{(tiny_synth / q).resolve()}\n" for q in paths))
-    code, text = cli("extract", "rgb", "--checkpoint", run, "--videos", bare, "--store", store,
-                     "--name", "bare", "-T", "2", "--quiet", "--workers", "0")  # fmt: skip
+    code, text = cli("extract", "rgb", "--checkpoint", tiny_rgb_run, "--videos", bare, "--store",
+                     store, "--name", "bare", "-T", "2", "--quiet", "--workers", "0")  # fmt: skip
     assert code == 0, text
     fs = FeatureStore(store).open_set("bare")
     assert "classes" not in fs.config and fs.config["score_classes"] == network
