@@ -666,16 +666,15 @@ def extract_audio_features(
     the run's network also stores clip scores. ``pca`` (raw VGGish only): the AudioSet
     postprocess, stored dequantised as float32 (the YouTube-8M mapping). ``embedding``: the
     raw VGGish's embedding point (None: pre-relu); with a run, None or the run's own."""
-    task = audio_task(videos, checkpoint, echo, pca=pca, embedding=embedding,
+    task = audio_task(checkpoint, echo, pca=pca, embedding=embedding,
                       random_init=random_init, segments=segments, batch_size=batch_size,
                       device=device, precision=precision)  # fmt: skip
     return run_extraction(videos, task, store_root, set_name, opts, echo)
 
 
-def audio_task(videos: VideoList, checkpoint, echo: Echo, **kw: Any) -> AudioNetwork:
+def audio_task(checkpoint, echo: Echo, **kw: Any) -> AudioNetwork:
     """The audio network task of an extraction (``kw``: :class:`AudioNetwork`'s options),
-    after the warning about random weights, if any. ``videos``' labels need not be a run's
-    classes (the set records both: see :mod:`vidfeat.extract.job`)."""
+    after the warning about random weights, if any."""
     from vidfeat.audio import require_weights
 
     warning = require_weights(checkpoint, kw["random_init"])

@@ -294,7 +294,7 @@ def extract_audio_rows(
     from vidfeat.extract.network import audio_task
     from vidfeat.rowclips import AudioRows
 
-    base = audio_task(videos, checkpoint, echo, pca=pca, embedding=embedding,
+    base = audio_task(checkpoint, echo, pca=pca, embedding=embedding,
                       random_init=random_init, segments=1, batch_size=1, device=device,
                       precision=precision)  # fmt: skip
     task = RowTask(
@@ -360,7 +360,6 @@ def extract_flow_rows(
         base = _flow_network(
             checkpoint,
             method,
-            videos,
             device=device,
             precision=precision,
             store_root=store_root,
@@ -399,7 +398,7 @@ def extract_flow_rows(
     return run_extraction(videos, task, store_root, set_name, opts, echo)
 
 
-def _flow_network(checkpoint, method: str, videos, **kw: Any) -> Any:
+def _flow_network(checkpoint, method: str, **kw: Any) -> Any:
     """The flow network task of ``checkpoint``, checked against the flow method it was
     trained on."""
     from vidfeat.extract.network import FlowNetwork
